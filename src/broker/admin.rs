@@ -1,0 +1,261 @@
+//! Operations of the command line: enqueueing, the dead letter list, counters.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::{Broker, BrokerError, QueueKeys, scripts};
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id (also stored in a unique lock).
+    pub id: String,
+    /// The envelope JSON.
+    pub envelope: String,
+    /// Run no earlier than this (ms since the epoch); `None` for now.
+    pub due_ms: Option<i64>,
+    /// Enqueue only if no other job holds this lock; hold it this long.
+    pub unique: Option<(String, Duration)>,
+}
+
+/// What became of one enqueued job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Waiting or scheduled.
+    Queued,
+    /// Not enqueued: another job holds the unique lock.
+    Duplicate {
+        /// That job's id.
+        holder: String,
+    },
+}
+
+/// A queue's size and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    /// Jobs waiting in the list.
+    pub waiting: u64,
+    /// Jobs taken by some node and not finished.
+    pub in_flight: u64,
+    /// Jobs due later (delayed, retries, rate-limited).
+    pub scheduled: u64,
+    /// Jobs in the dead letter list now.
+    pub dead: u64,
+    /// Handler runs that ended (success or failure), ever.
+    pub processed: u64,
+    /// Handler runs that failed, ever.
+    pub failed: u64,
+    /// Failures that were scheduled for another attempt, ever.
+    pub retried: u64,
+    /// Jobs dead-lettered, ever.
+    pub died: u64,
+    /// Jobs put back by crash recovery or shutdown, ever.
+    pub recovered: u64,
+    /// Nodes listed as possibly holding in-flight jobs of this queue.
+    #[serde(skip)]
+    pub nodes: Vec<String>,
+}
+
+impl Broker {
+    /// Enqueues jobs in one pipeline (the caller bounds the batch). Plain
+    /// jobs go out as one `RPUSH` per run of consecutive ones.
+    pub async fn enqueue(
+        &self,
+        q: &QueueKeys,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>, BrokerError> {
+        enum Op {
+            Push(usize),
+            Other,
+        }
+        let mut pipe = redis::pipe();
+        let mut ops = Vec::new();
+        let mut i = 0;
+        if jobs.iter().any(|j| j.unique.is_some()) {
+            pipe.load_script(&scripts::ENQUEUE_UNIQUE).ignore();
+        }
+        while i < jobs.len() {
+            let job = &jobs[i];
+            if let Some((key, ttl)) = &job.unique {
+                pipe.invoke_script(
+                    scripts::ENQUEUE_UNIQUE
+                        .key(&q.list)
+                        .key(&q.scheduled)
+                        .key(q.unique(key))
+                        .arg(&job.envelope)
+                        .arg(&job.id)
+                        .arg(job.due_ms.unwrap_or(0))
+                        .arg(ttl.as_millis().max(1) as u64),
+                );
+                ops.push(Op::Other);
+                i += 1;
+            } else if let Some(due) = job.due_ms {
+                pipe.cmd("ZADD")
+                    .arg(&q.scheduled)
+                    .arg(due)
+                    .arg(&job.envelope);
+                ops.push(Op::Other);
+                i += 1;
+            } else {
+                let run = jobs[i..]
+                    .iter()
+                    .take_while(|j| j.unique.is_none() && j.due_ms.is_none())
+                    .count();
+                let cmd = pipe.cmd("RPUSH").arg(&q.list);
+                for j in &jobs[i..i + run] {
+                    cmd.arg(&j.envelope);
+                }
+                ops.push(Op::Push(run));
+                i += run;
+            }
+        }
+        let mut conn = self.conn().await?;
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (op, reply) in ops.iter().zip(replies) {
+            match op {
+                Op::Push(n) => out.extend(std::iter::repeat_n(Enqueued::Queued, *n)),
+                Op::Other => out.push(match reply {
+                    Value::Array(v) if v.len() == 2 => {
+                        let (ok, holder): (i64, String) = redis::from_redis_value(Value::Array(v))?;
+                        if ok == 1 {
+                            Enqueued::Queued
+                        } else {
+                            Enqueued::Duplicate { holder }
+                        }
+                    }
+                    _ => Enqueued::Queued,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dead entries `start..start+count`, newest first.
+    pub async fn dead_entries(
+        &self,
+        q: &QueueKeys,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<Vec<u8>>, BrokerError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("LRANGE")
+            .arg(&q.dead)
+            .arg(start)
+            .arg(start + count - 1)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// The dead letter list's length.
+    pub async fn dead_len(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("LLEN")
+            .arg(&q.dead)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Moves dead entries back to the queue: `(entry as stored, item to push)`.
+    pub async fn dead_retry(
+        &self,
+        q: &QueueKeys,
+        moves: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<u64, BrokerError> {
+        if moves.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = scripts::DEAD_RETRY.key(&q.dead);
+        inv.key(&q.list);
+        for (entry, item) in moves {
+            inv.arg(entry).arg(item);
+        }
+        let mut conn = self.conn().await?;
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Deletes one dead entry; false if it was already gone.
+    pub async fn dead_remove(&self, q: &QueueKeys, entry: &[u8]) -> Result<bool, BrokerError> {
+        let mut conn = self.conn().await?;
+        let removed: u64 = redis::cmd("LREM")
+            .arg(&q.dead)
+            .arg(1)
+            .arg(entry)
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Deletes the whole dead letter list; returns how many entries it held.
+    pub async fn dead_clear(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
+        let mut conn = self.conn().await?;
+        let (len, _deleted): (u64, u64) = redis::pipe()
+            .atomic()
+            .cmd("LLEN")
+            .arg(&q.dead)
+            .cmd("DEL")
+            .arg(&q.dead)
+            .query_async(&mut conn)
+            .await?;
+        Ok(len)
+    }
+
+    /// Sizes and counters of each queue, in two round trips.
+    pub async fn queue_counts(
+        &self,
+        queues: &[QueueKeys],
+    ) -> Result<Vec<QueueCounts>, BrokerError> {
+        let mut pipe = redis::pipe();
+        for q in queues {
+            pipe.cmd("LLEN").arg(&q.list);
+            pipe.cmd("ZCARD").arg(&q.scheduled);
+            pipe.cmd("LLEN").arg(&q.dead);
+            pipe.cmd("HGETALL").arg(&q.stats);
+            pipe.cmd("SMEMBERS").arg(&q.nodes);
+        }
+        let mut conn = self.conn().await?;
+        type Row = (u64, u64, u64, HashMap<String, u64>, Vec<String>);
+        let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut counts = Vec::with_capacity(queues.len());
+        let mut rows = rows.into_iter();
+        for _ in queues {
+            let row: Vec<Value> = rows.by_ref().take(5).collect();
+            let (waiting, scheduled, dead, stats, nodes): Row =
+                redis::from_redis_value(Value::Array(row))?;
+            let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+            counts.push(QueueCounts {
+                waiting,
+                in_flight: 0,
+                scheduled,
+                dead,
+                processed: get("processed"),
+                failed: get("failed"),
+                retried: get("retried"),
+                died: get("dead"),
+                recovered: get("recovered"),
+                nodes,
+            });
+        }
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (q, c) in queues.iter().zip(&counts) {
+            for n in &c.nodes {
+                pipe.cmd("LLEN").arg(q.inflight_of(n));
+                any = true;
+            }
+        }
+        if any {
+            let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+            let mut lens = lens.into_iter();
+            for c in &mut counts {
+                c.in_flight = lens.by_ref().take(c.nodes.len()).sum();
+            }
+        }
+        Ok(counts)
+    }
+}

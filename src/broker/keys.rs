@@ -1,0 +1,95 @@
+//! Every Redis key and channel name conveyor uses, one function each.
+//! Nothing outside this module spells a key.
+//!
+//! All keys of queue list `K` are `{K}:...`: a Redis Cluster hash tag `{K}`
+//! hashes like the plain `K`, so a queue's keys share one slot and its Lua
+//! scripts may touch them together while producers keep pushing to `K`.
+
+/// The keys of one queue, as seen from one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// The queue's name (its config table).
+    pub name: String,
+    /// `K`: jobs waiting.
+    pub list: String,
+    /// `{K}:inflight:<node>`: jobs this node has taken and not finished.
+    pub inflight: String,
+    /// `{K}:nodes`: nodes that may hold an in-flight list for `K`.
+    pub nodes: String,
+    /// `{K}:scheduled`: envelopes due later, scored by due time in ms.
+    pub scheduled: String,
+    /// `{K}:dead`: dead envelopes, newest first.
+    pub dead: String,
+    /// `{K}:stats`: counters.
+    pub stats: String,
+    /// `{K}:ratelimit`: the sliding-window log.
+    pub ratelimit: String,
+}
+
+impl QueueKeys {
+    /// The keys of queue `name` stored in list `list`, for node `node`.
+    pub fn new(name: &str, list: &str, node: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            list: list.to_owned(),
+            inflight: inflight(list, node),
+            nodes: format!("{{{list}}}:nodes"),
+            scheduled: format!("{{{list}}}:scheduled"),
+            dead: format!("{{{list}}}:dead"),
+            stats: format!("{{{list}}}:stats"),
+            ratelimit: format!("{{{list}}}:ratelimit"),
+        }
+    }
+
+    /// The in-flight list of another node.
+    pub fn inflight_of(&self, node: &str) -> String {
+        inflight(&self.list, node)
+    }
+
+    /// `{K}:unique:<key>`: the lock of a unique job.
+    pub fn unique(&self, key: &str) -> String {
+        format!("{{{}}}:unique:{key}", self.list)
+    }
+
+    /// `{K}:ratelimit:<key>`: the sliding-window log of one rate-limit key.
+    pub fn ratelimit_for(&self, key: Option<&str>) -> String {
+        match key {
+            Some(k) => format!("{}:{k}", self.ratelimit),
+            None => self.ratelimit.clone(),
+        }
+    }
+}
+
+fn inflight(list: &str, node: &str) -> String {
+    format!("{{{list}}}:inflight:{node}")
+}
+
+/// `conveyor:node:<node>`: a live daemon's heartbeat hash.
+pub fn node(node: &str) -> String {
+    format!("conveyor:node:{node}")
+}
+
+/// `conveyor:job:<id>`: a job's status record.
+pub fn job(id: &str) -> String {
+    format!("conveyor:job:{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_design_table() {
+        let k = QueueKeys::new("email", "jobs:email", "host-1-ab");
+        assert_eq!(k.list, "jobs:email");
+        assert_eq!(k.inflight, "{jobs:email}:inflight:host-1-ab");
+        assert_eq!(k.nodes, "{jobs:email}:nodes");
+        assert_eq!(k.scheduled, "{jobs:email}:scheduled");
+        assert_eq!(k.dead, "{jobs:email}:dead");
+        assert_eq!(k.stats, "{jobs:email}:stats");
+        assert_eq!(k.ratelimit, "{jobs:email}:ratelimit");
+        assert_eq!(k.unique("u1"), "{jobs:email}:unique:u1");
+        assert_eq!(node("n1"), "conveyor:node:n1");
+        assert_eq!(job("j1"), "conveyor:job:j1");
+    }
+}

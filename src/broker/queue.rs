@@ -1,0 +1,293 @@
+//! One queue's operations as the daemon performs them: taking jobs, recording
+//! outcomes, promoting scheduled jobs and recovering a dead node's jobs.
+//! Every operation that moves a job between keys is one Lua script.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use super::{Broker, BrokerError, QueueKeys, scripts};
+
+/// How a job's run ended, as recorded in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done. Releases the job's unique lock, if it holds one.
+    Succeeded {
+        /// The job id (owner of the unique lock).
+        id: String,
+        /// The unique lock's key, if any.
+        unique_key: Option<String>,
+    },
+    /// Failed with attempts left: run `envelope` again at `due_ms`.
+    Retry {
+        /// The next envelope.
+        envelope: String,
+        /// When, in ms since the epoch.
+        due_ms: i64,
+    },
+    /// Cannot succeed: park `envelope` in the dead letter list.
+    Dead {
+        /// The dead envelope.
+        envelope: String,
+        /// The job id (owner of the unique lock).
+        id: String,
+        /// The unique lock's key, if any.
+        unique_key: Option<String>,
+    },
+    /// Not finished here (shutdown): back to the head of the queue, unchanged.
+    Requeue,
+    /// May not start yet (rate limit): run `envelope` at `due_ms`, no attempt spent.
+    Snooze {
+        /// The envelope, attempt unchanged.
+        envelope: String,
+        /// When, in ms since the epoch.
+        due_ms: i64,
+    },
+}
+
+/// Where the reaper sends a recovered job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoverTo {
+    /// Back to the head of the queue.
+    Queue,
+    /// To the dead letter list (poison).
+    Dead,
+}
+
+/// One queue, from one node's point of view.
+#[derive(Clone, Debug)]
+pub struct QueueStore {
+    broker: Broker,
+    keys: Arc<QueueKeys>,
+    dead_cap: u32,
+}
+
+impl QueueStore {
+    /// The store of one queue; `dead_cap` bounds its dead letter list.
+    pub fn new(broker: Broker, keys: QueueKeys, dead_cap: u32) -> Self {
+        Self {
+            broker,
+            keys: Arc::new(keys),
+            dead_cap,
+        }
+    }
+
+    /// The queue's keys.
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    /// The broker this store uses.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Moves up to `max` waiting jobs into this node's in-flight list.
+    pub async fn take(&self, max: usize) -> Result<Vec<Vec<u8>>, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        Ok(scripts::TAKE
+            .key(&self.keys.list)
+            .key(&self.keys.inflight)
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// A dedicated connection for blocking pops of at most `block` each.
+    pub async fn fetcher(&self, block: Duration) -> Result<Fetcher, BrokerError> {
+        let conn = self.broker.dedicated(block).await?;
+        Ok(Fetcher {
+            conn,
+            keys: self.keys.clone(),
+            block,
+        })
+    }
+
+    /// Records how a job ended, removing `item` from this node's in-flight
+    /// list in the same step. Returns false when the item was no longer there
+    /// (a reaper handed it to another node): nothing is recorded then.
+    pub async fn record(&self, item: &[u8], outcome: &Outcome) -> Result<bool, BrokerError> {
+        self.record_from(&self.keys.inflight, item, outcome).await
+    }
+
+    /// [`Self::record`] for a job in another in-flight list.
+    pub async fn record_from(
+        &self,
+        inflight: &str,
+        item: &[u8],
+        outcome: &Outcome,
+    ) -> Result<bool, BrokerError> {
+        let k = &*self.keys;
+        let mut conn = self.broker.conn().await?;
+        let recorded: i64 = match outcome {
+            Outcome::Succeeded { id, unique_key } => {
+                let mut inv = scripts::ACK.key(inflight);
+                inv.key(&k.stats);
+                if let Some(u) = unique_key {
+                    inv.key(k.unique(u));
+                }
+                inv.arg(item).arg(id).invoke_async(&mut conn).await?
+            }
+            Outcome::Retry { envelope, due_ms } => {
+                scripts::RETRY
+                    .key(inflight)
+                    .key(&k.scheduled)
+                    .key(&k.stats)
+                    .arg(item)
+                    .arg(envelope)
+                    .arg(due_ms)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+            Outcome::Dead {
+                envelope,
+                id,
+                unique_key,
+            } => {
+                let mut inv = scripts::DEAD.key(inflight);
+                inv.key(&k.dead).key(&k.stats);
+                if let Some(u) = unique_key {
+                    inv.key(k.unique(u));
+                }
+                inv.arg(item)
+                    .arg(envelope)
+                    .arg(self.dead_cap)
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+            Outcome::Requeue => {
+                scripts::REQUEUE
+                    .key(inflight)
+                    .key(&k.list)
+                    .key(&k.stats)
+                    .arg(item)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+            Outcome::Snooze { envelope, due_ms } => {
+                scripts::SNOOZE
+                    .key(inflight)
+                    .key(&k.scheduled)
+                    .arg(item)
+                    .arg(envelope)
+                    .arg(due_ms)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+        };
+        Ok(recorded == 1)
+    }
+
+    /// Moves up to `limit` due jobs to the queue. Returns how many moved and
+    /// when the next scheduled job is due (ms since the epoch), if any.
+    pub async fn promote(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(u64, Option<i64>), BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        let (moved, next): (u64, f64) = scripts::PROMOTE
+            .key(&self.keys.scheduled)
+            .key(&self.keys.list)
+            .arg(now_ms)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((moved, (next >= 0.0).then_some(next as i64)))
+    }
+
+    /// The nodes that may hold an in-flight list of this queue.
+    pub async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        Ok(redis::cmd("SMEMBERS")
+            .arg(&self.keys.nodes)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Up to `limit` items of a node's in-flight list, oldest first.
+    pub async fn inflight_items(
+        &self,
+        node: &str,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        Ok(redis::cmd("LRANGE")
+            .arg(self.keys.inflight_of(node))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Moves a dead node's jobs: each `(item, where, replacement)`, listed
+    /// newest first. Returns `(requeued, dead)`.
+    pub async fn recover(
+        &self,
+        node: &str,
+        moves: &[(Vec<u8>, RecoverTo, Vec<u8>)],
+    ) -> Result<(u64, u64), BrokerError> {
+        let k = &*self.keys;
+        let mut inv = scripts::RECOVER.key(k.inflight_of(node));
+        inv.key(&k.list)
+            .key(&k.dead)
+            .key(&k.stats)
+            .arg(self.dead_cap);
+        for (item, to, replacement) in moves {
+            let to = match to {
+                RecoverTo::Queue => "queue",
+                RecoverTo::Dead => "dead",
+            };
+            inv.arg(item).arg(to).arg(replacement);
+        }
+        let mut conn = self.broker.conn().await?;
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Forgets a node whose in-flight list is empty; keeps it listed otherwise.
+    pub async fn forget_node_if_idle(&self, node: &str) -> Result<bool, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        let len: u64 = redis::cmd("LLEN")
+            .arg(self.keys.inflight_of(node))
+            .query_async(&mut conn)
+            .await?;
+        if len > 0 {
+            return Ok(false);
+        }
+        let _removed: u64 = redis::cmd("SREM")
+            .arg(&self.keys.nodes)
+            .arg(node)
+            .query_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+}
+
+/// A dedicated connection that waits for jobs with `BLMOVE`.
+pub struct Fetcher {
+    conn: MultiplexedConnection,
+    keys: Arc<QueueKeys>,
+    block: Duration,
+}
+
+impl Fetcher {
+    /// Waits up to the block time for one job and parks it in this node's
+    /// in-flight list. `None` when none came.
+    ///
+    /// Not cancel-safe in the sense that matters: if the future is dropped
+    /// after Redis moved a job, the job sits in the in-flight list unseen.
+    /// Callers let it run to completion (the block is short); the shutdown
+    /// sweep requeues anything left in flight regardless.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(redis::cmd("BLMOVE")
+            .arg(&self.keys.list)
+            .arg(&self.keys.inflight)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(self.block.as_secs_f64())
+            .query_async(&mut self.conn)
+            .await?)
+    }
+}

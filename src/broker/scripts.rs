@@ -1,0 +1,29 @@
+//! The Lua scripts, one `.lua` file per atomic operation, each headed by its
+//! KEYS, ARGV and return value. Scripts never read the clock (callers pass
+//! `now`) and every loop is bounded by an argument.
+//!
+//! They run by EVALSHA; after a Redis restart the script cache is empty and
+//! redis-rs loads the script and runs it again (NOSCRIPT means it did not run).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        #[doc = concat!("`lua/", $file, "`")]
+        pub(crate) static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
+    };
+}
+
+script!(TAKE, "take.lua");
+script!(ACK, "ack.lua");
+script!(RETRY, "retry.lua");
+script!(DEAD, "dead.lua");
+script!(REQUEUE, "requeue.lua");
+script!(SNOOZE, "snooze.lua");
+script!(RECOVER, "recover.lua");
+script!(PROMOTE, "promote.lua");
+script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");
+script!(DEAD_RETRY, "dead_retry.lua");

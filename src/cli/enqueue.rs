@@ -1,0 +1,279 @@
+//! `conveyor enqueue`: one job from an argument or stdin, or many from an
+//! NDJSON file, pipelined. Every line of a file is checked before anything is
+//! enqueued, so a bad line loses nothing and enqueues nothing.
+
+use std::io::{BufWriter, IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use sha2::{Digest as _, Sha256};
+
+use super::{InputError, UsageError, connect, load_config};
+use crate::broker::QueueKeys;
+use crate::broker::admin::{Enqueued, NewJob};
+
+use crate::job::{Envelope, now_ms};
+
+/// Jobs per pipeline when loading a file.
+const CHUNK: usize = 2000;
+/// Bad lines listed before giving up on a file.
+const MAX_REPORTED: usize = 10;
+
+/// Options of `conveyor enqueue`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "file"])))]
+pub struct Args {
+    /// The queue's name.
+    pub queue: String,
+    /// The payload as JSON, or `-` to read one JSON document from stdin.
+    pub payload: Option<String>,
+    /// Enqueue every line of an NDJSON file as a job (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Run no earlier than this from now: `30s`, `5m`, `2h`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time: RFC 3339 (`2026-11-24T10:00:00Z`) or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Attempts before the job is dead, overriding the queue's setting.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// Do not enqueue if an equal job was enqueued within this long and has
+    /// not finished: `10m`, `1h`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub unique_for: Option<Duration>,
+    /// What makes jobs equal for --unique-for [default: a digest of the payload].
+    #[arg(long, value_name = "KEY", requires = "unique_for")]
+    pub unique_key: Option<String>,
+    /// Print no job ids.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Enqueues and prints the id of each job enqueued.
+pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let due_ms = due_time(&args)?;
+    if args.unique_for.is_some_and(|d| d.is_zero()) {
+        return Err(UsageError("--unique-for must be positive".into()).into());
+    }
+    if args.file.is_some() && args.unique_key.is_some() {
+        return Err(UsageError(
+            "--unique-key names one job; with --file each job's key is its payload's digest".into(),
+        )
+        .into());
+    }
+    let max_bytes = config
+        .queues
+        .get(&args.queue)
+        .map(|q| q.max_payload_bytes)
+        .unwrap_or(1 << 20);
+    if !config.queues.is_empty() && !config.queues.contains_key(&args.queue) {
+        eprintln!(
+            "conveyor: note: queue {:?} is not in the configuration; enqueuing to {} anyway",
+            args.queue,
+            config.queue_key(&args.queue)
+        );
+    }
+    let payloads = match (&args.payload, &args.file) {
+        (Some(p), None) => vec![read_one(p, max_bytes)?],
+        (None, Some(f)) => read_ndjson(f, max_bytes)?,
+        _ => unreachable!("clap's input group allows exactly one"),
+    };
+    let jobs: Vec<NewJob> = payloads
+        .into_iter()
+        .map(|payload| new_job(payload, &args, due_ms))
+        .collect();
+    let broker = connect(&config).await?;
+    let keys = QueueKeys::new(&args.queue, &config.queue_key(&args.queue), "cli");
+    if args.file.is_some() {
+        load_file(&broker, &keys, &jobs, &args).await
+    } else {
+        let outcome = broker.enqueue(&keys, &jobs).await?;
+        match outcome.first() {
+            Some(Enqueued::Duplicate { holder }) => {
+                eprintln!(
+                    "conveyor: not enqueued: job {holder} holds the unique lock {:?}",
+                    jobs[0]
+                        .unique
+                        .as_ref()
+                        .map(|(k, _)| k.as_str())
+                        .unwrap_or_default()
+                );
+            }
+            _ if !args.quiet => println!("{}", jobs[0].id),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn load_file(
+    broker: &crate::broker::Broker,
+    keys: &QueueKeys,
+    jobs: &[NewJob],
+    args: &Args,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} jobs {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let (mut queued, mut duplicates) = (0u64, 0u64);
+    for chunk in jobs.chunks(CHUNK) {
+        let outcomes = broker.enqueue(keys, chunk).await?;
+        for (job, outcome) in chunk.iter().zip(outcomes) {
+            match outcome {
+                Enqueued::Queued => {
+                    queued += 1;
+                    if !args.quiet {
+                        writeln!(out, "{}", job.id)?;
+                    }
+                }
+                Enqueued::Duplicate { .. } => duplicates += 1,
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    out.flush()?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "conveyor: enqueued {queued} jobs to {} in {secs:.2}s ({:.0} jobs/s){}",
+        keys.list,
+        queued as f64 / secs.max(1e-9),
+        if duplicates > 0 {
+            format!("; {duplicates} duplicates skipped")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn new_job(payload: Box<RawValue>, args: &Args, due_ms: Option<i64>) -> NewJob {
+    let unique = args.unique_for.map(|ttl| {
+        let key = args
+            .unique_key
+            .clone()
+            .unwrap_or_else(|| digest(payload.get()));
+        (key, ttl)
+    });
+    let mut envelope = Envelope::new(payload);
+    envelope.max_attempts = args.max_attempts;
+    envelope.unique_key = unique.as_ref().map(|(k, _)| k.clone());
+    NewJob {
+        id: envelope.id.clone(),
+        envelope: envelope.to_json(),
+        due_ms,
+        unique,
+    }
+}
+
+/// SHA-256 of the payload's text, hex: the default unique key.
+fn digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// When the job is due, if later than now.
+fn due_time(args: &Args) -> anyhow::Result<Option<i64>> {
+    if let Some(delay) = args.delay {
+        return Ok((!delay.is_zero()).then(|| now_ms() + delay.as_millis() as i64));
+    }
+    let Some(at) = &args.at else { return Ok(None) };
+    let ms = if let Ok(secs) = at.parse::<i64>() {
+        secs.checked_mul(1000)
+            .ok_or_else(|| UsageError(format!("--at {at}: out of range")))?
+    } else {
+        at.parse::<jiff::Timestamp>()
+            .map_err(|e| {
+                UsageError(format!(
+                    "--at {at:?}: not an RFC 3339 time or Unix seconds ({e})"
+                ))
+            })?
+            .as_millisecond()
+    };
+    Ok((ms > now_ms()).then_some(ms))
+}
+
+fn read_one(arg: &str, max_bytes: usize) -> anyhow::Result<Box<RawValue>> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| InputError(format!("cannot read the payload from stdin: {e}")))?;
+        s
+    } else {
+        arg.to_owned()
+    };
+    check_payload(text.trim(), max_bytes)
+        .map_err(|e| InputError(format!("invalid payload: {e}")).into())
+}
+
+fn read_ndjson(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<Box<RawValue>>> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    read.map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let mut payloads = Vec::new();
+    let mut bad = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match check_payload(line, max_bytes) {
+            Ok(p) => payloads.push(p),
+            Err(e) => bad.push(format!("  line {}: {e}", n + 1)),
+        }
+    }
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(MAX_REPORTED);
+        bad.truncate(MAX_REPORTED);
+        if more > 0 {
+            bad.push(format!("  ... and {more} more"));
+        }
+        return Err(InputError(format!(
+            "{}: {} bad line{}; nothing was enqueued\n{}",
+            path.display(),
+            bad.len().min(MAX_REPORTED) + more,
+            if bad.len() + more == 1 { "" } else { "s" },
+            bad.join("\n")
+        ))
+        .into());
+    }
+    if payloads.is_empty() {
+        return Err(InputError(format!("{}: no jobs in the file", path.display())).into());
+    }
+    Ok(payloads)
+}
+
+fn check_payload(text: &str, max_bytes: usize) -> Result<Box<RawValue>, String> {
+    if text.len() > max_bytes {
+        return Err(format!(
+            "{} bytes exceeds the queue's max_payload_bytes ({max_bytes})",
+            text.len()
+        ));
+    }
+    serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("not JSON: {e}"))
+}

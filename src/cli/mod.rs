@@ -1,0 +1,162 @@
+//! The command line: one module per subcommand, each an `Args` and a `run`.
+//! Errors are `anyhow` here and only here; [`exit_code`] reads the typed
+//! error underneath to pick the sysexits code.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::broker::BrokerError;
+use crate::config::{Config, ConfigError};
+use crate::daemon::DaemonError;
+
+pub mod check;
+pub mod dead;
+pub mod enqueue;
+pub mod run;
+pub mod stats;
+
+/// EX_USAGE: the command was used wrongly.
+pub const EX_USAGE: u8 = 64;
+/// EX_DATAERR: the input data was bad.
+pub const EX_DATAERR: u8 = 65;
+/// EX_UNAVAILABLE: Redis or SMTP could not be reached.
+pub const EX_UNAVAILABLE: u8 = 69;
+/// EX_SOFTWARE: an internal error.
+pub const EX_SOFTWARE: u8 = 70;
+/// EX_OSERR: the operating system refused something.
+pub const EX_OSERR: u8 = 71;
+/// EX_IOERR: input/output failed.
+pub const EX_IOERR: u8 = 74;
+/// EX_CONFIG: the configuration is unusable.
+pub const EX_CONFIG: u8 = 78;
+
+/// conveyor: a Redis-backed background job worker.
+#[derive(Debug, Parser)]
+#[command(name = "conveyor", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: $CONVEYOR_CONFIG, /etc/conveyor/conveyor.toml,
+    /// config/conveyor.toml, whichever exists first]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: take jobs from the configured queues and run them.
+    Run(run::Args),
+    /// Enqueue a job (prints its id), or many from an NDJSON file.
+    Enqueue(enqueue::Args),
+    /// Inspect, retry or purge dead jobs.
+    Dead(dead::Args),
+    /// Show queue sizes and counters.
+    Stats(stats::Args),
+    /// Validate the configuration and reach Redis.
+    Check(check::Args),
+}
+
+impl Command {
+    /// The daemon logs what it does; the other commands only warnings.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Run(args) => run::run(config, args).await,
+        Command::Enqueue(args) => enqueue::run(config, args).await,
+        Command::Dead(args) => dead::run(config, args).await,
+        Command::Stats(args) => stats::run(config, args).await,
+        Command::Check(args) => check::run(config, args).await,
+    }
+}
+
+/// The command was used wrongly (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The input data was bad (exit 65).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// The sysexits code for an error, from the typed error inside it.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return EX_USAGE;
+        }
+        if cause.is::<InputError>() {
+            return EX_DATAERR;
+        }
+        if cause.is::<ConfigError>() {
+            return EX_CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<DaemonError>() {
+            return match e {
+                DaemonError::Config(_) => EX_CONFIG,
+                DaemonError::Broker(b) if b.is_unavailable() => EX_UNAVAILABLE,
+                DaemonError::Broker(_) => EX_SOFTWARE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<BrokerError>() {
+            return match e {
+                BrokerError::BadUrl { .. } => EX_CONFIG,
+                e if e.is_unavailable() => EX_UNAVAILABLE,
+                _ => EX_SOFTWARE,
+            };
+        }
+    }
+    EX_SOFTWARE
+}
+
+/// Loads the configuration for a command.
+pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// A broker for a command, after a PING that says precisely why Redis is
+/// unreachable if it is.
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<crate::broker::Broker> {
+    let broker = crate::broker::Broker::new(&config.redis)?;
+    broker.ping().await?;
+    Ok(broker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_follow_sysexits() {
+        let code = |e: anyhow::Error| exit_code(&e);
+        assert_eq!(code(UsageError("x".into()).into()), 64);
+        assert_eq!(code(InputError("x".into()).into()), 65);
+        assert_eq!(code(ConfigError::Invalid("x".into()).into()), 78);
+        let unreachable = BrokerError::Unreachable {
+            url: "redis://h".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(
+            code(anyhow::Error::from(unreachable).context("enqueue")),
+            69
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! `conveyor run`: the daemon.
+
+use std::path::Path;
+
+use super::{UsageError, load_config};
+use crate::daemon;
+use crate::handlers::Registry;
+use crate::shutdown::Shutdown;
+
+/// Options of `conveyor run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run only this queue (repeatable); every configured queue by default.
+    #[arg(long = "queue", short = 'q', value_name = "Q")]
+    pub queues: Vec<String>,
+    /// Override the concurrency of every queue run.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+    let mut config = load_config(config_path)?;
+    if !args.queues.is_empty() {
+        for q in &args.queues {
+            if !config.queues.contains_key(q) {
+                let known: Vec<&str> = config.queues.keys().map(String::as_str).collect();
+                return Err(UsageError(format!(
+                    "--queue {q}: no such queue in the configuration (configured: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+                .into());
+            }
+        }
+        config.queues.retain(|name, _| args.queues.contains(name));
+    }
+    if let Some(n) = args.concurrency {
+        if n == 0 || n > 10_000 {
+            return Err(UsageError("--concurrency must be between 1 and 10000".into()).into());
+        }
+        for q in config.queues.values_mut() {
+            q.concurrency = n;
+        }
+    }
+    let shutdown = Shutdown::new();
+    let _signals = shutdown.listen_for_signals()?;
+    daemon::run(config, &Registry::builtin(), shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,813 @@
+//! Configuration: one TOML file, parsed once, overridden by the environment,
+//! validated, and never consulted through an `unwrap` afterwards.
+//!
+//! Every default lives in this file, in the `default_*` functions beside the
+//! field it fills. Every rule that ties two settings together is checked in
+//! [`Config::validate`], next to a comment that says why it holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Where `conveyor` looks for its configuration when `--config` is not given:
+/// `$CONVEYOR_CONFIG`, then the service's path, then the example in a checkout.
+pub const DEFAULT_PATHS: &[&str] = &["/etc/conveyor/conveyor.toml", "config/conveyor.toml"];
+
+/// Crash deliveries after which a job is quarantined as poison. A job that
+/// takes its daemon down this many times would otherwise loop forever.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 3;
+
+/// The whole configuration of a daemon or a CLI invocation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach Redis.
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// Timing of the daemon's background components.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Where lifecycle events go.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// The `email` handler's transport.
+    #[serde(default)]
+    pub email: EmailConfig,
+    /// The queues, by name; the name is the table's name.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueConfig>,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://` URL. `REDIS_URL` overrides it.
+    #[serde(default = "default_redis_url")]
+    pub url: MaskedUrl,
+    /// Connections kept for short commands; blocking pops have their own.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Prefix of a queue's list when its table sets no `key`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// How long one command may take before it counts as failed (and is
+    /// retried). Blocking pops get their block time on top of this.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How long running jobs may finish after SIGTERM before they are put back.
+    /// The systemd unit's `TimeoutStopSec` must exceed it (see systemd/conveyor.service).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How often the node's heartbeat key is refreshed; also the reaper's period.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// TTL of the heartbeat key: a node silent this long is dead and its
+    /// in-flight jobs are recovered. Must exceed 2 x `heartbeat_interval`.
+    #[serde(default = "default_node_ttl", with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Crash deliveries after which a job is dead-lettered as poison.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Pub/sub channel of lifecycle events.
+    #[serde(default = "default_events_channel")]
+    pub channel: String,
+    /// Approximate length of the replay stream; 0 turns the stream off.
+    #[serde(default = "default_stream_maxlen")]
+    pub stream_maxlen: u64,
+}
+
+/// How the `email` handler delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTransport {
+    /// Write `.eml` files into `dir`; the default, so a new user sees mail at once.
+    File,
+    /// Send through the SMTP server at `smtp_url`.
+    Smtp,
+}
+
+/// `[email]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `file` or `smtp`.
+    #[serde(default = "default_email_transport")]
+    pub transport: EmailTransport,
+    /// Directory of the file transport, relative to the config file's directory.
+    #[serde(default = "default_email_dir")]
+    pub dir: PathBuf,
+    /// `smtp://host:port` (plain), `smtp://...?tls=starttls`, `smtps://` (implicit TLS).
+    /// `CONVEYOR_SMTP_URL` overrides it. A password here is refused: use the environment.
+    #[serde(default = "default_smtp_url")]
+    pub smtp_url: MaskedUrl,
+    /// Sender used when a job names none.
+    #[serde(default = "default_email_from")]
+    pub from: String,
+    /// Directory of templates, relative to the config file's directory.
+    #[serde(default)]
+    pub templates: Option<PathBuf>,
+    /// Upper bound on one send, connection and all.
+    #[serde(default = "default_email_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The SMTP password: from `CONVEYOR_SMTP_PASSWORD`, the file named by
+    /// `CONVEYOR_SMTP_PASSWORD_FILE`, or `$CREDENTIALS_DIRECTORY/smtp_password`.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+}
+
+/// Which lifecycle events a queue publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLevel {
+    /// Every transition, `job.started` included.
+    All,
+    /// Outcomes only: no `job.started`.
+    Outcomes,
+    /// Nothing for this queue.
+    Off,
+}
+
+/// `backoff = { base = "15s", max = "1h" }`
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay before the first retry; it doubles with every attempt.
+    #[serde(default = "default_backoff_base", with = "humantime_serde")]
+    pub base: Duration,
+    /// Ceiling of the delay.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+/// `rate_limit = { limit = 10, window = "60s" }`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Jobs allowed to start within any one window.
+    pub limit: u32,
+    /// Length of the sliding window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Optional payload field whose value keys a separate window each
+    /// (`to_domain`: the domain of the email's first recipient).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `[queues.<name>]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Name of the handler in the registry (`email`, `publish`, `noop`).
+    pub handler: String,
+    /// The Redis list; `<key_prefix><name>` when unset.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Jobs of this queue running at once on one daemon.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Attempts before a failing job is dead; a job's envelope may override it.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Retry delays.
+    #[serde(default = "default_backoff")]
+    pub backoff: Backoff,
+    /// Longest one run of the handler may take; it then fails (transiently).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Which lifecycle events to publish.
+    #[serde(default = "default_event_level")]
+    pub events: EventLevel,
+    /// Larger list items are dead-lettered unread.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Sliding-window limit on job starts.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Channel of the `publish` handler.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Length cap of the dead letter list; the oldest entries go first.
+    #[serde(default = "default_dead_max_jobs")]
+    pub dead_max_jobs: u32,
+    /// Keep a status record `conveyor:job:<id>` for each job.
+    #[serde(default)]
+    pub track: bool,
+    /// How long a status record outlives the job's last transition.
+    #[serde(default = "default_track_ttl", with = "humantime_serde")]
+    pub track_ttl: Duration,
+}
+
+fn default_redis_url() -> MaskedUrl {
+    MaskedUrl("redis://127.0.0.1:6379/0".into())
+}
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_key_prefix() -> String {
+    "jobs:".into()
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(25)
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_node_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_deliveries() -> u32 {
+    DEFAULT_MAX_DELIVERIES
+}
+fn default_events_channel() -> String {
+    "conveyor:events".into()
+}
+fn default_stream_maxlen() -> u64 {
+    10_000
+}
+fn default_email_transport() -> EmailTransport {
+    EmailTransport::File
+}
+fn default_email_dir() -> PathBuf {
+    PathBuf::from("outbox")
+}
+fn default_smtp_url() -> MaskedUrl {
+    MaskedUrl("smtp://127.0.0.1:2525".into())
+}
+fn default_email_from() -> String {
+    "conveyor <noreply@localhost>".into()
+}
+fn default_email_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_concurrency() -> u32 {
+    10
+}
+fn default_max_attempts() -> u32 {
+    25
+}
+fn default_backoff_base() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_backoff() -> Backoff {
+    Backoff {
+        base: default_backoff_base(),
+        max: default_backoff_max(),
+    }
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_event_level() -> EventLevel {
+    EventLevel::All
+}
+fn default_max_payload_bytes() -> usize {
+    1024 * 1024
+}
+fn default_dead_max_jobs() -> u32 {
+    10_000
+}
+fn default_track_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            pool_size: default_pool_size(),
+            key_prefix: default_key_prefix(),
+            response_timeout: default_response_timeout(),
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: default_shutdown_timeout(),
+            heartbeat_interval: default_heartbeat_interval(),
+            node_ttl: default_node_ttl(),
+            max_deliveries: default_max_deliveries(),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            channel: default_events_channel(),
+            stream_maxlen: default_stream_maxlen(),
+        }
+    }
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            transport: default_email_transport(),
+            dir: default_email_dir(),
+            smtp_url: default_smtp_url(),
+            from: default_email_from(),
+            templates: None,
+            timeout: default_email_timeout(),
+            password: None,
+        }
+    }
+}
+
+
+/// A URL that may carry a password (`redis://:pw@host`); it prints, logs and
+/// serializes with the password replaced by `***`. [`MaskedUrl::expose`] is the
+/// one way to the clear text, for the client that needs it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct MaskedUrl(String);
+
+impl MaskedUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.masked() != self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn masked(&self) -> String {
+        mask_url(&self.0)
+    }
+}
+
+impl fmt::Display for MaskedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Debug for MaskedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl Serialize for MaskedUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host...` with `***`.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let masked_userinfo = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => userinfo.to_owned(),
+    };
+    format!(
+        "{}{}{}",
+        &url[..scheme_end],
+        masked_userinfo,
+        &rest[at..] // '@host...' and everything after the authority
+    )
+}
+
+/// A secret string: never printed, logged or serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The clear text, for the library that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why a configuration cannot be used. The CLI exits 78 (EX_CONFIG) on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The settings contradict each other or are out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Finds, reads, parses, overrides from the environment and validates the
+    /// configuration. With no `path`, the first of `$CONVEYOR_CONFIG` and
+    /// [`DEFAULT_PATHS`] that exists is read; if none does, the built-in
+    /// defaults apply (no queues).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = path.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os("CONVEYOR_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()))
+        });
+        let mut config = match &path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a file without environment overrides or validation.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        // Relative paths are relative to the file, not to wherever the daemon
+        // happens to be started from.
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.email.dir = base.join(&config.email.dir);
+        if let Some(templates) = &config.email.templates {
+            config.email.templates = Some(base.join(templates));
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error is the parser's message.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL` and the SMTP password sources.
+    /// `env` looks a variable up; tests pass their own.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
+            self.redis.url = MaskedUrl(url);
+        }
+        if let Some(url) = env("CONVEYOR_SMTP_URL").filter(|s| !s.is_empty()) {
+            self.email.smtp_url = MaskedUrl(url);
+        }
+        self.email.password = smtp_password(&env)?;
+        Ok(())
+    }
+
+    /// Checks ranges and the rules between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let d = &self.daemon;
+        // A node refreshes its key every heartbeat_interval; the key must
+        // survive one missed refresh, or a busy but healthy node is declared
+        // dead and its running jobs are handed to someone else.
+        if d.node_ttl <= d.heartbeat_interval * 2 {
+            return invalid(format!(
+                "daemon.node_ttl ({}) must exceed 2 x daemon.heartbeat_interval ({})",
+                human(d.node_ttl),
+                human(d.heartbeat_interval)
+            ));
+        }
+        if d.heartbeat_interval < Duration::from_millis(100) {
+            return invalid("daemon.heartbeat_interval must be at least 100ms".into());
+        }
+        if d.max_deliveries == 0 {
+            return invalid("daemon.max_deliveries must be at least 1".into());
+        }
+        if self.redis.pool_size == 0 {
+            return invalid("redis.pool_size must be at least 1".into());
+        }
+        if self.redis.response_timeout < Duration::from_millis(10) {
+            return invalid("redis.response_timeout must be at least 10ms".into());
+        }
+        if self.email.smtp_url.has_password() {
+            return invalid(
+                "email.smtp_url must not carry a password: set CONVEYOR_SMTP_PASSWORD \
+                 or CONVEYOR_SMTP_PASSWORD_FILE instead"
+                    .into(),
+            );
+        }
+        if self.events.channel.is_empty() {
+            return invalid("events.channel must not be empty".into());
+        }
+        let mut keys = BTreeSet::new();
+        for (name, q) in &self.queues {
+            let at = |field: &str| format!("queues.{name}.{field}");
+            check_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("queue name {name:?} {e}")))?;
+            let key = self.queue_key(name);
+            check_name(&key).map_err(|e| ConfigError::Invalid(format!("{} {e}", at("key"))))?;
+            if !keys.insert(key.clone()) {
+                return invalid(format!("two queues use the Redis list {key:?}"));
+            }
+            if q.concurrency == 0 || q.concurrency > 10_000 {
+                return invalid(format!("{} must be between 1 and 10000", at("concurrency")));
+            }
+            if q.max_attempts == 0 {
+                return invalid(format!("{} must be at least 1", at("max_attempts")));
+            }
+            if q.backoff.base.is_zero() || q.backoff.base > q.backoff.max {
+                return invalid(format!(
+                    "{} must be positive and not above backoff.max",
+                    at("backoff.base")
+                ));
+            }
+            if q.timeout.is_zero() {
+                return invalid(format!("{} must be positive", at("timeout")));
+            }
+            if q.max_payload_bytes == 0 || q.max_payload_bytes > 512 * 1024 * 1024 {
+                return invalid(format!(
+                    "{} must be between 1 and 512 MiB",
+                    at("max_payload_bytes")
+                ));
+            }
+            if q.dead_max_jobs == 0 {
+                return invalid(format!("{} must be at least 1", at("dead_max_jobs")));
+            }
+            if let Some(rl) = &q.rate_limit {
+                if rl.limit == 0 || rl.window.is_zero() {
+                    return invalid(format!(
+                        "{} needs a limit of at least 1 and a positive window",
+                        at("rate_limit")
+                    ));
+                }
+            }
+            match (q.handler.as_str(), &q.channel) {
+                ("publish", None) => {
+                    return invalid(format!(
+                        "{} is required by the publish handler",
+                        at("channel")
+                    ));
+                }
+                ("publish", Some(c)) if c.is_empty() => {
+                    return invalid(format!("{} must not be empty", at("channel")));
+                }
+                ("publish", Some(_)) | (_, None) => {}
+                (other, Some(_)) => {
+                    return invalid(format!(
+                        "{} is only meaningful for the publish handler, not {other:?}",
+                        at("channel")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis list of queue `name`, whether configured or not.
+    pub fn queue_key(&self, name: &str) -> String {
+        match self.queues.get(name).and_then(|q| q.key.clone()) {
+            Some(key) => key,
+            None => format!("{}{name}", self.redis.key_prefix),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets masked, for the startup log.
+    pub fn masked_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+/// Queue names and keys end up inside `{...}` hash tags and log lines.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 200 {
+        return Err("must be 1 to 200 characters long");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
+        return Err("must not contain whitespace, control characters or braces");
+    }
+    Ok(())
+}
+
+/// The SMTP password from, in order: `CONVEYOR_SMTP_PASSWORD`,
+/// `CONVEYOR_SMTP_PASSWORD_FILE`, `$CREDENTIALS_DIRECTORY/smtp_password`
+/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it.
+fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, ConfigError> {
+    if let Some(pw) = env("CONVEYOR_SMTP_PASSWORD").filter(|s| !s.is_empty()) {
+        return Ok(Some(Secret(pw)));
+    }
+    let file = env("CONVEYOR_SMTP_PASSWORD_FILE")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env("CREDENTIALS_DIRECTORY")
+                .map(|dir| Path::new(&dir).join("smtp_password"))
+                .filter(|p| p.exists())
+        });
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+}
+
+/// `Duration` as the config writes it (`25s`, `5m`).
+pub fn human(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::from_toml(text).expect("parses")
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = parse("[queues.q]\nhandler = \"noop\"\n");
+        let q = &c.queues["q"];
+        assert_eq!(c.redis.url.expose(), "redis://127.0.0.1:6379/0");
+        assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(c.daemon.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.daemon.node_ttl, Duration::from_secs(30));
+        assert_eq!(q.max_attempts, 25);
+        assert_eq!(q.backoff.base, Duration::from_secs(15));
+        assert_eq!(q.backoff.max, Duration::from_secs(3600));
+        assert_eq!(q.max_payload_bytes, 1 << 20);
+        assert_eq!(q.dead_max_jobs, 10_000);
+        assert_eq!(c.queue_key("q"), "jobs:q");
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[daemon]\nshutdown_timout = \"1s\"\n").unwrap_err();
+        assert!(err.contains("shutdown_timout"), "{err}");
+        let err =
+            Config::from_toml("[queues.q]\nhandler = \"noop\"\nconcurency = 3\n").unwrap_err();
+        assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn node_ttl_must_exceed_two_heartbeats() {
+        let c = parse("[daemon]\nheartbeat_interval = \"5s\"\nnode_ttl = \"10s\"\n");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("node_ttl"), "{err}");
+        parse("[daemon]\nheartbeat_interval = \"5s\"\nnode_ttl = \"11s\"\n")
+            .validate()
+            .expect("11s > 2 x 5s");
+    }
+
+    #[test]
+    fn publish_needs_a_channel_and_others_refuse_one() {
+        let err = parse("[queues.o]\nhandler = \"publish\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("queues.o.channel"), "{err}");
+        let err = parse("[queues.o]\nhandler = \"noop\"\nchannel = \"x\"\n")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("only meaningful"), "{err}");
+    }
+
+    #[test]
+    fn two_queues_on_one_list_are_refused() {
+        let c = parse(
+            "[queues.a]\nhandler = \"noop\"\n[queues.b]\nhandler = \"noop\"\nkey = \"jobs:a\"\n",
+        );
+        assert!(c.validate().unwrap_err().to_string().contains("jobs:a"));
+    }
+
+    #[test]
+    fn durations_are_human_strings() {
+        let c = parse(
+            "[queues.q]\nhandler = \"noop\"\ntimeout = \"250ms\"\nbackoff = { base = \"1s\", max = \"5m\" }\n",
+        );
+        let q = &c.queues["q"];
+        assert_eq!(q.timeout, Duration::from_millis(250));
+        assert_eq!(q.backoff.max, Duration::from_secs(300));
+        assert!(Config::from_toml("[daemon]\nnode_ttl = 30\n").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = parse("[redis]\nurl = \"redis://file:1/0\"\n");
+        c.apply_env(|k| match k {
+            "REDIS_URL" => Some("redis://env:2/0".into()),
+            "CONVEYOR_SMTP_URL" => Some("smtps://mail:465".into()),
+            "CONVEYOR_SMTP_PASSWORD" => Some("hunter2".into()),
+            _ => None,
+        })
+        .expect("applies");
+        assert_eq!(c.redis.url.expose(), "redis://env:2/0");
+        assert_eq!(c.email.smtp_url.expose(), "smtps://mail:465");
+        assert_eq!(
+            c.email.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+    }
+
+    #[test]
+    fn password_file_loses_its_trailing_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("smtp_password"), "s3cret\n").expect("write");
+        let mut c = Config::default();
+        let creds = dir.path().to_string_lossy().into_owned();
+        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
+            .expect("applies");
+        assert_eq!(
+            c.email.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut c = parse("[redis]\nurl = \"redis://user:topsecret@h:6379/0\"\n");
+        c.email.password = Some(Secret::new("hunter2"));
+        let shown = format!("{c:?}\n{}\n{}", c.masked_toml(), c.redis.url);
+        assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://user:***@h:6379/0"), "{shown}");
+    }
+
+    #[test]
+    fn mask_url_handles_the_shapes() {
+        assert_eq!(mask_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(mask_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            mask_url("smtp://u@h?tls=starttls"),
+            "smtp://u@h?tls=starttls"
+        );
+        assert_eq!(
+            mask_url("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+        assert_eq!(mask_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+    }
+
+    #[test]
+    fn smtp_url_with_password_is_refused() {
+        let c = parse("[email]\nsmtp_url = \"smtp://u:pw@h:25\"\n");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("CONVEYOR_SMTP_PASSWORD") && !err.contains("pw@"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! The heartbeat: keeps `conveyor:node:<node>` alive (host, pid, version,
+//! start time, queues, busy slots) and this node listed in each queue's
+//! `{K}:nodes` set. It stops last in a shutdown, so that no peer mistakes a
+//! draining node for a dead one and takes its running jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use super::processor::Processor;
+use crate::broker::{Broker, BrokerError, QueueKeys};
+
+/// Refreshes this node's liveness.
+pub(crate) struct Heartbeat {
+    pub(crate) broker: Broker,
+    pub(crate) node: Node,
+    pub(crate) processors: Vec<Arc<Processor>>,
+    pub(crate) interval: Duration,
+    pub(crate) ttl: Duration,
+}
+
+impl Heartbeat {
+    /// Beats every `interval` until `stop`.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            match self.beat().await {
+                Ok(()) if failing => {
+                    tracing::info!("heartbeat works again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "heartbeat failed; peers will recover this node's jobs if it stays silent for node_ttl");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    /// One beat.
+    pub(crate) async fn beat(&self) -> Result<(), BrokerError> {
+        let busy: usize = self.processors.iter().map(|p| p.busy()).sum();
+        let queues: Vec<&str> = self.processors.iter().map(|p| p.name()).collect();
+        let keys: Vec<&QueueKeys> = self.processors.iter().map(|p| p.store().keys()).collect();
+        let fields = [
+            ("host", self.node.host.clone()),
+            ("pid", std::process::id().to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("started_at", self.node.started_at.clone()),
+            ("queues", queues.join(",")),
+            ("busy", busy.to_string()),
+        ];
+        self.broker
+            .heartbeat(&self.node.id, &fields, self.ttl, &keys)
+            .await
+    }
+}

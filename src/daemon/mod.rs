@@ -1,0 +1,326 @@
+//! The daemon: a supervisor that starts one [`processor`] per queue and the
+//! background components ([`scheduler`], [`reaper`], [`heartbeat`]), and
+//! stages the shutdown in one place ([`run`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::queue::{QueueStore, RecoverTo};
+use crate::broker::{Broker, BrokerError, QueueKeys};
+use crate::config::{Config, ConfigError, human};
+use crate::handlers::{HandlerContext, Registry};
+use crate::shutdown::Shutdown;
+
+mod heartbeat;
+mod processor;
+mod reaper;
+mod retry;
+mod scheduler;
+
+use heartbeat::Heartbeat;
+use processor::Processor;
+use reaper::Reaper;
+use retry::Retry;
+use scheduler::Scheduler;
+
+/// After the drain, how long requeueing and the final sweep may keep
+/// retrying against an unreachable Redis before the daemon exits anyway
+/// (the jobs then stay in flight, and a reaper returns them).
+const FINAL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Redis failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// This daemon's identity: `<host>-<pid>-<random>`, unique per start.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node id used in keys and events.
+    pub id: String,
+    /// The host name.
+    pub host: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+}
+
+impl Node {
+    /// A fresh identity for this process.
+    pub fn new() -> Self {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let safe: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self {
+            id: format!("{safe}-{}-{:04x}", std::process::id(), fastrand::u16(..)),
+            host,
+            started_at: crate::job::now_rfc3339(),
+        }
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs the daemon until `shutdown.terminate`, then shuts down gracefully.
+///
+/// Waits for Redis if it is unreachable at start (logging why), so a daemon
+/// started before Redis comes up by itself once Redis does. Returns an error
+/// only for a configuration that cannot work.
+pub async fn run(
+    config: Config,
+    registry: &Registry,
+    shutdown: Shutdown,
+) -> Result<(), DaemonError> {
+    run_as(Node::new(), config, registry, shutdown).await
+}
+
+/// [`run`] with a given identity (tests use it to know the node id).
+pub async fn run_as(
+    node: Node,
+    config: Config,
+    registry: &Registry,
+    shutdown: Shutdown,
+) -> Result<(), DaemonError> {
+    if config.queues.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no queues configured: add a [queues.<name>] table".into(),
+        )
+        .into());
+    }
+    let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let wake_scheduler = Arc::new(Notify::new());
+    let give_up = CancellationToken::new();
+    let mut processors = Vec::new();
+    for (name, q) in &config.queues {
+        let handler = registry.build(&HandlerContext {
+            queue: name,
+            queue_config: q,
+            config: &config,
+            broker: &broker,
+        })?;
+        let keys = QueueKeys::new(name, &config.queue_key(name), &node.id);
+        let store = QueueStore::new(broker.clone(), keys, q.dead_max_jobs);
+        processors.push(Arc::new(Processor::new(
+            name,
+            store,
+            q.clone(),
+            handler,
+            wake_scheduler.clone(),
+            give_up.clone(),
+        )));
+    }
+    let stores: Vec<QueueStore> = processors.iter().map(|p| p.store().clone()).collect();
+    let slots: u32 = config.queues.values().map(|q| q.concurrency).sum();
+    tracing::info!(
+        node = %node.id,
+        redis = %broker.url(),
+        queues = %config.queues.keys().cloned().collect::<Vec<_>>().join(","),
+        slots,
+        "starting"
+    );
+
+    if !wait_for_redis(&broker, &shutdown.terminate).await {
+        tracing::info!("stopped before Redis was reachable");
+        return Ok(());
+    }
+    let heartbeat = Heartbeat {
+        broker: broker.clone(),
+        node: node.clone(),
+        processors: processors.clone(),
+        interval: config.daemon.heartbeat_interval,
+        ttl: config.daemon.node_ttl,
+    };
+    // Listed as alive in every queue before the first job is taken.
+    let mut retry = Retry::new("registering the node");
+    while let Err(e) = heartbeat.beat().await {
+        if !retry.wait(&e, &shutdown.terminate).await {
+            return Ok(());
+        }
+    }
+
+    let stop_fetching = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    let stop_background = CancellationToken::new();
+    let stop_heartbeat = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for p in &processors {
+        workers.spawn(p.clone().run(stop_fetching.clone(), abandon.clone()));
+    }
+    let mut background = JoinSet::new();
+    background.spawn(
+        Scheduler {
+            stores: stores.clone(),
+            wake: wake_scheduler,
+        }
+        .run(stop_background.clone()),
+    );
+    background.spawn(
+        Reaper {
+            broker: broker.clone(),
+            stores: stores.clone(),
+            node: node.id.clone(),
+            max_deliveries: config.daemon.max_deliveries,
+            interval: config.daemon.heartbeat_interval,
+        }
+        .run(stop_background.clone()),
+    );
+    let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
+    tracing::info!(node = %node.id, "running");
+
+    tokio::select! {
+        _ = shutdown.quiet.cancelled() => {
+            stop_fetching.cancel();
+            if !shutdown.terminate.is_cancelled() {
+                tracing::info!("quiet: no new jobs will be taken; running jobs finish");
+            }
+            shutdown.terminate.cancelled().await;
+        }
+        _ = shutdown.terminate.cancelled() => {}
+    }
+
+    // The shutdown, in order. Each step says why it comes where it does.
+    let busy: usize = processors.iter().map(|p| p.busy()).sum();
+    tracing::info!(
+        running = busy,
+        timeout = %human(config.daemon.shutdown_timeout),
+        "shutting down: taking no new jobs, letting running jobs finish"
+    );
+    // 1. Stop taking jobs, so the set of jobs to drain only shrinks.
+    stop_fetching.cancel();
+    // 2. Drain: running jobs get `shutdown_timeout` (a second SIGINT cuts it
+    //    short). The heartbeat keeps beating meanwhile, so no peer declares
+    //    this node dead and hands its running jobs to someone else.
+    let drained = tokio::select! {
+        _ = join_all(&mut workers) => true,
+        _ = tokio::time::sleep(config.daemon.shutdown_timeout) => false,
+        _ = shutdown.hurry.cancelled() => false,
+    };
+    // 3. Requeue stragglers at the head of their queue, unchanged: they were
+    //    interrupted, not failed, and run first on the next node.
+    if !drained {
+        let left: usize = processors.iter().map(|p| p.busy()).sum();
+        tracing::warn!(
+            jobs = left,
+            "drain incomplete; requeueing unfinished jobs at the head of their queues"
+        );
+        abandon.cancel();
+    }
+    let give_up_timer = {
+        let give_up = give_up.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FINAL_GRACE).await;
+            give_up.cancel();
+        })
+    };
+    join_all(&mut workers).await;
+    // 4. Sweep: anything still in this node's in-flight lists (a job popped
+    //    just as fetching stopped, an outcome Redis would not take) goes back
+    //    to the head of its queue too. After this nothing is held here.
+    for store in &stores {
+        sweep_own_inflight(store, &node.id, &give_up).await;
+    }
+    give_up_timer.abort();
+    // 5. Background components: nothing left for them to do on this node.
+    stop_background.cancel();
+    join_all(&mut background).await;
+    // 6. Heartbeat last: once the node key is gone, peers may reap this
+    //    node, and there is nothing left to reap.
+    stop_heartbeat.cancel();
+    if let Err(e) = heartbeat_task.await {
+        tracing::error!(error = %e, "heartbeat task failed");
+    }
+    if let Err(e) = broker.remove_node(&node.id).await {
+        tracing::warn!(error = %e, "could not remove the node's heartbeat key; it expires by itself");
+    }
+    for store in &stores {
+        if let Err(e) = store.forget_node_if_idle(&node.id).await {
+            tracing::debug!(error = %e, "could not unlist the node");
+        }
+    }
+    tracing::info!(node = %node.id, "stopped");
+    Ok(())
+}
+
+/// Pings until Redis answers. False if `cancel` fired first.
+async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken) -> bool {
+    let mut retry = Retry::new("connecting to Redis");
+    loop {
+        match broker.ping().await {
+            Ok(()) => {
+                retry.succeeded();
+                return true;
+            }
+            Err(e) => {
+                if retry.failures() == 0 {
+                    tracing::warn!(error = %e, "Redis is not reachable yet; waiting for it");
+                }
+                if !retry.wait(&e, cancel).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Requeues everything left in this node's in-flight list of one queue.
+async fn sweep_own_inflight(store: &QueueStore, node: &str, give_up: &CancellationToken) {
+    let mut retry = Retry::new("requeueing in-flight jobs at shutdown");
+    loop {
+        let result = async {
+            let items = store.inflight_items(node, 100).await?;
+            if items.is_empty() {
+                return Ok::<_, BrokerError>(true);
+            }
+            let moves: Vec<_> = items
+                .into_iter()
+                .rev()
+                .map(|item| (item.clone(), RecoverTo::Queue, item))
+                .collect();
+            let (requeued, _) = store.recover(node, &moves).await?;
+            tracing::info!(queue = %store.keys().name, requeued, "requeued in-flight jobs at the head of the queue");
+            Ok(false)
+        }
+        .await;
+        match result {
+            Ok(true) => return,
+            Ok(false) => retry.succeeded(),
+            Err(e) => {
+                if !retry.wait(&e, give_up).await {
+                    tracing::error!(queue = %store.keys().name, "Redis unreachable: in-flight jobs stay for a reaper to recover");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn join_all<T: 'static>(set: &mut JoinSet<T>) {
+    while let Some(ended) = set.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a daemon task failed");
+        }
+    }
+}

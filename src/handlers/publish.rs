@@ -1,0 +1,45 @@
+//! `publish`: publishes each job's payload, byte for byte, on the queue's
+//! `channel`, so a plain subscriber of that channel sees exactly what the
+//! producer enqueued (the order events of the design flow this way).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Handler, HandlerContext, HandlerError};
+use crate::broker::Broker;
+use crate::config::ConfigError;
+use crate::job::Job;
+
+/// Publishes payloads on one channel.
+pub struct Publish {
+    broker: Broker,
+    channel: String,
+}
+
+impl Publish {
+    /// Builds the handler of a queue; its `channel` is required (checked by validation too).
+    pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+        let channel = ctx.queue_config.channel.clone().ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "queues.{}.channel is required by the publish handler",
+                ctx.queue
+            ))
+        })?;
+        Ok(Arc::new(Self {
+            broker: ctx.broker.clone(),
+            channel,
+        }))
+    }
+}
+
+#[async_trait]
+impl Handler for Publish {
+    async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
+        self.broker
+            .publish(&self.channel, job.payload().get().as_bytes())
+            .await
+            .map(|_receivers| ())
+            .map_err(|e| HandlerError::transient(format!("publish on {}: {e}", self.channel)))
+    }
+}

@@ -1,0 +1,341 @@
+//! Test fixtures: a private `redis-server` per test, waiting on conditions
+//! with deadlines, a daemon run in-process, and the real binary.
+//!
+//! Every test owns its Redis (its own unix socket in its own temporary
+//! directory, persistence off unless the test asks for AOF) and never touches
+//! one it did not start.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conveyor::config::Config;
+use conveyor::daemon::{DaemonError, Node};
+use conveyor::handlers::Registry;
+use conveyor::shutdown::Shutdown;
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+
+/// A private redis-server.
+pub struct Redis {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    aof: bool,
+}
+
+impl Redis {
+    /// Starts a redis-server with persistence off.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a redis-server that writes an AOF (fsync always), so it can be
+    /// killed and restarted without losing data.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut redis = Self {
+            child: None,
+            dir,
+            aof,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg("0")
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .arg("--unixsocketperm")
+            .arg("700")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"));
+        if self.aof {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = self.client();
+        while client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The unix socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The URL the daemon and the CLI use.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid URL")
+    }
+
+    /// A connection for the test's own checks.
+    pub async fn conn(&self) -> MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's redis")
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill redis-server");
+            child.wait().expect("reap redis-server");
+        }
+        // A killed server leaves its socket file behind.
+        let _gone = std::fs::remove_file(self.socket());
+    }
+
+    /// Starts it again on the same socket (and AOF, if any).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The server's pid, for SIGSTOP and the like.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A configuration for `redis` with fast timings, plus the given TOML
+/// (usually `[queues.*]` tables).
+pub fn config(redis: &Redis, extra: &str) -> Config {
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n[daemon]\nshutdown_timeout = \"5s\"\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{extra}",
+        redis.url()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    config.validate().expect("valid test config");
+    config
+}
+
+/// Writes a configuration file for the binary; returns its path.
+pub fn config_file(dir: &Path, redis: &Redis, extra: &str) -> PathBuf {
+    config_file_with(dir, redis, "shutdown_timeout = \"5s\"", extra)
+}
+
+/// [`config_file`] with the `[daemon]` table's first line given.
+pub fn config_file_with(dir: &Path, redis: &Redis, daemon: &str, extra: &str) -> PathBuf {
+    let path = dir.join("conveyor.toml");
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n[daemon]\n{daemon}\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{extra}",
+        redis.url()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A daemon running in this process.
+pub struct TestDaemon {
+    pub shutdown: Shutdown,
+    pub node: Node,
+    handle: tokio::task::JoinHandle<Result<(), DaemonError>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with the built-in handlers plus `registry`'s.
+    pub fn start(config: Config, registry: Registry) -> Self {
+        let shutdown = Shutdown::new();
+        let node = Node::new();
+        let (s, n) = (shutdown.clone(), node.clone());
+        let handle =
+            tokio::spawn(async move { conveyor::daemon::run_as(n, config, &registry, s).await });
+        Self {
+            shutdown,
+            node,
+            handle,
+        }
+    }
+
+    /// Shuts down gracefully and returns the daemon's result.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        self.shutdown.terminate.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("daemon stops within 30s")
+            .expect("daemon task did not panic")
+    }
+
+    /// Whether the daemon task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// The built-in handlers (including the test-only `fault`).
+pub fn builtin() -> Registry {
+    Registry::builtin()
+}
+
+/// The `conveyor` binary, with logs as JSON on stderr.
+pub fn conveyor() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conveyor"));
+    cmd.env_remove("REDIS_URL")
+        .env_remove("CONVEYOR_CONFIG")
+        .env_remove("CONVEYOR_LOG")
+        .env_remove("CONVEYOR_SMTP_PASSWORD")
+        .env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = conveyor().args(args).output().expect("run conveyor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary with stdin; returns (exit code, stdout, stderr).
+pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = conveyor()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run conveyor");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Queue helpers over a test connection.
+pub async fn llen(conn: &mut MultiplexedConnection, key: &str) -> usize {
+    conn.llen(key).await.expect("LLEN")
+}
+
+pub async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> usize {
+    conn.zcard(key).await.expect("ZCARD")
+}
+
+pub async fn lrange(conn: &mut MultiplexedConnection, key: &str) -> Vec<String> {
+    conn.lrange(key, 0, -1).await.expect("LRANGE")
+}
+
+pub async fn stat(conn: &mut MultiplexedConnection, queue_key: &str, field: &str) -> u64 {
+    let v: Option<u64> = conn
+        .hget(format!("{{{queue_key}}}:stats",), field)
+        .await
+        .expect("HGET");
+    v.unwrap_or(0)
+}
+
+/// Total of every in-flight list of a queue (any node).
+pub async fn in_flight(conn: &mut MultiplexedConnection, queue_key: &str) -> usize {
+    let keys: Vec<String> = conn
+        .keys(format!("{{{queue_key}}}:inflight:*"))
+        .await
+        .expect("KEYS");
+    let mut n = 0;
+    for k in keys {
+        n += llen(conn, &k).await;
+    }
+    n
+}
+
+/// The dead entries of a queue, parsed.
+pub async fn dead(conn: &mut MultiplexedConnection, queue_key: &str) -> Vec<serde_json::Value> {
+    lrange(conn, &format!("{{{queue_key}}}:dead"))
+        .await
+        .iter()
+        .map(|s| serde_json::from_str(s).expect("dead entries are JSON"))
+        .collect()
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Waits for a child to exit, up to `timeout`; returns its exit code.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
