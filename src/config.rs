@@ -338,7 +338,6 @@ impl Default for EmailConfig {
     }
 }
 
-
 /// A URL that may carry a password (`redis://:pw@host`); it prints, logs and
 /// serializes with the password replaced by `***`. [`MaskedUrl::expose`] is the
 /// one way to the clear text, for the client that needs it.

@@ -29,7 +29,7 @@ struct Recorder(Arc<Mutex<Vec<(String, u32, String)>>>);
 #[async_trait]
 impl Handler for Recorder {
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
-        self.0.lock().unwrap().push((
+        self.0.lock().expect("recorder lock").push((
             job.id().to_owned(),
             job.attempt(),
             job.payload().get().to_owned(),
