@@ -10,6 +10,8 @@
 pub struct QueueKeys {
     /// The queue's name (its config table).
     pub name: String,
+    /// The node these keys are seen from.
+    pub node: String,
     /// `K`: jobs waiting.
     pub list: String,
     /// `{K}:inflight:<node>`: jobs this node has taken and not finished.
@@ -31,6 +33,7 @@ impl QueueKeys {
     pub fn new(name: &str, list: &str, node: &str) -> Self {
         Self {
             name: name.to_owned(),
+            node: node.to_owned(),
             list: list.to_owned(),
             inflight: inflight(list, node),
             nodes: format!("{{{list}}}:nodes"),

@@ -102,7 +102,8 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A broker for the configured Redis. Connects lazily: this does no I/O.
+    /// A broker for the configured Redis. Connects lazily: this does no I/O,
+    /// but must run inside a tokio runtime (the pool starts a reaper task).
     pub fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
         let client = Client::open(config.url.expose()).map_err(|e| BrokerError::BadUrl {
             url: config.url.masked(),
@@ -187,6 +188,19 @@ impl Broker {
                 url: self.url(),
                 reason: e.to_string(),
             })
+    }
+
+    /// Ends the blocking command of connection `client_id` as if its block
+    /// time had run out. Atomic on the server: the command either already
+    /// moved a job (and returns it) or returns nothing.
+    pub async fn unblock(&self, client_id: u64) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client_id)
+            .query_async::<u8>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Publishes `message` on `channel`; returns how many subscribers got it.

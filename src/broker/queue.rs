@@ -35,8 +35,12 @@ pub enum Outcome {
         /// The unique lock's key, if any.
         unique_key: Option<String>,
     },
-    /// Not finished here (shutdown): back to the head of the queue, unchanged.
+    /// Not finished here (shutdown): back to the head of the queue, unchanged,
+    /// counted as recovered.
     Requeue,
+    /// Taken but not started (a suspect needs the node to itself): back to
+    /// the head of the queue, unchanged, not counted.
+    GiveBack,
     /// May not start yet (rate limit): run `envelope` at `due_ms`, no attempt spent.
     Snooze {
         /// The envelope, attempt unchanged.
@@ -96,9 +100,20 @@ impl QueueStore {
 
     /// A dedicated connection for blocking pops of at most `block` each.
     pub async fn fetcher(&self, block: Duration) -> Result<Fetcher, BrokerError> {
-        let conn = self.broker.dedicated(block).await?;
+        let mut conn = self.broker.dedicated(block).await?;
+        // Named for CLIENT LIST; its id lets a stop cut a pop short.
+        let name = format!("conveyor:{}:{}", self.keys.node, self.keys.name);
+        let (_ok, client_id): ((), u64) = redis::pipe()
+            .cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&name)
+            .cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
         Ok(Fetcher {
             conn,
+            client_id,
             keys: self.keys.clone(),
             block,
         })
@@ -157,12 +172,17 @@ impl QueueStore {
                     .invoke_async(&mut conn)
                     .await?
             }
-            Outcome::Requeue => {
+            Outcome::Requeue | Outcome::GiveBack => {
                 scripts::REQUEUE
                     .key(inflight)
                     .key(&k.list)
                     .key(&k.stats)
                     .arg(item)
+                    .arg(if *outcome == Outcome::Requeue {
+                        "1"
+                    } else {
+                        "0"
+                    })
                     .invoke_async(&mut conn)
                     .await?
             }
@@ -203,6 +223,18 @@ impl QueueStore {
         let mut conn = self.broker.conn().await?;
         Ok(redis::cmd("SMEMBERS")
             .arg(&self.keys.nodes)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// This node's whole in-flight list, oldest first. Bounded by the
+    /// queue's concurrency plus one batch.
+    pub async fn own_inflight(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        Ok(redis::cmd("LRANGE")
+            .arg(&self.keys.inflight)
+            .arg(0)
+            .arg(-1)
             .query_async(&mut conn)
             .await?)
     }
@@ -268,18 +300,23 @@ impl QueueStore {
 /// A dedicated connection that waits for jobs with `BLMOVE`.
 pub struct Fetcher {
     conn: MultiplexedConnection,
+    client_id: u64,
     keys: Arc<QueueKeys>,
     block: Duration,
 }
 
 impl Fetcher {
+    /// The server's id of this connection, for [`Broker::unblock`].
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
     /// Waits up to the block time for one job and parks it in this node's
     /// in-flight list. `None` when none came.
     ///
-    /// Not cancel-safe in the sense that matters: if the future is dropped
-    /// after Redis moved a job, the job sits in the in-flight list unseen.
-    /// Callers let it run to completion (the block is short); the shutdown
-    /// sweep requeues anything left in flight regardless.
+    /// Do not drop this future to stop waiting: if Redis moved a job just
+    /// then, it would sit in the in-flight list unseen. Cut the wait short
+    /// with [`Broker::unblock`] and let the future finish instead.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, BrokerError> {
         Ok(redis::cmd("BLMOVE")
             .arg(&self.keys.list)

@@ -16,6 +16,7 @@ use crate::handlers::{HandlerContext, Registry};
 use crate::shutdown::Shutdown;
 
 mod heartbeat;
+mod isolation;
 mod processor;
 mod reaper;
 mod retry;
@@ -113,6 +114,7 @@ pub async fn run_as(
     let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let wake_scheduler = Arc::new(Notify::new());
     let give_up = CancellationToken::new();
+    let isolation = Arc::new(isolation::Isolation::default());
     let mut processors = Vec::new();
     for (name, q) in &config.queues {
         let handler = registry.build(&HandlerContext {
@@ -129,6 +131,7 @@ pub async fn run_as(
             q.clone(),
             handler,
             wake_scheduler.clone(),
+            isolation.clone(),
             give_up.clone(),
         )));
     }
@@ -165,6 +168,17 @@ pub async fn run_as(
     let abandon = CancellationToken::new();
     let stop_background = CancellationToken::new();
     let stop_heartbeat = CancellationToken::new();
+    // Jobs of nodes that died before this one started run first.
+    let reaper = Reaper {
+        broker: broker.clone(),
+        stores: stores.clone(),
+        node: node.id.clone(),
+        max_deliveries: config.daemon.max_deliveries,
+        interval: config.daemon.heartbeat_interval,
+    };
+    if let Err(e) = reaper.sweep().await {
+        tracing::warn!(error = %e, "reaper: first look for dead nodes failed; will look again");
+    }
     let mut workers = JoinSet::new();
     for p in &processors {
         workers.spawn(p.clone().run(stop_fetching.clone(), abandon.clone()));
@@ -177,16 +191,7 @@ pub async fn run_as(
         }
         .run(stop_background.clone()),
     );
-    background.spawn(
-        Reaper {
-            broker: broker.clone(),
-            stores: stores.clone(),
-            node: node.id.clone(),
-            max_deliveries: config.daemon.max_deliveries,
-            interval: config.daemon.heartbeat_interval,
-        }
-        .run(stop_background.clone()),
-    );
+    background.spawn(reaper.run(stop_background.clone()));
     let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
     tracing::info!(node = %node.id, "running");
 

@@ -9,19 +9,24 @@
 //! before anything else happens to it, and leaves it only in the script that
 //! records its outcome.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::FutureExt as _;
+use slab::Slab;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::isolation::Isolation;
 use super::retry::Retry;
-use crate::broker::queue::{Fetcher, Outcome, QueueStore};
+use crate::broker::BrokerError;
+use crate::broker::queue::{Fetcher, Outcome, QueueStore, RecoverTo};
 use crate::config::{QueueConfig, human};
 use crate::handlers::{Handler, HandlerError};
 use crate::job::{Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item};
@@ -36,7 +41,9 @@ const BLOCK: Duration = Duration::from_secs(1);
 
 /// A taken job on its way to a slot, with the slot's permit.
 struct Work {
-    item: Vec<u8>,
+    item: Bytes,
+    /// Its entry in [`Processor::held`].
+    held: usize,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -49,9 +56,17 @@ pub(crate) struct Processor {
     slots: Arc<Semaphore>,
     /// Jobs being run right now (the fetcher's held slot is not one).
     running: AtomicUsize,
+    /// Every item this processor has taken and not yet finished. A fetch
+    /// whose reply was lost (Redis killed or stalled mid-call) may still have
+    /// moved jobs into the in-flight list; after such a failure the fetcher
+    /// compares the list with this and requeues what nobody holds. A short
+    /// critical section: one insert per batch, one remove per job.
+    held: Mutex<Slab<Bytes>>,
     /// Woken when this processor schedules a job, so the scheduler learns of
     /// an earlier due time without polling faster.
     scheduler: Arc<Notify>,
+    /// The node-wide gate that lets suspects run alone.
+    isolation: Arc<Isolation>,
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
     /// against an unreachable Redis (the jobs stay in flight for a reaper).
     give_up: CancellationToken,
@@ -64,6 +79,7 @@ impl Processor {
         config: QueueConfig,
         handler: Arc<dyn Handler>,
         scheduler: Arc<Notify>,
+        isolation: Arc<Isolation>,
         give_up: CancellationToken,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
@@ -74,7 +90,9 @@ impl Processor {
             handler,
             slots,
             running: AtomicUsize::new(0),
+            held: Mutex::new(Slab::new()),
             scheduler,
+            isolation,
             give_up,
         }
     }
@@ -126,8 +144,26 @@ impl Processor {
     async fn fetch(self: Arc<Self>, tx: async_channel::Sender<Work>, stop: CancellationToken) {
         let mut fetcher: Option<Fetcher> = None;
         let mut backlog = true;
+        let mut suspect = false;
         let mut retry = Retry::new("fetching jobs");
         loop {
+            if suspect {
+                match self.reconcile().await {
+                    Ok(_) => suspect = false,
+                    Err(e) => {
+                        if !retry.wait(&e, &stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Nothing is taken while a suspect has the node to itself.
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = self.isolation.open() => {}
+            }
             // A slot first, then a job: a job is never taken that no slot can run.
             let first = tokio::select! {
                 biased;
@@ -146,7 +182,7 @@ impl Processor {
                     backlog = items.len() == permits.len();
                 })
             } else {
-                self.blocking_pop(&mut fetcher).await.map(|item| {
+                self.blocking_pop(&mut fetcher, &stop).await.map(|item| {
                     // After a job arrives there may be more behind it.
                     backlog = item.is_some();
                     item.into_iter().collect()
@@ -155,9 +191,15 @@ impl Processor {
             match taken {
                 Ok(items) => {
                     retry.succeeded();
-                    for (item, permit) in items.into_iter().zip(permits) {
+                    let items: Vec<Bytes> = items.into_iter().map(Bytes::from).collect();
+                    let keys: Vec<usize> = {
+                        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+                        items.iter().map(|item| held.insert(item.clone())).collect()
+                    };
+                    for ((item, held), permit) in items.into_iter().zip(keys).zip(permits) {
                         let work = Work {
                             item,
+                            held,
                             _permit: permit,
                         };
                         if tx.send(work).await.is_err() {
@@ -168,6 +210,7 @@ impl Processor {
                 }
                 Err(e) => {
                     fetcher = None;
+                    suspect = true;
                     drop(permits);
                     if !retry.wait(&e, &stop).await {
                         break;
@@ -178,15 +221,66 @@ impl Processor {
         tracing::debug!(queue = %self.name, "fetcher stopped");
     }
 
+    /// Requeues, at the head of the queue, items in this node's in-flight
+    /// list that no slot holds: jobs a failed fetch moved without our seeing
+    /// them. Only the fetcher adds to the list, and it is here, so the list
+    /// can only shrink meanwhile; an item finished between the two snapshots
+    /// looks orphaned but its requeue finds it gone and does nothing.
+    async fn reconcile(&self) -> Result<usize, BrokerError> {
+        let listed = self.store.own_inflight().await?;
+        let held: Vec<Bytes> = {
+            let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.iter().map(|(_, item)| item.clone()).collect()
+        };
+        let mut unclaimed: HashMap<&[u8], usize> = HashMap::new();
+        for item in &held {
+            *unclaimed.entry(item.as_ref()).or_default() += 1;
+        }
+        let mut orphans = Vec::new();
+        for item in listed.iter().rev() {
+            match unclaimed.get_mut(item.as_slice()) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => orphans.push((item.clone(), RecoverTo::Queue, item.clone())),
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let (requeued, _) = self
+            .store
+            .recover(&self.store.keys().node, &orphans)
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(queue = %self.name, requeued, "requeued jobs a failed fetch had left in flight unseen");
+        }
+        Ok(requeued as usize)
+    }
+
+    /// One `BLMOVE`. A stop cuts the wait short through `CLIENT UNBLOCK`
+    /// rather than by dropping the call, so a job moved at that instant is
+    /// still seen (and run).
     async fn blocking_pop(
         &self,
         fetcher: &mut Option<Fetcher>,
-    ) -> Result<Option<Vec<u8>>, crate::broker::BrokerError> {
+        stop: &CancellationToken,
+    ) -> Result<Option<Vec<u8>>, BrokerError> {
         let f = match fetcher {
             Some(f) => f,
             None => fetcher.insert(self.store.fetcher(BLOCK).await?),
         };
-        f.next().await
+        let client_id = f.client_id();
+        let pop = f.next();
+        tokio::pin!(pop);
+        tokio::select! {
+            biased;
+            result = &mut pop => result,
+            _ = stop.cancelled() => {
+                if let Err(e) = self.store.broker().unblock(client_id).await {
+                    tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
+                }
+                pop.await
+            }
+        }
     }
 
     async fn slot(self: Arc<Self>, rx: async_channel::Receiver<Work>, abandon: CancellationToken) {
@@ -194,10 +288,14 @@ impl Processor {
             self.running.fetch_add(1, Ordering::Relaxed);
             self.process(work.item, &abandon).await;
             self.running.fetch_sub(1, Ordering::Relaxed);
+            self.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(work.held);
         }
     }
 
-    async fn process(&self, item: Vec<u8>, abandon: &CancellationToken) {
+    async fn process(&self, item: Bytes, abandon: &CancellationToken) {
         match parse_item(&item, self.config.max_payload_bytes) {
             Ok(parsed) => {
                 let job = Job::new(self.name.clone(), item, parsed);
@@ -225,6 +323,26 @@ impl Processor {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.config.timeout);
+        let suspect = !job.was_raw() && job.envelope().deliveries > 0;
+        let (_entered, _isolated);
+        if suspect {
+            tracing::info!(
+                deliveries = job.envelope().deliveries,
+                "its daemon died while running it: running it alone"
+            );
+            tokio::select! {
+                hold = self.isolation.isolate() => _isolated = hold,
+                _ = abandon.cancelled() => return self.record(job.item(), Outcome::Requeue).await,
+            }
+        } else {
+            match self.isolation.try_enter() {
+                Some(entered) => _entered = entered,
+                None => {
+                    tracing::debug!("a suspect has the node to itself; job given back");
+                    return self.record(job.item(), Outcome::GiveBack).await;
+                }
+            }
+        }
         let started = Instant::now();
         let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
         let result = tokio::select! {
@@ -292,7 +410,7 @@ impl Processor {
         }
     }
 
-    async fn dead_letter_malformed(&self, item: Vec<u8>, malformed: Malformed) {
+    async fn dead_letter_malformed(&self, item: Bytes, malformed: Malformed) {
         let mut env = Envelope::for_malformed(&item);
         env.set_error(&malformed.to_string());
         env.died_at = Some(now_rfc3339());

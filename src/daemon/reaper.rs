@@ -26,17 +26,18 @@ pub(crate) struct Reaper {
 }
 
 impl Reaper {
-    /// Looks at once, then every `interval` (with jitter, so that peers
-    /// started together do not all look at the same moment), until `stop`.
+    /// Looks every `interval` (with jitter, so that peers started together
+    /// do not all look at the same moment), until `stop`. The supervisor
+    /// makes the first look itself, before any job is taken.
     pub(crate) async fn run(self, stop: CancellationToken) {
         loop {
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "reaper: looking for dead nodes failed; will look again");
-            }
             let pause = self.interval.mul_f64(0.8 + fastrand::f64() * 0.4);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "reaper: looking for dead nodes failed; will look again");
             }
         }
     }

@@ -1,13 +1,32 @@
 -- take: move up to N waiting jobs into this node's in-flight list at once,
 -- for a queue with a backlog (an empty queue is served by BLMOVE instead).
+-- A suspect (an envelope whose daemon died while running it: "deliveries"
+-- above 0) is never taken together with other jobs, so that when it runs
+-- alone and crashes its daemon again, only it is blamed.
 -- KEYS[1] the queue list K
 -- KEYS[2] this node's in-flight list {K}:inflight:<node>
 -- ARGV[1] the most jobs to move (the caller's free worker slots, bounded)
--- Returns the moved items, oldest first; fewer than N when the queue ran dry.
+-- Returns the moved items, oldest first; fewer than N when the queue ran
+-- dry or a suspect came next; a suspect only ever alone.
+local function suspect(item)
+  if not string.find(item, '"deliveries":', 1, true) then
+    return false
+  end
+  local ok, job = pcall(cjson.decode, item)
+  return ok and type(job) == 'table' and job.id ~= nil and job.payload ~= nil
+    and job.attempt ~= nil and (tonumber(job.deliveries) or 0) > 0
+end
+
 local moved = {}
 for i = 1, tonumber(ARGV[1]) do
-  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  local item = redis.call('LINDEX', KEYS[1], 0)
   if not item then break end
-  moved[i] = item
+  if suspect(item) then
+    if i == 1 then
+      moved[1] = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    end
+    break
+  end
+  moved[i] = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 end
 return moved
