@@ -363,17 +363,17 @@ pub struct Job {
     queue: Arc<str>,
     /// The item exactly as it sits in the in-flight list: the outcome script
     /// removes it by value, so it must never be re-encoded.
-    item: Vec<u8>,
+    item: bytes::Bytes,
     envelope: Envelope,
     was_raw: bool,
 }
 
 impl Job {
     /// A job from an item that parsed.
-    pub fn new(queue: Arc<str>, item: Vec<u8>, parsed: Parsed) -> Self {
+    pub fn new(queue: Arc<str>, item: impl Into<bytes::Bytes>, parsed: Parsed) -> Self {
         Self {
             queue,
-            item,
+            item: item.into(),
             envelope: parsed.envelope,
             was_raw: parsed.was_raw,
         }

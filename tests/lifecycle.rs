@@ -1,6 +1,8 @@
 //! A job's life in one daemon: success, retry, dead letter, bad input,
 //! panics and timeouts. Each test owns a private redis-server.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod common;
 
 use std::sync::{Arc, Mutex};

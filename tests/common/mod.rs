@@ -339,3 +339,41 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The stderr lines of a child process, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Logs {
+    /// Whether any line so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("logs").clone()
+    }
+}
+
+/// Spawns `cmd` with stderr collected into [`Logs`].
+pub fn spawn_logged(mut cmd: Command) -> (Child, Logs) {
+    use std::io::BufRead as _;
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Logs::default();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            match line {
+                Ok(l) => sink.0.lock().expect("logs").push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    (child, logs)
+}

@@ -1,0 +1,60 @@
+//! The shipped example configuration parses, validates, and says what the
+//! documentation says it does.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::Path;
+use std::time::Duration;
+
+use conveyor::broker::Broker;
+use conveyor::config::{Config, EmailTransport, EventLevel};
+use conveyor::handlers::{HandlerContext, Registry};
+
+fn example() -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/conveyor.toml");
+    let config = Config::from_file(&path).expect("config/conveyor.toml parses");
+    config.validate().expect("config/conveyor.toml is valid");
+    config
+}
+
+#[test]
+fn the_example_config_parses_with_the_documented_values() {
+    let c = example();
+    assert_eq!(c.redis.url.expose(), "redis://127.0.0.1:6379/0");
+    assert_eq!(c.redis.pool_size, 16);
+    assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(25));
+    assert_eq!(c.daemon.heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(c.daemon.node_ttl, Duration::from_secs(30));
+    assert_eq!(c.events.channel, "conveyor:events");
+    assert_eq!(c.events.stream_maxlen, 10_000);
+    assert_eq!(c.email.transport, EmailTransport::File);
+    assert!(
+        c.email.dir.ends_with("config/outbox"),
+        "relative to the file: {:?}",
+        c.email.dir
+    );
+
+    let orders = &c.queues["orders"];
+    assert_eq!(orders.handler, "publish");
+    assert_eq!(orders.channel.as_deref(), Some("orders"));
+    assert_eq!(c.queue_key("orders"), "jobs:orders");
+    assert_eq!(orders.events, EventLevel::All);
+    assert_eq!(c.queues["default"].handler, "noop");
+}
+
+#[tokio::test]
+async fn every_queue_of_the_example_has_a_known_handler() {
+    let c = example();
+    let broker = Broker::new(&c.redis).expect("a broker (no I/O)");
+    let registry = Registry::builtin();
+    for (name, q) in &c.queues {
+        registry
+            .build(&HandlerContext {
+                queue: name,
+                queue_config: q,
+                config: &c,
+                broker: &broker,
+            })
+            .unwrap_or_else(|e| panic!("queue {name}: {e}"));
+    }
+}
