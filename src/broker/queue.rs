@@ -218,6 +218,28 @@ impl QueueStore {
         Ok((moved, (next >= 0.0).then_some(next as i64)))
     }
 
+    /// Asks the sliding window whether a job may start now; logs the start
+    /// if so. Returns `None` when allowed, else how long until a slot frees.
+    pub async fn rate_check(
+        &self,
+        key: Option<&str>,
+        now_ms: i64,
+        window: Duration,
+        limit: u32,
+        member: &str,
+    ) -> Result<Option<Duration>, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        let wait_ms: i64 = scripts::RATELIMIT
+            .key(self.keys.ratelimit_for(key))
+            .arg(now_ms)
+            .arg(window.as_millis() as u64)
+            .arg(limit)
+            .arg(member)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
+    }
+
     /// The nodes that may hold an in-flight list of this queue.
     pub async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
         let mut conn = self.broker.conn().await?;

@@ -27,3 +27,4 @@ script!(RECOVER, "recover.lua");
 script!(PROMOTE, "promote.lua");
 script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");
 script!(DEAD_RETRY, "dead_retry.lua");
+script!(RATELIMIT, "ratelimit.lua");

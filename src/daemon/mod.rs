@@ -18,6 +18,7 @@ use crate::shutdown::Shutdown;
 mod heartbeat;
 mod isolation;
 mod processor;
+mod ratelimit;
 mod reaper;
 mod retry;
 mod scheduler;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::isolation::Isolation;
+use super::ratelimit::RateLimiter;
 use super::retry::Retry;
 use crate::broker::BrokerError;
 use crate::broker::queue::{Fetcher, Outcome, QueueStore, RecoverTo};
@@ -65,6 +66,8 @@ pub(crate) struct Processor {
     /// Woken when this processor schedules a job, so the scheduler learns of
     /// an earlier due time without polling faster.
     scheduler: Arc<Notify>,
+    /// The queue's rate limit, if it has one.
+    rate_limit: Option<RateLimiter>,
     /// The node-wide gate that lets suspects run alone.
     isolation: Arc<Isolation>,
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
@@ -83,6 +86,7 @@ impl Processor {
         give_up: CancellationToken,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+        let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
         Self {
             name: name.into(),
             store,
@@ -91,6 +95,7 @@ impl Processor {
             slots,
             running: AtomicUsize::new(0),
             held: Mutex::new(Slab::new()),
+            rate_limit,
             scheduler,
             isolation,
             give_up,
@@ -323,6 +328,19 @@ impl Processor {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.config.timeout);
+        if let Some(wait) = self.over_rate_limit(&job).await {
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "over the rate limit; scheduled for when a slot frees"
+            );
+            let outcome = Outcome::Snooze {
+                envelope: job.envelope().to_json(),
+                due_ms: now_ms() + wait.as_millis() as i64,
+            };
+            self.record(job.item(), outcome).await;
+            self.scheduler.notify_one();
+            return;
+        }
         let suspect = !job.was_raw() && job.envelope().deliveries > 0;
         let (_entered, _isolated);
         if suspect {
@@ -391,6 +409,27 @@ impl Processor {
         self.record(job.item(), outcome).await;
         if scheduled {
             self.scheduler.notify_one();
+        }
+    }
+
+    /// How long the job must wait for its queue's rate limit; `None` if it
+    /// may start now. Retries while Redis is unreachable: a limit that
+    /// protects a provider is not skipped because Redis blinked.
+    async fn over_rate_limit(&self, job: &Job) -> Option<Duration> {
+        let limiter = self.rate_limit.as_ref()?;
+        let mut retry = Retry::new("checking the rate limit");
+        loop {
+            match limiter.check(&self.store, job).await {
+                Ok(wait) => {
+                    retry.succeeded();
+                    return wait;
+                }
+                Err(e) => {
+                    if !retry.wait(&e, &self.give_up).await {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
