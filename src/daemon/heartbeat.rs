@@ -19,6 +19,8 @@ pub(crate) struct Heartbeat {
     pub(crate) processors: Vec<Arc<Processor>>,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
+    /// A fetcher inside one Redis call longer than this is stuck.
+    pub(crate) stuck_after: Duration,
 }
 
 impl Heartbeat {
@@ -46,8 +48,21 @@ impl Heartbeat {
         }
     }
 
+    /// The queues whose fetcher is stuck inside a Redis call.
+    pub(crate) fn stuck_queues(&self) -> Vec<&str> {
+        self.processors
+            .iter()
+            .filter(|p| p.fetch_call_age().is_some_and(|age| age > self.stuck_after))
+            .map(|p| p.name())
+            .collect()
+    }
+
     /// One beat.
     pub(crate) async fn beat(&self) -> Result<(), BrokerError> {
+        let stuck = self.stuck_queues();
+        if !stuck.is_empty() {
+            tracing::error!(queues = %stuck.join(","), "fetcher stuck in a Redis call");
+        }
         let busy: usize = self.processors.iter().map(|p| p.busy()).sum();
         let queues: Vec<&str> = self.processors.iter().map(|p| p.name()).collect();
         let keys: Vec<&QueueKeys> = self.processors.iter().map(|p| p.store().keys()).collect();

@@ -86,6 +86,12 @@ impl Default for Node {
     }
 }
 
+/// BLMOVE's block time plus the longest a Redis reply may take: a fetcher
+/// call older than twice this is stuck (see `Processor::fetch_call_age`).
+pub(crate) fn stuck_fetch_threshold(config: &Config) -> Duration {
+    (processor::BLOCK + config.redis.response_timeout) * 2
+}
+
 /// Runs the daemon until `shutdown.terminate`, then shuts down gracefully.
 ///
 /// Waits for Redis if it is unreachable at start (logging why), so a daemon
@@ -156,6 +162,7 @@ pub async fn run_as(
         processors: processors.clone(),
         interval: config.daemon.heartbeat_interval,
         ttl: config.daemon.node_ttl,
+        stuck_after: stuck_fetch_threshold(&config),
     };
     // Listed as alive in every queue before the first job is taken.
     let mut retry = Retry::new("registering the node");

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ const MAX_BATCH: usize = 100;
 /// How long one `BLMOVE` blocks. Short enough that a fetcher notices a stop
 /// within a second without cancelling a pop halfway; the wait costs Redis
 /// nothing and a job pushed meanwhile is delivered at once.
-const BLOCK: Duration = Duration::from_secs(1);
+pub(crate) const BLOCK: Duration = Duration::from_secs(1);
 
 /// A taken job on its way to a slot, with the slot's permit.
 struct Work {
@@ -66,6 +66,10 @@ pub(crate) struct Processor {
     /// Woken when this processor schedules a job, so the scheduler learns of
     /// an earlier due time without polling faster.
     scheduler: Arc<Notify>,
+    /// When the fetcher's current Redis call began (ms since the epoch), 0
+    /// when it is not in one. A fetcher waiting for a free slot is healthy; one
+    /// inside a call far longer than any timeout allows is stuck.
+    call_started_ms: AtomicU64,
     /// The queue's rate limit, if it has one.
     rate_limit: Option<RateLimiter>,
     /// The node-wide gate that lets suspects run alone.
@@ -95,6 +99,7 @@ impl Processor {
             slots,
             running: AtomicUsize::new(0),
             held: Mutex::new(Slab::new()),
+            call_started_ms: AtomicU64::new(0),
             rate_limit,
             scheduler,
             isolation,
@@ -115,6 +120,24 @@ impl Processor {
     /// Jobs being run right now.
     pub(crate) fn busy(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// How long the fetcher has been inside its current Redis call, if it is
+    /// in one. Every call is bounded by the block time plus the response
+    /// timeout, so a much longer one means the fetch loop is stuck.
+    pub(crate) fn fetch_call_age(&self) -> Option<Duration> {
+        let started = self.call_started_ms.load(Ordering::Relaxed);
+        (started != 0)
+            .then(|| Duration::from_millis(now_ms().saturating_sub(started as i64) as u64))
+    }
+
+    /// Runs one fetcher Redis call, noting when it began.
+    async fn in_call<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        self.call_started_ms
+            .store(now_ms() as u64, Ordering::Relaxed);
+        let result = call.await;
+        self.call_started_ms.store(0, Ordering::Relaxed);
+        result
     }
 
     /// Fetches and runs jobs until `stop_fetching`, then finishes the jobs it
@@ -153,7 +176,7 @@ impl Processor {
         let mut retry = Retry::new("fetching jobs");
         loop {
             if suspect {
-                match self.reconcile().await {
+                match self.in_call(self.reconcile()).await {
                     Ok(_) => suspect = false,
                     Err(e) => {
                         if !retry.wait(&e, &stop).await {
@@ -183,15 +206,19 @@ impl Processor {
                         Err(_) => break,
                     }
                 }
-                self.store.take(permits.len()).await.inspect(|items| {
-                    backlog = items.len() == permits.len();
-                })
+                self.in_call(self.store.take(permits.len()))
+                    .await
+                    .inspect(|items| {
+                        backlog = items.len() == permits.len();
+                    })
             } else {
-                self.blocking_pop(&mut fetcher, &stop).await.map(|item| {
-                    // After a job arrives there may be more behind it.
-                    backlog = item.is_some();
-                    item.into_iter().collect()
-                })
+                self.in_call(self.blocking_pop(&mut fetcher, &stop))
+                    .await
+                    .map(|item| {
+                        // After a job arrives there may be more behind it.
+                        backlog = item.is_some();
+                        item.into_iter().collect()
+                    })
             };
             match taken {
                 Ok(items) => {
