@@ -19,6 +19,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod event;
 pub mod handlers;
 pub mod job;
 pub mod logging;

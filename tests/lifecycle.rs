@@ -51,8 +51,12 @@ async fn raw_and_envelope_jobs_succeed() {
     let recorder = Recorder::default();
     let mut registry = Registry::builtin();
     registry.register_handler("record", recorder.clone());
+    // One slot, so the three run in queue order.
     let daemon = TestDaemon::start(
-        config(&redis, "[queues.work]\nhandler = \"record\"\n"),
+        config(
+            &redis,
+            "[queues.work]\nhandler = \"record\"\nconcurrency = 1\n",
+        ),
         registry,
     );
     wait_until("3 jobs processed", WAIT, || {

@@ -139,7 +139,13 @@ async fn a_second_sigint_skips_the_wait_but_still_requeues() {
         signalled.elapsed() < Duration::from_secs(10),
         "the second SIGINT cut the 60s wait"
     );
-    assert_eq!(lrange(&mut conn, Q).await, [r#"{"sleep_ms":600000}"#]);
+    // A raw payload goes back wrapped in the envelope whose id it ran under,
+    // with no attempt spent.
+    let queue = lrange(&mut conn, Q).await;
+    assert_eq!(queue.len(), 1);
+    let env: serde_json::Value = serde_json::from_str(&queue[0]).unwrap();
+    assert_eq!(env["payload"], serde_json::json!({"sleep_ms": 600000}));
+    assert_eq!(env["attempt"], 0);
     assert_eq!(in_flight(&mut conn, Q).await, 0);
 }
 

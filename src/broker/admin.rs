@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::{Broker, BrokerError, QueueKeys, scripts};
+use super::events::{EventSink, StatusUpdate};
+use super::{Broker, BrokerError, QueueKeys, keys, scripts};
 
 /// A job to enqueue.
 #[derive(Debug, Clone)]
@@ -18,6 +19,10 @@ pub struct NewJob {
     pub due_ms: Option<i64>,
     /// Enqueue only if no other job holds this lock; hold it this long.
     pub unique: Option<(String, Duration)>,
+    /// Its `job.enqueued` event, published before the job can be taken.
+    pub event: Option<String>,
+    /// Its first status record, written before the job can be taken.
+    pub status: Option<StatusUpdate>,
 }
 
 /// What became of one enqueued job.
@@ -56,15 +61,22 @@ pub struct QueueCounts {
     /// Nodes listed as possibly holding in-flight jobs of this queue.
     #[serde(skip)]
     pub nodes: Vec<String>,
+    /// The item at the head of the queue (the oldest waiting), if any.
+    #[serde(skip)]
+    pub head: Option<Vec<u8>>,
 }
 
 impl Broker {
     /// Enqueues jobs in one pipeline (the caller bounds the batch). Plain
-    /// jobs go out as one `RPUSH` per run of consecutive ones.
+    /// jobs go out as one `RPUSH` per run of consecutive ones. Each job's
+    /// event and status record go out just before it is pushed, so no
+    /// daemon can report it started before it was reported enqueued; a
+    /// unique job's are written by its script, and only if it was enqueued.
     pub async fn enqueue(
         &self,
         q: &QueueKeys,
         jobs: &[NewJob],
+        sink: &EventSink,
     ) -> Result<Vec<Enqueued>, BrokerError> {
         enum Op {
             Push(usize),
@@ -79,19 +91,39 @@ impl Broker {
         while i < jobs.len() {
             let job = &jobs[i];
             if let Some((key, ttl)) = &job.unique {
-                pipe.invoke_script(
-                    scripts::ENQUEUE_UNIQUE
-                        .key(&q.list)
-                        .key(&q.scheduled)
-                        .key(q.unique(key))
-                        .arg(&job.envelope)
-                        .arg(&job.id)
-                        .arg(job.due_ms.unwrap_or(0))
-                        .arg(ttl.as_millis().max(1) as u64),
-                );
+                let stream = sink.stream.as_ref();
+                let mut inv = scripts::ENQUEUE_UNIQUE.key(&q.list);
+                inv.key(&q.scheduled)
+                    .key(q.unique(key))
+                    .key(stream.map(|(k, _)| k.as_str()).unwrap_or(&sink.channel))
+                    .key(keys::job(&job.id))
+                    .arg(&job.envelope)
+                    .arg(&job.id)
+                    .arg(job.due_ms.unwrap_or(0))
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg(if job.event.is_some() {
+                        sink.channel.as_str()
+                    } else {
+                        ""
+                    })
+                    .arg(job.event.as_deref().unwrap_or(""))
+                    .arg(stream.map(|(_, n)| *n).unwrap_or(0));
+                match &job.status {
+                    Some(s) => {
+                        inv.arg(s.ttl.as_millis().max(1) as u64);
+                        for (k, v) in &s.fields {
+                            inv.arg(*k).arg(v);
+                        }
+                    }
+                    None => {
+                        inv.arg(0);
+                    }
+                }
+                pipe.invoke_script(&inv);
                 ops.push(Op::Other);
                 i += 1;
             } else if let Some(due) = job.due_ms {
+                announce(&mut pipe, sink, job);
                 pipe.cmd("ZADD")
                     .arg(&q.scheduled)
                     .arg(due)
@@ -103,6 +135,9 @@ impl Broker {
                     .iter()
                     .take_while(|j| j.unique.is_none() && j.due_ms.is_none())
                     .count();
+                for j in &jobs[i..i + run] {
+                    announce(&mut pipe, sink, j);
+                }
                 let cmd = pipe.cmd("RPUSH").arg(&q.list);
                 for j in &jobs[i..i + run] {
                     cmd.arg(&j.envelope);
@@ -206,6 +241,7 @@ impl Broker {
     }
 
     /// Sizes and counters of each queue, in two round trips.
+    /// The stats hash may hold only counters; `LINDEX` reads one item.
     pub async fn queue_counts(
         &self,
         queues: &[QueueKeys],
@@ -217,15 +253,23 @@ impl Broker {
             pipe.cmd("LLEN").arg(&q.dead);
             pipe.cmd("HGETALL").arg(&q.stats);
             pipe.cmd("SMEMBERS").arg(&q.nodes);
+            pipe.cmd("LINDEX").arg(&q.list).arg(0);
         }
         let mut conn = self.conn().await?;
-        type Row = (u64, u64, u64, HashMap<String, u64>, Vec<String>);
+        type Row = (
+            u64,
+            u64,
+            u64,
+            HashMap<String, u64>,
+            Vec<String>,
+            Option<Vec<u8>>,
+        );
         let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut counts = Vec::with_capacity(queues.len());
         let mut rows = rows.into_iter();
         for _ in queues {
-            let row: Vec<Value> = rows.by_ref().take(5).collect();
-            let (waiting, scheduled, dead, stats, nodes): Row =
+            let row: Vec<Value> = rows.by_ref().take(6).collect();
+            let (waiting, scheduled, dead, stats, nodes, head): Row =
                 redis::from_redis_value(Value::Array(row))?;
             let get = |k: &str| stats.get(k).copied().unwrap_or(0);
             counts.push(QueueCounts {
@@ -239,6 +283,7 @@ impl Broker {
                 died: get("dead"),
                 recovered: get("recovered"),
                 nodes,
+                head,
             });
         }
         let mut pipe = redis::pipe();
@@ -257,5 +302,31 @@ impl Broker {
             }
         }
         Ok(counts)
+    }
+}
+
+/// Adds a job's status record and event to a pipeline, replies ignored.
+fn announce(pipe: &mut redis::Pipeline, sink: &EventSink, job: &NewJob) {
+    if let Some(s) = &job.status {
+        let key = keys::job(&s.id);
+        pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(s.ttl.as_millis().max(1) as u64)
+            .ignore();
+    }
+    if let Some(event) = &job.event {
+        pipe.cmd("PUBLISH").arg(&sink.channel).arg(event).ignore();
+        if let Some((stream, maxlen)) = &sink.stream {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(event)
+                .ignore();
+        }
     }
 }

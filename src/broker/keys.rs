@@ -72,6 +72,12 @@ pub fn node(node: &str) -> String {
     format!("conveyor:node:{node}")
 }
 
+/// The replay stream of an events channel: a key of the channel's own name
+/// (channels and keys are separate namespaces in Redis).
+pub fn event_stream(channel: &str) -> String {
+    channel.to_owned()
+}
+
 /// `conveyor:job:<id>`: a job's status record.
 pub fn job(id: &str) -> String {
     format!("conveyor:job:{id}")

@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 use crate::config::{MaskedUrl, RedisConfig};
 
 pub mod admin;
+pub mod events;
 pub mod keys;
 pub mod nodes;
 pub mod queue;
@@ -201,6 +202,11 @@ impl Broker {
             .query_async::<u8>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// The client, for dedicated connections (SUBSCRIBE).
+    fn client(&self) -> &Client {
+        &self.inner.client
     }
 
     /// Publishes `message` on `channel`; returns how many subscribers got it.

@@ -14,7 +14,7 @@ impl Broker {
     pub async fn heartbeat(
         &self,
         node: &str,
-        fields: &[(&str, String)],
+        fields: &[(String, String)],
         ttl: Duration,
         queues: &[&QueueKeys],
     ) -> Result<(), BrokerError> {

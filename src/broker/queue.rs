@@ -35,9 +35,13 @@ pub enum Outcome {
         /// The unique lock's key, if any.
         unique_key: Option<String>,
     },
-    /// Not finished here (shutdown): back to the head of the queue, unchanged,
-    /// counted as recovered.
-    Requeue,
+    /// Not finished here (shutdown): back to the head of the queue, counted
+    /// as recovered; unchanged, or as `replacement` (a raw payload wrapped in
+    /// the envelope whose id its events used).
+    Requeue {
+        /// What to push instead of the item.
+        replacement: Option<String>,
+    },
     /// Taken but not started (a suspect needs the node to itself): back to
     /// the head of the queue, unchanged, not counted.
     GiveBack,
@@ -57,6 +61,17 @@ pub enum RecoverTo {
     Queue,
     /// To the dead letter list (poison).
     Dead,
+}
+
+/// What became of one job a recovery tried to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// Back at the head of its queue.
+    Requeued,
+    /// In the dead letter list.
+    Dead,
+    /// No longer there to move.
+    Gone,
 }
 
 /// One queue, from one node's point of view.
@@ -172,17 +187,21 @@ impl QueueStore {
                     .invoke_async(&mut conn)
                     .await?
             }
-            Outcome::Requeue | Outcome::GiveBack => {
+            Outcome::Requeue { replacement } => {
+                let mut inv = scripts::REQUEUE.key(inflight);
+                inv.key(&k.list).key(&k.stats).arg(item).arg("1");
+                if let Some(r) = replacement {
+                    inv.arg(r);
+                }
+                inv.invoke_async(&mut conn).await?
+            }
+            Outcome::GiveBack => {
                 scripts::REQUEUE
                     .key(inflight)
                     .key(&k.list)
                     .key(&k.stats)
                     .arg(item)
-                    .arg(if *outcome == Outcome::Requeue {
-                        "1"
-                    } else {
-                        "0"
-                    })
+                    .arg("0")
                     .invoke_async(&mut conn)
                     .await?
             }
@@ -276,13 +295,14 @@ impl QueueStore {
             .await?)
     }
 
-    /// Moves a dead node's jobs: each `(item, where, replacement)`, listed
-    /// newest first. Returns `(requeued, dead)`.
+    /// Moves jobs out of a node's in-flight list: each `(item, where,
+    /// replacement)`, listed newest first. Returns, per move, whether it
+    /// happened (another reaper, or the job's own outcome, may have won).
     pub async fn recover(
         &self,
         node: &str,
         moves: &[(Vec<u8>, RecoverTo, Vec<u8>)],
-    ) -> Result<(u64, u64), BrokerError> {
+    ) -> Result<Vec<Recovered>, BrokerError> {
         let k = &*self.keys;
         let mut inv = scripts::RECOVER.key(k.inflight_of(node));
         inv.key(&k.list)
@@ -297,7 +317,15 @@ impl QueueStore {
             inv.arg(item).arg(to).arg(replacement);
         }
         let mut conn = self.broker.conn().await?;
-        Ok(inv.invoke_async(&mut conn).await?)
+        let codes: Vec<u8> = inv.invoke_async(&mut conn).await?;
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                1 => Recovered::Requeued,
+                2 => Recovered::Dead,
+                _ => Recovered::Gone,
+            })
+            .collect())
     }
 
     /// Forgets a node whose in-flight list is empty; keeps it listed otherwise.

@@ -10,10 +10,13 @@ use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 
 use super::{InputError, UsageError, connect, load_config};
-use crate::broker::QueueKeys;
 use crate::broker::admin::{Enqueued, NewJob};
+use crate::broker::events::{EventSink, StatusUpdate};
+use crate::broker::{Broker, QueueKeys};
+use crate::config::{Config, EventLevel};
+use crate::event::{Draft, EventType};
 
-use crate::job::{Envelope, now_ms};
+use crate::job::{Envelope, now_ms, now_rfc3339};
 
 /// Jobs per pipeline when loading a file.
 const CHUNK: usize = 2000;
@@ -82,16 +85,21 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         (None, Some(f)) => read_ndjson(f, max_bytes)?,
         _ => unreachable!("clap's input group allows exactly one"),
     };
+    let mut announcer = Announcer::new(&config, &args.queue);
     let jobs: Vec<NewJob> = payloads
         .into_iter()
-        .map(|payload| new_job(payload, &args, due_ms))
+        .map(|payload| {
+            let mut job = new_job(payload, &args, due_ms);
+            announcer.announce(&mut job);
+            job
+        })
         .collect();
     let broker = connect(&config).await?;
     let keys = QueueKeys::new(&args.queue, &config.queue_key(&args.queue), "cli");
     if args.file.is_some() {
-        load_file(&broker, &keys, &jobs, &args).await
+        load_file(&broker, &keys, &jobs, &args, &announcer.sink).await
     } else {
-        let outcome = broker.enqueue(&keys, &jobs).await?;
+        let outcome = broker.enqueue(&keys, &jobs, &announcer.sink).await?;
         match outcome.first() {
             Some(Enqueued::Duplicate { holder }) => {
                 eprintln!(
@@ -111,10 +119,11 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
 }
 
 async fn load_file(
-    broker: &crate::broker::Broker,
+    broker: &Broker,
     keys: &QueueKeys,
     jobs: &[NewJob],
     args: &Args,
+    sink: &EventSink,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -131,7 +140,7 @@ async fn load_file(
     let mut out = BufWriter::new(stdout.lock());
     let (mut queued, mut duplicates) = (0u64, 0u64);
     for chunk in jobs.chunks(CHUNK) {
-        let outcomes = broker.enqueue(keys, chunk).await?;
+        let outcomes = broker.enqueue(keys, chunk, sink).await?;
         for (job, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Enqueued::Queued => {
@@ -165,6 +174,67 @@ async fn load_file(
     Ok(())
 }
 
+/// Turns jobs into `job.enqueued` events (and status records, for a
+/// tracked queue) from this CLI process, which numbers its events like a
+/// node does. A unique job found to be a duplicate is not announced; its
+/// number is then skipped.
+struct Announcer {
+    sink: EventSink,
+    level: EventLevel,
+    track: Option<Duration>,
+    queue: String,
+    node: String,
+    seq: u64,
+}
+
+impl Announcer {
+    fn new(config: &Config, queue: &str) -> Self {
+        let q = config.queues.get(queue);
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Self {
+            sink: EventSink::new(&config.events.channel, config.events.stream_maxlen),
+            level: q.map(|q| q.events).unwrap_or(EventLevel::All),
+            track: q.filter(|q| q.track).map(|q| q.track_ttl),
+            queue: queue.to_owned(),
+            node: format!("cli-{host}-{}", std::process::id()),
+            seq: 0,
+        }
+    }
+
+    fn announce(&mut self, job: &mut NewJob) {
+        let now = now_rfc3339();
+        if self.level != EventLevel::Off {
+            self.seq += 1;
+            let event = Draft::job(EventType::Enqueued, &self.queue, &job.id, 0).stamp(
+                &self.node,
+                now.clone(),
+                self.seq,
+            );
+            job.event = serde_json::to_string(&event).ok();
+        }
+        if let Some(ttl) = self.track {
+            let state = if job.due_ms.is_some() {
+                "scheduled"
+            } else {
+                "waiting"
+            };
+            job.status = Some(StatusUpdate {
+                id: job.id.clone(),
+                fields: vec![
+                    ("queue", self.queue.clone()),
+                    ("state", state.to_owned()),
+                    ("attempt", "0".to_owned()),
+                    ("enqueued_at", now.clone()),
+                    ("updated_at", now),
+                ],
+                ttl,
+            });
+        }
+    }
+}
+
 fn new_job(payload: Box<RawValue>, args: &Args, due_ms: Option<i64>) -> NewJob {
     let unique = args.unique_for.map(|ttl| {
         let key = args
@@ -181,6 +251,8 @@ fn new_job(payload: Box<RawValue>, args: &Args, due_ms: Option<i64>) -> NewJob {
         envelope: envelope.to_json(),
         due_ms,
         unique,
+        event: None,
+        status: None,
     }
 }
 

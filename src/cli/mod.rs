@@ -13,8 +13,10 @@ use crate::daemon::DaemonError;
 pub mod check;
 pub mod dead;
 pub mod enqueue;
+pub mod monitor;
 pub mod run;
 pub mod stats;
+pub mod status;
 
 /// EX_USAGE: the command was used wrongly.
 pub const EX_USAGE: u8 = 64;
@@ -53,8 +55,12 @@ pub enum Command {
     Enqueue(enqueue::Args),
     /// Inspect, retry or purge dead jobs.
     Dead(dead::Args),
-    /// Show queue sizes and counters.
+    /// Follow lifecycle events.
+    Monitor(monitor::Args),
+    /// Show queues, counters and live nodes.
     Stats(stats::Args),
+    /// Show a tracked job's status record.
+    Status(status::Args),
     /// Validate the configuration and reach Redis.
     Check(check::Args),
 }
@@ -76,7 +82,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(config, args).await,
         Command::Enqueue(args) => enqueue::run(config, args).await,
         Command::Dead(args) => dead::run(config, args).await,
+        Command::Monitor(args) => monitor::run(config, args).await,
         Command::Stats(args) => stats::run(config, args).await,
+        Command::Status(args) => status::run(config, args).await,
         Command::Check(args) => check::run(config, args).await,
     }
 }

@@ -1,5 +1,6 @@
 //! The heartbeat: keeps `conveyor:node:<node>` alive (host, pid, version,
-//! start time, queues, busy slots) and this node listed in each queue's
+//! start time, queues, busy slots, events dropped, per-queue rate over the
+//! last minute) and this node listed in each queue's
 //! `{K}:nodes` set. It stops last in a shutdown, so that no peer mistakes a
 //! draining node for a dead one and takes its running jobs.
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use super::processor::Processor;
+use super::publisher::Events;
 use crate::broker::{Broker, BrokerError, QueueKeys};
 
 /// Refreshes this node's liveness.
@@ -17,6 +19,7 @@ pub(crate) struct Heartbeat {
     pub(crate) broker: Broker,
     pub(crate) node: Node,
     pub(crate) processors: Vec<Arc<Processor>>,
+    pub(crate) events: Events,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
     /// A fetcher inside one Redis call longer than this is stuck.
@@ -66,14 +69,24 @@ impl Heartbeat {
         let busy: usize = self.processors.iter().map(|p| p.busy()).sum();
         let queues: Vec<&str> = self.processors.iter().map(|p| p.name()).collect();
         let keys: Vec<&QueueKeys> = self.processors.iter().map(|p| p.store().keys()).collect();
-        let fields = [
-            ("host", self.node.host.clone()),
-            ("pid", std::process::id().to_string()),
-            ("version", env!("CARGO_PKG_VERSION").to_owned()),
-            ("started_at", self.node.started_at.clone()),
-            ("queues", queues.join(",")),
-            ("busy", busy.to_string()),
+        let mut fields = vec![
+            ("host".to_owned(), self.node.host.clone()),
+            ("pid".to_owned(), std::process::id().to_string()),
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("started_at".to_owned(), self.node.started_at.clone()),
+            ("queues".to_owned(), queues.join(",")),
+            ("busy".to_owned(), busy.to_string()),
+            (
+                "events_dropped".to_owned(),
+                self.events.dropped().to_string(),
+            ),
         ];
+        // Per queue, for `conveyor stats`: jobs running, and runs finished
+        // in the last minute (summed over nodes it is the queue's rate).
+        for p in &self.processors {
+            fields.push((format!("busy:{}", p.name()), p.busy().to_string()));
+            fields.push((format!("rate_1m:{}", p.name()), p.last_minute().to_string()));
+        }
         self.broker
             .heartbeat(&self.node.id, &fields, self.ttl, &keys)
             .await

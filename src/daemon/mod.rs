@@ -9,22 +9,27 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::queue::{QueueStore, RecoverTo};
+use crate::broker::events::EventSink;
+use crate::broker::queue::QueueStore;
 use crate::broker::{Broker, BrokerError, QueueKeys};
 use crate::config::{Config, ConfigError, human};
+use crate::event::{Draft, EventType};
 use crate::handlers::{HandlerContext, Registry};
 use crate::shutdown::Shutdown;
 
 mod heartbeat;
 mod isolation;
 mod processor;
+mod publisher;
 mod ratelimit;
 mod reaper;
 mod retry;
 mod scheduler;
+mod throughput;
 
 use heartbeat::Heartbeat;
-use processor::Processor;
+use processor::{NodeShared, Processor};
+use publisher::Events;
 use reaper::Reaper;
 use retry::Retry;
 use scheduler::Scheduler;
@@ -122,6 +127,8 @@ pub async fn run_as(
     let wake_scheduler = Arc::new(Notify::new());
     let give_up = CancellationToken::new();
     let isolation = Arc::new(isolation::Isolation::default());
+    let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
+    let (events, publisher) = Events::new(&node.id, broker.clone(), sink);
     let mut processors = Vec::new();
     for (name, q) in &config.queues {
         let handler = registry.build(&HandlerContext {
@@ -137,9 +144,12 @@ pub async fn run_as(
             store,
             q.clone(),
             handler,
-            wake_scheduler.clone(),
-            isolation.clone(),
-            give_up.clone(),
+            NodeShared {
+                scheduler: wake_scheduler.clone(),
+                isolation: isolation.clone(),
+                events: events.clone(),
+                give_up: give_up.clone(),
+            },
         )));
     }
     let stores: Vec<QueueStore> = processors.iter().map(|p| p.store().clone()).collect();
@@ -156,10 +166,13 @@ pub async fn run_as(
         tracing::info!("stopped before Redis was reachable");
         return Ok(());
     }
+    let stop_publisher = CancellationToken::new();
+    let publisher_task = tokio::spawn(publisher.run(stop_publisher.clone()));
     let heartbeat = Heartbeat {
         broker: broker.clone(),
         node: node.clone(),
         processors: processors.clone(),
+        events: events.clone(),
         interval: config.daemon.heartbeat_interval,
         ttl: config.daemon.node_ttl,
         stuck_after: stuck_fetch_threshold(&config),
@@ -179,7 +192,7 @@ pub async fn run_as(
     // Jobs of nodes that died before this one started run first.
     let reaper = Reaper {
         broker: broker.clone(),
-        stores: stores.clone(),
+        processors: processors.clone(),
         node: node.id.clone(),
         max_deliveries: config.daemon.max_deliveries,
         interval: config.daemon.heartbeat_interval,
@@ -201,6 +214,7 @@ pub async fn run_as(
     );
     background.spawn(reaper.run(stop_background.clone()));
     let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
+    events.emit(Draft::node(EventType::NodeStarted));
     tracing::info!(node = %node.id, "running");
 
     tokio::select! {
@@ -216,6 +230,7 @@ pub async fn run_as(
 
     // The shutdown, in order. Each step says why it comes where it does.
     let busy: usize = processors.iter().map(|p| p.busy()).sum();
+    events.emit(Draft::node(EventType::NodeStopping));
     tracing::info!(
         running = busy,
         timeout = %human(config.daemon.shutdown_timeout),
@@ -231,7 +246,7 @@ pub async fn run_as(
         _ = tokio::time::sleep(config.daemon.shutdown_timeout) => false,
         _ = shutdown.hurry.cancelled() => false,
     };
-    // 3. Requeue stragglers at the head of their queue, unchanged: they were
+    // 3. Requeue stragglers at the head of their queue: they were
     //    interrupted, not failed, and run first on the next node.
     if !drained {
         let left: usize = processors.iter().map(|p| p.busy()).sum();
@@ -252,15 +267,15 @@ pub async fn run_as(
     // 4. Sweep: anything still in this node's in-flight lists (a job popped
     //    just as fetching stopped, an outcome Redis would not take) goes back
     //    to the head of its queue too. After this nothing is held here.
-    for store in &stores {
-        sweep_own_inflight(store, &node.id, &give_up).await;
+    for p in &processors {
+        p.sweep().await;
     }
     give_up_timer.abort();
     // 5. Background components: nothing left for them to do on this node.
     stop_background.cancel();
     join_all(&mut background).await;
-    // 6. Heartbeat last: once the node key is gone, peers may reap this
-    //    node, and there is nothing left to reap.
+    // 6. Heartbeat: once the node key is gone, peers may reap this node, and
+    //    there is nothing left to reap.
     stop_heartbeat.cancel();
     if let Err(e) = heartbeat_task.await {
         tracing::error!(error = %e, "heartbeat task failed");
@@ -272,6 +287,12 @@ pub async fn run_as(
         if let Err(e) = store.forget_node_if_idle(&node.id).await {
             tracing::debug!(error = %e, "could not unlist the node");
         }
+    }
+    // 7. Events last, so that node.stopped follows every job event.
+    events.emit(Draft::node(EventType::NodeStopped));
+    stop_publisher.cancel();
+    if let Err(e) = publisher_task.await {
+        tracing::error!(error = %e, "event publisher failed");
     }
     tracing::info!(node = %node.id, "stopped");
     Ok(())
@@ -292,38 +313,6 @@ async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken) -> bool {
                 }
                 if !retry.wait(&e, cancel).await {
                     return false;
-                }
-            }
-        }
-    }
-}
-
-/// Requeues everything left in this node's in-flight list of one queue.
-async fn sweep_own_inflight(store: &QueueStore, node: &str, give_up: &CancellationToken) {
-    let mut retry = Retry::new("requeueing in-flight jobs at shutdown");
-    loop {
-        let result = async {
-            let items = store.inflight_items(node, 100).await?;
-            if items.is_empty() {
-                return Ok::<_, BrokerError>(true);
-            }
-            let moves: Vec<_> = items
-                .into_iter()
-                .rev()
-                .map(|item| (item.clone(), RecoverTo::Queue, item))
-                .collect();
-            let (requeued, _) = store.recover(node, &moves).await?;
-            tracing::info!(queue = %store.keys().name, requeued, "requeued in-flight jobs at the head of the queue");
-            Ok(false)
-        }
-        .await;
-        match result {
-            Ok(true) => return,
-            Ok(false) => retry.succeeded(),
-            Err(e) => {
-                if !retry.wait(&e, give_up).await {
-                    tracing::error!(queue = %store.keys().name, "Redis unreachable: in-flight jobs stay for a reaper to recover");
-                    return;
                 }
             }
         }

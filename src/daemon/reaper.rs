@@ -5,12 +5,15 @@
 //!
 //! Nodes are found through each queue's `{K}:nodes` set, never by SCAN.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::queue::{QueueStore, RecoverTo};
+use super::processor::Processor;
+use crate::broker::queue::{RecoverTo, Recovered};
 use crate::broker::{Broker, BrokerError};
+use crate::event::{Draft, EventType};
 use crate::job::{Envelope, now_rfc3339, parse_item};
 
 /// Most jobs moved per script call.
@@ -19,10 +22,18 @@ const BATCH: usize = 100;
 /// Recovers jobs of dead nodes.
 pub(crate) struct Reaper {
     pub(crate) broker: Broker,
-    pub(crate) stores: Vec<QueueStore>,
+    pub(crate) processors: Vec<Arc<Processor>>,
     pub(crate) node: String,
     pub(crate) max_deliveries: u32,
     pub(crate) interval: Duration,
+}
+
+/// One recovered job: what to move, where, and what to say about it.
+struct Recovery {
+    item: Vec<u8>,
+    to: RecoverTo,
+    replacement: Vec<u8>,
+    event: Draft,
 }
 
 impl Reaper {
@@ -44,8 +55,9 @@ impl Reaper {
 
     /// One look at every queue.
     pub(crate) async fn sweep(&self) -> Result<(), BrokerError> {
-        for store in &self.stores {
-            let others: Vec<String> = store
+        for p in &self.processors {
+            let others: Vec<String> = p
+                .store()
                 .nodes()
                 .await?
                 .into_iter()
@@ -54,14 +66,15 @@ impl Reaper {
             let alive = self.broker.nodes_alive(&others).await?;
             for (node, alive) in others.iter().zip(alive) {
                 if !alive {
-                    self.recover_node(store, node).await?;
+                    self.recover_node(p, node).await?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn recover_node(&self, store: &QueueStore, node: &str) -> Result<(), BrokerError> {
+    async fn recover_node(&self, p: &Processor, node: &str) -> Result<(), BrokerError> {
+        let store = p.store();
         let queue = &store.keys().name;
         loop {
             let items = store.inflight_items(node, BATCH).await?;
@@ -70,40 +83,68 @@ impl Reaper {
                 return Ok(());
             }
             // Newest first, so pushing each to the head restores their order.
-            let moves: Vec<_> = items
-                .iter()
+            let recoveries: Vec<Recovery> = items
+                .into_iter()
                 .rev()
                 .map(|item| self.recovery_of(queue, item))
                 .collect();
-            let (requeued, dead) = store.recover(node, &moves).await?;
+            let moves: Vec<_> = recoveries
+                .iter()
+                .map(|r| (r.item.clone(), r.to, r.replacement.clone()))
+                .collect();
+            let results = store.recover(node, &moves).await?;
+            let (mut requeued, mut dead) = (0, 0);
+            for (result, recovery) in results.into_iter().zip(recoveries) {
+                match result {
+                    Recovered::Requeued => requeued += 1,
+                    Recovered::Dead => dead += 1,
+                    Recovered::Gone => continue,
+                }
+                p.emit(recovery.event);
+            }
             tracing::info!(%queue, %node, requeued, dead, "recovered in-flight jobs of a dead node");
         }
     }
 
-    fn recovery_of(&self, queue: &str, item: &[u8]) -> (Vec<u8>, RecoverTo, Vec<u8>) {
-        let (to, env) = match parse_item(item, usize::MAX) {
+    fn recovery_of(&self, queue: &str, item: Vec<u8>) -> Recovery {
+        let (to, env, event) = match parse_item(&item, usize::MAX) {
             Ok(parsed) => {
                 let mut env = parsed.envelope;
                 env.deliveries = env.deliveries.saturating_add(1);
                 if env.deliveries >= self.max_deliveries {
-                    env.set_error(&format!(
+                    let error = format!(
                         "poison: its daemon died {} times while running it",
                         env.deliveries
-                    ));
+                    );
+                    env.set_error(&error);
                     env.died_at = Some(now_rfc3339());
                     tracing::warn!(%queue, id = %env.id, deliveries = env.deliveries, "quarantined a poison job in the dead letter list");
-                    (RecoverTo::Dead, env)
+                    let event = Draft::job(EventType::Dead, queue, &env.id, env.attempt)
+                        .error(error)
+                        .reason("poison");
+                    (RecoverTo::Dead, env, event)
                 } else {
-                    (RecoverTo::Queue, env)
+                    let event = Draft::job(EventType::Recovered, queue, &env.id, env.attempt)
+                        .reason("crash");
+                    (RecoverTo::Queue, env, event)
                 }
             }
             Err(malformed) => {
-                let mut env = Envelope::for_malformed(item);
-                env.set_error(&malformed.to_string());
+                let mut env = Envelope::for_malformed(&item);
+                let error = malformed.to_string();
+                env.set_error(&error);
                 env.died_at = Some(now_rfc3339());
-                (RecoverTo::Dead, env)
+                let event = Draft::job(EventType::Dead, queue, &env.id, 0)
+                    .error(error)
+                    .reason("malformed");
+                (RecoverTo::Dead, env, event)
             }
         };
-        (item.to_vec(), to, env.to_json().into_bytes())
+        Recovery {
+            item,
+            to,
+            replacement: env.to_json().into_bytes(),
+            event,
+        }
     }
 }

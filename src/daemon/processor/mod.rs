@@ -10,27 +10,29 @@
 //! records its outcome.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt as _;
 use slab::Slab;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use super::isolation::Isolation;
+use super::publisher::Events;
 use super::ratelimit::RateLimiter;
 use super::retry::Retry;
+use super::throughput::Throughput;
 use crate::broker::BrokerError;
-use crate::broker::queue::{Fetcher, Outcome, QueueStore, RecoverTo};
-use crate::config::{QueueConfig, human};
-use crate::handlers::{Handler, HandlerError};
-use crate::job::{Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item};
+use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
+use crate::config::QueueConfig;
+use crate::event::{Draft, EventType};
+use crate::handlers::Handler;
+use crate::job::{now_ms, parse_item};
+
+mod run;
 
 /// Most jobs taken in one Lua call.
 const MAX_BATCH: usize = 100;
@@ -74,9 +76,26 @@ pub(crate) struct Processor {
     rate_limit: Option<RateLimiter>,
     /// The node-wide gate that lets suspects run alone.
     isolation: Arc<Isolation>,
+    /// Lifecycle events and status records.
+    events: Events,
+    /// Runs finished in the last minute.
+    completions: Throughput,
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
     /// against an unreachable Redis (the jobs stay in flight for a reaper).
     give_up: CancellationToken,
+}
+
+/// What every processor of a node shares.
+#[derive(Clone)]
+pub(crate) struct NodeShared {
+    /// Wakes the scheduler.
+    pub(crate) scheduler: Arc<Notify>,
+    /// Lets suspects run alone.
+    pub(crate) isolation: Arc<Isolation>,
+    /// Lifecycle events and status records.
+    pub(crate) events: Events,
+    /// Ends outcome retries at the very end of a shutdown.
+    pub(crate) give_up: CancellationToken,
 }
 
 impl Processor {
@@ -85,10 +104,14 @@ impl Processor {
         store: QueueStore,
         config: QueueConfig,
         handler: Arc<dyn Handler>,
-        scheduler: Arc<Notify>,
-        isolation: Arc<Isolation>,
-        give_up: CancellationToken,
+        shared: NodeShared,
     ) -> Self {
+        let NodeShared {
+            scheduler,
+            isolation,
+            events,
+            give_up,
+        } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
         Self {
@@ -103,6 +126,8 @@ impl Processor {
             rate_limit,
             scheduler,
             isolation,
+            events,
+            completions: Throughput::default(),
             give_up,
         }
     }
@@ -120,6 +145,11 @@ impl Processor {
     /// Jobs being run right now.
     pub(crate) fn busy(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Runs of this queue's jobs finished here in the last minute.
+    pub(crate) fn last_minute(&self) -> u64 {
+        self.completions.last_minute()
     }
 
     /// How long the fetcher has been inside its current Redis call, if it is
@@ -268,24 +298,85 @@ impl Processor {
         for item in &held {
             *unclaimed.entry(item.as_ref()).or_default() += 1;
         }
-        let mut orphans = Vec::new();
-        for item in listed.iter().rev() {
-            match unclaimed.get_mut(item.as_slice()) {
-                Some(n) if *n > 0 => *n -= 1,
-                _ => orphans.push((item.clone(), RecoverTo::Queue, item.clone())),
-            }
-        }
-        if orphans.is_empty() {
-            return Ok(0);
-        }
-        let (requeued, _) = self
-            .store
-            .recover(&self.store.keys().node, &orphans)
-            .await?;
+        let orphans: Vec<Vec<u8>> = listed
+            .into_iter()
+            .filter(|item| match unclaimed.get_mut(item.as_slice()) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        let requeued = self.requeue_leftovers(orphans, "orphaned").await?;
         if requeued > 0 {
             tracing::warn!(queue = %self.name, requeued, "requeued jobs a failed fetch had left in flight unseen");
         }
-        Ok(requeued as usize)
+        Ok(requeued)
+    }
+
+    /// The last step of a shutdown for this queue: everything still in this
+    /// node's in-flight list (a job popped as fetching stopped, an outcome
+    /// Redis would not take) goes back to the head of the queue.
+    pub(crate) async fn sweep(&self) {
+        let mut retry = Retry::new("requeueing in-flight jobs at shutdown");
+        loop {
+            let result = async {
+                let left = self.store.own_inflight().await?;
+                if left.is_empty() {
+                    return Ok::<_, BrokerError>(true);
+                }
+                let requeued = self.requeue_leftovers(left, "shutdown").await?;
+                tracing::info!(queue = %self.name, requeued, "requeued in-flight jobs at the head of the queue");
+                Ok(false)
+            }
+            .await;
+            match result {
+                Ok(true) => return,
+                Ok(false) => retry.succeeded(),
+                Err(e) => {
+                    if !retry.wait(&e, &self.give_up).await {
+                        tracing::error!(queue = %self.name, "Redis unreachable: in-flight jobs stay for a reaper to recover");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves items (oldest first) of this node's in-flight list back to the
+    /// head of the queue in their order. A raw payload goes back wrapped in
+    /// an envelope, so the id of its `job.recovered` event is the one it
+    /// keeps. Returns how many moved.
+    async fn requeue_leftovers(
+        &self,
+        items: Vec<Vec<u8>>,
+        reason: &str,
+    ) -> Result<usize, BrokerError> {
+        let mut moves = Vec::with_capacity(items.len());
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items.into_iter().rev() {
+            let (replacement, id) = match parse_item(&item, usize::MAX) {
+                Ok(p) if p.was_raw => (p.envelope.to_json().into_bytes(), Some((p.envelope.id, 0))),
+                Ok(p) => (item.clone(), Some((p.envelope.id, p.envelope.attempt))),
+                Err(_) => (item.clone(), None),
+            };
+            ids.push(id);
+            moves.push((item, RecoverTo::Queue, replacement));
+        }
+        let done = self.store.recover(&self.store.keys().node, &moves).await?;
+        let mut requeued = 0;
+        for (result, id) in done.into_iter().zip(ids) {
+            if result == Recovered::Requeued {
+                requeued += 1;
+                if let Some((id, attempt)) = id {
+                    self.emit(
+                        Draft::job(EventType::Recovered, &self.name, &id, attempt).reason(reason),
+                    );
+                }
+            }
+        }
+        Ok(requeued)
     }
 
     /// One `BLMOVE`. A stop cuts the wait short through `CLIENT UNBLOCK`
@@ -326,207 +417,4 @@ impl Processor {
                 .remove(work.held);
         }
     }
-
-    async fn process(&self, item: Bytes, abandon: &CancellationToken) {
-        match parse_item(&item, self.config.max_payload_bytes) {
-            Ok(parsed) => {
-                let job = Job::new(self.name.clone(), item, parsed);
-                let span = tracing::info_span!("job", id = %job.id(), queue = %self.name, attempt = job.attempt());
-                self.run_job(job, abandon).instrument(span).await;
-            }
-            Err(malformed) => self.dead_letter_malformed(item, malformed).await,
-        }
-    }
-
-    async fn run_job(&self, job: Job, abandon: &CancellationToken) {
-        let max_attempts = job.max_attempts(self.config.max_attempts);
-        if job.envelope().attempt >= max_attempts {
-            let reason = format!(
-                "no attempts left: {} of {max_attempts} already made",
-                job.envelope().attempt
-            );
-            tracing::warn!(error = %reason, "dead-lettered without running");
-            return self
-                .record(job.item(), self.dead(&job, &reason, false))
-                .await;
-        }
-        let timeout = job
-            .envelope()
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.config.timeout);
-        if let Some(wait) = self.over_rate_limit(&job).await {
-            tracing::debug!(
-                wait_ms = wait.as_millis() as u64,
-                "over the rate limit; scheduled for when a slot frees"
-            );
-            let outcome = Outcome::Snooze {
-                envelope: job.envelope().to_json(),
-                due_ms: now_ms() + wait.as_millis() as i64,
-            };
-            self.record(job.item(), outcome).await;
-            self.scheduler.notify_one();
-            return;
-        }
-        let suspect = !job.was_raw() && job.envelope().deliveries > 0;
-        let (_entered, _isolated);
-        if suspect {
-            tracing::info!(
-                deliveries = job.envelope().deliveries,
-                "its daemon died while running it: running it alone"
-            );
-            tokio::select! {
-                hold = self.isolation.isolate() => _isolated = hold,
-                _ = abandon.cancelled() => return self.record(job.item(), Outcome::Requeue).await,
-            }
-        } else {
-            match self.isolation.try_enter() {
-                Some(entered) => _entered = entered,
-                None => {
-                    tracing::debug!("a suspect has the node to itself; job given back");
-                    return self.record(job.item(), Outcome::GiveBack).await;
-                }
-            }
-        }
-        let started = Instant::now();
-        let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
-        let result = tokio::select! {
-            biased;
-            result = tokio::time::timeout(timeout, run) => result,
-            _ = abandon.cancelled() => {
-                tracing::info!("still running at the end of the shutdown timeout; requeued at the head of its queue");
-                return self.record(job.item(), Outcome::Requeue).await;
-            }
-        };
-        let elapsed = started.elapsed();
-        let error = match result {
-            Ok(Ok(Ok(()))) => {
-                tracing::debug!(ms = elapsed.as_millis() as u64, "succeeded");
-                let outcome = Outcome::Succeeded {
-                    id: job.id().to_owned(),
-                    unique_key: job.envelope().unique_key.clone(),
-                };
-                return self.record(job.item(), outcome).await;
-            }
-            Ok(Ok(Err(e))) => e,
-            Ok(Err(panic)) => {
-                HandlerError::transient(format!("handler panicked: {}", panic_message(&*panic)))
-            }
-            Err(_elapsed) => HandlerError::transient(format!("timed out after {}", human(timeout))),
-        };
-        let outcome = if error.is_permanent() {
-            tracing::warn!(%error, "failed permanently; dead-lettered");
-            self.dead(&job, &error.to_string(), true)
-        } else if job.attempt() >= max_attempts {
-            let reason = format!(
-                "{error} (attempt {} of {max_attempts}, none left)",
-                job.attempt()
-            );
-            tracing::warn!(error = %reason, "failed; no attempts left, dead-lettered");
-            self.dead(&job, &reason, true)
-        } else {
-            let delay = backoff_delay(&self.config.backoff, job.attempt());
-            tracing::warn!(%error, retry_in = %human(Duration::from_millis(delay.as_millis() as u64)), "failed; will retry");
-            Outcome::Retry {
-                envelope: job.failed_envelope(&error.to_string()).to_json(),
-                due_ms: now_ms() + delay.as_millis() as i64,
-            }
-        };
-        let scheduled = matches!(outcome, Outcome::Retry { .. });
-        self.record(job.item(), outcome).await;
-        if scheduled {
-            self.scheduler.notify_one();
-        }
-    }
-
-    /// How long the job must wait for its queue's rate limit; `None` if it
-    /// may start now. Retries while Redis is unreachable: a limit that
-    /// protects a provider is not skipped because Redis blinked.
-    async fn over_rate_limit(&self, job: &Job) -> Option<Duration> {
-        let limiter = self.rate_limit.as_ref()?;
-        let mut retry = Retry::new("checking the rate limit");
-        loop {
-            match limiter.check(&self.store, job).await {
-                Ok(wait) => {
-                    retry.succeeded();
-                    return wait;
-                }
-                Err(e) => {
-                    if !retry.wait(&e, &self.give_up).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    fn dead(&self, job: &Job, error: &str, count_attempt: bool) -> Outcome {
-        let mut env = if count_attempt {
-            job.failed_envelope(error)
-        } else {
-            let mut env = job.envelope().clone();
-            env.set_error(error);
-            env
-        };
-        env.died_at = Some(now_rfc3339());
-        Outcome::Dead {
-            envelope: env.to_json(),
-            id: job.id().to_owned(),
-            unique_key: job.envelope().unique_key.clone(),
-        }
-    }
-
-    async fn dead_letter_malformed(&self, item: Bytes, malformed: Malformed) {
-        let mut env = Envelope::for_malformed(&item);
-        env.set_error(&malformed.to_string());
-        env.died_at = Some(now_rfc3339());
-        tracing::warn!(queue = %self.name, id = %env.id, error = %malformed, "malformed item dead-lettered");
-        let outcome = Outcome::Dead {
-            envelope: env.to_json(),
-            id: env.id.clone(),
-            unique_key: None,
-        };
-        self.record(&item, outcome).await;
-    }
-
-    /// Records an outcome, retrying while Redis is unreachable: a job must
-    /// not stay in flight because an ack failed. Gives up only at the end of
-    /// a shutdown; the job then stays in flight and a reaper returns it.
-    async fn record(&self, item: &[u8], outcome: Outcome) {
-        let mut retry = Retry::new("recording a job outcome");
-        loop {
-            match self.store.record(item, &outcome).await {
-                Ok(true) => return retry.succeeded(),
-                Ok(false) if retry.failures() > 0 => {
-                    // The earlier try may have gone through before its reply was lost.
-                    tracing::debug!("outcome already recorded, or the job was recovered meanwhile");
-                    return retry.succeeded();
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        "the job was no longer in flight here (a reaper recovered it while it ran); \
-                         its outcome here is not recorded"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    if !retry.wait(&e, &self.give_up).await {
-                        tracing::error!(
-                            "Redis unreachable at exit: outcome not recorded; the job stays in flight \
-                             and will be recovered by a reaper"
-                        );
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }

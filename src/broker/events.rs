@@ -1,0 +1,144 @@
+//! Lifecycle events and job status records: published in batches, replayed
+//! from the capped stream, followed by subscribers.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+
+use super::{Broker, BrokerError, keys};
+
+/// Where events go.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    /// The pub/sub channel.
+    pub channel: String,
+    /// The replay stream (its key is the channel's name) and its
+    /// approximate length; `None` when replay is off.
+    pub stream: Option<(String, u64)>,
+}
+
+impl EventSink {
+    /// The sink of the `[events]` configuration.
+    pub fn new(channel: &str, stream_maxlen: u64) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            stream: (stream_maxlen > 0).then(|| (keys::event_stream(channel), stream_maxlen)),
+        }
+    }
+}
+
+/// New fields of a job's status record `conveyor:job:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// The job.
+    pub id: String,
+    /// Fields to set.
+    pub fields: Vec<(&'static str, String)>,
+    /// How long the record lives after this update.
+    pub ttl: Duration,
+}
+
+impl Broker {
+    /// Publishes events and writes status records in one round trip.
+    pub async fn publish_batch(
+        &self,
+        sink: &EventSink,
+        events: &[String],
+        statuses: &[StatusUpdate],
+    ) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
+            if let Some((stream, maxlen)) = &sink.stream {
+                pipe.cmd("XADD")
+                    .arg(stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(maxlen)
+                    .arg("*")
+                    .arg("event")
+                    .arg(e)
+                    .ignore();
+            }
+        }
+        for s in statuses {
+            let key = keys::job(&s.id);
+            pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(s.ttl.as_millis() as u64)
+                .ignore();
+        }
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Up to `count` stream entries after `after` (exclusive; a stream id,
+    /// or `ms-0` for a time): `(entry id, event JSON)`.
+    pub async fn replay(
+        &self,
+        stream: &str,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<(String, String)>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                fields
+                    .into_iter()
+                    .find(|(k, _)| k == "event")
+                    .map(|(_, event)| (id, event))
+            })
+            .collect())
+    }
+
+    /// Follows a channel on a dedicated connection. The stream ends when the
+    /// connection is lost.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
+        let mut pubsub =
+            self.client()
+                .get_async_pubsub()
+                .await
+                .map_err(|e| BrokerError::Unreachable {
+                    url: self.url(),
+                    reason: e.to_string(),
+                })?;
+        pubsub.subscribe(channel).await?;
+        Ok(Subscription(Box::pin(
+            pubsub
+                .into_on_message()
+                .map(|msg| msg.get_payload_bytes().to_vec()),
+        )))
+    }
+
+    /// A job's status record; empty when there is none.
+    pub async fn job_status(&self, id: &str) -> Result<HashMap<String, String>, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("HGETALL")
+            .arg(keys::job(id))
+            .query_async(&mut conn)
+            .await?)
+    }
+}
+
+/// Messages of a subscribed channel.
+pub struct Subscription(Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>);
+
+impl Subscription {
+    /// The next message; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        self.0.next().await
+    }
+}

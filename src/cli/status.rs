@@ -1,0 +1,65 @@
+//! `conveyor status <id>`: a job's status record, kept for queues that set
+//! `track = true`.
+
+use std::path::Path;
+
+use super::{InputError, connect, load_config};
+
+/// Options of `conveyor status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job's id.
+    pub id: String,
+    /// Print the record as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The fields in the order a person reads them.
+const ORDER: &[&str] = &[
+    "queue",
+    "state",
+    "attempt",
+    "node",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "due_at",
+    "last_error",
+    "updated_at",
+];
+
+/// Prints the record, or says why there is none (exit 65).
+pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let broker = connect(&config).await?;
+    let record = broker.job_status(&args.id).await?;
+    if record.is_empty() {
+        return Err(InputError(format!(
+            "no status record for job {}: its queue does not set track = true, or the record expired",
+            args.id
+        ))
+        .into());
+    }
+    if args.json {
+        let mut object = serde_json::Map::new();
+        object.insert("id".into(), args.id.clone().into());
+        for (k, v) in &record {
+            object.insert(k.clone(), v.clone().into());
+        }
+        println!("{}", serde_json::Value::Object(object));
+        return Ok(());
+    }
+    println!("{:<12} {}", "id", args.id);
+    for key in ORDER {
+        if let Some(v) = record.get(*key) {
+            println!("{key:<12} {v}");
+        }
+    }
+    for (k, v) in &record {
+        if !ORDER.contains(&k.as_str()) {
+            println!("{k:<12} {v}");
+        }
+    }
+    Ok(())
+}

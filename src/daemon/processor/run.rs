@@ -1,0 +1,372 @@
+//! Running one job: attempts, rate limit, isolation, the handler under its
+//! timeout with panics caught, and the outcome recorded in one atomic step,
+//! followed by its lifecycle events and status record.
+//!
+//! Outcome events are emitted only once the outcome is recorded: a node that
+//! lost its job to a reaper publishes nothing for it.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::Processor;
+use crate::broker::events::StatusUpdate;
+use crate::broker::queue::Outcome;
+use crate::config::{EventLevel, human};
+use crate::daemon::retry::Retry;
+use crate::event::{Draft, EventType};
+use crate::handlers::HandlerError;
+use crate::job::{Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item};
+
+impl Processor {
+    /// Reads a taken item and runs it, or dead-letters it if it cannot be read.
+    pub(super) async fn process(&self, item: Bytes, abandon: &CancellationToken) {
+        match parse_item(&item, self.config.max_payload_bytes) {
+            Ok(parsed) => {
+                let job = Job::new(self.name.clone(), item, parsed);
+                let span = tracing::info_span!("job", id = %job.id(), queue = %self.name, attempt = job.attempt());
+                self.run_job(job, abandon).instrument(span).await;
+            }
+            Err(malformed) => self.dead_letter_malformed(item, malformed).await,
+        }
+    }
+
+    async fn run_job(&self, job: Job, abandon: &CancellationToken) {
+        let max_attempts = job.max_attempts(self.config.max_attempts);
+        if job.envelope().attempt >= max_attempts {
+            let reason = format!(
+                "no attempts left: {} of {max_attempts} already made",
+                job.envelope().attempt
+            );
+            tracing::warn!(error = %reason, "dead-lettered without running");
+            let outcome = self.dead(&job, &reason, false);
+            if self.record(job.item(), outcome).await {
+                self.died(&job, &reason, "attempts", job.envelope().attempt);
+            }
+            return;
+        }
+        if let Some(wait) = self.over_rate_limit(&job).await {
+            let due_ms = now_ms() + wait.as_millis() as i64;
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "over the rate limit; scheduled for when a slot frees"
+            );
+            let outcome = Outcome::Snooze {
+                envelope: job.envelope().to_json(),
+                due_ms,
+            };
+            if self.record(job.item(), outcome).await {
+                self.track(
+                    job.id(),
+                    "scheduled",
+                    job.envelope().attempt,
+                    vec![("due_at", rfc3339_ms(due_ms))],
+                );
+            }
+            self.scheduler.notify_one();
+            return;
+        }
+        let suspect = !job.was_raw() && job.envelope().deliveries > 0;
+        let (_entered, _isolated);
+        if suspect {
+            tracing::info!(
+                deliveries = job.envelope().deliveries,
+                "its daemon died while running it: running it alone"
+            );
+            tokio::select! {
+                hold = self.isolation.isolate() => _isolated = hold,
+                _ = abandon.cancelled() => return self.requeue(&job).await,
+            }
+        } else {
+            match self.isolation.try_enter() {
+                Some(entered) => _entered = entered,
+                None => {
+                    tracing::debug!("a suspect has the node to itself; job given back");
+                    self.record(job.item(), Outcome::GiveBack).await;
+                    return;
+                }
+            }
+        }
+
+        let timeout = job
+            .envelope()
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.timeout);
+        self.emit(Draft::job(
+            EventType::Started,
+            &self.name,
+            job.id(),
+            job.attempt(),
+        ));
+        self.track(
+            job.id(),
+            "running",
+            job.attempt(),
+            vec![("started_at", now_rfc3339())],
+        );
+        let started = Instant::now();
+        let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
+        let result = tokio::select! {
+            biased;
+            result = tokio::time::timeout(timeout, run) => result,
+            _ = abandon.cancelled() => {
+                tracing::info!("still running at the end of the shutdown timeout; requeued at the head of its queue");
+                return self.requeue(&job).await;
+            }
+        };
+        let took = started.elapsed().as_millis() as u64;
+        let error = match result {
+            Ok(Ok(Ok(()))) => return self.succeed(&job, took).await,
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(panic)) => {
+                HandlerError::transient(format!("handler panicked: {}", panic_message(&*panic)))
+            }
+            Err(_elapsed) => HandlerError::transient(format!("timed out after {}", human(timeout))),
+        };
+        self.fail(&job, error, took, max_attempts).await;
+    }
+
+    async fn succeed(&self, job: &Job, took: u64) {
+        tracing::debug!(ms = took, "succeeded");
+        self.completions.record();
+        let outcome = Outcome::Succeeded {
+            id: job.id().to_owned(),
+            unique_key: job.envelope().unique_key.clone(),
+        };
+        if self.record(job.item(), outcome).await {
+            self.emit(
+                Draft::job(EventType::Succeeded, &self.name, job.id(), job.attempt()).took(took),
+            );
+            self.track(
+                job.id(),
+                "succeeded",
+                job.attempt(),
+                vec![("finished_at", now_rfc3339())],
+            );
+        }
+    }
+
+    async fn fail(&self, job: &Job, error: HandlerError, took: u64, max_attempts: u32) {
+        self.completions.record();
+        let message = error.to_string();
+        let failed = Draft::job(EventType::Failed, &self.name, job.id(), job.attempt())
+            .took(took)
+            .error(message.clone());
+        if error.is_permanent() || job.attempt() >= max_attempts {
+            let (reason, why) = if error.is_permanent() {
+                tracing::warn!(error = %message, "failed permanently; dead-lettered");
+                (message.clone(), "permanent")
+            } else {
+                let reason = format!(
+                    "{message} (attempt {} of {max_attempts}, none left)",
+                    job.attempt()
+                );
+                tracing::warn!(error = %reason, "failed; no attempts left, dead-lettered");
+                (reason, "attempts")
+            };
+            if self.record(job.item(), self.dead(job, &reason, true)).await {
+                self.emit(failed);
+                self.died(job, &reason, why, job.attempt());
+            }
+            return;
+        }
+        let delay = backoff_delay(&self.config.backoff, job.attempt());
+        let due_ms = now_ms() + delay.as_millis() as i64;
+        tracing::warn!(
+            error = %message,
+            retry_in = %human(Duration::from_millis(delay.as_millis() as u64)),
+            "failed; will retry"
+        );
+        let outcome = Outcome::Retry {
+            envelope: job.failed_envelope(&message).to_json(),
+            due_ms,
+        };
+        if self.record(job.item(), outcome).await {
+            let retry_at = rfc3339_ms(due_ms);
+            self.emit(failed.retry_at(retry_at.clone()));
+            self.track(
+                job.id(),
+                "retrying",
+                job.attempt(),
+                vec![("last_error", message), ("due_at", retry_at)],
+            );
+        }
+        self.scheduler.notify_one();
+    }
+
+    /// Puts an interrupted job back at the head of its queue. A raw payload
+    /// goes back wrapped in the envelope whose id its events used.
+    async fn requeue(&self, job: &Job) {
+        let replacement = job.was_raw().then(|| job.envelope().to_json());
+        if self
+            .record(job.item(), Outcome::Requeue { replacement })
+            .await
+        {
+            self.emit(
+                Draft::job(EventType::Recovered, &self.name, job.id(), job.attempt())
+                    .reason("shutdown"),
+            );
+            self.track(job.id(), "waiting", job.envelope().attempt, vec![]);
+        }
+    }
+
+    fn died(&self, job: &Job, error: &str, reason: &str, attempt: u32) {
+        self.emit(
+            Draft::job(EventType::Dead, &self.name, job.id(), attempt)
+                .error(error)
+                .reason(reason),
+        );
+        self.track(
+            job.id(),
+            "dead",
+            attempt,
+            vec![
+                ("last_error", error.to_owned()),
+                ("finished_at", now_rfc3339()),
+            ],
+        );
+    }
+
+    /// How long the job must wait for its queue's rate limit; `None` if it
+    /// may start now. Retries while Redis is unreachable: a limit that
+    /// protects a provider is not skipped because Redis blinked.
+    async fn over_rate_limit(&self, job: &Job) -> Option<Duration> {
+        let limiter = self.rate_limit.as_ref()?;
+        let mut retry = Retry::new("checking the rate limit");
+        loop {
+            match limiter.check(&self.store, job).await {
+                Ok(wait) => {
+                    retry.succeeded();
+                    return wait;
+                }
+                Err(e) => {
+                    if !retry.wait(&e, &self.give_up).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn dead(&self, job: &Job, error: &str, count_attempt: bool) -> Outcome {
+        let mut env = if count_attempt {
+            job.failed_envelope(error)
+        } else {
+            let mut env = job.envelope().clone();
+            env.set_error(error);
+            env
+        };
+        env.died_at = Some(now_rfc3339());
+        Outcome::Dead {
+            envelope: env.to_json(),
+            id: job.id().to_owned(),
+            unique_key: job.envelope().unique_key.clone(),
+        }
+    }
+
+    async fn dead_letter_malformed(&self, item: Bytes, malformed: Malformed) {
+        let mut env = Envelope::for_malformed(&item);
+        let error = malformed.to_string();
+        env.set_error(&error);
+        env.died_at = Some(now_rfc3339());
+        tracing::warn!(queue = %self.name, id = %env.id, error = %malformed, "malformed item dead-lettered");
+        let outcome = Outcome::Dead {
+            envelope: env.to_json(),
+            id: env.id.clone(),
+            unique_key: None,
+        };
+        if self.record(&item, outcome).await {
+            self.emit(
+                Draft::job(EventType::Dead, &self.name, &env.id, 0)
+                    .error(error)
+                    .reason("malformed"),
+            );
+        }
+    }
+
+    /// Records an outcome, retrying while Redis is unreachable: a job must
+    /// not stay in flight because an ack failed. Gives up only at the end of
+    /// a shutdown; the job then stays in flight and a reaper returns it.
+    /// Returns whether this call recorded it.
+    pub(super) async fn record(&self, item: &[u8], outcome: Outcome) -> bool {
+        let mut retry = Retry::new("recording a job outcome");
+        loop {
+            match self.store.record(item, &outcome).await {
+                Ok(true) => {
+                    retry.succeeded();
+                    return true;
+                }
+                Ok(false) if retry.failures() > 0 => {
+                    // The earlier try may have gone through before its reply
+                    // was lost; its events are then lost with it.
+                    tracing::debug!("outcome already recorded, or the job was recovered meanwhile");
+                    retry.succeeded();
+                    return false;
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        "the job was no longer in flight here (a reaper recovered it while it ran); \
+                         its outcome here is not recorded"
+                    );
+                    return false;
+                }
+                Err(e) => {
+                    if !retry.wait(&e, &self.give_up).await {
+                        tracing::error!(
+                            "Redis unreachable at exit: outcome not recorded; the job stays in flight \
+                             and will be recovered by a reaper"
+                        );
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits an event if the queue's `events` level lets it through.
+    pub(crate) fn emit(&self, draft: Draft) {
+        match self.config.events {
+            EventLevel::Off => {}
+            EventLevel::Outcomes if !draft.kind.is_outcome() => {}
+            _ => self.events.emit(draft),
+        }
+    }
+
+    /// Updates the job's status record, if the queue keeps them.
+    fn track(&self, id: &str, state: &str, attempt: u32, mut fields: Vec<(&'static str, String)>) {
+        if !self.config.track {
+            return;
+        }
+        fields.extend([
+            ("queue", self.name.to_string()),
+            ("state", state.to_owned()),
+            ("attempt", attempt.to_string()),
+            ("node", self.store.keys().node.clone()),
+            ("updated_at", now_rfc3339()),
+        ]);
+        self.events.status(StatusUpdate {
+            id: id.to_owned(),
+            fields,
+            ttl: self.config.track_ttl,
+        });
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

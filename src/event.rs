@@ -1,0 +1,234 @@
+//! The lifecycle event wire format: one JSON object per transition,
+//! published on the events channel (and appended to the replay stream).
+//!
+//! Common fields: `type`, `queue`, `id`, `attempt`, `node`, `at` (RFC 3339,
+//! ms), `seq` (grows by one with each event a node publishes, so a
+//! subscriber can tell it missed some); `duration_ms` on outcomes; `error`,
+//! `retry_at` and `reason` where they apply. Never payloads, addresses or
+//! secrets: only ids, counts, times and error texts.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    /// A job was enqueued by `conveyor enqueue`.
+    #[serde(rename = "job.enqueued")]
+    Enqueued,
+    /// A handler run began.
+    #[serde(rename = "job.started")]
+    Started,
+    /// A handler run succeeded.
+    #[serde(rename = "job.succeeded")]
+    Succeeded,
+    /// A handler run failed (`retry_at` when it will be retried).
+    #[serde(rename = "job.failed")]
+    Failed,
+    /// A job was dead-lettered.
+    #[serde(rename = "job.dead")]
+    Dead,
+    /// A job went back to its queue: its daemon died (`reason: crash`) or
+    /// shut down before it finished (`reason: shutdown`).
+    #[serde(rename = "job.recovered")]
+    Recovered,
+    /// A daemon started working.
+    #[serde(rename = "node.started")]
+    NodeStarted,
+    /// A daemon began shutting down.
+    #[serde(rename = "node.stopping")]
+    NodeStopping,
+    /// A daemon finished shutting down.
+    #[serde(rename = "node.stopped")]
+    NodeStopped,
+    /// A type this version does not know (from a newer publisher).
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventType {
+    /// The wire name, e.g. `job.succeeded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Enqueued => "job.enqueued",
+            EventType::Started => "job.started",
+            EventType::Succeeded => "job.succeeded",
+            EventType::Failed => "job.failed",
+            EventType::Dead => "job.dead",
+            EventType::Recovered => "job.recovered",
+            EventType::NodeStarted => "node.started",
+            EventType::NodeStopping => "node.stopping",
+            EventType::NodeStopped => "node.stopped",
+            EventType::Unknown => "unknown",
+        }
+    }
+
+    /// Whether this is an outcome (what `events = "outcomes"` keeps).
+    pub fn is_outcome(self) -> bool {
+        !matches!(self, EventType::Started)
+    }
+}
+
+/// One lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The queue's name (job events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The job's id (job events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The run's number, 1 on the first (job events; 0 before any run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The publishing node (a daemon, or `cli-<host>-<pid>`).
+    pub node: String,
+    /// When, RFC 3339 with milliseconds.
+    pub at: String,
+    /// The publisher's sequence number.
+    pub seq: u64,
+    /// How long the run took (outcomes of a run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed or died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it will run again (`job.failed` with attempts left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// Why it was recovered (`crash`, `shutdown`) or died (`poison`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An event before the publisher stamps it with `node`, `at` and `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    /// What happened.
+    pub kind: EventType,
+    /// The queue.
+    pub queue: Option<String>,
+    /// The job.
+    pub id: Option<String>,
+    /// The run's number.
+    pub attempt: Option<u32>,
+    /// The run's length.
+    pub duration_ms: Option<u64>,
+    /// The failure.
+    pub error: Option<String>,
+    /// The next run.
+    pub retry_at: Option<String>,
+    /// The reason.
+    pub reason: Option<String>,
+}
+
+impl Draft {
+    /// A job event.
+    pub fn job(kind: EventType, queue: &str, id: &str, attempt: u32) -> Self {
+        Self {
+            kind,
+            queue: Some(queue.to_owned()),
+            id: Some(id.to_owned()),
+            attempt: Some(attempt),
+            ..Self::node(kind)
+        }
+    }
+
+    /// A node event.
+    pub fn node(kind: EventType) -> Self {
+        Self {
+            kind,
+            queue: None,
+            id: None,
+            attempt: None,
+            duration_ms: None,
+            error: None,
+            retry_at: None,
+            reason: None,
+        }
+    }
+
+    /// Adds the run's length.
+    pub fn took(mut self, ms: u64) -> Self {
+        self.duration_ms = Some(ms);
+        self
+    }
+
+    /// Adds the failure.
+    pub fn error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+
+    /// Adds the next run's time.
+    pub fn retry_at(mut self, at: impl Into<String>) -> Self {
+        self.retry_at = Some(at.into());
+        self
+    }
+
+    /// Adds the reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Stamps the draft.
+    pub fn stamp(self, node: &str, at: String, seq: u64) -> Event {
+        Event {
+            kind: self.kind,
+            queue: self.queue,
+            id: self.id,
+            attempt: self.attempt,
+            node: node.to_owned(),
+            at,
+            seq,
+            duration_ms: self.duration_ms,
+            error: self.error,
+            retry_at: self.retry_at,
+            reason: self.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_as_the_design_says() {
+        let e = Draft::job(EventType::Failed, "email", "j1", 2)
+            .took(15)
+            .error("451 try later")
+            .retry_at("2026-11-24T10:00:00.000Z")
+            .stamp("n1", "2026-11-24T09:59:45.000Z".into(), 7);
+        let v: serde_json::Value = serde_json::to_value(&e).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "job.failed", "queue": "email", "id": "j1", "attempt": 2,
+                "node": "n1", "at": "2026-11-24T09:59:45.000Z", "seq": 7,
+                "duration_ms": 15, "error": "451 try later",
+                "retry_at": "2026-11-24T10:00:00.000Z"
+            })
+        );
+        let back: Event = serde_json::from_value(v).expect("parses back");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn node_events_carry_no_job_fields_and_unknown_types_parse() {
+        let e = Draft::node(EventType::NodeStarted).stamp("n1", "t".into(), 1);
+        let text = serde_json::to_string(&e).expect("json");
+        assert_eq!(
+            text,
+            r#"{"type":"node.started","node":"n1","at":"t","seq":1}"#
+        );
+        let future: Event =
+            serde_json::from_str(r#"{"type":"job.exploded","node":"n","at":"t","seq":3}"#)
+                .expect("tolerant");
+        assert_eq!(future.kind, EventType::Unknown);
+        assert!(!EventType::Started.is_outcome() && EventType::Dead.is_outcome());
+    }
+}
