@@ -24,6 +24,7 @@ pub mod keys;
 pub mod nodes;
 pub mod queue;
 mod scripts;
+pub mod sent;
 
 pub use keys::QueueKeys;
 
