@@ -30,11 +30,24 @@ pub(crate) fn smtp_error(e: &Error, password: Option<&Secret>) -> HandlerError {
         _ if e.is_transient() => {
             HandlerError::transient(format!("SMTP server deferred the message: {reason}"))
         }
-        _ if e.is_tls() => HandlerError::transient(format!("SMTP TLS failed: {reason}")),
+        // lettre reports a refused certificate as a connection error; the
+        // hint only adds to the text, the class is the same either way.
+        _ if e.is_tls() || reason.contains("certificate") => {
+            HandlerError::transient(format!("SMTP TLS failed: {}", with_tls_hint(reason)))
+        }
         _ if e.is_timeout() => HandlerError::transient(format!("SMTP timed out: {reason}")),
         // Refused connections, resets, unparsable replies, a server that does
         // not offer what the configuration requires: nothing about the
         // message itself, so it may succeed later.
         _ => HandlerError::transient(format!("SMTP failed: {reason}")),
+    }
+}
+
+/// Adds how to trust a private CA to a reason that is about a certificate.
+pub(crate) fn with_tls_hint(reason: String) -> String {
+    if reason.contains("certificate") {
+        format!("{reason} (a relay with a private CA needs email.ca_file)")
+    } else {
+        reason
     }
 }

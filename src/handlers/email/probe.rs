@@ -10,6 +10,7 @@ use lettre::transport::smtp::authentication::Mechanism;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 
+use super::classify::with_tls_hint;
 use super::privacy::scrub;
 use super::transport::{SmtpSettings, TlsMode};
 use crate::config::{ConfigError, EmailConfig, human};
@@ -109,7 +110,13 @@ pub async fn probe(email: &EmailConfig, mut say: impl FnMut(String)) -> Result<(
     );
     let mut conn = match tokio::time::timeout(limit, connect).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) if e.is_tls() => return Err(fail(Step::TlsHandshake, e.to_string(), false)),
+        Ok(Err(e)) if e.is_tls() || implicit.is_some() && e.to_string().contains("certificate") => {
+            return Err(fail(
+                Step::TlsHandshake,
+                with_tls_hint(e.to_string()),
+                false,
+            ));
+        }
         Ok(Err(e)) => return Err(fail(Step::Ehlo, e.to_string(), false)),
         Err(_) => {
             let reason = format!(
@@ -128,7 +135,7 @@ pub async fn probe(email: &EmailConfig, mut say: impl FnMut(String)) -> Result<(
         if conn.can_starttls() {
             bounded(limit, conn.starttls(params.clone(), &hello))
                 .await
-                .map_err(|e| fail(Step::StartTls, e, false))?;
+                .map_err(|e| fail(Step::StartTls, with_tls_hint(e), false))?;
             say("smtp: STARTTLS ok".into());
         } else if url.tls == TlsMode::StartTls {
             let reason = "the server does not offer STARTTLS, and tls=starttls requires it";
