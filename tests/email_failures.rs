@@ -219,3 +219,37 @@ async fn an_invalid_address_is_dead_at_once_and_not_quoted() {
     assert!(server.received().is_empty(), "nothing was sent");
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_by_the_timeout_does_not_poison_the_next_one() {
+    let redis = Redis::start();
+    // The first DATA is answered (250) after our timeout; the second is refused.
+    let server = SmtpServer::start(Options {
+        replies: Some("250,550"),
+        delay_first_ms: Some(1500),
+        ..Options::default()
+    });
+    let conn = redis.conn().await;
+    push(
+        &mut conn.clone(),
+        serde_json::json!({"to": "alice@example.com", "subject": "late"}),
+    )
+    .await;
+    let mut cfg = smtp_config(&redis, &server.url("smtp", None, ""), "");
+    cfg.email.timeout = Duration::from_secs(1);
+    let daemon = TestDaemon::start(cfg, builtin());
+    // Reusing the abandoned connection would read the late 250 as the answer
+    // to the retry and call it delivered; a fresh one hears the 550.
+    let dead = wait_dead(&conn).await;
+    assert_eq!(dead["attempt"], 2, "{dead}");
+    let error = dead["last_error"].as_str().unwrap();
+    assert!(error.contains("550"), "{error}");
+    wait_until("the late answer is recorded", WAIT, || async {
+        server.received().len() == 2
+    })
+    .await;
+    let mut codes: Vec<u16> = server.received().iter().map(|m| m.reply).collect();
+    codes.sort();
+    assert_eq!(codes, [250, 550], "the first copy went out late: the documented window");
+    daemon.stop().await.unwrap();
+}

@@ -29,6 +29,8 @@ pub struct Options<'a> {
     pub auth: Option<(&'a str, &'a str)>,
     /// DATA reply codes, one per message, the last repeating (`"451,250"`).
     pub replies: Option<&'a str>,
+    /// Wait this long before answering the first DATA.
+    pub delay_first_ms: Option<u64>,
     /// Accept connections and never greet.
     pub stall: bool,
 }
@@ -80,6 +82,9 @@ impl SmtpServer {
         }
         if let Some(replies) = options.replies {
             cmd.args(["--replies", replies]);
+        }
+        if let Some(ms) = options.delay_first_ms {
+            cmd.arg("--delay-first-ms").arg(ms.to_string());
         }
         if options.stall {
             cmd.arg("--stall");

@@ -16,6 +16,7 @@ Options choose the behaviour a test needs:
   --user/--password     offer AUTH PLAIN and LOGIN and require it
   --replies 451,250     DATA reply codes for the 1st, 2nd, ... message; the
                         last one repeats (so `--replies 550` always refuses)
+  --delay-first-ms N    wait N ms before answering the first DATA
   --stall               accept TCP connections and never say anything
 """
 
@@ -43,14 +44,17 @@ REASONS = {
 class Recorder:
     """Answers DATA with the scripted codes and records every message."""
 
-    def __init__(self, out, replies):
+    def __init__(self, out, replies, delay_first_ms):
         self.out = out
         self.replies = replies
+        self.delay_first_ms = delay_first_ms
         self.count = 0
 
     async def handle_DATA(self, server, session, envelope):
         code = self.replies[min(self.count, len(self.replies) - 1)]
         self.count += 1
+        if self.count == 1 and self.delay_first_ms:
+            await asyncio.sleep(self.delay_first_ms / 1000)
         record = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
@@ -95,7 +99,7 @@ async def main(args):
         server = await asyncio.start_server(stall, sock=sock)
     else:
         replies = [int(c) for c in args.replies.split(",")]
-        handler = Recorder(args.out, replies)
+        handler = Recorder(args.out, replies, args.delay_first_ms)
         options = {"hostname": "localhost", "loop": loop}
         if args.starttls:
             options.update(tls_context=context, require_starttls=True)
@@ -125,6 +129,7 @@ if __name__ == "__main__":
     parser.add_argument("--user")
     parser.add_argument("--password", default="")
     parser.add_argument("--replies", default="250")
+    parser.add_argument("--delay-first-ms", type=int, default=0)
     parser.add_argument("--stall", action="store_true")
     arguments = parser.parse_args()
     if (arguments.starttls or arguments.implicit_tls) and not arguments.tls_cert:

@@ -2,8 +2,8 @@
 //! a pool of connections.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lettre::address::Envelope;
@@ -179,9 +179,12 @@ impl SmtpSettings {
 /// done with it.
 pub(crate) struct SmtpPool {
     builder: AsyncSmtpTransportBuilder,
+    /// The pool in use and its generation (from 1).
     current: Mutex<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
-    /// Generation of a pool that must not be used again.
-    poisoned: Arc<AtomicU64>,
+    /// The newest generation that must not be used again (0: none). Only
+    /// ever raised, so a late cancellation in an old pool cannot hide one in
+    /// the current pool.
+    poisoned: AtomicU64,
 }
 
 impl SmtpPool {
@@ -191,8 +194,8 @@ impl SmtpPool {
         let transport = builder.clone().build();
         Self {
             builder,
-            current: Mutex::new((0, transport)),
-            poisoned: Arc::new(AtomicU64::new(u64::MAX)),
+            current: Mutex::new((1, transport)),
+            poisoned: AtomicU64::new(0),
         }
     }
 
@@ -204,7 +207,7 @@ impl SmtpPool {
     ) -> Result<(), lettre::transport::smtp::Error> {
         let (generation, transport) = {
             let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            if self.poisoned.load(Ordering::Acquire) == current.0 {
+            if self.poisoned.load(Ordering::Acquire) >= current.0 {
                 current.0 += 1;
                 current.1 = self.builder.clone().build();
                 tracing::debug!("started a fresh SMTP connection pool after an unfinished send");
@@ -231,7 +234,7 @@ struct PoisonOnDrop<'a> {
 impl Drop for PoisonOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.poisoned.store(self.generation, Ordering::Release);
+            self.poisoned.fetch_max(self.generation, Ordering::AcqRel);
         }
     }
 }
