@@ -204,6 +204,45 @@ async fn implicit_tls_delivers() {
     daemon.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_upgrades_when_the_server_offers_it() {
+    let redis = Redis::start();
+    let ca = TestCa::generate();
+    // This server refuses MAIL before STARTTLS: delivery proves the upgrade.
+    let server = SmtpServer::start(Options {
+        ca: Some(&ca),
+        starttls: true,
+        ..Options::default()
+    });
+    let mut conn = redis.conn().await;
+    push(
+        &mut conn,
+        serde_json::json!({"to": "alice@example.com", "subject": "opp"}),
+    )
+    .await;
+    let url = server.url("smtp", None, "?tls=opportunistic");
+    let cfg = smtp_config(&redis, &url, &format!("ca_file = \"{}\"", ca.ca.display()));
+    let daemon = TestDaemon::start(cfg, builtin());
+    wait_accepted(&server, 1).await;
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_sends_in_clear_when_the_server_cannot() {
+    let redis = Redis::start();
+    let server = SmtpServer::start(Options::default());
+    let mut conn = redis.conn().await;
+    push(
+        &mut conn,
+        serde_json::json!({"to": "alice@example.com", "subject": "opp"}),
+    )
+    .await;
+    let url = server.url("smtp", None, "?tls=opportunistic");
+    let daemon = TestDaemon::start(smtp_config(&redis, &url, ""), builtin());
+    wait_accepted(&server, 1).await;
+    daemon.stop().await.unwrap();
+}
+
 /// The real email handler, then a failure on the first attempt: a run whose
 /// mail went out but whose job did not finish (a timeout, a crash, a lost ack).
 struct FailAfterSending(Arc<dyn Handler>);

@@ -250,6 +250,10 @@ async fn a_send_cut_off_by_the_timeout_does_not_poison_the_next_one() {
     .await;
     let mut codes: Vec<u16> = server.received().iter().map(|m| m.reply).collect();
     codes.sort();
-    assert_eq!(codes, [250, 550], "the first copy went out late: the documented window");
+    assert_eq!(
+        codes,
+        [250, 550],
+        "the first copy went out late: the documented window"
+    );
     daemon.stop().await.unwrap();
 }

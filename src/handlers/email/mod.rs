@@ -4,8 +4,9 @@
 //!
 //! `{"to": "a@example.com" | [...], "subject": "...", "text": "...",
 //! "html": "...", "from": "...", "cc": ..., "bcc": ..., "reply_to": ...}`,
-//! or `"template": "welcome", "vars": {...}` instead of `text`/`html` (see
-//! [`template`]). Only `to` and `subject` are required; with no body the mail
+//! or `"template": "welcome", "vars": {...}` instead of `text`/`html`
+//! (`welcome.txt` and/or `welcome.html` in `[email] templates`, see
+//! `template.rs`). Only `to` and `subject` are required; with no body the mail
 //! is an empty text mail. Unknown fields, wrong types, invalid addresses and
 //! missing templates or variables are permanent errors: the job goes to the
 //! dead letter list at once with a reason naming the field.
@@ -59,7 +60,7 @@
 //! Logs name recipients masked (`a***@example.com`). Error strings, which
 //! reach the dead letter list and public events, name no address at all and
 //! never the body or the password; a server's reply quoted in one has its
-//! addresses replaced (see [`privacy`]).
+//! addresses replaced (see `privacy.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ mod classify;
 mod message;
 mod privacy;
 pub mod probe;
-pub mod template;
+mod template;
 mod transport;
 
 use message::{Body, Content, Request};
@@ -204,10 +205,14 @@ impl Handler for Email {
                 ))
             })?;
 
-        let already = self.broker.is_sent(&self.queue_key, job.id()).await;
-        if already.map_err(|e| {
-            HandlerError::transient(format!("cannot check whether it was sent before: {e}"))
-        })? {
+        let already_sent = self
+            .broker
+            .is_sent(&self.queue_key, job.id())
+            .await
+            .map_err(|e| {
+                HandlerError::transient(format!("cannot check whether it was sent before: {e}"))
+            })?;
+        if already_sent {
             tracing::info!("already accepted by the mail server in an earlier run; not sent again");
             return Ok(());
         }
