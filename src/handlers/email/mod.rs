@@ -131,6 +131,14 @@ impl Email {
                 human(email.timeout)
             )));
         }
+        // A templates directory that is not there is a typo in the config,
+        // better found now than as a dead letter per templated job.
+        if let Some(dir) = email.templates.as_deref().filter(|d| !d.is_dir()) {
+            return Err(ConfigError::Invalid(format!(
+                "email.templates: {} is not a directory",
+                dir.display()
+            )));
+        }
         let deliver = match email.transport {
             EmailTransport::File => Deliver::File(email.dir.clone()),
             EmailTransport::Smtp => Deliver::Smtp(Box::new(SmtpPool::new(
@@ -289,6 +297,53 @@ mod tests {
         let c =
             crate::config::Config::from_toml("[queues.q]\nhandler = \"email\"\n").expect("toml");
         c.queues["q"].clone()
+    }
+
+    /// Builds the `email` handler of queue `q` from `toml`; the error text.
+    /// Needs a runtime (the broker's pool starts a reaper task), not Redis.
+    fn build_error(toml: &str) -> String {
+        let config = crate::config::Config::from_toml(toml).expect("toml");
+        let broker = Broker::new(&config.redis).expect("a broker needs no I/O");
+        let ctx = HandlerContext {
+            queue: "q",
+            queue_config: &config.queues["q"],
+            config: &config,
+            broker: &broker,
+        };
+        match Email::build(&ctx) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn unusable_settings_are_configuration_errors() {
+        let q = "[queues.q]\nhandler = \"email\"\n";
+        assert_eq!(build_error(q), "", "the defaults work");
+        let err = build_error(&format!("[email]\nfrom = \"nobody\"\n{q}"));
+        assert!(err.contains("email.from"), "{err}");
+        let err = build_error(&format!("[email]\ntimeout = \"5m\"\n{q}"));
+        assert!(
+            err.contains("queues.q.timeout (5m) must exceed email.timeout (5m)"),
+            "{err}"
+        );
+        let smtp = "[email]\ntransport = \"smtp\"\nsmtp_url";
+        let err = build_error(&format!("{smtp} = \"smtp://u@h?tls=starttls\"\n{q}"));
+        assert!(err.contains("no password is set"), "{err}");
+        let err = build_error(&format!("{smtp} = \"smtp://h?tls=startls\"\n{q}"));
+        assert!(
+            err.contains("email.smtp_url") && err.contains("startls"),
+            "{err}"
+        );
+        let err = build_error(&format!(
+            "{smtp} = \"smtps://h\"\nca_file = \"/nonexistent/ca.pem\"\n{q}"
+        ));
+        assert!(err.contains("cannot read email.ca_file"), "{err}");
+        let err = build_error(&format!("[email]\ntemplates = \"/nonexistent/tpl\"\n{q}"));
+        assert!(
+            err.contains("email.templates: /nonexistent/tpl is not a directory"),
+            "{err}"
+        );
     }
 
     #[test]
