@@ -125,6 +125,11 @@ pub struct EmailConfig {
     /// Upper bound on one send, connection and all.
     #[serde(default = "default_email_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// A PEM file of root certificates to trust for SMTP over TLS, besides
+    /// the built-in web roots: for a relay with a private CA (and for tests).
+    /// Relative to the config file's directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The SMTP password: from `CONVEYOR_SMTP_PASSWORD`, the file named by
     /// `CONVEYOR_SMTP_PASSWORD_FILE`, or `$CREDENTIALS_DIRECTORY/smtp_password`.
     #[serde(skip)]
@@ -333,6 +338,7 @@ impl Default for EmailConfig {
             from: default_email_from(),
             templates: None,
             timeout: default_email_timeout(),
+            ca_file: None,
             password: None,
         }
     }
@@ -490,6 +496,9 @@ impl Config {
         config.email.dir = base.join(&config.email.dir);
         if let Some(templates) = &config.email.templates {
             config.email.templates = Some(base.join(templates));
+        }
+        if let Some(ca_file) = &config.email.ca_file {
+            config.email.ca_file = Some(base.join(ca_file));
         }
         Ok(config)
     }
@@ -798,6 +807,18 @@ mod tests {
             "redis+unix:///tmp/r.sock"
         );
         assert_eq!(mask_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+    }
+
+    #[test]
+    fn email_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conveyor.toml");
+        let text = "[email]\ndir = \"out\"\ntemplates = \"tpl\"\nca_file = \"/etc/ca.pem\"\n";
+        std::fs::write(&path, text).expect("write");
+        let c = Config::from_file(&path).expect("parses");
+        assert_eq!(c.email.dir, dir.path().join("out"));
+        assert_eq!(c.email.templates, Some(dir.path().join("tpl")));
+        assert_eq!(c.email.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]

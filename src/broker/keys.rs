@@ -67,6 +67,13 @@ fn inflight(list: &str, node: &str) -> String {
     format!("{{{list}}}:inflight:{node}")
 }
 
+/// `{K}:sent:<id>`: set (with a TTL) once the email of job `id` of queue list
+/// `K` was accepted by the mail server, so a retry of that job does not send
+/// it again.
+pub fn sent(list: &str, id: &str) -> String {
+    format!("{{{list}}}:sent:{id}")
+}
+
 /// `conveyor:node:<node>`: a live daemon's heartbeat hash.
 pub fn node(node: &str) -> String {
     format!("conveyor:node:{node}")
@@ -98,6 +105,7 @@ mod tests {
         assert_eq!(k.stats, "{jobs:email}:stats");
         assert_eq!(k.ratelimit, "{jobs:email}:ratelimit");
         assert_eq!(k.unique("u1"), "{jobs:email}:unique:u1");
+        assert_eq!(sent("jobs:email", "j1"), "{jobs:email}:sent:j1");
         assert_eq!(node("n1"), "conveyor:node:n1");
         assert_eq!(job("j1"), "conveyor:job:j1");
     }

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod nodes;
 pub mod queue;
 mod scripts;
+pub mod sent;
 
 pub use keys::QueueKeys;
 

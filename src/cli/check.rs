@@ -1,10 +1,13 @@
-//! `conveyor check`: validate the configuration, build every queue's handler
-//! and reach Redis, saying which step failed.
+//! `conveyor check`: validate the configuration, build every queue's handler,
+//! reach Redis, and, when a queue sends email over SMTP, hold a conversation
+//! with the SMTP server up to AUTH, saying which step failed.
 
 use std::path::Path;
 
 use super::{connect, load_config};
 use crate::broker::Broker;
+use crate::config::{Config, EmailTransport};
+use crate::handlers::email::probe;
 use crate::handlers::{HandlerContext, Registry};
 
 /// Options of `conveyor check`.
@@ -32,5 +35,31 @@ pub async fn run(config_path: Option<&Path>, _args: Args) -> anyhow::Result<()> 
     );
     connect(&config).await?;
     println!("redis: ok ({})", broker.url());
+    check_email(&config).await
+}
+
+/// The SMTP server is checked only when a queue uses the `email` handler:
+/// a daemon that sends no mail must not fail its check because of a mail
+/// server it never talks to.
+async fn check_email(config: &Config) -> anyhow::Result<()> {
+    let email = &config.email;
+    if !config.queues.values().any(|q| q.handler == "email") {
+        return Ok(());
+    }
+    match email.transport {
+        EmailTransport::File => {
+            std::fs::create_dir_all(&email.dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "email: cannot create the outbox {}: {e}",
+                    email.dir.display()
+                )
+            })?;
+            println!("email: ok (file transport into {})", email.dir.display());
+        }
+        EmailTransport::Smtp => {
+            probe::probe(email, |line| println!("{line}")).await?;
+            println!("email: ok ({})", email.smtp_url);
+        }
+    }
     Ok(())
 }

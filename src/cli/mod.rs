@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::broker::BrokerError;
 use crate::config::{Config, ConfigError};
 use crate::daemon::DaemonError;
+use crate::handlers::email::probe::ProbeError;
 
 pub mod check;
 pub mod dead;
@@ -61,7 +62,7 @@ pub enum Command {
     Stats(stats::Args),
     /// Show a tracked job's status record.
     Status(status::Args),
-    /// Validate the configuration and reach Redis.
+    /// Validate the configuration, reach Redis and the SMTP server.
     Check(check::Args),
 }
 
@@ -118,6 +119,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 DaemonError::Broker(_) => EX_SOFTWARE,
             };
         }
+        if let Some(e) = cause.downcast_ref::<ProbeError>() {
+            return match e.is_unavailable() {
+                true => EX_UNAVAILABLE,
+                false => EX_CONFIG,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<BrokerError>() {
             return match e {
                 BrokerError::BadUrl { .. } => EX_CONFIG,
@@ -165,6 +172,18 @@ mod tests {
         assert_eq!(
             code(anyhow::Error::from(unreachable).context("enqueue")),
             69
+        );
+        let smtp = |refused| ProbeError::Failed {
+            step: crate::handlers::email::probe::Step::Auth,
+            server: "h:25".into(),
+            reason: "x".into(),
+            refused,
+        };
+        assert_eq!(code(smtp(false).into()), 69);
+        assert_eq!(code(smtp(true).into()), 78);
+        assert_eq!(
+            code(ProbeError::Config(ConfigError::Invalid("x".into())).into()),
+            78
         );
     }
 }

@@ -15,6 +15,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ConfigError, QueueConfig};
 use crate::job::Job;
 
+pub mod email;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod noop;
@@ -84,9 +85,10 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in handlers: `noop`, `publish` (and `fault` in test builds).
+    /// The built-in handlers: `email`, `noop`, `publish` (and `fault` in test builds).
     pub fn builtin() -> Self {
         let mut r = Self::empty();
+        r.register("email", email::Email::build);
         r.register("noop", |_| Ok(Arc::new(noop::Noop)));
         r.register("publish", publish::Publish::build);
         #[cfg(feature = "fault-injection")]

@@ -1,0 +1,294 @@
+//! A real SMTP server per test (`tests/smtp/server.py`, on aiosmtpd) and a
+//! throwaway certificate authority for its TLS, made with the `openssl` CLI in
+//! the test's temporary directory.
+//!
+//! The server runs under a python that can `import aiosmtpd`:
+//! `$CONVEYOR_TEST_PYTHON`, else Debian's `/usr/bin/python3` (package
+//! `python3-aiosmtpd`), else `python3` on the PATH.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub mod queue;
+
+/// What a test wants of its server.
+#[derive(Default, Clone)]
+pub struct Options<'a> {
+    /// Certificates for TLS (required by `starttls` and `implicit_tls`).
+    pub ca: Option<&'a TestCa>,
+    /// Offer STARTTLS and require it.
+    pub starttls: bool,
+    /// TLS from the first byte.
+    pub implicit_tls: bool,
+    /// Require AUTH with this user and password.
+    pub auth: Option<(&'a str, &'a str)>,
+    /// DATA reply codes, one per message, the last repeating (`"451,250"`).
+    pub replies: Option<&'a str>,
+    /// Wait this long before answering the first DATA.
+    pub delay_first_ms: Option<u64>,
+    /// Accept connections and never greet.
+    pub stall: bool,
+}
+
+/// A running server; killed when dropped.
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One DATA command the server received.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    pub data: String,
+    /// The code the server answered; 250 means accepted.
+    pub reply: u16,
+}
+
+impl SmtpServer {
+    /// Starts a server and waits for its `ready <port>` line.
+    pub fn start(options: Options<'_>) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let out = dir.path().join("messages.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
+        let mut cmd = Command::new(python());
+        cmd.arg("-W")
+            .arg("ignore")
+            .arg(script)
+            .arg("--out")
+            .arg(&out);
+        if let Some(ca) = options.ca {
+            cmd.arg("--tls-cert")
+                .arg(&ca.cert)
+                .arg("--tls-key")
+                .arg(&ca.key);
+        }
+        if options.starttls {
+            cmd.arg("--starttls");
+        }
+        if options.implicit_tls {
+            cmd.arg("--implicit-tls");
+        }
+        if let Some((user, password)) = options.auth {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        if let Some(replies) = options.replies {
+            cmd.args(["--replies", replies]);
+        }
+        if let Some(ms) = options.delay_first_ms {
+            cmd.arg("--delay-first-ms").arg(ms.to_string());
+        }
+        if options.stall {
+            cmd.arg("--stall");
+        }
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start tests/smtp/server.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let _sent = tx.send(read.map(|_| line));
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Ok(line)) => line,
+            other => {
+                let _killed = child.kill();
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                panic!("the SMTP test server did not start ({other:?}):\n{log}");
+            }
+        };
+        let port = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the SMTP server: {line:?}"));
+        Self {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Every DATA command so far, accepted or not.
+    pub fn received(&self) -> Vec<Received> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.ends_with('}'))
+            .map(|l| serde_json::from_str(l).expect("the server writes JSON lines"))
+            .collect()
+    }
+
+    /// The messages the server accepted.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.reply == 250)
+            .collect()
+    }
+
+    /// `scheme://[user@]127.0.0.1:port[?query]`
+    pub fn url(&self, scheme: &str, user: Option<&str>, query: &str) -> String {
+        let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}127.0.0.1:{}{query}", self.port)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+/// A CA and a certificate for `localhost` and `127.0.0.1` that it signed.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    /// The CA's certificate: what the client trusts (`[email] ca_file`).
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let p = |name: &str| dir.path().join(name);
+        std::fs::write(
+            p("server.ext"),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("write extensions");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            dir.path(),
+            &["req", "-x509"],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=conveyor test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        openssl(
+            dir.path(),
+            &["req"],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        openssl(
+            dir.path(),
+            &["x509", "-req"],
+            &[],
+            &[
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        );
+        Self {
+            ca: p("ca.pem"),
+            cert: p("server.pem"),
+            key: p("server.key"),
+            dir,
+        }
+    }
+}
+
+fn openssl(dir: &Path, command: &[&str], key: &[&str], args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(command)
+        .args(key)
+        .args(args)
+        .output()
+        .expect("the openssl CLI must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A python that can run the server, found once.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("CONVEYOR_TEST_PYTHON")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(["/usr/bin/python3", "python3"].map(PathBuf::from))
+            .collect();
+        candidates
+            .iter()
+            .find(|py| {
+                Command::new(py)
+                    .args(["-W", "ignore", "-c", "import aiosmtpd"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no python that can `import aiosmtpd` (tried {candidates:?}): install Debian's \
+                     python3-aiosmtpd, or set CONVEYOR_TEST_PYTHON to a python that has aiosmtpd"
+                )
+            })
+    })
+}
+
+/// A local port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
