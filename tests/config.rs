@@ -34,6 +34,16 @@ fn the_example_config_parses_with_the_documented_values() {
         c.email.dir
     );
 
+    assert_eq!(c.email.timeout, Duration::from_secs(30));
+    assert_eq!(c.email.from, "conveyor <noreply@localhost>");
+    let email = &c.queues["email"];
+    assert_eq!(email.handler, "email");
+    assert_eq!(email.concurrency, 10);
+    assert_eq!(email.max_attempts, 25);
+    assert_eq!(email.backoff.base, Duration::from_secs(15));
+    assert_eq!(email.timeout, Duration::from_secs(300));
+    assert!(email.rate_limit.is_none());
+
     let orders = &c.queues["orders"];
     assert_eq!(orders.handler, "publish");
     assert_eq!(orders.channel.as_deref(), Some("orders"));
