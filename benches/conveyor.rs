@@ -1,0 +1,436 @@
+//! `cargo bench --bench conveyor -- [options]`: conveyor's performance, measured.
+//!
+//! Starts its own redis-server on loopback (persistence off) unless
+//! `--redis-url` is given, and measures, as medians of `--runs` runs:
+//! - throughput: N no-op jobs pre-loaded, then the real daemon binary started
+//!   as a child; jobs/s from the first job done to the last, Redis commands per
+//!   job from `INFO commandstats` (commands run inside scripts included), CPU
+//!   seconds of the daemon and of redis-server, the daemon's peak RSS;
+//! - latency: a daemon run in this process, idle, fed 1,000 jobs one at a time;
+//!   the time from sending `RPUSH` to the handler starting (p50, p99, p999);
+//! - enqueue: `conveyor enqueue --file` loading N jobs.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use clap::Parser;
+use conveyor::handlers::{Handler, HandlerError, Registry};
+use conveyor::job::Job;
+use conveyor::shutdown::Shutdown;
+use tokio::sync::mpsc;
+
+#[derive(Parser, Debug)]
+#[command(about = "conveyor's benchmark")]
+struct Args {
+    /// Jobs per throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    jobs: usize,
+    /// The queue's concurrency.
+    #[arg(long, default_value_t = 200)]
+    concurrency: u32,
+    /// Events level of the queue: all, outcomes or off.
+    #[arg(long, default_value = "outcomes")]
+    events: String,
+    /// Payload size in bytes (about).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// What to measure: all, throughput, latency, enqueue.
+    #[arg(long, default_value = "all")]
+    mode: String,
+    /// Sequential jobs in the latency measurement.
+    #[arg(long, default_value_t = 1000)]
+    latency_jobs: usize,
+    /// Jobs loaded by the enqueue measurement.
+    #[arg(long, default_value_t = 300_000)]
+    enqueue_jobs: usize,
+    /// Use this Redis (it is FLUSHALLed!) instead of starting one.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// `cargo bench` passes --bench; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const QUEUE: &str = "bench";
+const LIST: &str = "jobs:bench";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let (server, url) = match &args.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let (child, url) = start_redis(dir.path())?;
+            (Some(child), url)
+        }
+    };
+    let redis_pid = server.as_ref().map(|c| c.id());
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_connection()?;
+    let version = info_field(&mut conn, "server", "redis_version").unwrap_or_default();
+    println!(
+        "conveyor bench: {} jobs, concurrency {}, events {}, payload {} B, median of {} runs",
+        args.jobs, args.concurrency, args.events, args.payload, args.runs
+    );
+    println!(
+        "machine: {} cores, {}, Redis {version} on {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model(),
+        if args.redis_url.is_some() { "the given URL" } else { "loopback TCP" }
+    );
+    let mode = args.mode.as_str();
+    if mode == "all" || mode == "throughput" {
+        throughput(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "latency" {
+        latency(&args, &url, &mut conn)?;
+    }
+    if mode == "all" || mode == "enqueue" {
+        enqueue(&args, &url, &mut conn, dir.path())?;
+    }
+    if let Some(mut s) = server {
+        s.kill()?;
+        s.wait()?;
+    }
+    Ok(())
+}
+
+fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((child, url))
+}
+
+fn config_file(dir: &Path, url: &str, args: &Args) -> anyhow::Result<PathBuf> {
+    let path = dir.join("bench.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"noop\"\nconcurrency = {}\nevents = \"{}\"\n",
+            args.concurrency, args.events
+        ),
+    )?;
+    Ok(path)
+}
+
+fn payload(i: usize, size: usize) -> String {
+    let head = format!("{{\"n\":{i},\"pad\":\"");
+    let pad = size.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+fn preload(conn: &mut redis::Connection, n: usize, size: usize) -> anyhow::Result<()> {
+    for start in (0..n).step_by(10_000) {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg(LIST);
+        for i in start..(start + 10_000).min(n) {
+            cmd.arg(payload(i, size));
+        }
+        cmd.query::<()>(conn)?;
+    }
+    Ok(())
+}
+
+struct Run {
+    jobs_per_s: f64,
+    commands_per_job: f64,
+    top_commands: Vec<(String, f64)>,
+    daemon_cpu_s: f64,
+    redis_cpu_s: f64,
+    peak_rss_kb: u64,
+}
+
+fn throughput(
+    args: &Args,
+    url: &str,
+    conn: &mut redis::Connection,
+    redis_pid: Option<u32>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let cfg = config_file(dir, url, args)?;
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        redis::cmd("FLUSHALL").query::<()>(conn)?;
+        preload(conn, args.jobs, args.payload)?;
+        redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(conn)?;
+        let redis_cpu0 = redis_pid.map(cpu_seconds).unwrap_or(0.0);
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("CONVEYOR_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut polls = 0u64;
+        let processed = |conn: &mut redis::Connection, polls: &mut u64| -> u64 {
+            *polls += 1;
+            redis::cmd("HGET")
+                .arg(format!("{{{LIST}}}:stats"))
+                .arg("processed")
+                .query::<Option<u64>>(conn)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut first, mut t_first) = (0, Instant::now());
+        loop {
+            let n = processed(conn, &mut polls);
+            if n > 0 {
+                first = n;
+                t_first = Instant::now();
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the daemon did not start working");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let t_end = loop {
+            if processed(conn, &mut polls) as usize >= args.jobs {
+                break Instant::now();
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the run did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let daemon_cpu = cpu_seconds(daemon.id());
+        let peak_rss_kb = proc_status_kb(daemon.id(), "VmHWM").unwrap_or(0);
+        let redis_cpu = redis_pid.map(cpu_seconds).unwrap_or(0.0) - redis_cpu0;
+        let stats = commandstats(conn)?;
+        signal(&daemon, "TERM");
+        daemon.wait()?;
+        // Our own polling and bookkeeping are not the daemon's cost.
+        let ours = |name: &str| match name {
+            "hget" => polls,
+            "config|resetstat" | "config" => 1,
+            _ => 0,
+        };
+        let mut by_cmd: Vec<(String, f64)> = stats
+            .iter()
+            .map(|(name, calls)| (name.clone(), calls.saturating_sub(ours(name)) as f64 / args.jobs as f64))
+            .filter(|(name, per)| *per > 0.0 && !name.starts_with("info"))
+            .collect();
+        by_cmd.sort_by(|a, b| b.1.total_cmp(&a.1));
+        runs.push(Run {
+            jobs_per_s: (args.jobs as u64 - first) as f64 / (t_end - t_first).as_secs_f64(),
+            commands_per_job: by_cmd.iter().map(|(_, per)| per).sum(),
+            top_commands: by_cmd.into_iter().take(6).collect(),
+            daemon_cpu_s: daemon_cpu,
+            redis_cpu_s: redis_cpu,
+            peak_rss_kb,
+        });
+    }
+    runs.sort_by(|a, b| a.jobs_per_s.total_cmp(&b.jobs_per_s));
+    let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.jobs_per_s)).collect();
+    let m = &runs[runs.len() / 2];
+    let cpu = m.daemon_cpu_s + m.redis_cpu_s;
+    println!("throughput    {:>9.0} jobs/s   (runs: {})", m.jobs_per_s, all.join(", "));
+    println!(
+        "commands/job  {:>9.2}          ({})",
+        m.commands_per_job,
+        m.top_commands
+            .iter()
+            .map(|(n, per)| format!("{n} {per:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "cpu           daemon {:.2} s ({:.0}%), redis-server {:.2} s ({:.0}%), {:.1} us of CPU per job",
+        m.daemon_cpu_s,
+        100.0 * m.daemon_cpu_s / cpu.max(1e-9),
+        m.redis_cpu_s,
+        100.0 * m.redis_cpu_s / cpu.max(1e-9),
+        1e6 * cpu / args.jobs as f64
+    );
+    println!("peak rss      {:>9.1} MB (daemon)", m.peak_rss_kb as f64 / 1024.0);
+    Ok(())
+}
+
+/// Tells the bench when each job's handler started.
+struct Stamp(mpsc::UnboundedSender<Instant>);
+
+#[async_trait]
+impl Handler for Stamp {
+    async fn handle(&self, _job: &Job) -> Result<(), HandlerError> {
+        self.0
+            .send(Instant::now())
+            .map_err(|_| HandlerError::permanent("bench gone"))
+    }
+}
+
+fn latency(args: &Args, url: &str, conn: &mut redis::Connection) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut all = Vec::new();
+    for _ in 0..args.runs {
+        redis::cmd("FLUSHALL").query::<()>(conn)?;
+        let samples = runtime.block_on(latency_run(args, url))?;
+        all.push(samples);
+    }
+    let pick = |q: f64| {
+        let mut per_run: Vec<f64> = all.iter().map(|s| percentile(s, q)).collect();
+        per_run.sort_by(f64::total_cmp);
+        per_run[per_run.len() / 2]
+    };
+    println!(
+        "latency       p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms   ({} sequential jobs, idle daemon, RPUSH to handler start)",
+        pick(0.50),
+        pick(0.99),
+        pick(0.999),
+        args.latency_jobs
+    );
+    Ok(())
+}
+
+async fn latency_run(args: &Args, url: &str) -> anyhow::Result<Vec<f64>> {
+    let mut config = conveyor::config::Config::from_toml(&format!(
+        "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"stamp\"\nconcurrency = {}\nevents = \"{}\"\n",
+        args.concurrency, args.events
+    ))
+    .map_err(anyhow::Error::msg)?;
+    config.validate()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut registry = Registry::builtin();
+    registry.register_handler("stamp", Stamp(tx));
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    let registry = Arc::new(registry);
+    let daemon = tokio::spawn(async move { conveyor::daemon::run(config, &registry, s).await });
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Warm up: the first job also waits for the daemon to start.
+    redis::cmd("RPUSH").arg(LIST).arg("{}").query_async::<()>(&mut conn).await?;
+    tokio::time::timeout(Duration::from_secs(30), rx.recv()).await?;
+    let mut samples = Vec::with_capacity(args.latency_jobs);
+    for i in 0..args.latency_jobs {
+        let sent = Instant::now();
+        redis::cmd("RPUSH")
+            .arg(LIST)
+            .arg(payload(i, args.payload))
+            .query_async::<()>(&mut conn)
+            .await?;
+        let started = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("daemon gone"))?;
+        samples.push((started - sent).as_secs_f64() * 1000.0);
+    }
+    shutdown.terminate.cancel();
+    daemon.await??;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+fn enqueue(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> anyhow::Result<()> {
+    let file = dir.join("jobs.ndjson");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..args.enqueue_jobs {
+            writeln!(f, "{}", payload(i, args.payload))?;
+        }
+    }
+    let cfg = config_file(dir, url, args)?;
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        redis::cmd("FLUSHALL").query::<()>(conn)?;
+        let started = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(["enqueue", QUEUE, "--quiet", "--file"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let took = started.elapsed().as_secs_f64();
+        anyhow::ensure!(status.success(), "conveyor enqueue failed");
+        let len: usize = redis::cmd("LLEN").arg(LIST).query(conn)?;
+        anyhow::ensure!(len == args.enqueue_jobs, "enqueued {len} of {}", args.enqueue_jobs);
+        rates.push(args.enqueue_jobs as f64 / took);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "enqueue       {:>9.0} jobs/s   (conveyor enqueue --file, {} jobs, whole process; runs: {})",
+        rates[rates.len() / 2],
+        args.enqueue_jobs,
+        rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `INFO commandstats` as (command, calls).
+fn commandstats(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, u64)>> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn)?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cmdstat_")?;
+            let (name, fields) = rest.split_once(':')?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
+fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_owned))
+}
+
+/// User plus system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn signal(child: &Child, sig: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+    if !sent.is_ok_and(|s| s.success()) {
+        eprintln!("could not signal {}", child.id());
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
