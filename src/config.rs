@@ -642,7 +642,9 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// The SMTP password from, in order: `CONVEYOR_SMTP_PASSWORD`,
 /// `CONVEYOR_SMTP_PASSWORD_FILE`, `$CREDENTIALS_DIRECTORY/smtp_password`
-/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it.
+/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it,
+/// and an empty file means no password, as an empty variable does: the
+/// service unit needs its credential file to exist even when SMTP is unused.
 fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, ConfigError> {
     if let Some(pw) = env("CONVEYOR_SMTP_PASSWORD").filter(|s| !s.is_empty()) {
         return Ok(Some(Secret(pw)));
@@ -660,7 +662,8 @@ fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>
         path: file.clone(),
         source,
     })?;
-    Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+    let password = text.trim_end_matches(['\r', '\n']);
+    Ok((!password.is_empty()).then(|| Secret(password.to_owned())))
 }
 
 /// `Duration` as the config writes it (`25s`, `5m`).
@@ -773,6 +776,17 @@ mod tests {
             c.email.password.as_ref().map(Secret::expose),
             Some("s3cret")
         );
+    }
+
+    #[test]
+    fn an_empty_credential_file_means_no_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("smtp_password"), "\n").expect("write");
+        let mut c = Config::default();
+        let creds = dir.path().to_string_lossy().into_owned();
+        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
+            .expect("applies");
+        assert!(c.email.password.is_none());
     }
 
     #[test]
