@@ -385,8 +385,29 @@ impl Serialize for MaskedUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host...` with `***`.
+/// Replaces the password of `scheme://user:password@host...` with `***`,
+/// and the value of a `pass` or `password` query parameter, the form
+/// redis-rs takes for unix sockets (`redis+unix:///run/redis.sock?pass=...`).
 pub fn mask_url(url: &str) -> String {
+    mask_query_password(&mask_userinfo(url))
+}
+
+fn mask_query_password(url: &str) -> String {
+    let Some(start) = url.find('?').map(|i| i + 1) else {
+        return url.to_owned();
+    };
+    let end = url[start..].find('#').map_or(url.len(), |i| start + i);
+    let query: Vec<String> = url[start..end]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}{}{}", &url[..start], query.join("&"), &url[end..])
+}
+
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -812,6 +833,14 @@ mod tests {
             "redis+unix:///tmp/r.sock"
         );
         assert_eq!(mask_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(
+            mask_url("redis+unix:///r.sock?db=1&pass=pw&user=u#x"),
+            "redis+unix:///r.sock?db=1&pass=***&user=u#x"
+        );
+        assert_eq!(
+            mask_url("redis://:pw@h/0?password=pw"),
+            "redis://:***@h/0?password=***"
+        );
     }
 
     #[test]
