@@ -64,6 +64,24 @@ pub fn effective_config(config: &Config) {
     }
 }
 
+/// Reports the error that ends the process, on stderr: `conveyor: <error>`
+/// for a person, or one JSON line like every other when logs are JSON, so a
+/// log shipper sees why the daemon stopped. Written directly rather than
+/// through the log filter, so that no filter can hide it.
+pub fn fatal(error: &str) {
+    if JSON.load(Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": crate::job::now_rfc3339(),
+            "level": "ERROR",
+            "message": "exiting",
+            "error": error,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("conveyor: {error}");
+    }
+}
+
 /// One JSON object per event, span fields flattened into it.
 struct FlatJson;
 

@@ -1,7 +1,8 @@
 //! Logs as a service needs them: with `CONVEYOR_LOG_FORMAT=json` every
 //! stderr line is one JSON object, a job's lines carry its id, queue and
 //! attempt, the effective configuration is logged at start and no secret
-//! ever is; text logs written to a pipe (the journal) carry no ANSI escapes.
+//! ever is, even the error that ends the process is a JSON line; text logs
+//! written to a pipe (the journal) carry no ANSI escapes.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -105,4 +106,28 @@ async fn text_logs_to_a_pipe_carry_no_ansi_escapes() {
     for line in &lines {
         assert!(!line.contains("\x1b["), "ANSI escape in {line:?}");
     }
+}
+
+#[test]
+fn the_error_that_ends_the_daemon_is_a_json_line_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(&cfg, "[daemon]\nno_such_setting = 1\n").unwrap();
+    let out = conveyor()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("CONVEYOR_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("an error line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("no_such_setting"),
+        "{last}"
+    );
 }
