@@ -218,6 +218,20 @@ fn assert_pets_every(pets: &[Instant], most: Duration) {
     }
 }
 
+/// The daemon, killed if a test fails before stopping it, so that no stray
+/// daemon outlives its test.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            if let Err(e) = self.0.kill().and_then(|()| self.0.wait().map(drop)) {
+                eprintln!("could not kill the daemon: {e}");
+            }
+        }
+    }
+}
+
 fn stop(child: &mut Child) {
     signal(child, SIGTERM);
     assert_eq!(wait_exit(child, WAIT), Some(0), "exit code after SIGTERM");
@@ -235,7 +249,8 @@ async fn notifies_ready_only_once_redis_answers_then_pets_and_stops() {
     redis.kill();
     let mut notify = NotifySocket::bind();
     let watchdog = Duration::from_secs(2);
-    let (mut child, _logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
+    let (child, _logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
+    let mut running = Daemon(child);
 
     notify.until("a status saying it waits for Redis", |m| {
         status_of(m).is_some_and(|s| s.starts_with("waiting for Redis"))
@@ -260,14 +275,14 @@ async fn notifies_ready_only_once_redis_answers_then_pets_and_stops() {
     }
     assert_pets_every(&notify.pets(ready), watchdog / 2);
 
-    signal(&child, SIGTERM);
+    signal(&running.0, SIGTERM);
     let stopping = notify.until("STOPPING=1", |m| has(m, "STOPPING=1"));
     let extend = notify.got[stopping].1.clone();
     assert!(
         has(&extend, "EXTEND_TIMEOUT_USEC=25000000"),
         "the stop asks for shutdown_timeout (5s) + 20s: {extend:?}"
     );
-    assert_eq!(wait_exit(&mut child, WAIT), Some(0));
+    assert_eq!(wait_exit(&mut running.0, WAIT), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +304,8 @@ async fn a_redis_stall_is_not_a_stuck_fetcher() {
     .unwrap();
     let mut notify = NotifySocket::bind();
     let watchdog = Duration::from_secs(2);
-    let (mut child, logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
+    let (child, logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
+    let mut running = Daemon(child);
     notify.until("READY=1", |m| has(m, "READY=1"));
 
     let stopped = Command::new("kill")
@@ -324,7 +340,7 @@ async fn a_redis_stall_is_not_a_stuck_fetcher() {
         "{:?}",
         notify.messages()
     );
-    stop(&mut child);
+    stop(&mut running.0);
 }
 
 #[test]
@@ -333,11 +349,12 @@ fn a_config_error_exits_78_without_ready() {
     let cfg = dir.path().join("conveyor.toml");
     std::fs::write(&cfg, "[daemon]\nno_such_setting = 1\n").unwrap();
     let mut notify = NotifySocket::bind();
-    let mut child = under_systemd(daemon(&cfg), &notify, Duration::from_secs(2))
+    let child = under_systemd(daemon(&cfg), &notify, Duration::from_secs(2))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    assert_eq!(wait_exit(&mut child, WAIT), Some(78));
+    let mut running = Daemon(child);
+    assert_eq!(wait_exit(&mut running.0, WAIT), Some(78));
     notify.drain();
     assert!(
         !notify.messages().iter().any(|m| has(m, "READY=1")),
