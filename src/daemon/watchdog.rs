@@ -81,8 +81,9 @@ impl Watchdog {
         }
     }
 
-    /// A quarter of the watchdog timeout: systemd asks for a pet at least
-    /// every half, and a quarter leaves room for a late tick.
+    /// A quarter of the watchdog timeout (systemd asks for a pet at least
+    /// every half; a quarter leaves room for a late tick), and no longer than
+    /// `STATUS_EVERY`, so that the status line stays fresh.
     fn tick(&self) -> Duration {
         match self.timeout {
             Some(t) => (t / 4).clamp(Duration::from_millis(10), STATUS_EVERY),
