@@ -81,9 +81,15 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "machine: {} cores, {}, Redis {version} on {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         cpu_model(),
-        if args.redis_url.is_some() { "the given URL" } else { "loopback TCP" }
+        if args.redis_url.is_some() {
+            "the given URL"
+        } else {
+            "loopback TCP"
+        }
     );
     let mode = args.mode.as_str();
     if mode == "all" || mode == "throughput" {
@@ -103,9 +109,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -113,7 +130,11 @@ fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     let url = format!("redis://127.0.0.1:{port}/0");
     let client = redis::Client::open(url.as_str())?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+    while client
+        .get_connection()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_err()
+    {
         anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -191,17 +212,17 @@ fn throughput(
                 .unwrap_or(0)
         };
         let deadline = Instant::now() + Duration::from_secs(600);
-        let (mut first, mut t_first) = (0, Instant::now());
-        loop {
+        let (first, t_first) = loop {
             let n = processed(conn, &mut polls);
             if n > 0 {
-                first = n;
-                t_first = Instant::now();
-                break;
+                break (n, Instant::now());
             }
-            anyhow::ensure!(Instant::now() < deadline, "the daemon did not start working");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the daemon did not start working"
+            );
             std::thread::sleep(Duration::from_micros(500));
-        }
+        };
         let t_end = loop {
             if processed(conn, &mut polls) as usize >= args.jobs {
                 break Instant::now();
@@ -223,7 +244,12 @@ fn throughput(
         };
         let mut by_cmd: Vec<(String, f64)> = stats
             .iter()
-            .map(|(name, calls)| (name.clone(), calls.saturating_sub(ours(name)) as f64 / args.jobs as f64))
+            .map(|(name, calls)| {
+                (
+                    name.clone(),
+                    calls.saturating_sub(ours(name)) as f64 / args.jobs as f64,
+                )
+            })
             .filter(|(name, per)| *per > 0.0 && !name.starts_with("info"))
             .collect();
         by_cmd.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -237,10 +263,17 @@ fn throughput(
         });
     }
     runs.sort_by(|a, b| a.jobs_per_s.total_cmp(&b.jobs_per_s));
-    let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.jobs_per_s)).collect();
+    let all: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.0}", r.jobs_per_s))
+        .collect();
     let m = &runs[runs.len() / 2];
     let cpu = m.daemon_cpu_s + m.redis_cpu_s;
-    println!("throughput    {:>9.0} jobs/s   (runs: {})", m.jobs_per_s, all.join(", "));
+    println!(
+        "throughput    {:>9.0} jobs/s   (runs: {})",
+        m.jobs_per_s,
+        all.join(", ")
+    );
     println!(
         "commands/job  {:>9.2}          ({})",
         m.commands_per_job,
@@ -258,7 +291,10 @@ fn throughput(
         100.0 * m.redis_cpu_s / cpu.max(1e-9),
         1e6 * cpu / args.jobs as f64
     );
-    println!("peak rss      {:>9.1} MB (daemon)", m.peak_rss_kb as f64 / 1024.0);
+    println!(
+        "peak rss      {:>9.1} MB (daemon)",
+        m.peak_rss_kb as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -275,7 +311,9 @@ impl Handler for Stamp {
 }
 
 fn latency(args: &Args, url: &str, conn: &mut redis::Connection) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut all = Vec::new();
     for _ in 0..args.runs {
         redis::cmd("FLUSHALL").query::<()>(conn)?;
@@ -298,7 +336,7 @@ fn latency(args: &Args, url: &str, conn: &mut redis::Connection) -> anyhow::Resu
 }
 
 async fn latency_run(args: &Args, url: &str) -> anyhow::Result<Vec<f64>> {
-    let mut config = conveyor::config::Config::from_toml(&format!(
+    let config = conveyor::config::Config::from_toml(&format!(
         "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"stamp\"\nconcurrency = {}\nevents = \"{}\"\n",
         args.concurrency, args.events
     ))
@@ -314,7 +352,11 @@ async fn latency_run(args: &Args, url: &str) -> anyhow::Result<Vec<f64>> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     // Warm up: the first job also waits for the daemon to start.
-    redis::cmd("RPUSH").arg(LIST).arg("{}").query_async::<()>(&mut conn).await?;
+    redis::cmd("RPUSH")
+        .arg(LIST)
+        .arg("{}")
+        .query_async::<()>(&mut conn)
+        .await?;
     tokio::time::timeout(Duration::from_secs(30), rx.recv()).await?;
     let mut samples = Vec::with_capacity(args.latency_jobs);
     for i in 0..args.latency_jobs {
@@ -359,7 +401,11 @@ fn enqueue(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> 
         let took = started.elapsed().as_secs_f64();
         anyhow::ensure!(status.success(), "conveyor enqueue failed");
         let len: usize = redis::cmd("LLEN").arg(LIST).query(conn)?;
-        anyhow::ensure!(len == args.enqueue_jobs, "enqueued {len} of {}", args.enqueue_jobs);
+        anyhow::ensure!(
+            len == args.enqueue_jobs,
+            "enqueued {len} of {}",
+            args.enqueue_jobs
+        );
         rates.push(args.enqueue_jobs as f64 / took);
     }
     rates.sort_by(f64::total_cmp);
@@ -367,7 +413,11 @@ fn enqueue(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> 
         "enqueue       {:>9.0} jobs/s   (conveyor enqueue --file, {} jobs, whole process; runs: {})",
         rates[rates.len() / 2],
         args.enqueue_jobs,
-        rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -385,7 +435,11 @@ fn commandstats(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, u64
         .filter_map(|l| {
             let rest = l.strip_prefix("cmdstat_")?;
             let (name, fields) = rest.split_once(':')?;
-            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            let calls = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .collect())
@@ -399,11 +453,18 @@ fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> Optio
 
 /// User plus system CPU seconds of a process.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the command name (which may contain spaces) in parentheses.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -429,8 +490,10 @@ fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -391,8 +391,29 @@ impl Serialize for MaskedUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host...` with `***`.
+/// Replaces the password of `scheme://user:password@host...` with `***`,
+/// and the value of a `pass` or `password` query parameter, the form
+/// redis-rs takes for unix sockets (`redis+unix:///run/redis.sock?pass=...`).
 pub fn mask_url(url: &str) -> String {
+    mask_query_password(&mask_userinfo(url))
+}
+
+fn mask_query_password(url: &str) -> String {
+    let Some(start) = url.find('?').map(|i| i + 1) else {
+        return url.to_owned();
+    };
+    let end = url[start..].find('#').map_or(url.len(), |i| start + i);
+    let query: Vec<String> = url[start..end]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}{}{}", &url[..start], query.join("&"), &url[end..])
+}
+
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -651,7 +672,9 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// The SMTP password from, in order: `CONVEYOR_SMTP_PASSWORD`,
 /// `CONVEYOR_SMTP_PASSWORD_FILE`, `$CREDENTIALS_DIRECTORY/smtp_password`
-/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it.
+/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it,
+/// and an empty file means no password, as an empty variable does: the
+/// service unit needs its credential file to exist even when SMTP is unused.
 fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, ConfigError> {
     if let Some(pw) = env("CONVEYOR_SMTP_PASSWORD").filter(|s| !s.is_empty()) {
         return Ok(Some(Secret(pw)));
@@ -669,7 +692,8 @@ fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>
         path: file.clone(),
         source,
     })?;
-    Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+    let password = text.trim_end_matches(['\r', '\n']);
+    Ok((!password.is_empty()).then(|| Secret(password.to_owned())))
 }
 
 /// `Duration` as the config writes it (`25s`, `5m`).
@@ -785,6 +809,17 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_credential_file_means_no_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("smtp_password"), "\n").expect("write");
+        let mut c = Config::default();
+        let creds = dir.path().to_string_lossy().into_owned();
+        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
+            .expect("applies");
+        assert!(c.email.password.is_none());
+    }
+
+    #[test]
     fn secrets_never_print() {
         let mut c = parse("[redis]\nurl = \"redis://user:topsecret@h:6379/0\"\n");
         c.email.password = Some(Secret::new("hunter2"));
@@ -807,6 +842,14 @@ mod tests {
             "redis+unix:///tmp/r.sock"
         );
         assert_eq!(mask_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(
+            mask_url("redis+unix:///r.sock?db=1&pass=pw&user=u#x"),
+            "redis+unix:///r.sock?db=1&pass=***&user=u#x"
+        );
+        assert_eq!(
+            mask_url("redis://:pw@h/0?password=pw"),
+            "redis://:***@h/0?password=***"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("conveyor: {e:#}");
+            conveyor::logging::fatal(&format!("{e:#}"));
             ExitCode::from(cli::exit_code(&e))
         }
     }

@@ -46,6 +46,7 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
             q.concurrency = n;
         }
     }
+    crate::logging::effective_config(&config);
     let shutdown = Shutdown::new();
     let _signals = shutdown.listen_for_signals()?;
     daemon::run(config, &Registry::builtin(), shutdown).await?;

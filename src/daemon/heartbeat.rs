@@ -53,11 +53,7 @@ impl Heartbeat {
 
     /// The queues whose fetcher is stuck inside a Redis call.
     pub(crate) fn stuck_queues(&self) -> Vec<&str> {
-        self.processors
-            .iter()
-            .filter(|p| p.fetch_call_age().is_some_and(|age| age > self.stuck_after))
-            .map(|p| p.name())
-            .collect()
+        stuck_queues(&self.processors, self.stuck_after)
     }
 
     /// One beat.
@@ -91,4 +87,15 @@ impl Heartbeat {
             .heartbeat(&self.node.id, &fields, self.ttl, &keys)
             .await
     }
+}
+
+/// The queues whose fetcher has been inside one Redis call longer than
+/// `after`. Shared by the heartbeat (which logs them) and the systemd
+/// watchdog (which stops petting), so both mean the same by "stuck".
+pub(crate) fn stuck_queues(processors: &[Arc<Processor>], after: Duration) -> Vec<&str> {
+    processors
+        .iter()
+        .filter(|p| p.fetch_call_age().is_some_and(|age| age > after))
+        .map(|p| p.name())
+        .collect()
 }

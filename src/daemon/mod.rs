@@ -1,6 +1,6 @@
-//! The daemon: a supervisor that starts one [`processor`] per queue and the
-//! background components ([`scheduler`], [`reaper`], [`heartbeat`]), and
-//! stages the shutdown in one place ([`run`]).
+//! The daemon: a supervisor that starts one processor per queue and the
+//! background components (scheduler, reaper, heartbeat, event publisher,
+//! systemd watchdog), and stages the shutdown in one place ([`run_as`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use crate::shutdown::Shutdown;
 
 mod heartbeat;
 mod isolation;
+mod notify;
 mod processor;
 mod publisher;
 mod ratelimit;
@@ -26,6 +27,7 @@ mod reaper;
 mod retry;
 mod scheduler;
 mod throughput;
+mod watchdog;
 
 use heartbeat::Heartbeat;
 use processor::{NodeShared, Processor};
@@ -33,11 +35,18 @@ use publisher::Events;
 use reaper::Reaper;
 use retry::Retry;
 use scheduler::Scheduler;
+use watchdog::Watchdog;
 
 /// After the drain, how long requeueing and the final sweep may keep
 /// retrying against an unreachable Redis before the daemon exits anyway
 /// (the jobs then stay in flight, and a reaper returns them).
 const FINAL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a stop may outlast `shutdown_timeout`: `FINAL_GRACE` for
+/// requeueing, then removing the heartbeat, with room to spare. systemd is
+/// told (`EXTEND_TIMEOUT_USEC`), so that a `TimeoutStopSec` left below
+/// `shutdown_timeout` + this does not SIGKILL a drain halfway.
+const STOP_SLACK: Duration = Duration::from_secs(20);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -161,9 +170,11 @@ pub async fn run_as(
         slots,
         "starting"
     );
+    notify::status(&format!("connecting to Redis at {}", broker.url()));
 
     if !wait_for_redis(&broker, &shutdown.terminate).await {
         tracing::info!("stopped before Redis was reachable");
+        notify::stopping("stopped before Redis was reachable", FINAL_GRACE);
         return Ok(());
     }
     let stop_publisher = CancellationToken::new();
@@ -181,6 +192,7 @@ pub async fn run_as(
     let mut retry = Retry::new("registering the node");
     while let Err(e) = heartbeat.beat().await {
         if !retry.wait(&e, &shutdown.terminate).await {
+            notify::stopping("stopped before the node was registered", FINAL_GRACE);
             return Ok(());
         }
     }
@@ -216,6 +228,15 @@ pub async fn run_as(
     let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
     events.emit(Draft::node(EventType::NodeStarted));
     tracing::info!(node = %node.id, "running");
+    notify::ready("running");
+    let watchdog = Watchdog {
+        processors: processors.clone(),
+        slots,
+        stuck_after: stuck_fetch_threshold(&config),
+        timeout: notify::watchdog_timeout(),
+        shutdown: shutdown.clone(),
+    };
+    let watchdog_task = tokio::spawn(watchdog.run(stop_heartbeat.clone()));
 
     tokio::select! {
         _ = shutdown.quiet.cancelled() => {
@@ -235,6 +256,10 @@ pub async fn run_as(
         running = busy,
         timeout = %human(config.daemon.shutdown_timeout),
         "shutting down: taking no new jobs, letting running jobs finish"
+    );
+    notify::stopping(
+        &format!("stopping: letting the running jobs ({busy}) finish"),
+        config.daemon.shutdown_timeout + STOP_SLACK,
     );
     // 1. Stop taking jobs, so the set of jobs to drain only shrinks.
     stop_fetching.cancel();
@@ -275,10 +300,14 @@ pub async fn run_as(
     stop_background.cancel();
     join_all(&mut background).await;
     // 6. Heartbeat: once the node key is gone, peers may reap this node, and
-    //    there is nothing left to reap.
+    //    there is nothing left to reap. The systemd watchdog stops with it,
+    //    so that the whole drain is watched.
     stop_heartbeat.cancel();
     if let Err(e) = heartbeat_task.await {
         tracing::error!(error = %e, "heartbeat task failed");
+    }
+    if let Err(e) = watchdog_task.await {
+        tracing::error!(error = %e, "watchdog task failed");
     }
     if let Err(e) = broker.remove_node(&node.id).await {
         tracing::warn!(error = %e, "could not remove the node's heartbeat key; it expires by itself");
@@ -310,6 +339,7 @@ async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken) -> bool {
             Err(e) => {
                 if retry.failures() == 0 {
                     tracing::warn!(error = %e, "Redis is not reachable yet; waiting for it");
+                    notify::status(&format!("waiting for Redis: {e}"));
                 }
                 if !retry.wait(&e, cancel).await {
                     return false;

@@ -235,6 +235,9 @@ pub fn conveyor() -> Command {
         .env_remove("CONVEYOR_CONFIG")
         .env_remove("CONVEYOR_LOG")
         .env_remove("CONVEYOR_SMTP_PASSWORD")
+        .env_remove("CONVEYOR_LOG_FORMAT")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
         .env_remove("RUST_BACKTRACE");
     cmd
 }

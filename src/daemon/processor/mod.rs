@@ -59,6 +59,9 @@ pub(crate) struct Processor {
     slots: Arc<Semaphore>,
     /// Jobs being run right now (the fetcher's held slot is not one).
     running: AtomicUsize,
+    /// Jobs finished with since start, whatever their outcome: the "jobs
+    /// handled" of `systemctl status`.
+    handled: AtomicU64,
     /// Every item this processor has taken and not yet finished. A fetch
     /// whose reply was lost (Redis killed or stalled mid-call) may still have
     /// moved jobs into the in-flight list; after such a failure the fetcher
@@ -121,6 +124,7 @@ impl Processor {
             handler,
             slots,
             running: AtomicUsize::new(0),
+            handled: AtomicU64::new(0),
             held: Mutex::new(Slab::new()),
             call_started_ms: AtomicU64::new(0),
             rate_limit,
@@ -152,6 +156,11 @@ impl Processor {
         self.completions.last_minute()
     }
 
+    /// Jobs finished with since start, whatever their outcome.
+    pub(crate) fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
     /// How long the fetcher has been inside its current Redis call, if it is
     /// in one. Every call is bounded by the block time plus the response
     /// timeout, so a much longer one means the fetch loop is stuck.
@@ -159,6 +168,14 @@ impl Processor {
         let started = self.call_started_ms.load(Ordering::Relaxed);
         (started != 0)
             .then(|| Duration::from_millis(now_ms().saturating_sub(started as i64) as u64))
+    }
+
+    /// Makes the fetcher look as if its current Redis call began `ago`.
+    #[cfg(test)]
+    pub(crate) fn pretend_fetch_call_since(&self, ago: Duration) {
+        let started = now_ms() - ago.as_millis() as i64;
+        self.call_started_ms
+            .store(started as u64, Ordering::Relaxed);
     }
 
     /// Runs one fetcher Redis call, noting when it began.
@@ -411,6 +428,7 @@ impl Processor {
             self.running.fetch_add(1, Ordering::Relaxed);
             self.process(work.item, &abandon).await;
             self.running.fetch_sub(1, Ordering::Relaxed);
+            self.handled.fetch_add(1, Ordering::Relaxed);
             self.held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
