@@ -84,14 +84,15 @@ impl RawItem {
 }
 
 impl Envelope {
-    /// A fresh envelope for a payload, as `conveyor enqueue` writes it.
+    /// A fresh envelope for a payload, with a new id (no `created_at`:
+    /// `conveyor enqueue` sets it, once per batch).
     pub fn new(payload: Box<RawValue>) -> Self {
         Self {
             id: new_id(),
             payload,
             attempt: 0,
             max_attempts: None,
-            created_at: Some(now_rfc3339()),
+            created_at: None,
             timeout_ms: None,
             unique_key: None,
             last_error: None,
@@ -105,7 +106,6 @@ impl Envelope {
     /// The envelope of an item that is not a valid job, holding its bytes.
     pub fn for_malformed(item: &[u8]) -> Self {
         let mut env = Self::new(null_payload());
-        env.created_at = None;
         env.raw = Some(RawItem::from_bytes(item));
         env
     }
@@ -212,8 +212,7 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
     }
     let raw: &RawValue =
         serde_json::from_str(text).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
-    let mut envelope = Envelope::new(raw.to_owned());
-    envelope.created_at = None;
+    let envelope = Envelope::new(raw.to_owned());
     Ok(Parsed {
         envelope,
         was_raw: true,
@@ -222,7 +221,6 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
 
 fn envelope_from_fields(fields: Fields<'_>) -> Result<Envelope, Malformed> {
     let mut env = Envelope::new(null_payload());
-    env.created_at = None;
     for (key, value) in fields.0 {
         let bad = |what: &str| {
             Malformed::BadEnvelope(format!("{key} {what}, got {}", shorten(value.get())))
@@ -416,6 +414,11 @@ impl Job {
         &self.item
     }
 
+    /// The item bytes as taken, shared (no copy).
+    pub fn item_bytes(&self) -> bytes::Bytes {
+        self.item.clone()
+    }
+
     /// Whether the item was a raw payload.
     pub fn was_raw(&self) -> bool {
         self.was_raw
@@ -446,9 +449,15 @@ pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// A new job id: a UUIDv7, so ids sort by creation time.
+/// A new job id: a UUIDv7 (ids sort by creation time), its random bits
+/// from a per-thread generator rather than a system call per id.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random)
+        .into_uuid()
+        .simple()
+        .to_string()
 }
 
 /// Now as RFC 3339 with milliseconds, UTC.
@@ -572,6 +581,19 @@ mod tests {
                 "{d50:?}"
             );
         }
+    }
+
+    #[test]
+    fn ids_are_unique_time_ordered_uuid_v7() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let parsed = uuid::Uuid::parse_str(&ids[0]).expect("a uuid");
+        assert_eq!(parsed.get_version_num(), 7);
+        assert!(
+            ids[0][..12] <= ids[999][..12],
+            "the time prefix does not go back"
+        );
     }
 
     #[test]

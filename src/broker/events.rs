@@ -49,28 +49,7 @@ impl Broker {
         statuses: &[StatusUpdate],
     ) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
-        for e in events {
-            pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
-            if let Some((stream, maxlen)) = &sink.stream {
-                pipe.cmd("XADD")
-                    .arg(stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(maxlen)
-                    .arg("*")
-                    .arg("event")
-                    .arg(e)
-                    .ignore();
-            }
-        }
-        for s in statuses {
-            let key = keys::job(&s.id);
-            pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(&key)
-                .arg(s.ttl.as_millis() as u64)
-                .ignore();
-        }
+        add_events(&mut pipe, sink, events, statuses);
         let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -140,5 +119,37 @@ impl Subscription {
     /// The next message; `None` once the connection is gone.
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         self.0.next().await
+    }
+}
+
+/// Adds events (PUBLISH, and XADD to the replay stream) and status records
+/// to a pipeline, their replies ignored.
+pub(crate) fn add_events(
+    pipe: &mut redis::Pipeline,
+    sink: &EventSink,
+    events: &[String],
+    statuses: &[StatusUpdate],
+) {
+    for e in events {
+        pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
+        if let Some((stream, maxlen)) = &sink.stream {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(e)
+                .ignore();
+        }
+    }
+    for s in statuses {
+        let key = keys::job(&s.id);
+        pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(s.ttl.as_millis() as u64)
+            .ignore();
     }
 }

@@ -97,6 +97,11 @@ impl QueueStore {
         &self.keys
     }
 
+    /// The dead letter list's length cap.
+    pub fn dead_cap(&self) -> u32 {
+        self.dead_cap
+    }
+
     /// The broker this store uses.
     pub fn broker(&self) -> &Broker {
         &self.broker
@@ -132,91 +137,6 @@ impl QueueStore {
             keys: self.keys.clone(),
             block,
         })
-    }
-
-    /// Records how a job ended, removing `item` from this node's in-flight
-    /// list in the same step. Returns false when the item was no longer there
-    /// (a reaper handed it to another node): nothing is recorded then.
-    pub async fn record(&self, item: &[u8], outcome: &Outcome) -> Result<bool, BrokerError> {
-        self.record_from(&self.keys.inflight, item, outcome).await
-    }
-
-    /// [`Self::record`] for a job in another in-flight list.
-    pub async fn record_from(
-        &self,
-        inflight: &str,
-        item: &[u8],
-        outcome: &Outcome,
-    ) -> Result<bool, BrokerError> {
-        let k = &*self.keys;
-        let mut conn = self.broker.conn().await?;
-        let recorded: i64 = match outcome {
-            Outcome::Succeeded { id, unique_key } => {
-                let mut inv = scripts::ACK.key(inflight);
-                inv.key(&k.stats);
-                if let Some(u) = unique_key {
-                    inv.key(k.unique(u));
-                }
-                inv.arg(item).arg(id).invoke_async(&mut conn).await?
-            }
-            Outcome::Retry { envelope, due_ms } => {
-                scripts::RETRY
-                    .key(inflight)
-                    .key(&k.scheduled)
-                    .key(&k.stats)
-                    .arg(item)
-                    .arg(envelope)
-                    .arg(due_ms)
-                    .invoke_async(&mut conn)
-                    .await?
-            }
-            Outcome::Dead {
-                envelope,
-                id,
-                unique_key,
-            } => {
-                let mut inv = scripts::DEAD.key(inflight);
-                inv.key(&k.dead).key(&k.stats);
-                if let Some(u) = unique_key {
-                    inv.key(k.unique(u));
-                }
-                inv.arg(item)
-                    .arg(envelope)
-                    .arg(self.dead_cap)
-                    .arg(id)
-                    .invoke_async(&mut conn)
-                    .await?
-            }
-            Outcome::Requeue { replacement } => {
-                let mut inv = scripts::REQUEUE.key(inflight);
-                inv.key(&k.list).key(&k.stats).arg(item).arg("1");
-                if let Some(r) = replacement {
-                    inv.arg(r);
-                }
-                inv.invoke_async(&mut conn).await?
-            }
-            Outcome::GiveBack => {
-                scripts::REQUEUE
-                    .key(inflight)
-                    .key(&k.list)
-                    .key(&k.stats)
-                    .arg(item)
-                    .arg("0")
-                    .invoke_async(&mut conn)
-                    .await?
-            }
-            Outcome::Snooze { envelope, due_ms } => {
-                scripts::SNOOZE
-                    .key(inflight)
-                    .key(&k.scheduled)
-                    .arg(item)
-                    .arg(envelope)
-                    .arg(due_ms)
-                    .invoke_async(&mut conn)
-                    .await?
-            }
-        };
-        Ok(recorded == 1)
     }
 
     /// Moves up to `limit` due jobs to the queue. Returns how many moved and

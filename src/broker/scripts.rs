@@ -18,11 +18,7 @@ macro_rules! script {
 }
 
 script!(TAKE, "take.lua");
-script!(ACK, "ack.lua");
-script!(RETRY, "retry.lua");
-script!(DEAD, "dead.lua");
-script!(REQUEUE, "requeue.lua");
-script!(SNOOZE, "snooze.lua");
+script!(FINISH, "finish.lua");
 script!(RECOVER, "recover.lua");
 script!(PROMOTE, "promote.lua");
 script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");

@@ -86,48 +86,47 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         _ => unreachable!("clap's input group allows exactly one"),
     };
     let mut announcer = Announcer::new(&config, &args.queue);
-    let jobs: Vec<NewJob> = payloads
-        .into_iter()
-        .map(|payload| {
-            let mut job = new_job(payload, &args, due_ms);
-            announcer.announce(&mut job);
-            job
-        })
-        .collect();
     let broker = connect(&config).await?;
     let keys = QueueKeys::new(&args.queue, &config.queue_key(&args.queue), "cli");
     if args.file.is_some() {
-        load_file(&broker, &keys, &jobs, &args, &announcer.sink).await
-    } else {
-        let outcome = broker.enqueue(&keys, &jobs, &announcer.sink).await?;
-        match outcome.first() {
-            Some(Enqueued::Duplicate { holder }) => {
-                eprintln!(
-                    "conveyor: not enqueued: job {holder} holds the unique lock {:?}",
-                    jobs[0]
-                        .unique
-                        .as_ref()
-                        .map(|(k, _)| k.as_str())
-                        .unwrap_or_default()
-                );
-            }
-            _ if !args.quiet => println!("{}", jobs[0].id),
-            _ => {}
-        }
-        Ok(())
+        return load_file(&broker, &keys, payloads, &args, due_ms, &mut announcer).await;
     }
+    let now = now_rfc3339();
+    let jobs: Vec<NewJob> = payloads
+        .into_iter()
+        .map(|payload| announcer.job(payload, &args, due_ms, &now))
+        .collect();
+    let outcome = broker.enqueue(&keys, &jobs, &announcer.sink).await?;
+    match outcome.first() {
+        Some(Enqueued::Duplicate { holder }) => {
+            eprintln!(
+                "conveyor: not enqueued: job {holder} holds the unique lock {:?}",
+                jobs[0]
+                    .unique
+                    .as_ref()
+                    .map(|(k, _)| k.as_str())
+                    .unwrap_or_default()
+            );
+        }
+        _ if !args.quiet => println!("{}", jobs[0].id),
+        _ => {}
+    }
+    Ok(())
 }
 
+/// Enqueues the lines of a file in pipelined chunks, each built just before
+/// it is sent (one timestamp per chunk).
 async fn load_file(
     broker: &Broker,
     keys: &QueueKeys,
-    jobs: &[NewJob],
+    payloads: Vec<Box<RawValue>>,
     args: &Args,
-    sink: &EventSink,
+    due_ms: Option<i64>,
+    announcer: &mut Announcer,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+        let bar = indicatif::ProgressBar::new(payloads.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} jobs {per_sec} eta {eta}",
@@ -139,8 +138,18 @@ async fn load_file(
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let (mut queued, mut duplicates) = (0u64, 0u64);
-    for chunk in jobs.chunks(CHUNK) {
-        let outcomes = broker.enqueue(keys, chunk, sink).await?;
+    let mut payloads = payloads.into_iter();
+    loop {
+        let now = now_rfc3339();
+        let chunk: Vec<NewJob> = payloads
+            .by_ref()
+            .take(CHUNK)
+            .map(|payload| announcer.job(payload, args, due_ms, &now))
+            .collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let outcomes = broker.enqueue(keys, &chunk, &announcer.sink).await?;
         for (job, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Enqueued::Queued => {
@@ -203,19 +212,44 @@ impl Announcer {
         }
     }
 
-    fn announce(&mut self, job: &mut NewJob) {
-        let now = now_rfc3339();
+    /// A job for `payload`, with its event and status record.
+    fn job(
+        &mut self,
+        payload: Box<RawValue>,
+        args: &Args,
+        due_ms: Option<i64>,
+        now: &str,
+    ) -> NewJob {
+        let unique = args.unique_for.map(|ttl| {
+            let key = args
+                .unique_key
+                .clone()
+                .unwrap_or_else(|| digest(payload.get()));
+            (key, ttl)
+        });
+        let mut envelope = Envelope::new(payload);
+        envelope.created_at = Some(now.to_owned());
+        envelope.max_attempts = args.max_attempts;
+        envelope.unique_key = unique.as_ref().map(|(k, _)| k.clone());
+        let mut job = NewJob {
+            id: envelope.id.clone(),
+            envelope: envelope.to_json(),
+            due_ms,
+            unique,
+            event: None,
+            status: None,
+        };
         if self.level != EventLevel::Off {
             self.seq += 1;
             let event = Draft::job(EventType::Enqueued, &self.queue, &job.id, 0).stamp(
                 &self.node,
-                now.clone(),
+                now.to_owned(),
                 self.seq,
             );
             job.event = serde_json::to_string(&event).ok();
         }
         if let Some(ttl) = self.track {
-            let state = if job.due_ms.is_some() {
+            let state = if due_ms.is_some() {
                 "scheduled"
             } else {
                 "waiting"
@@ -226,33 +260,13 @@ impl Announcer {
                     ("queue", self.queue.clone()),
                     ("state", state.to_owned()),
                     ("attempt", "0".to_owned()),
-                    ("enqueued_at", now.clone()),
-                    ("updated_at", now),
+                    ("enqueued_at", now.to_owned()),
+                    ("updated_at", now.to_owned()),
                 ],
                 ttl,
             });
         }
-    }
-}
-
-fn new_job(payload: Box<RawValue>, args: &Args, due_ms: Option<i64>) -> NewJob {
-    let unique = args.unique_for.map(|ttl| {
-        let key = args
-            .unique_key
-            .clone()
-            .unwrap_or_else(|| digest(payload.get()));
-        (key, ttl)
-    });
-    let mut envelope = Envelope::new(payload);
-    envelope.max_attempts = args.max_attempts;
-    envelope.unique_key = unique.as_ref().map(|(k, _)| k.clone());
-    NewJob {
-        id: envelope.id.clone(),
-        envelope: envelope.to_json(),
-        due_ms,
-        unique,
-        event: None,
-        status: None,
+        job
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use super::processor::Processor;
-use super::publisher::Events;
+use super::writer::Events;
 use crate::broker::{Broker, BrokerError, QueueKeys};
 
 /// Refreshes this node's liveness.

@@ -21,17 +21,16 @@ mod heartbeat;
 mod isolation;
 mod notify;
 mod processor;
-mod publisher;
 mod ratelimit;
 mod reaper;
 mod retry;
 mod scheduler;
 mod throughput;
 mod watchdog;
+mod writer;
 
 use heartbeat::Heartbeat;
 use processor::{NodeShared, Processor};
-use publisher::Events;
 use reaper::Reaper;
 use retry::Retry;
 use scheduler::Scheduler;
@@ -137,31 +136,38 @@ pub async fn run_as(
     let give_up = CancellationToken::new();
     let isolation = Arc::new(isolation::Isolation::default());
     let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
-    let (events, publisher) = Events::new(&node.id, broker.clone(), sink);
+    let stores: Vec<QueueStore> = config
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            let keys = QueueKeys::new(name, &config.queue_key(name), &node.id);
+            QueueStore::new(broker.clone(), keys, q.dead_max_jobs)
+        })
+        .collect();
+    let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink, stores.clone());
     let mut processors = Vec::new();
-    for (name, q) in &config.queues {
+    for (index, ((name, q), store)) in config.queues.iter().zip(&stores).enumerate() {
         let handler = registry.build(&HandlerContext {
             queue: name,
             queue_config: q,
             config: &config,
             broker: &broker,
         })?;
-        let keys = QueueKeys::new(name, &config.queue_key(name), &node.id);
-        let store = QueueStore::new(broker.clone(), keys, q.dead_max_jobs);
         processors.push(Arc::new(Processor::new(
             name,
-            store,
+            index,
+            store.clone(),
             q.clone(),
             handler,
             NodeShared {
                 scheduler: wake_scheduler.clone(),
                 isolation: isolation.clone(),
                 events: events.clone(),
+                outcomes: outcomes.clone(),
                 give_up: give_up.clone(),
             },
         )));
     }
-    let stores: Vec<QueueStore> = processors.iter().map(|p| p.store().clone()).collect();
     let slots: u32 = config.queues.values().map(|q| q.concurrency).sum();
     tracing::info!(
         node = %node.id,
@@ -177,8 +183,8 @@ pub async fn run_as(
         notify::stopping("stopped before Redis was reachable", FINAL_GRACE);
         return Ok(());
     }
-    let stop_publisher = CancellationToken::new();
-    let publisher_task = tokio::spawn(publisher.run(stop_publisher.clone()));
+    let stop_writer = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(stop_writer.clone(), give_up.clone()));
     let heartbeat = Heartbeat {
         broker: broker.clone(),
         node: node.clone(),
@@ -197,6 +203,8 @@ pub async fn run_as(
         }
     }
 
+    // Announced before anything it does: recoveries, then jobs.
+    events.emit(Draft::node(EventType::NodeStarted));
     let stop_fetching = CancellationToken::new();
     let abandon = CancellationToken::new();
     let stop_background = CancellationToken::new();
@@ -226,7 +234,6 @@ pub async fn run_as(
     );
     background.spawn(reaper.run(stop_background.clone()));
     let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
-    events.emit(Draft::node(EventType::NodeStarted));
     tracing::info!(node = %node.id, "running");
     notify::ready("running");
     let watchdog = Watchdog {
@@ -319,9 +326,9 @@ pub async fn run_as(
     }
     // 7. Events last, so that node.stopped follows every job event.
     events.emit(Draft::node(EventType::NodeStopped));
-    stop_publisher.cancel();
-    if let Err(e) = publisher_task.await {
-        tracing::error!(error = %e, "event publisher failed");
+    stop_writer.cancel();
+    if let Err(e) = writer_task.await {
+        tracing::error!(error = %e, "writer failed");
     }
     tracing::info!(node = %node.id, "stopped");
     Ok(())

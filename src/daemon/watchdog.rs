@@ -140,7 +140,7 @@ mod tests {
     use crate::config::Config;
     use crate::daemon::isolation::Isolation;
     use crate::daemon::processor::NodeShared;
-    use crate::daemon::publisher::Events;
+    use crate::daemon::writer;
     use crate::handlers::noop::Noop;
 
     fn processor(name: &str) -> Arc<Processor> {
@@ -148,16 +148,24 @@ mod tests {
             .expect("test config");
         let broker = Broker::new(&config.redis).expect("broker");
         let keys = QueueKeys::new(name, &config.queue_key(name), "node-1");
-        let (events, _publisher) = Events::new("node-1", broker.clone(), EventSink::new("c", 0));
+        let store = QueueStore::new(broker.clone(), keys, 10);
+        let (_writer, outcomes, events) = writer::writer(
+            "node-1",
+            broker,
+            EventSink::new("c", 0),
+            vec![store.clone()],
+        );
         Arc::new(Processor::new(
             name,
-            QueueStore::new(broker, keys, 10),
+            0,
+            store,
             config.queues[name].clone(),
             Arc::new(Noop),
             NodeShared {
                 scheduler: Default::default(),
                 isolation: Arc::new(Isolation::default()),
                 events,
+                outcomes,
                 give_up: CancellationToken::new(),
             },
         ))

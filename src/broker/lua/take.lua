@@ -1,5 +1,6 @@
 -- take: move up to N waiting jobs into this node's in-flight list at once,
 -- for a queue with a backlog (an empty queue is served by BLMOVE instead).
+-- Three commands per batch, whatever its size.
 -- A suspect (an envelope whose daemon died while running it: "deliveries"
 -- above 0) is never taken together with other jobs, so that when it runs
 -- alone and crashes its daemon again, only it is blamed.
@@ -17,16 +18,20 @@ local function suspect(item)
     and job.attempt ~= nil and (tonumber(job.deliveries) or 0) > 0
 end
 
-local moved = {}
-for i = 1, tonumber(ARGV[1]) do
-  local item = redis.call('LINDEX', KEYS[1], 0)
-  if not item then break end
-  if suspect(item) then
-    if i == 1 then
-      moved[1] = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-    end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local n = #items
+for i = 1, n do
+  if suspect(items[i]) then
+    n = (i == 1) and 1 or (i - 1)
     break
   end
-  moved[i] = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 end
-return moved
+if n == 0 then
+  return items
+end
+for i = #items, n + 1, -1 do
+  items[i] = nil
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('RPUSH', KEYS[2], unpack(items))
+return items

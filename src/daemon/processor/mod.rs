@@ -21,10 +21,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::isolation::Isolation;
-use super::publisher::Events;
 use super::ratelimit::RateLimiter;
 use super::retry::Retry;
 use super::throughput::Throughput;
+use super::writer::{Events, Outcomes};
 use crate::broker::BrokerError;
 use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
 use crate::config::QueueConfig;
@@ -53,6 +53,8 @@ struct Work {
 /// Runs the jobs of one queue.
 pub(crate) struct Processor {
     name: Arc<str>,
+    /// The queue's place in the writer's list of stores.
+    index: usize,
     store: QueueStore,
     config: QueueConfig,
     handler: Arc<dyn Handler>,
@@ -81,6 +83,8 @@ pub(crate) struct Processor {
     isolation: Arc<Isolation>,
     /// Lifecycle events and status records.
     events: Events,
+    /// Where outcomes are recorded.
+    outcomes: Outcomes,
     /// Runs finished in the last minute.
     completions: Throughput,
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
@@ -97,6 +101,8 @@ pub(crate) struct NodeShared {
     pub(crate) isolation: Arc<Isolation>,
     /// Lifecycle events and status records.
     pub(crate) events: Events,
+    /// Where outcomes are recorded.
+    pub(crate) outcomes: Outcomes,
     /// Ends outcome retries at the very end of a shutdown.
     pub(crate) give_up: CancellationToken,
 }
@@ -104,6 +110,7 @@ pub(crate) struct NodeShared {
 impl Processor {
     pub(crate) fn new(
         name: &str,
+        index: usize,
         store: QueueStore,
         config: QueueConfig,
         handler: Arc<dyn Handler>,
@@ -113,12 +120,14 @@ impl Processor {
             scheduler,
             isolation,
             events,
+            outcomes,
             give_up,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
         Self {
             name: name.into(),
+            index,
             store,
             config,
             handler,
@@ -131,6 +140,7 @@ impl Processor {
             scheduler,
             isolation,
             events,
+            outcomes,
             completions: Throughput::default(),
             give_up,
         }

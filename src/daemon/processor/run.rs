@@ -18,6 +18,7 @@ use crate::broker::events::StatusUpdate;
 use crate::broker::queue::Outcome;
 use crate::config::{EventLevel, human};
 use crate::daemon::retry::Retry;
+use crate::daemon::writer::Recorded;
 use crate::event::{Draft, EventType};
 use crate::handlers::HandlerError;
 use crate::job::{Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item};
@@ -44,7 +45,7 @@ impl Processor {
             );
             tracing::warn!(error = %reason, "dead-lettered without running");
             let outcome = self.dead(&job, &reason, false);
-            if self.record(job.item(), outcome).await {
+            if self.record(job.item_bytes(), outcome).await {
                 self.died(&job, &reason, "attempts", job.envelope().attempt);
             }
             return;
@@ -59,7 +60,7 @@ impl Processor {
                 envelope: job.envelope().to_json(),
                 due_ms,
             };
-            if self.record(job.item(), outcome).await {
+            if self.record(job.item_bytes(), outcome).await {
                 self.track(
                     job.id(),
                     "scheduled",
@@ -86,7 +87,7 @@ impl Processor {
                 Some(entered) => _entered = entered,
                 None => {
                     tracing::debug!("a suspect has the node to itself; job given back");
-                    self.record(job.item(), Outcome::GiveBack).await;
+                    self.record(job.item_bytes(), Outcome::GiveBack).await;
                     return;
                 }
             }
@@ -138,7 +139,7 @@ impl Processor {
             id: job.id().to_owned(),
             unique_key: job.envelope().unique_key.clone(),
         };
-        if self.record(job.item(), outcome).await {
+        if self.record(job.item_bytes(), outcome).await {
             self.emit(
                 Draft::job(EventType::Succeeded, &self.name, job.id(), job.attempt()).took(took),
             );
@@ -169,7 +170,10 @@ impl Processor {
                 tracing::warn!(error = %reason, "failed; no attempts left, dead-lettered");
                 (reason, "attempts")
             };
-            if self.record(job.item(), self.dead(job, &reason, true)).await {
+            if self
+                .record(job.item_bytes(), self.dead(job, &reason, true))
+                .await
+            {
                 self.emit(failed);
                 self.died(job, &reason, why, job.attempt());
             }
@@ -186,7 +190,7 @@ impl Processor {
             envelope: job.failed_envelope(&message).to_json(),
             due_ms,
         };
-        if self.record(job.item(), outcome).await {
+        if self.record(job.item_bytes(), outcome).await {
             let retry_at = rfc3339_ms(due_ms);
             self.emit(failed.retry_at(retry_at.clone()));
             self.track(
@@ -204,7 +208,7 @@ impl Processor {
     async fn requeue(&self, job: &Job) {
         let replacement = job.was_raw().then(|| job.envelope().to_json());
         if self
-            .record(job.item(), Outcome::Requeue { replacement })
+            .record(job.item_bytes(), Outcome::Requeue { replacement })
             .await
         {
             self.emit(
@@ -280,7 +284,7 @@ impl Processor {
             id: env.id.clone(),
             unique_key: None,
         };
-        if self.record(&item, outcome).await {
+        if self.record(item, outcome).await {
             self.emit(
                 Draft::job(EventType::Dead, &self.name, &env.id, 0)
                     .error(error)
@@ -289,42 +293,28 @@ impl Processor {
         }
     }
 
-    /// Records an outcome, retrying while Redis is unreachable: a job must
-    /// not stay in flight because an ack failed. Gives up only at the end of
-    /// a shutdown; the job then stays in flight and a reaper returns it.
-    /// Returns whether this call recorded it.
-    pub(super) async fn record(&self, item: &[u8], outcome: Outcome) -> bool {
-        let mut retry = Retry::new("recording a job outcome");
-        loop {
-            match self.store.record(item, &outcome).await {
-                Ok(true) => {
-                    retry.succeeded();
-                    return true;
-                }
-                Ok(false) if retry.failures() > 0 => {
-                    // The earlier try may have gone through before its reply
-                    // was lost; its events are then lost with it.
-                    tracing::debug!("outcome already recorded, or the job was recovered meanwhile");
-                    retry.succeeded();
-                    return false;
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        "the job was no longer in flight here (a reaper recovered it while it ran); \
-                         its outcome here is not recorded"
-                    );
-                    return false;
-                }
-                Err(e) => {
-                    if !retry.wait(&e, &self.give_up).await {
-                        tracing::error!(
-                            "Redis unreachable at exit: outcome not recorded; the job stays in flight \
-                             and will be recovered by a reaper"
-                        );
-                        return false;
-                    }
-                }
+    /// Records an outcome through the writer, which retries while Redis is
+    /// unreachable (a job must not stay in flight because an ack failed)
+    /// and gives up only at the end of a shutdown; the job then stays in
+    /// flight and a reaper returns it. Returns whether this run's outcome
+    /// was recorded.
+    pub(super) async fn record(&self, item: Bytes, outcome: Outcome) -> bool {
+        match self.outcomes.record(self.index, item, outcome).await {
+            Recorded::Yes => true,
+            Recorded::NotInFlight => {
+                tracing::warn!(
+                    "the job was no longer in flight here (a reaper recovered it while it ran); \
+                     its outcome here is not recorded"
+                );
+                false
             }
+            Recorded::AfterRetry => {
+                // The earlier try may have gone through before its reply was
+                // lost; its events are then lost with it.
+                tracing::debug!("outcome already recorded, or the job was recovered meanwhile");
+                false
+            }
+            Recorded::GaveUp => false,
         }
     }
 
