@@ -460,9 +460,20 @@ pub fn new_id() -> String {
         .to_string()
 }
 
-/// Now as RFC 3339 with milliseconds, UTC.
+/// Now as RFC 3339 with milliseconds, UTC. Formatted at most once per
+/// millisecond per thread: events and envelopes ask for it per job.
 pub fn now_rfc3339() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = jiff::Timestamp::now();
+    LAST.with_borrow_mut(|(ms, text)| {
+        if *ms != now.as_millisecond() {
+            *ms = now.as_millisecond();
+            *text = format!("{now:.3}");
+        }
+        text.clone()
+    })
 }
 
 /// Now in milliseconds since the epoch; scores of `{K}:scheduled` use it.

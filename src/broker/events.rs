@@ -41,20 +41,6 @@ pub struct StatusUpdate {
 }
 
 impl Broker {
-    /// Publishes events and writes status records in one round trip.
-    pub async fn publish_batch(
-        &self,
-        sink: &EventSink,
-        events: &[String],
-        statuses: &[StatusUpdate],
-    ) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        add_events(&mut pipe, sink, events, statuses);
-        let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
     /// Up to `count` stream entries after `after` (exclusive; a stream id,
     /// or `ms-0` for a time): `(entry id, event JSON)`.
     pub async fn replay(
@@ -122,27 +108,25 @@ impl Subscription {
     }
 }
 
-/// Adds events (PUBLISH, and XADD to the replay stream) and status records
-/// to a pipeline, their replies ignored.
+/// Adds events (one `publish.lua` call: PUBLISH, and XADD to the replay
+/// stream) and status records to a pipeline, their replies ignored.
 pub(crate) fn add_events(
     pipe: &mut redis::Pipeline,
     sink: &EventSink,
     events: &[String],
     statuses: &[StatusUpdate],
 ) {
-    for e in events {
-        pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
-        if let Some((stream, maxlen)) = &sink.stream {
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(maxlen)
-                .arg("*")
-                .arg("event")
-                .arg(e)
-                .ignore();
+    if !events.is_empty() {
+        let (stream, maxlen) = match &sink.stream {
+            Some((stream, maxlen)) => (stream.as_str(), *maxlen),
+            None => (sink.channel.as_str(), 0),
+        };
+        let mut inv = super::scripts::PUBLISH.key(stream);
+        inv.arg(&sink.channel).arg(maxlen);
+        for e in events {
+            inv.arg(e);
         }
+        pipe.invoke_script(&inv).ignore();
     }
     for s in statuses {
         let key = keys::job(&s.id);

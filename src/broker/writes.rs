@@ -24,9 +24,8 @@ impl Broker {
     /// round trip. Returns, per queue and entry, whether the outcome was
     /// recorded (false: the job was no longer in flight here).
     ///
-    /// Events come after the outcomes in the pipeline. If Redis lost the
-    /// scripts (a restart), the events still went out; the scripts are
-    /// loaded and only the outcomes are sent again.
+    /// Events come after the outcomes in the pipeline, so an event is never
+    /// published before the outcome it reports is recorded.
     pub async fn write_batch(
         &self,
         outcomes: &[QueueOutcomes<'_>],
@@ -41,12 +40,17 @@ impl Broker {
         let replies = match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(replies) => replies,
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // Redis restarted and lost its scripts (both: nothing in the
+                // failed pipeline ran but the status records, which are
+                // idempotent). Load them and send it all again.
                 scripts::FINISH
                     .prepare_invoke()
                     .load_async(&mut conn)
                     .await?;
-                let mut pipe = redis::pipe();
-                add_outcomes(&mut pipe, outcomes);
+                scripts::PUBLISH
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
                 pipe.query_async::<Vec<Value>>(&mut conn).await?
             }
             Err(e) => return Err(e.into()),

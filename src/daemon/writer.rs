@@ -210,6 +210,10 @@ impl Writer {
                     _ = stop.cancelled() => break,
                 }
             }
+            // Group commit: let the slots that are ready to run finish
+            // their jobs first, so one flush carries all their outcomes. An
+            // idle daemon has nothing else to run and loses nothing.
+            tokio::task::yield_now().await;
             while let Ok(r) = self.outcomes.try_recv() {
                 pending.push(r);
             }
