@@ -53,6 +53,9 @@ struct Args {
     /// Use this Redis (it is FLUSHALLed!) instead of starting one.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Run this daemon binary instead of the one just built (for A/B runs).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
     /// `cargo bench` passes --bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -194,7 +197,11 @@ fn throughput(
         preload(conn, args.jobs, args.payload)?;
         redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(conn)?;
         let redis_cpu0 = redis_pid.map(cpu_seconds).unwrap_or(0.0);
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        let bin = args
+            .daemon_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_conveyor")));
+        let mut daemon = Command::new(bin)
             .args(["run", "--config"])
             .arg(&cfg)
             .env("CONVEYOR_LOG", "warn")

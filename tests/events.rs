@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::BufRead as _;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -435,10 +434,24 @@ async fn monitor_since_replays_from_the_stream() {
     let daemon = TestDaemon::start(config(&redis, &queue("")), builtin());
     push(&redis, "past-1", json!({})).await;
     let mut conn = redis.conn().await;
+    // Each stream entry holds the events of one write (the field `event`,
+    // repeated); in order, they are the events published.
+    type Entries = Vec<(String, Vec<(String, String)>)>;
+    let events_of = |entries: &[(String, Vec<(String, String)>)]| -> Vec<String> {
+        entries
+            .iter()
+            .flat_map(|(_, fields)| {
+                fields
+                    .iter()
+                    .filter(|(k, _)| k == "event")
+                    .map(|(_, v)| v.clone())
+            })
+            .collect()
+    };
     wait_until("the job is done and its event stored", WAIT, || {
         let mut c = conn.clone();
         async move {
-            let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            let entries: Entries = redis::cmd("XRANGE")
                 .arg(CHANNEL)
                 .arg("-")
                 .arg("+")
@@ -447,40 +460,49 @@ async fn monitor_since_replays_from_the_stream() {
                 .unwrap();
             entries
                 .iter()
-                .any(|(_, f)| f["event"].contains("job.succeeded"))
+                .flat_map(|(_, f)| f.iter())
+                .any(|(_, v)| v.contains("job.succeeded"))
         }
     })
     .await;
-    let stored: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+    let stored: Entries = redis::cmd("XRANGE")
         .arg(CHANNEL)
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
         .await
         .unwrap();
-    let (mut child, lines, _logs) = monitor(&cfg, &["--json", "--since", "10m"]);
-    let want = stored.len();
-    wait_until("the stored events are replayed", WAIT, || {
-        let n = lines.lock().unwrap().len();
-        async move { n >= want }
-    })
-    .await;
-    let replayed = lines.lock().unwrap().clone();
-    let expected: Vec<String> = stored.iter().map(|(_, f)| f["event"].clone()).collect();
-    assert_eq!(replayed[..expected.len()], expected[..]);
+    assert!(
+        stored.len() >= 2,
+        "node.started and the job's events were written apart: {stored:?}"
+    );
+    let expected = events_of(&stored);
+    let (mut child, lines, logs) = monitor(&cfg, &["--json", "--since", "10m"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while lines.lock().unwrap().len() < expected.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replayed {:?}\nexpected {expected:?}\nmonitor said {:?}",
+            lines.lock().unwrap(),
+            logs.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lines.lock().unwrap()[..expected.len()], expected[..]);
     signal(&child, 2);
     assert_eq!(wait_exit(&mut child, WAIT), Some(0));
 
-    // From a stream id: only what came after it.
-    let second_id = &stored[1].0;
-    let (mut child, lines, _logs) = monitor(&cfg, &["--json", "--since", second_id]);
-    let want = expected.len() - 2;
+    // From a stream id: only what came after that entry.
+    let first_id = &stored[0].0;
+    let after_first = events_of(&stored[1..]);
+    let (mut child, lines, _logs) = monitor(&cfg, &["--json", "--since", first_id]);
+    let want = after_first.len();
     wait_until("replayed after the id", WAIT, || {
         let n = lines.lock().unwrap().len();
         async move { n >= want }
     })
     .await;
-    assert_eq!(lines.lock().unwrap()[..expected.len() - 2], expected[2..]);
+    assert_eq!(lines.lock().unwrap()[..after_first.len()], after_first[..]);
     signal(&child, 2);
     assert_eq!(wait_exit(&mut child, WAIT), Some(0));
     daemon.stop().await.unwrap();

@@ -88,6 +88,16 @@ impl Broker {
         if jobs.iter().any(|j| j.unique.is_some()) {
             pipe.load_script(&scripts::ENQUEUE_UNIQUE).ignore();
         }
+        // The events and status records of every job not unique go first, in
+        // one call, so each precedes its push; a unique job's script writes
+        // its own, and only if it is enqueued.
+        let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
+        let events: Vec<String> = plain.iter().filter_map(|j| j.event.clone()).collect();
+        let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
+        if !events.is_empty() {
+            pipe.load_script(&scripts::PUBLISH).ignore();
+        }
+        super::events::add_events(&mut pipe, sink, &events, &statuses);
         while i < jobs.len() {
             let job = &jobs[i];
             if let Some((key, ttl)) = &job.unique {
@@ -123,7 +133,6 @@ impl Broker {
                 ops.push(Op::Other);
                 i += 1;
             } else if let Some(due) = job.due_ms {
-                announce(&mut pipe, sink, job);
                 pipe.cmd("ZADD")
                     .arg(&q.scheduled)
                     .arg(due)
@@ -135,9 +144,6 @@ impl Broker {
                     .iter()
                     .take_while(|j| j.unique.is_none() && j.due_ms.is_none())
                     .count();
-                for j in &jobs[i..i + run] {
-                    announce(&mut pipe, sink, j);
-                }
                 let cmd = pipe.cmd("RPUSH").arg(&q.list);
                 for j in &jobs[i..i + run] {
                     cmd.arg(&j.envelope);
@@ -302,31 +308,5 @@ impl Broker {
             }
         }
         Ok(counts)
-    }
-}
-
-/// Adds a job's status record and event to a pipeline, replies ignored.
-fn announce(pipe: &mut redis::Pipeline, sink: &EventSink, job: &NewJob) {
-    if let Some(s) = &job.status {
-        let key = keys::job(&s.id);
-        pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&key)
-            .arg(s.ttl.as_millis().max(1) as u64)
-            .ignore();
-    }
-    if let Some(event) = &job.event {
-        pipe.cmd("PUBLISH").arg(&sink.channel).arg(event).ignore();
-        if let Some((stream, maxlen)) = &sink.stream {
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(maxlen)
-                .arg("*")
-                .arg("event")
-                .arg(event)
-                .ignore();
-        }
     }
 }

@@ -42,13 +42,14 @@ pub struct StatusUpdate {
 
 impl Broker {
     /// Up to `count` stream entries after `after` (exclusive; a stream id,
-    /// or `ms-0` for a time): `(entry id, event JSON)`.
+    /// or `ms-0` for a time): `(entry id, its events in order)`. An entry
+    /// holds the events of one write, up to 16.
     pub async fn replay(
         &self,
         stream: &str,
         after: &str,
         count: usize,
-    ) -> Result<Vec<(String, String)>, BrokerError> {
+    ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
         let mut conn = self.conn().await?;
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(stream)
@@ -60,11 +61,13 @@ impl Broker {
             .await?;
         Ok(entries
             .into_iter()
-            .filter_map(|(id, fields)| {
-                fields
+            .map(|(id, fields)| {
+                let events = fields
                     .into_iter()
-                    .find(|(k, _)| k == "event")
-                    .map(|(_, event)| (id, event))
+                    .filter(|(k, _)| k == "event")
+                    .map(|(_, event)| event)
+                    .collect();
+                (id, events)
             })
             .collect())
     }

@@ -11,6 +11,14 @@ use super::{Broker, BrokerError, scripts};
 /// Most outcomes in one script call, so that no call keeps Redis busy long.
 const MAX_PER_CALL: usize = 500;
 
+/// One connection for a writer's flushes, so that Redis runs them in the
+/// order they were sent: an event never overtakes the outcome it reports,
+/// nor an earlier event. A writer keeps its lane until a flush fails.
+#[derive(Clone)]
+pub struct Lane {
+    conn: super::Conn,
+}
+
 /// Outcomes of one queue, each with the item as it was taken.
 pub struct QueueOutcomes<'a> {
     /// The queue.
@@ -20,6 +28,13 @@ pub struct QueueOutcomes<'a> {
 }
 
 impl Broker {
+    /// A lane for a writer's flushes.
+    pub async fn lane(&self) -> Result<Lane, BrokerError> {
+        Ok(Lane {
+            conn: self.conn().await?,
+        })
+    }
+
     /// Records outcomes and publishes events and status records in one
     /// round trip. Returns, per queue and entry, whether the outcome was
     /// recorded (false: the job was no longer in flight here).
@@ -28,6 +43,7 @@ impl Broker {
     /// published before the outcome it reports is recorded.
     pub async fn write_batch(
         &self,
+        lane: &Lane,
         outcomes: &[QueueOutcomes<'_>],
         sink: &EventSink,
         events: &[String],
@@ -36,7 +52,7 @@ impl Broker {
         let mut pipe = redis::pipe();
         let calls = add_outcomes(&mut pipe, outcomes);
         super::events::add_events(&mut pipe, sink, events, statuses);
-        let mut conn = self.conn().await?;
+        let mut conn = lane.conn.clone();
         let replies = match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(replies) => replies,
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {

@@ -98,8 +98,10 @@ async fn replay(
             return Ok(());
         };
         after = last.clone();
-        for (_, event) in &page {
-            printer.show(event.as_bytes())?;
+        for (_, events) in &page {
+            for event in events {
+                printer.show(event.as_bytes())?;
+            }
         }
         if page.len() < PAGE {
             return Ok(());

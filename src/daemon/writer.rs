@@ -20,14 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::Retry;
-use crate::broker::Broker;
 use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
-use crate::broker::writes::QueueOutcomes;
+use crate::broker::writes::{Lane, QueueOutcomes};
+use crate::broker::{Broker, BrokerError};
 use crate::event::{Draft, Event};
 use crate::job::now_rfc3339;
 
@@ -35,6 +37,8 @@ use crate::job::now_rfc3339;
 const EVENT_CAPACITY: usize = 16_384;
 /// Most events in one flush.
 const EVENT_BATCH: usize = 2_000;
+/// Flushes under way at once.
+const IN_FLIGHT: usize = 2;
 /// Least time between two "events dropped" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -49,6 +53,8 @@ struct Request {
     item: Bytes,
     outcome: Outcome,
     reply: oneshot::Sender<Recorded>,
+    /// Flushes that carried it and failed.
+    failed_flushes: u32,
 }
 
 /// What became of an outcome sent to the writer.
@@ -127,6 +133,7 @@ impl Outcomes {
             item,
             outcome,
             reply,
+            failed_flushes: 0,
         };
         if self.tx.send(request).is_err() {
             return Recorded::GaveUp;
@@ -145,6 +152,8 @@ pub(crate) struct Writer {
     events: Events,
     /// The last `seq` given.
     seq: u64,
+    /// The connection of the flushes under way; replaced after a failure.
+    lane: Option<Lane>,
 }
 
 /// The writer and its two handles.
@@ -182,32 +191,149 @@ fn with_capacity(
         notes,
         events: events.clone(),
         seq: 0,
+        lane: None,
     };
     (writer, Outcomes { tx: outcomes_tx }, events)
+}
+
+/// One flush on its way: what it carries and, once landed, what Redis said.
+struct Flight {
+    requests: Vec<Request>,
+    events: usize,
+    result: Result<Vec<bool>, BrokerError>,
+}
+
+/// A flush ready to go: owned, so it can be in flight while the next one is
+/// prepared.
+struct Prepared {
+    broker: Broker,
+    lane: Option<Lane>,
+    sink: EventSink,
+    stores: Vec<QueueStore>,
+    requests: Vec<Request>,
+    events: Vec<String>,
+    statuses: Vec<StatusUpdate>,
+}
+
+impl Prepared {
+    /// One round trip. Answers, per request, whether it was recorded.
+    async fn send(self) -> Flight {
+        let mut per_queue: Vec<Vec<usize>> = vec![Vec::new(); self.stores.len()];
+        for (i, r) in self.requests.iter().enumerate() {
+            per_queue[r.queue].push(i);
+        }
+        let groups: Vec<QueueOutcomes<'_>> = per_queue
+            .iter()
+            .enumerate()
+            .filter(|(_, idx)| !idx.is_empty())
+            .map(|(q, idx)| QueueOutcomes {
+                store: &self.stores[q],
+                entries: idx
+                    .iter()
+                    .map(|&i| (self.requests[i].item.as_ref(), &self.requests[i].outcome))
+                    .collect(),
+            })
+            .collect();
+        let result = match &self.lane {
+            Some(lane) => {
+                self.broker
+                    .write_batch(lane, &groups, &self.sink, &self.events, &self.statuses)
+                    .await
+            }
+            None => Err(BrokerError::Unreachable {
+                url: self.broker.url(),
+                reason: "no connection for writing".into(),
+            }),
+        }
+        .map(|results| {
+            let mut flags = vec![false; self.requests.len()];
+            let queues = per_queue.iter().filter(|idx| !idx.is_empty());
+            for (idx, result) in queues.zip(results) {
+                for (&i, recorded) in idx.iter().zip(result) {
+                    flags[i] = recorded;
+                }
+            }
+            flags
+        });
+        drop(groups);
+        Flight {
+            events: self.events.len(),
+            requests: self.requests,
+            result,
+        }
+    }
 }
 
 impl Writer {
     /// Writes until `stop`, then flushes what is left. Retries failed
     /// outcome writes until `give_up`; the slots waiting on them are told.
+    ///
+    /// Up to [`IN_FLIGHT`] flushes are under way at once, so Redis works on
+    /// one while the daemon answers the slots of the last and prepares the
+    /// next. They share one connection, so Redis runs them in order.
     pub(crate) async fn run(mut self, stop: CancellationToken, give_up: CancellationToken) {
         let mut pending: Vec<Request> = Vec::new();
         let mut notes: Vec<Note> = Vec::new();
+        let mut flights = FuturesOrdered::new();
         let mut retry = Retry::new("recording job outcomes");
+        let mut retried: Vec<Request> = Vec::new();
         let mut events_failing = false;
         let mut warned = (Instant::now(), 0u64);
         loop {
-            if pending.is_empty() && notes.is_empty() {
+            let room = flights.len() < IN_FLIGHT;
+            if !room || (pending.is_empty() && notes.is_empty() && retried.is_empty()) {
                 tokio::select! {
                     biased;
-                    request = self.outcomes.recv() => match request {
+                    Some(flight) = flights.next(), if !flights.is_empty() => {
+                        let flight: Flight = flight;
+                        match flight.result {
+                            Ok(flags) => {
+                                retry.succeeded();
+                                if events_failing && flight.events > 0 {
+                                    tracing::info!("publishing events works again");
+                                    events_failing = false;
+                                }
+                                answer(flight.requests, &flags);
+                            }
+                            Err(e) => {
+                                // A new connection for what follows.
+                                self.lane = None;
+                                // The events may or may not have gone out; they
+                                // are not sent twice. The outcomes go again.
+                                if flight.events > 0 {
+                                    self.events.shared.dropped.fetch_add(flight.events as u64, Ordering::Relaxed);
+                                    if !events_failing {
+                                        tracing::warn!(error = %e, "publishing events failed; dropping them until Redis answers");
+                                    }
+                                    events_failing = true;
+                                }
+                                retried.extend(flight.requests.into_iter().map(|mut r| {
+                                    r.failed_flushes += 1;
+                                    r
+                                }));
+                                if !retried.is_empty() && !retry.wait(&e, &give_up).await {
+                                    tracing::error!(
+                                        jobs = retried.len(),
+                                        "Redis unreachable at exit: outcomes not recorded; the jobs stay in \
+                                         flight and will be recovered by a reaper"
+                                    );
+                                    for request in retried.drain(..) {
+                                        let _unheard = request.reply.send(Recorded::GaveUp);
+                                    }
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    request = self.outcomes.recv(), if room => match request {
                         Some(r) => pending.push(r),
                         None => break,
                     },
-                    note = self.notes.recv() => match note {
+                    note = self.notes.recv(), if room => match note {
                         Some(n) => notes.push(n),
                         None => break,
                     },
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled(), if flights.is_empty() && retried.is_empty() => break,
                 }
             }
             // Group commit: let the slots that are ready to run finish
@@ -223,54 +349,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let retrying = retry.failures() > 0;
-            match self.flush(&pending, &notes).await {
-                Ok(flags) => {
-                    retry.succeeded();
-                    if events_failing && !notes.is_empty() {
-                        tracing::info!("publishing events works again");
-                        events_failing = false;
-                    }
-                    for (request, recorded) in pending.drain(..).zip(flags) {
-                        let answer = match (recorded, retrying) {
-                            (true, _) => Recorded::Yes,
-                            (false, false) => Recorded::NotInFlight,
-                            (false, true) => Recorded::AfterRetry,
-                        };
-                        // A slot that stopped waiting (its task ended) needs no answer.
-                        let _ignored = request.reply.send(answer);
-                    }
-                    notes.clear();
-                }
-                Err(e) => {
-                    // The events may or may not have gone out; they are not
-                    // sent twice. The outcomes stay for the next try.
-                    if !notes.is_empty() {
-                        self.events
-                            .shared
-                            .dropped
-                            .fetch_add(notes.len() as u64, Ordering::Relaxed);
-                        if !events_failing {
-                            tracing::warn!(error = %e, "publishing events failed; dropping them until Redis answers");
-                        }
-                        events_failing = true;
-                        notes.clear();
-                    }
-                    if pending.is_empty() {
-                        continue;
-                    }
-                    if !retry.wait(&e, &give_up).await {
-                        tracing::error!(
-                            jobs = pending.len(),
-                            "Redis unreachable at exit: outcomes not recorded; the jobs stay in flight \
-                             and will be recovered by a reaper"
-                        );
-                        for request in pending.drain(..) {
-                            let _ignored = request.reply.send(Recorded::GaveUp);
-                        }
-                    }
-                }
+            let mut requests = std::mem::take(&mut retried);
+            requests.append(&mut pending);
+            if self.lane.is_none() {
+                self.lane = self.broker.lane().await.ok();
             }
+            let prepared = self.prepare(requests, std::mem::take(&mut notes));
+            flights.push_back(prepared.send());
             let dropped = self.events.dropped();
             if dropped > warned.1 && warned.0.elapsed() >= WARN_EVERY {
                 tracing::warn!(
@@ -280,67 +365,68 @@ impl Writer {
                 warned = (Instant::now(), dropped);
             }
         }
-        // Stopped: the processors are done; publish what is left, once.
+        // Stopped: the processors are done; land what is under way and
+        // publish what is left, once.
+        while let Some(flight) = flights.next().await {
+            if let Ok(flags) = &flight.result {
+                answer(flight.requests, flags);
+            }
+        }
         while let Ok(n) = self.notes.try_recv() {
             notes.push(n);
         }
-        for chunk in notes.chunks(EVENT_BATCH) {
-            if let Err(e) = self.flush(&[], chunk).await {
-                tracing::warn!(error = %e, events = chunk.len(), "last events not published");
+        if self.lane.is_none() {
+            self.lane = self.broker.lane().await.ok();
+        }
+        while !notes.is_empty() {
+            let chunk: Vec<Note> = notes.drain(..notes.len().min(EVENT_BATCH)).collect();
+            let flight = self.prepare(Vec::new(), chunk).send().await;
+            if let Err(e) = flight.result {
+                tracing::warn!(error = %e, events = flight.events, "last events not published");
             }
         }
     }
 
-    /// One round trip. Returns, per pending request, whether it was recorded.
-    async fn flush(
-        &mut self,
-        pending: &[Request],
-        notes: &[Note],
-    ) -> Result<Vec<bool>, crate::broker::BrokerError> {
-        let mut per_queue: Vec<Vec<usize>> = vec![Vec::new(); self.stores.len()];
-        for (i, r) in pending.iter().enumerate() {
-            per_queue[r.queue].push(i);
-        }
-        let groups: Vec<QueueOutcomes<'_>> = per_queue
-            .iter()
-            .enumerate()
-            .filter(|(_, idx)| !idx.is_empty())
-            .map(|(q, idx)| QueueOutcomes {
-                store: &self.stores[q],
-                entries: idx
-                    .iter()
-                    .map(|&i| (pending[i].item.as_ref(), &pending[i].outcome))
-                    .collect(),
-            })
-            .collect();
+    /// Numbers the events (in the order they will be published) and packs
+    /// everything into an owned flush.
+    fn prepare(&mut self, requests: Vec<Request>, notes: Vec<Note>) -> Prepared {
         let mut events = Vec::new();
         let mut statuses = Vec::new();
         for n in notes {
             match n {
-                Note::Event(event, skipped) => {
+                Note::Event(mut event, skipped) => {
                     self.seq += 1 + skipped;
-                    let mut event = event.clone();
                     event.seq = self.seq;
                     match serde_json::to_string(&event) {
                         Ok(json) => events.push(json),
                         Err(e) => tracing::error!(error = %e, "an event did not serialize"),
                     }
                 }
-                Note::Status(s) => statuses.push(s.clone()),
+                Note::Status(s) => statuses.push(s),
             }
         }
-        let results = self
-            .broker
-            .write_batch(&groups, &self.sink, &events, &statuses)
-            .await?;
-        let mut flags = vec![false; pending.len()];
-        let queues = per_queue.iter().filter(|idx| !idx.is_empty());
-        for (idx, result) in queues.zip(results) {
-            for (&i, recorded) in idx.iter().zip(result) {
-                flags[i] = recorded;
-            }
+        Prepared {
+            broker: self.broker.clone(),
+            lane: self.lane.clone(),
+            sink: self.sink.clone(),
+            stores: self.stores.clone(),
+            requests,
+            events,
+            statuses,
         }
-        Ok(flags)
+    }
+}
+
+/// Tells each slot what became of its outcome.
+fn answer(requests: Vec<Request>, flags: &[bool]) {
+    for (request, &recorded) in requests.into_iter().zip(flags) {
+        let answer = match (recorded, request.failed_flushes) {
+            (true, _) => Recorded::Yes,
+            (false, 0) => Recorded::NotInFlight,
+            (false, _) => Recorded::AfterRetry,
+        };
+        // A slot that stopped waiting (its task ended) needs no answer.
+        let _unheard = request.reply.send(answer);
     }
 }
 

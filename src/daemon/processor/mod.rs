@@ -35,7 +35,7 @@ use crate::job::{now_ms, parse_item};
 mod run;
 
 /// Most jobs taken in one Lua call.
-const MAX_BATCH: usize = 100;
+const MAX_BATCH: usize = 500;
 
 /// How long one `BLMOVE` blocks. Short enough that a fetcher notices a stop
 /// within a second without cancelling a pop halfway; the wait costs Redis
