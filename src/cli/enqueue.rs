@@ -138,7 +138,12 @@ async fn load_file(
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let (mut queued, mut duplicates) = (0u64, 0u64);
+    // One chunk on the wire while the next is built: Redis and this process
+    // work at the same time, and chunks still land in file order.
     let mut payloads = payloads.into_iter();
+    let mut in_flight: Option<
+        tokio::task::JoinHandle<anyhow::Result<(Vec<NewJob>, Vec<Enqueued>)>>,
+    > = None;
     loop {
         let now = now_rfc3339();
         let chunk: Vec<NewJob> = payloads
@@ -146,24 +151,31 @@ async fn load_file(
             .take(CHUNK)
             .map(|payload| announcer.job(payload, args, due_ms, &now))
             .collect();
+        if let Some(sent) = in_flight.take() {
+            let (jobs, outcomes) = sent.await??;
+            for (job, outcome) in jobs.iter().zip(outcomes) {
+                match outcome {
+                    Enqueued::Queued => {
+                        queued += 1;
+                        if !args.quiet {
+                            writeln!(out, "{}", job.id)?;
+                        }
+                    }
+                    Enqueued::Duplicate { .. } => duplicates += 1,
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.inc(jobs.len() as u64);
+            }
+        }
         if chunk.is_empty() {
             break;
         }
-        let outcomes = broker.enqueue(keys, &chunk, &announcer.sink).await?;
-        for (job, outcome) in chunk.iter().zip(outcomes) {
-            match outcome {
-                Enqueued::Queued => {
-                    queued += 1;
-                    if !args.quiet {
-                        writeln!(out, "{}", job.id)?;
-                    }
-                }
-                Enqueued::Duplicate { .. } => duplicates += 1,
-            }
-        }
-        if let Some(bar) = &bar {
-            bar.inc(chunk.len() as u64);
-        }
+        let (broker, keys, sink) = (broker.clone(), keys.clone(), announcer.sink.clone());
+        in_flight = Some(tokio::spawn(async move {
+            let outcomes = broker.enqueue(&keys, &chunk, &sink).await?;
+            Ok((chunk, outcomes))
+        }));
     }
     out.flush()?;
     if let Some(bar) = bar {

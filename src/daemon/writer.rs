@@ -37,8 +37,12 @@ use crate::job::now_rfc3339;
 const EVENT_CAPACITY: usize = 16_384;
 /// Most events in one flush.
 const EVENT_BATCH: usize = 2_000;
-/// Flushes under way at once.
-const IN_FLIGHT: usize = 2;
+/// Flushes under way at once. One: a flush's pipeline reaches the
+/// connection only when its future is first polled, and a second flush
+/// polled first would publish its events ahead of the first's (seq out of
+/// order, an outcome's event ahead of the outcome). Two in flight measured
+/// within noise of one (77.7k vs 75.5k jobs/s, medians of 3, loaded host).
+const IN_FLIGHT: usize = 1;
 /// Least time between two "events dropped" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -268,9 +272,7 @@ impl Writer {
     /// Writes until `stop`, then flushes what is left. Retries failed
     /// outcome writes until `give_up`; the slots waiting on them are told.
     ///
-    /// Up to [`IN_FLIGHT`] flushes are under way at once, so Redis works on
-    /// one while the daemon answers the slots of the last and prepares the
-    /// next. They share one connection, so Redis runs them in order.
+    /// Up to [`IN_FLIGHT`] flushes are under way at once, on one connection.
     pub(crate) async fn run(mut self, stop: CancellationToken, give_up: CancellationToken) {
         let mut pending: Vec<Request> = Vec::new();
         let mut notes: Vec<Note> = Vec::new();
