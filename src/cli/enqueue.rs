@@ -114,6 +114,9 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A chunk that was sent, with what became of each job.
+type Sent = (Vec<NewJob>, Vec<Enqueued>);
+
 /// Enqueues the lines of a file in pipelined chunks, each built just before
 /// it is sent (one timestamp per chunk).
 async fn load_file(
@@ -141,9 +144,7 @@ async fn load_file(
     // One chunk on the wire while the next is built: Redis and this process
     // work at the same time, and chunks still land in file order.
     let mut payloads = payloads.into_iter();
-    let mut in_flight: Option<
-        tokio::task::JoinHandle<anyhow::Result<(Vec<NewJob>, Vec<Enqueued>)>>,
-    > = None;
+    let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Sent>>> = None;
     loop {
         let now = now_rfc3339();
         let chunk: Vec<NewJob> = payloads
