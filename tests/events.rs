@@ -700,3 +700,45 @@ async fn cli_enqueue_announces_and_order_events_reach_a_plain_subscriber() {
     );
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_arrives_later_misses_nothing_after_it_subscribed() {
+    let redis = Redis::start();
+    let daemon = TestDaemon::start(config(&redis, &queue("")), builtin());
+    // With nobody listening the daemon stops sending PUBLISH commands...
+    push(&redis, "unheard", json!({})).await;
+    let mut conn = redis.conn().await;
+    wait_until("the first job is done", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, Q, "processed").await == 1 }
+    })
+    .await;
+    // ...but the replay stream has its events all the same,
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(CHANNEL)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stored: Vec<&str> = entries
+        .iter()
+        .flat_map(|(_, f)| f.iter().map(|(_, v)| v.as_str()))
+        .collect();
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.contains("unheard") && e.contains("job.succeeded")),
+        "{stored:?}"
+    );
+    // and a subscriber that arrives now sees the very next event.
+    let heard = Heard::listen(&redis, CHANNEL).await;
+    push(&redis, "heard", json!({})).await;
+    heard
+        .wait_for("the second job's events", |e| {
+            e.iter().any(|e| e["type"] == "job.succeeded")
+        })
+        .await;
+    assert_eq!(heard.types_of("heard"), ["job.started", "job.succeeded"]);
+    daemon.stop().await.unwrap();
+}

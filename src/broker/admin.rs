@@ -94,10 +94,15 @@ impl Broker {
         let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
         let events: Vec<String> = plain.iter().filter_map(|j| j.event.clone()).collect();
         let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
-        if !events.is_empty() {
-            pipe.load_script(&scripts::PUBLISH).ignore();
-        }
-        super::events::add_events(&mut pipe, sink, &events, &statuses);
+        // A one-shot command has no earlier look at the channel: always publish.
+        super::events::add_events(
+            &mut pipe,
+            sink,
+            &events,
+            &statuses,
+            super::events::Publish::Always,
+            false,
+        );
         while i < jobs.len() {
             let job = &jobs[i];
             if let Some((key, ttl)) = &job.unique {

@@ -111,25 +111,65 @@ impl Subscription {
     }
 }
 
-/// Adds events (one `publish.lua` call: PUBLISH, and XADD to the replay
-/// stream) and status records to a pipeline, their replies ignored.
+/// Most events in one replay stream entry (the field `event` repeated).
+/// One XADD per event was most of what an event cost Redis.
+const EVENTS_PER_ENTRY: usize = 16;
+
+/// How a batch of events is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Plain PUBLISH commands (subscribers were there at the last look),
+    /// then a count of subscribers.
+    Always,
+    /// One `publish_if_heard.lua` call: published only if anyone subscribes
+    /// when it runs; it answers the count.
+    IfHeard,
+}
+
+/// Adds events and status records to a pipeline. Each event is published
+/// (see [`Publish`]) and appended to the replay stream, up to
+/// [`EVENTS_PER_ENTRY`] per entry, trimmed so the stream keeps about
+/// `stream_maxlen` events. With `count`, exactly one reply comes back: how
+/// many subscribe to the channel; without, none.
 pub(crate) fn add_events(
     pipe: &mut redis::Pipeline,
     sink: &EventSink,
     events: &[String],
     statuses: &[StatusUpdate],
+    publish: Publish,
+    count: bool,
 ) {
-    if !events.is_empty() {
-        let (stream, maxlen) = match &sink.stream {
-            Some((stream, maxlen)) => (stream.as_str(), *maxlen),
-            None => (sink.channel.as_str(), 0),
-        };
-        let mut inv = super::scripts::PUBLISH.key(stream);
-        inv.arg(&sink.channel).arg(maxlen);
-        for e in events {
-            inv.arg(e);
+    let counted = match publish {
+        Publish::IfHeard if !events.is_empty() => {
+            let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
+            inv.arg(&sink.channel);
+            for e in events {
+                inv.arg(e);
+            }
+            pipe.invoke_script(&inv);
+            if !count {
+                pipe.ignore();
+            }
+            true
         }
-        pipe.invoke_script(&inv).ignore();
+        Publish::IfHeard => false,
+        Publish::Always => {
+            for e in events {
+                pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
+            }
+            false
+        }
+    };
+    if let Some((stream, keep)) = &sink.stream {
+        for entry in events.chunks(EVENTS_PER_ENTRY) {
+            let entries = keep.div_ceil(entry.len() as u64);
+            let cmd = pipe.cmd("XADD");
+            cmd.arg(stream).arg("MAXLEN").arg("~").arg(entries).arg("*");
+            for e in entry {
+                cmd.arg("event").arg(e);
+            }
+            cmd.ignore();
+        }
     }
     for s in statuses {
         let key = keys::job(&s.id);
@@ -139,4 +179,22 @@ pub(crate) fn add_events(
             .arg(s.ttl.as_millis() as u64)
             .ignore();
     }
+    if count && !counted {
+        add_subscriber_count(pipe, sink);
+    }
+}
+
+/// Adds a count of the channel's subscribers to a pipeline (one reply).
+pub(crate) fn add_subscriber_count(pipe: &mut redis::Pipeline, sink: &EventSink) {
+    pipe.cmd("PUBSUB").arg("NUMSUB").arg(&sink.channel);
+}
+
+/// Reads the counting reply of [`add_events`]: `PUBSUB NUMSUB`'s pair, or
+/// the script's number.
+pub(crate) fn subscribers(reply: redis::Value) -> Result<u64, BrokerError> {
+    if let redis::Value::Int(n) = reply {
+        return Ok(n.max(0) as u64);
+    }
+    let counts: Vec<(String, u64)> = redis::from_redis_value(reply)?;
+    Ok(counts.first().map_or(0, |(_, n)| *n))
 }

@@ -19,7 +19,7 @@ macro_rules! script {
 
 script!(TAKE, "take.lua");
 script!(FINISH, "finish.lua");
-script!(PUBLISH, "publish.lua");
+script!(PUBLISH_IF_HEARD, "publish_if_heard.lua");
 script!(RECOVER, "recover.lua");
 script!(PROMOTE, "promote.lua");
 script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");

@@ -2,9 +2,9 @@
 //! queue), lifecycle events and status records, in one pipeline per round
 //! trip.
 
-use redis::{ErrorKind, Pipeline, ServerErrorKind, Value};
+use redis::{Pipeline, ServerErrorKind, Value};
 
-use super::events::{EventSink, StatusUpdate};
+use super::events::{EventSink, Publish, StatusUpdate};
 use super::queue::{Outcome, QueueStore};
 use super::{Broker, BrokerError, scripts};
 
@@ -17,6 +17,19 @@ const MAX_PER_CALL: usize = 500;
 #[derive(Clone)]
 pub struct Lane {
     conn: super::Conn,
+}
+
+/// One outcome with the item it is for.
+type Entry<'a> = (&'a [u8], &'a Outcome);
+
+/// What a batch did.
+#[derive(Debug)]
+pub struct Written {
+    /// Per queue and entry, whether the outcome was recorded (false: the job
+    /// was no longer in flight here).
+    pub recorded: Vec<Vec<bool>>,
+    /// How many subscribe to the events channel.
+    pub subscribers: u64,
 }
 
 /// Outcomes of one queue, each with the item as it was taken.
@@ -36,11 +49,15 @@ impl Broker {
     }
 
     /// Records outcomes and publishes events and status records in one
-    /// round trip. Returns, per queue and entry, whether the outcome was
-    /// recorded (false: the job was no longer in flight here).
+    /// round trip.
     ///
     /// Events come after the outcomes in the pipeline, so an event is never
     /// published before the outcome it reports is recorded.
+    ///
+    /// `publish` says how to publish the events (see [`Publish`]: while
+    /// nobody subscribes, Redis would drop them, so the check is made where
+    /// they are published); the replay stream gets them all the same. The
+    /// answer says how many subscribe now, for the next batch.
     pub async fn write_batch(
         &self,
         lane: &Lane,
@@ -48,58 +65,79 @@ impl Broker {
         sink: &EventSink,
         events: &[String],
         statuses: &[StatusUpdate],
-    ) -> Result<Vec<Vec<bool>>, BrokerError> {
+        publish: Publish,
+    ) -> Result<Written, BrokerError> {
+        // Each script call covers one chunk of one queue's outcomes.
+        let chunks: Vec<(usize, &[Entry<'_>])> = outcomes
+            .iter()
+            .enumerate()
+            .flat_map(|(q, o)| o.entries.chunks(MAX_PER_CALL).map(move |c| (q, c)))
+            .collect();
         let mut pipe = redis::pipe();
-        let calls = add_outcomes(&mut pipe, outcomes);
-        super::events::add_events(&mut pipe, sink, events, statuses);
+        // Every reply in place, errors included, so that what went through is
+        // known when something did not.
+        pipe.ignore_errors();
+        for (q, chunk) in &chunks {
+            add_finish(&mut pipe, outcomes[*q].store, chunk);
+        }
+        super::events::add_events(&mut pipe, sink, events, statuses, publish, true);
         let mut conn = lane.conn.clone();
-        let replies = match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Ok(replies) => replies,
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // Redis restarted and lost its scripts (both: nothing in the
-                // failed pipeline ran but the status records, which are
-                // idempotent). Load them and send it all again.
-                scripts::FINISH
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                scripts::PUBLISH
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                pipe.query_async::<Vec<Value>>(&mut conn).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // Replies: one array of flags per script call, in order.
-        let mut replies = replies.into_iter();
-        let mut results = Vec::with_capacity(outcomes.len());
-        for n in calls {
-            let mut flags = Vec::new();
-            for _ in 0..n {
-                let reply = replies
-                    .next()
-                    .ok_or_else(|| BrokerError::Protocol("missing reply of finish.lua".into()))?;
-                let part: Vec<u8> = redis::from_redis_value(reply)?;
-                flags.extend(part.into_iter().map(|f| f == 1));
-            }
-            results.push(flags);
+        let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        if replies.len() != chunks.len() + 1 {
+            return Err(BrokerError::Protocol(format!(
+                "{} replies to a batch of {} script calls and a count",
+                replies.len(),
+                chunks.len()
+            )));
         }
-        Ok(results)
-    }
-}
-
-/// Adds the script calls; returns how many calls each queue got.
-fn add_outcomes(pipe: &mut Pipeline, outcomes: &[QueueOutcomes<'_>]) -> Vec<usize> {
-    let mut calls = Vec::with_capacity(outcomes.len());
-    for q in outcomes {
-        let chunks: Vec<_> = q.entries.chunks(MAX_PER_CALL).collect();
-        calls.push(chunks.len());
-        for chunk in chunks {
-            add_finish(pipe, q.store, chunk);
+        let lost_script = |v: &Value| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript));
+        if replies.iter().any(lost_script) {
+            // Redis restarted and lost its scripts; the calls that needed
+            // them did nothing. Load them and send those calls again (the
+            // rest, the replay stream included, went through).
+            scripts::FINISH
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await?;
+            scripts::PUBLISH_IF_HEARD
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await?;
+            let mut again = redis::pipe();
+            again.ignore_errors();
+            let mut redo = Vec::new();
+            for (i, (q, chunk)) in chunks.iter().enumerate() {
+                if lost_script(&replies[i]) {
+                    add_finish(&mut again, outcomes[*q].store, chunk);
+                    redo.push(i);
+                }
+            }
+            if lost_script(&replies[chunks.len()]) {
+                let no_stream = EventSink {
+                    channel: sink.channel.clone(),
+                    stream: None,
+                };
+                super::events::add_events(&mut again, &no_stream, events, &[], publish, true);
+                redo.push(chunks.len());
+            }
+            let answers: Vec<Value> = again.query_async(&mut conn).await?;
+            for (i, answer) in redo.into_iter().zip(answers) {
+                replies[i] = answer;
+            }
         }
+        let count = replies
+            .pop()
+            .ok_or_else(|| BrokerError::Protocol("no count".into()))?;
+        let mut recorded: Vec<Vec<bool>> = vec![Vec::new(); outcomes.len()];
+        for ((q, _), reply) in chunks.iter().zip(replies) {
+            let flags: Vec<u8> = redis::from_redis_value(reply.extract_error()?)?;
+            recorded[*q].extend(flags.into_iter().map(|f| f == 1));
+        }
+        Ok(Written {
+            recorded,
+            subscribers: super::events::subscribers(count.extract_error()?)?,
+        })
     }
-    calls
 }
 
 fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outcome)]) {

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::Retry;
-use crate::broker::events::{EventSink, StatusUpdate};
+use crate::broker::events::{EventSink, Publish, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
@@ -158,6 +158,10 @@ pub(crate) struct Writer {
     seq: u64,
     /// The connection of the flushes under way; replaced after a failure.
     lane: Option<Lane>,
+    /// Whether anyone subscribed to the events channel at the last flush:
+    /// then plain PUBLISH commands; else a script that publishes only if
+    /// someone subscribes by then (Redis would drop them otherwise).
+    publish: Publish,
 }
 
 /// The writer and its two handles.
@@ -196,6 +200,7 @@ fn with_capacity(
         events: events.clone(),
         seq: 0,
         lane: None,
+        publish: Publish::IfHeard,
     };
     (writer, Outcomes { tx: outcomes_tx }, events)
 }
@@ -204,7 +209,8 @@ fn with_capacity(
 struct Flight {
     requests: Vec<Request>,
     events: usize,
-    result: Result<Vec<bool>, BrokerError>,
+    /// Per request, whether it was recorded; and the channel's subscribers.
+    result: Result<(Vec<bool>, u64), BrokerError>,
 }
 
 /// A flush ready to go: owned, so it can be in flight while the next one is
@@ -217,6 +223,7 @@ struct Prepared {
     requests: Vec<Request>,
     events: Vec<String>,
     statuses: Vec<StatusUpdate>,
+    publish: Publish,
 }
 
 impl Prepared {
@@ -241,7 +248,14 @@ impl Prepared {
         let result = match &self.lane {
             Some(lane) => {
                 self.broker
-                    .write_batch(lane, &groups, &self.sink, &self.events, &self.statuses)
+                    .write_batch(
+                        lane,
+                        &groups,
+                        &self.sink,
+                        &self.events,
+                        &self.statuses,
+                        self.publish,
+                    )
                     .await
             }
             None => Err(BrokerError::Unreachable {
@@ -249,15 +263,15 @@ impl Prepared {
                 reason: "no connection for writing".into(),
             }),
         }
-        .map(|results| {
+        .map(|written| {
             let mut flags = vec![false; self.requests.len()];
             let queues = per_queue.iter().filter(|idx| !idx.is_empty());
-            for (idx, result) in queues.zip(results) {
+            for (idx, result) in queues.zip(written.recorded) {
                 for (&i, recorded) in idx.iter().zip(result) {
                     flags[i] = recorded;
                 }
             }
-            flags
+            (flags, written.subscribers)
         });
         drop(groups);
         Flight {
@@ -289,7 +303,8 @@ impl Writer {
                     Some(flight) = flights.next(), if !flights.is_empty() => {
                         let flight: Flight = flight;
                         match flight.result {
-                            Ok(flags) => {
+                            Ok((flags, subscribers)) => {
+                                self.publish = if subscribers > 0 { Publish::Always } else { Publish::IfHeard };
                                 retry.succeeded();
                                 if events_failing && flight.events > 0 {
                                     tracing::info!("publishing events works again");
@@ -370,7 +385,7 @@ impl Writer {
         // Stopped: the processors are done; land what is under way and
         // publish what is left, once.
         while let Some(flight) = flights.next().await {
-            if let Ok(flags) = &flight.result {
+            if let Ok((flags, _)) = &flight.result {
                 answer(flight.requests, flags);
             }
         }
@@ -415,6 +430,7 @@ impl Writer {
             requests,
             events,
             statuses,
+            publish: self.publish,
         }
     }
 }

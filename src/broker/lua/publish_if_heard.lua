@@ -1,0 +1,15 @@
+-- publish_if_heard: publish lifecycle events on the events channel if
+-- anyone subscribes to it now; Redis would drop them otherwise. Decided
+-- here, as the events are published, so a subscriber that has just arrived
+-- misses nothing. (While subscribers are known to be there, the daemon
+-- sends plain PUBLISH commands instead, which cost Redis less.)
+-- ARGV[1] the events channel
+-- ARGV[2..] the events, in order
+-- Returns how many subscribe to the channel.
+local heard = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]
+if heard > 0 then
+  for i = 2, #ARGV do
+    redis.call('PUBLISH', ARGV[1], ARGV[i])
+  end
+end
+return heard
