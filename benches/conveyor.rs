@@ -53,6 +53,10 @@ struct Args {
     /// Use this Redis (it is FLUSHALLed!) instead of starting one.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Keep a subscriber on the events channel during throughput runs (the
+    /// daemon publishes only while someone listens).
+    #[arg(long)]
+    subscribe: bool,
     /// Run this daemon binary instead of the one just built (for A/B runs).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
@@ -195,6 +199,7 @@ fn throughput(
     for _ in 0..args.runs {
         redis::cmd("FLUSHALL").query::<()>(conn)?;
         preload(conn, args.jobs, args.payload)?;
+        let listener = args.subscribe.then(|| subscriber(url)).transpose()?;
         redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(conn)?;
         let redis_cpu0 = redis_pid.map(cpu_seconds).unwrap_or(0.0);
         let bin = args
@@ -243,6 +248,17 @@ fn throughput(
         let stats = commandstats(conn)?;
         signal(&daemon, "TERM");
         daemon.wait()?;
+        if let Some((heard, stop)) = listener {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let heard = heard
+                .join()
+                .map_err(|_| anyhow::anyhow!("subscriber thread"))?;
+            anyhow::ensure!(
+                heard >= args.jobs as u64,
+                "the subscriber heard {heard} events for {} jobs",
+                args.jobs
+            );
+        }
         // Our own polling and bookkeeping are not the daemon's cost.
         let ours = |name: &str| match name {
             "hget" => polls,
@@ -303,6 +319,37 @@ fn throughput(
         m.peak_rss_kb as f64 / 1024.0
     );
     Ok(())
+}
+
+/// A thread subscribed to the events channel, counting what it hears
+/// until told to stop.
+type Listener = (
+    std::thread::JoinHandle<u64>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+fn subscriber(url: &str) -> anyhow::Result<Listener> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    conn.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = stop.clone();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let mut pubsub = conn.as_pubsub();
+        if pubsub.subscribe("conveyor:events").is_err() {
+            return 0;
+        }
+        let _ready = ready_tx.send(());
+        let mut heard = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if pubsub.get_message().is_ok() {
+                heard += 1;
+            }
+        }
+        heard
+    });
+    ready.recv_timeout(Duration::from_secs(10))?;
+    Ok((thread, stop))
 }
 
 /// Tells the bench when each job's handler started.

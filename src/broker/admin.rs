@@ -92,15 +92,19 @@ impl Broker {
         // one call, so each precedes its push; a unique job's script writes
         // its own, and only if it is enqueued.
         let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
-        let events: Vec<String> = plain.iter().filter_map(|j| j.event.clone()).collect();
+        let events: Vec<&str> = plain.iter().filter_map(|j| j.event.as_deref()).collect();
         let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
-        // A one-shot command has no earlier look at the channel: always publish.
+        // Published only if anyone listens (checked as they are published);
+        // the replay stream gets them all the same.
+        if !events.is_empty() {
+            pipe.load_script(&scripts::PUBLISH_IF_HEARD).ignore();
+        }
         super::events::add_events(
             &mut pipe,
             sink,
             &events,
             &statuses,
-            super::events::Publish::Always,
+            super::events::Publish::IfHeard,
             false,
         );
         while i < jobs.len() {

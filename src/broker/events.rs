@@ -134,7 +134,7 @@ pub enum Publish {
 pub(crate) fn add_events(
     pipe: &mut redis::Pipeline,
     sink: &EventSink,
-    events: &[String],
+    events: &[impl AsRef<str>],
     statuses: &[StatusUpdate],
     publish: Publish,
     count: bool,
@@ -144,7 +144,7 @@ pub(crate) fn add_events(
             let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
             inv.arg(&sink.channel);
             for e in events {
-                inv.arg(e);
+                inv.arg(e.as_ref());
             }
             pipe.invoke_script(&inv);
             if !count {
@@ -155,7 +155,10 @@ pub(crate) fn add_events(
         Publish::IfHeard => false,
         Publish::Always => {
             for e in events {
-                pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(&sink.channel)
+                    .arg(e.as_ref())
+                    .ignore();
             }
             false
         }
@@ -166,7 +169,7 @@ pub(crate) fn add_events(
             let cmd = pipe.cmd("XADD");
             cmd.arg(stream).arg("MAXLEN").arg("~").arg(entries).arg("*");
             for e in entry {
-                cmd.arg("event").arg(e);
+                cmd.arg("event").arg(e.as_ref());
             }
             cmd.ignore();
         }

@@ -16,7 +16,7 @@ use crate::broker::{Broker, QueueKeys};
 use crate::config::{Config, EventLevel};
 use crate::event::{Draft, EventType};
 
-use crate::job::{Envelope, now_ms, now_rfc3339};
+use crate::job::{new_envelope_json, new_id, now_ms, now_rfc3339};
 
 /// Jobs per pipeline when loading a file.
 const CHUNK: usize = 2000;
@@ -80,10 +80,15 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
             config.queue_key(&args.queue)
         );
     }
-    let payloads = match (&args.payload, &args.file) {
-        (Some(p), None) => vec![read_one(p, max_bytes)?],
-        (None, Some(f)) => read_ndjson(f, max_bytes)?,
-        _ => unreachable!("clap's input group allows exactly one"),
+    // Payloads borrow from the text read: validated once, copied once (into
+    // their envelope).
+    let text = read_input(&args)?;
+    let payloads = match &args.file {
+        None => vec![
+            check_payload(text.trim(), max_bytes)
+                .map_err(|e| InputError(format!("invalid payload: {e}")))?,
+        ],
+        Some(path) => payloads_of(path, &text, max_bytes)?,
     };
     let mut announcer = Announcer::new(&config, &args.queue);
     let broker = connect(&config).await?;
@@ -122,7 +127,7 @@ type Sent = (Vec<NewJob>, Vec<Enqueued>);
 async fn load_file(
     broker: &Broker,
     keys: &QueueKeys,
-    payloads: Vec<Box<RawValue>>,
+    payloads: Vec<&RawValue>,
     args: &Args,
     due_ms: Option<i64>,
     announcer: &mut Announcer,
@@ -226,13 +231,7 @@ impl Announcer {
     }
 
     /// A job for `payload`, with its event and status record.
-    fn job(
-        &mut self,
-        payload: Box<RawValue>,
-        args: &Args,
-        due_ms: Option<i64>,
-        now: &str,
-    ) -> NewJob {
+    fn job(&mut self, payload: &RawValue, args: &Args, due_ms: Option<i64>, now: &str) -> NewJob {
         let unique = args.unique_for.map(|ttl| {
             let key = args
                 .unique_key
@@ -240,13 +239,17 @@ impl Announcer {
                 .unwrap_or_else(|| digest(payload.get()));
             (key, ttl)
         });
-        let mut envelope = Envelope::new(payload);
-        envelope.created_at = Some(now.to_owned());
-        envelope.max_attempts = args.max_attempts;
-        envelope.unique_key = unique.as_ref().map(|(k, _)| k.clone());
+        let id = new_id();
+        let envelope = new_envelope_json(
+            &id,
+            payload,
+            args.max_attempts,
+            now,
+            unique.as_ref().map(|(k, _)| k.as_str()),
+        );
         let mut job = NewJob {
-            id: envelope.id.clone(),
-            envelope: envelope.to_json(),
+            id,
+            envelope,
             due_ms,
             unique,
             event: None,
@@ -312,28 +315,34 @@ fn due_time(args: &Args) -> anyhow::Result<Option<i64>> {
     Ok((ms > now_ms()).then_some(ms))
 }
 
-fn read_one(arg: &str, max_bytes: usize) -> anyhow::Result<Box<RawValue>> {
-    let text = if arg == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| InputError(format!("cannot read the payload from stdin: {e}")))?;
-        s
-    } else {
-        arg.to_owned()
+/// The payload argument, stdin (`-`), or the file's text.
+fn read_input(args: &Args) -> anyhow::Result<String> {
+    let (source, from_stdin) = match (&args.payload, &args.file) {
+        (Some(p), None) if p == "-" => ("stdin".to_owned(), true),
+        (Some(p), None) => return Ok(p.clone()),
+        (None, Some(f)) if f == Path::new("-") => ("stdin".to_owned(), true),
+        (None, Some(f)) => (f.display().to_string(), false),
+        _ => unreachable!("clap's input group allows exactly one"),
     };
-    check_payload(text.trim(), max_bytes)
-        .map_err(|e| InputError(format!("invalid payload: {e}")).into())
+    let mut text = String::new();
+    let read = match (from_stdin, &args.file) {
+        (true, _) => std::io::stdin().read_to_string(&mut text),
+        (false, Some(f)) => {
+            std::fs::File::open(f).and_then(|mut file| file.read_to_string(&mut text))
+        }
+        (false, None) => unreachable!("a payload argument returned above"),
+    };
+    read.map_err(|e| InputError(format!("cannot read {source}: {e}")))?;
+    Ok(text)
 }
 
-fn read_ndjson(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<Box<RawValue>>> {
-    let mut text = String::new();
-    let read = if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text)
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
-    };
-    read.map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+/// The payloads of an NDJSON text, one per non-blank line; every bad line
+/// reported, and then nothing is enqueued.
+fn payloads_of<'a>(
+    path: &Path,
+    text: &'a str,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<&'a RawValue>> {
     let mut payloads = Vec::new();
     let mut bad = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -367,12 +376,12 @@ fn read_ndjson(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<Box<RawValue
     Ok(payloads)
 }
 
-fn check_payload(text: &str, max_bytes: usize) -> Result<Box<RawValue>, String> {
+fn check_payload(text: &str, max_bytes: usize) -> Result<&RawValue, String> {
     if text.len() > max_bytes {
         return Err(format!(
             "{} bytes exceeds the queue's max_payload_bytes ({max_bytes})",
             text.len()
         ));
     }
-    serde_json::from_str::<Box<RawValue>>(text).map_err(|e| format!("not JSON: {e}"))
+    serde_json::from_str::<&RawValue>(text).map_err(|e| format!("not JSON: {e}"))
 }
