@@ -174,6 +174,29 @@ impl Draft {
         self
     }
 
+    /// The stamped event as JSON, written directly (the daemon writes one per
+    /// transition): the same bytes as serializing [`Draft::stamp`]'s event.
+    pub fn to_json(&self, node: &str, at: &str, seq: u64) -> String {
+        let mut out = String::with_capacity(192);
+        write_json(
+            &mut out,
+            Fields {
+                kind: self.kind,
+                queue: self.queue.as_deref(),
+                id: self.id.as_deref(),
+                attempt: self.attempt,
+                node,
+                at,
+                seq,
+                duration_ms: self.duration_ms,
+                error: self.error.as_deref(),
+                retry_at: self.retry_at.as_deref(),
+                reason: self.reason.as_deref(),
+            },
+        );
+        out
+    }
+
     /// Stamps the draft.
     pub fn stamp(self, node: &str, at: String, seq: u64) -> Event {
         Event {
@@ -188,6 +211,69 @@ impl Draft {
             error: self.error,
             retry_at: self.retry_at,
             reason: self.reason,
+        }
+    }
+}
+
+/// An event's fields, borrowed, in wire order.
+struct Fields<'a> {
+    kind: EventType,
+    queue: Option<&'a str>,
+    id: Option<&'a str>,
+    attempt: Option<u32>,
+    node: &'a str,
+    at: &'a str,
+    seq: u64,
+    duration_ms: Option<u64>,
+    error: Option<&'a str>,
+    retry_at: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+fn write_json(out: &mut String, f: Fields<'_>) {
+    out.push_str("{\"type\":\"");
+    out.push_str(f.kind.as_str());
+    out.push('"');
+    let string = |out: &mut String, name: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            push_json_str(out, v);
+        }
+    };
+    string(out, "queue", f.queue);
+    string(out, "id", f.id);
+    let number = |out: &mut String, name: &str, value: Option<u64>| {
+        if let Some(v) = value {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(itoa::Buffer::new().format(v));
+        }
+    };
+    number(out, "attempt", f.attempt.map(u64::from));
+    string(out, "node", Some(f.node));
+    string(out, "at", Some(f.at));
+    number(out, "seq", Some(f.seq));
+    number(out, "duration_ms", f.duration_ms);
+    string(out, "error", f.error);
+    string(out, "retry_at", f.retry_at);
+    string(out, "reason", f.reason);
+    out.push('}');
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (ids,
+/// names, times), else escaped by serde_json.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        match serde_json::to_string(s) {
+            Ok(escaped) => out.push_str(&escaped),
+            Err(_) => out.push_str("\"\""),
         }
     }
 }
@@ -215,6 +301,26 @@ mod tests {
         );
         let back: Event = serde_json::from_value(v).expect("parses back");
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn written_json_is_what_serde_writes() {
+        let drafts = [
+            Draft::node(EventType::NodeStarted),
+            Draft::job(EventType::Started, "email", "01a2b3", 1),
+            Draft::job(EventType::Failed, "q\"uote", "id\\with\nescapes", 7)
+                .took(12)
+                .error("451 \"try\" later\t\u{1}é")
+                .retry_at("2026-11-24T10:00:00.000Z"),
+            Draft::job(EventType::Recovered, "q", "j", 0).reason("crash"),
+        ];
+        for d in drafts {
+            let direct = d.to_json("node-1", "2026-11-24T09:59:45.000Z", 42);
+            let serde =
+                serde_json::to_string(&d.stamp("node-1", "2026-11-24T09:59:45.000Z".into(), 42))
+                    .expect("json");
+            assert_eq!(direct, serde);
+        }
     }
 
     #[test]

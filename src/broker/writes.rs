@@ -140,14 +140,11 @@ impl Broker {
     }
 }
 
+/// Adds one `finish.lua` call, written as an EVALSHA command directly: a
+/// script invocation keeps every argument in a vector of its own and copies
+/// them all again into the command, per job.
 fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outcome)]) {
     let k = store.keys();
-    let mut inv = scripts::FINISH.key(&k.inflight);
-    inv.key(&k.list)
-        .key(&k.scheduled)
-        .key(&k.dead)
-        .key(&k.stats)
-        .arg(store.dead_cap());
     // A job's unique lock is named by its index in KEYS; five fixed keys
     // come first.
     let mut locks: Vec<&str> = Vec::new();
@@ -171,8 +168,19 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outco
             .and_then(|u| locks.iter().position(|l| *l == u))
             .map_or(0, |at| at + 6)
     };
+    let cmd = pipe.cmd("EVALSHA");
+    cmd.arg(scripts::FINISH.get_hash()).arg(5 + locks.len());
+    cmd.arg(&k.inflight)
+        .arg(&k.list)
+        .arg(&k.scheduled)
+        .arg(&k.dead)
+        .arg(&k.stats);
+    for lock in &locks {
+        cmd.arg(k.unique(lock));
+    }
+    cmd.arg(store.dead_cap());
     for (item, outcome) in entries {
-        inv.arg(match outcome {
+        cmd.arg(match outcome {
             Outcome::Succeeded { .. } => "ok",
             Outcome::Retry { .. } => "retry",
             Outcome::Dead { .. } => "dead",
@@ -181,25 +189,23 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outco
         })
         .arg(*item);
         match outcome {
-            Outcome::Succeeded { id, unique_key } => {
-                inv.arg("").arg(lock_index(unique_key)).arg(id)
-            }
+            // The id only matters to release a unique lock.
+            Outcome::Succeeded { id, unique_key } => match unique_key {
+                Some(_) => cmd.arg("").arg(lock_index(unique_key)).arg(id),
+                None => cmd.arg("").arg(0).arg(""),
+            },
             Outcome::Retry { envelope, due_ms } | Outcome::Snooze { envelope, due_ms } => {
-                inv.arg(envelope).arg(due_ms).arg("")
+                cmd.arg(envelope).arg(due_ms).arg("")
             }
             Outcome::Dead {
                 envelope,
                 id,
                 unique_key,
-            } => inv.arg(envelope).arg(lock_index(unique_key)).arg(id),
+            } => cmd.arg(envelope).arg(lock_index(unique_key)).arg(id),
             Outcome::Requeue { replacement } => {
-                inv.arg(replacement.as_deref().unwrap_or("")).arg(1).arg("")
+                cmd.arg(replacement.as_deref().unwrap_or("")).arg(1).arg("")
             }
-            Outcome::GiveBack => inv.arg("").arg(0).arg(""),
+            Outcome::GiveBack => cmd.arg("").arg(0).arg(""),
         };
     }
-    for lock in &locks {
-        inv.key(k.unique(lock));
-    }
-    pipe.invoke_script(&inv);
 }

@@ -257,12 +257,8 @@ impl Announcer {
         };
         if self.level != EventLevel::Off {
             self.seq += 1;
-            let event = Draft::job(EventType::Enqueued, &self.queue, &job.id, 0).stamp(
-                &self.node,
-                now.to_owned(),
-                self.seq,
-            );
-            job.event = serde_json::to_string(&event).ok();
+            let event = Draft::job(EventType::Enqueued, &self.queue, &job.id, 0);
+            job.event = Some(event.to_json(&self.node, now, self.seq));
         }
         if let Some(ttl) = self.track {
             let state = if due_ms.is_some() {

@@ -30,8 +30,8 @@ use crate::broker::events::{EventSink, Publish, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
-use crate::event::{Draft, Event};
-use crate::job::now_rfc3339;
+use crate::event::Draft;
+use crate::job::{now_ms, rfc3339_ms};
 
 /// Events and status updates waiting to be written, at most.
 const EVENT_CAPACITY: usize = 16_384;
@@ -47,8 +47,9 @@ const IN_FLIGHT: usize = 1;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 enum Note {
-    /// An event, stamped but for `seq`, and how many were dropped before it.
-    Event(Event, u64),
+    /// An event, when it happened (ms since the epoch), and how many were
+    /// dropped before it.
+    Event(Draft, i64, u64),
     Status(StatusUpdate),
 }
 
@@ -93,12 +94,11 @@ struct EventShared {
 impl Events {
     /// Stamps and queues an event; never waits.
     pub(crate) fn emit(&self, draft: Draft) {
-        let event = draft.stamp(&self.shared.node, now_rfc3339(), 0);
         let skipped = self.shared.skipped.swap(0, Ordering::Relaxed);
         if self
             .shared
             .tx
-            .try_send(Note::Event(event, skipped))
+            .try_send(Note::Event(draft, now_ms(), skipped))
             .is_err()
         {
             self.shared
@@ -156,6 +156,8 @@ pub(crate) struct Writer {
     events: Events,
     /// The last `seq` given.
     seq: u64,
+    /// The last event time formatted, and its ms: events come in bursts.
+    at: (i64, String),
     /// The connection of the flushes under way; replaced after a failure.
     lane: Option<Lane>,
     /// Whether anyone subscribed to the events channel at the last flush:
@@ -199,6 +201,7 @@ fn with_capacity(
         notes,
         events: events.clone(),
         seq: 0,
+        at: (i64::MIN, String::new()),
         lane: None,
         publish: Publish::IfHeard,
     };
@@ -411,13 +414,12 @@ impl Writer {
         let mut statuses = Vec::new();
         for n in notes {
             match n {
-                Note::Event(mut event, skipped) => {
+                Note::Event(draft, at_ms, skipped) => {
                     self.seq += 1 + skipped;
-                    event.seq = self.seq;
-                    match serde_json::to_string(&event) {
-                        Ok(json) => events.push(json),
-                        Err(e) => tracing::error!(error = %e, "an event did not serialize"),
+                    if at_ms != self.at.0 {
+                        self.at = (at_ms, rfc3339_ms(at_ms));
                     }
+                    events.push(draft.to_json(&self.events.shared.node, &self.at.1, self.seq));
                 }
                 Note::Status(s) => statuses.push(s),
             }
@@ -464,7 +466,7 @@ mod tests {
         }
         assert_eq!(events.dropped(), 3);
         let mut skips = Vec::new();
-        while let Ok(Note::Event(_, skipped)) = writer.notes.try_recv() {
+        while let Ok(Note::Event(_, _, skipped)) = writer.notes.try_recv() {
             skips.push(skipped);
         }
         assert_eq!(skips, [0, 0]);
@@ -472,8 +474,8 @@ mod tests {
         // its seq leaves a gap of three: subscribers see what they missed.
         events.emit(Draft::node(EventType::NodeStopped));
         match writer.notes.try_recv() {
-            Ok(Note::Event(e, skipped)) => {
-                assert_eq!((e.kind, skipped), (EventType::NodeStopped, 3));
+            Ok(Note::Event(d, _, skipped)) => {
+                assert_eq!((d.kind, skipped), (EventType::NodeStopped, 3));
             }
             _ => panic!("the next event is queued"),
         }

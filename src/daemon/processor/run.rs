@@ -21,7 +21,9 @@ use crate::daemon::retry::Retry;
 use crate::daemon::writer::Recorded;
 use crate::event::{Draft, EventType};
 use crate::handlers::HandlerError;
-use crate::job::{Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item};
+use crate::job::{
+    Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item, rfc3339_ms,
+};
 
 impl Processor {
     /// Reads a taken item and runs it, or dead-letters it if it cannot be read.
@@ -345,12 +347,6 @@ impl Processor {
             ttl: self.config.track_ttl,
         });
     }
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| format!("{t:.3}"))
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
