@@ -20,7 +20,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::isolation::Isolation;
+use super::isolation::{Isolation, Pending};
 use super::publisher::Events;
 use super::ratelimit::RateLimiter;
 use super::retry::Retry;
@@ -30,7 +30,7 @@ use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
 use crate::config::QueueConfig;
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
-use crate::job::{now_ms, parse_item};
+use crate::job::{is_suspect, now_ms, parse_item};
 
 mod run;
 
@@ -48,6 +48,8 @@ struct Work {
     /// Its entry in [`Processor::held`].
     held: usize,
     _permit: OwnedSemaphorePermit,
+    /// For a suspect: keeps fetchers from taking anything until it is done.
+    _suspect: Option<Pending>,
 }
 
 /// Runs the jobs of one queue.
@@ -259,10 +261,14 @@ impl Processor {
                         items.iter().map(|item| held.insert(item.clone())).collect()
                     };
                     for ((item, held), permit) in items.into_iter().zip(keys).zip(permits) {
+                        // Marked before the next take, so that nothing joins
+                        // a suspect in the in-flight list (it comes alone).
+                        let pending = is_suspect(&item).then(|| self.isolation.pending());
                         let work = Work {
                             item,
                             held,
                             _permit: permit,
+                            _suspect: pending,
                         };
                         if tx.send(work).await.is_err() {
                             // Only if every slot is gone; the shutdown sweep requeues the job.
