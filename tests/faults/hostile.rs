@@ -284,3 +284,61 @@ async fn hostile_input() {
         ),
     );
 }
+
+/// An item over `max_payload_bytes` that a dead node held, or that a fetch
+/// whose reply was lost left in flight unseen, is dead-lettered with its
+/// original bytes. (The hostile run above once found a 17 MB item dead
+/// inside an envelope 64 bytes larger: the orphan requeue had wrapped it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_items_keep_their_bytes_through_recovery() {
+    let _serial = serial().await;
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "[queues.work]\nhandler = \"noop\"\nmax_payload_bytes = 100\n";
+    let cfg = write_config(dir.path(), &redis.url(), FAST, queue);
+    let mut conn = patient(&redis).await;
+    let (ghost, orphan) = (
+        format!("\"{}\"", "g".repeat(200)),
+        format!("\"{}\"", "o".repeat(200)),
+    );
+    // A dead node that held one...
+    let _: () = conn
+        .rpush(format!("{INFLIGHT}ghost"), &ghost)
+        .await
+        .unwrap();
+    let _: () = conn.sadd(NODES, "ghost").await.unwrap();
+    let mut daemon = Daemon::start(&cfg);
+    let list = registered(&conn, daemon.pid()).await;
+    // ...and what a fetch whose reply was lost leaves behind, with the
+    // connection failure that lost it.
+    let _: () = conn.rpush(&list, &orphan).await.unwrap();
+    let killed: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut redis.conn().await)
+        .await;
+    killed.unwrap();
+    let mut conn = patient(&redis).await;
+    wait_until("both are dead", WAIT, || {
+        let mut c = conn.clone();
+        async move { llen(&mut c, DEAD).await == 2 }
+    })
+    .await;
+    let entries: Vec<Vec<u8>> = conn.lrange(DEAD, 0, -1).await.unwrap();
+    let mut kept: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| {
+            parse_item(e, usize::MAX)
+                .unwrap()
+                .envelope
+                .raw
+                .unwrap()
+                .to_bytes()
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept, [ghost.into_bytes(), orphan.into_bytes()]);
+    assert_eq!(in_flight(&mut conn, Q).await + llen(&mut conn, Q).await, 0);
+    daemon.assert_healthy();
+}

@@ -139,6 +139,12 @@ impl Processor {
         &self.name
     }
 
+    /// The largest item this queue reads; larger ones are dead-lettered
+    /// with their bytes untouched.
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.config.max_payload_bytes
+    }
+
     /// The queue's store.
     pub(crate) fn store(&self) -> &QueueStore {
         &self.store
@@ -362,7 +368,10 @@ impl Processor {
         let mut moves = Vec::with_capacity(items.len());
         let mut ids = Vec::with_capacity(items.len());
         for item in items.into_iter().rev() {
-            let (replacement, id) = match parse_item(&item, usize::MAX) {
+            // Read under the queue's limit: an oversized raw payload goes
+            // back as it came, not wrapped in an envelope, so it is still
+            // dead-lettered with its original bytes and size.
+            let (replacement, id) = match parse_item(&item, self.config.max_payload_bytes) {
                 Ok(p) if p.was_raw => (p.envelope.to_json().into_bytes(), Some((p.envelope.id, 0))),
                 Ok(p) => (item.clone(), Some((p.envelope.id, p.envelope.attempt))),
                 Err(_) => (item.clone(), None),
