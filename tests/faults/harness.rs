@@ -104,6 +104,14 @@ impl Daemon {
         self.assert_no_panic();
     }
 
+    /// Prints the last lines of its log (shown when the test fails).
+    pub(crate) fn dump_log(&self, lines: usize) {
+        let all = self.logs.lines();
+        for line in &all[all.len().saturating_sub(lines)..] {
+            eprintln!("daemon {}: {line}", self.pid());
+        }
+    }
+
     pub(crate) fn assert_no_panic(&self) {
         let panics: Vec<String> = self
             .logs
@@ -184,18 +192,32 @@ impl Ledger {
     pub(crate) async fn tally(&self, conn: &mut MultiplexedConnection) -> Tally {
         let runs = self.completions();
         let dead: HashSet<String> = ids_of(&lrange(conn, DEAD).await);
-        let mut waiting_items = lrange(conn, Q).await;
-        let scheduled: Vec<Vec<u8>> = conn.zrange(SCHEDULED, 0, -1).await.unwrap();
-        waiting_items.extend(scheduled);
+        let mut places: Vec<(String, Vec<Vec<u8>>)> = vec![
+            (Q.to_owned(), lrange(conn, Q).await),
+            (
+                SCHEDULED.to_owned(),
+                conn.zrange(SCHEDULED, 0, -1).await.unwrap(),
+            ),
+        ];
         let lists: Vec<String> = conn.keys(format!("{INFLIGHT}*")).await.unwrap();
         for list in lists {
-            waiting_items.extend(lrange(conn, &list).await);
+            let items = lrange(conn, &list).await;
+            places.push((list, items));
         }
-        let waiting = ids_of(&waiting_items);
         let mut t = Tally {
             enqueued: self.ids.len(),
             ..Tally::default()
         };
+        let mut waiting = HashSet::new();
+        for (place, items) in &places {
+            let ids = ids_of(items);
+            if !ids.is_empty() {
+                let some: Vec<&String> = ids.iter().take(3).collect();
+                t.waiting_in
+                    .push(format!("{place}: {} {some:?}", ids.len()));
+            }
+            waiting.extend(ids);
+        }
         for id in &self.ids {
             let n = runs.get(id).copied().unwrap_or(0);
             t.duplicated += n.saturating_sub(1);
@@ -261,6 +283,8 @@ pub(crate) struct Tally {
     pub(crate) waiting: usize,
     /// Nowhere: must be empty.
     pub(crate) lost: Vec<String>,
+    /// Where the waiting ones are, for a failure's message.
+    pub(crate) waiting_in: Vec<String>,
     /// Completion records of ids never enqueued: must be 0.
     pub(crate) unknown: usize,
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -41,6 +41,14 @@ const MAX_BATCH: usize = 100;
 /// within a second without cancelling a pop halfway; the wait costs Redis
 /// nothing and a job pushed meanwhile is delivered at once.
 pub(crate) const BLOCK: Duration = Duration::from_secs(1);
+
+/// How often the fetcher looks for orphans in its in-flight list even when
+/// no fetch has failed. A fetch that timed out while Redis was stalled can
+/// still run when Redis resumes, after the reconcile that followed the
+/// failure (commands queued on different connections run in no set order),
+/// and leave jobs in flight that no slot holds; nothing else would ever
+/// return them while this node lives. One LRANGE per queue per period.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// A taken job on its way to a slot, with the slot's permit.
 struct Work {
@@ -211,11 +219,15 @@ impl Processor {
         let mut fetcher: Option<Fetcher> = None;
         let mut backlog = true;
         let mut suspect = false;
+        let mut reconciled = Instant::now();
         let mut retry = Retry::new("fetching jobs");
         loop {
-            if suspect {
+            if suspect || reconciled.elapsed() >= RECONCILE_EVERY {
                 match self.in_call(self.reconcile()).await {
-                    Ok(_) => suspect = false,
+                    Ok(_) => {
+                        suspect = false;
+                        reconciled = Instant::now();
+                    }
                     Err(e) => {
                         if !retry.wait(&e, &stop).await {
                             break;
@@ -297,7 +309,9 @@ impl Processor {
 
     /// Requeues, at the head of the queue, items in this node's in-flight
     /// list that no slot holds: jobs a failed fetch moved without our seeing
-    /// them. Only the fetcher adds to the list, and it is here, so the list
+    /// them, even long after the failure (see [`RECONCILE_EVERY`]). Only the
+    /// fetcher adds to the list (or a stale call of its own, whose items
+    /// nobody holds), and it is here, so the list
     /// can only shrink meanwhile; an item finished between the two snapshots
     /// looks orphaned but its requeue finds it gone and does nothing.
     async fn reconcile(&self) -> Result<usize, BrokerError> {
