@@ -94,7 +94,7 @@ async fn sigkill_under_load() {
         recoveries.push(w.await.unwrap());
     }
 
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     let bound: usize = held.iter().sum();
     let worst = recoveries.iter().max().copied();
     report(
@@ -178,7 +178,7 @@ async fn two_daemons_one_killed() {
         );
     }
 
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     let dup_bound: usize = held.iter().sum();
     report(
         "two_daemons_one_killed",

@@ -70,7 +70,7 @@ async fn handler_faults_and_a_poison_job() {
     };
     assert_eq!(crashes, 3, "each delivery of the poison crashed its daemon");
 
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     let dead = crate::common::dead(&mut conn, Q).await;
     report(
         "handler_faults",

@@ -69,7 +69,7 @@ async fn redis_killed_under_load() {
     redis.restart();
     let recover = resumed(&redis).await;
     let mut conn = patient(&redis).await;
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     report(
         "redis_killed",
         &tally,
@@ -110,7 +110,7 @@ async fn redis_absent_at_start() {
     redis.restart();
     let recover = resumed(&redis).await;
     let mut conn = patient(&redis).await;
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     report(
         "redis_absent_at_start",
         &tally,
@@ -157,7 +157,7 @@ async fn redis_stalled_under_load() {
     tokio::time::sleep(STALL).await;
     kill("-CONT");
     let recover = resumed(&redis).await;
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     report(
         "redis_stalled",
         &tally,

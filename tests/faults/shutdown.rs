@@ -101,7 +101,7 @@ async fn sigterm_under_load() {
     before_drain.assert_nothing_lost();
 
     let mut drainer = Daemon::start(&cfg);
-    let tally = ledger.drain(&mut conn, WAIT).await;
+    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
     report(
         "sigterm_under_load",
         &tally,
