@@ -223,6 +223,15 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
     })
 }
 
+/// Whether an item is a suspect: an envelope whose daemon died while running
+/// it (`deliveries` above 0), to be run alone. Items that do not mention
+/// `deliveries` are not parsed.
+pub fn is_suspect(item: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"deliveries\"";
+    item.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+        && parse_item(item, usize::MAX).is_ok_and(|p| !p.was_raw && p.envelope.deliveries > 0)
+}
+
 fn envelope_from_fields(fields: Fields<'_>) -> Result<Envelope, Malformed> {
     let mut env = Envelope::new(null_payload());
     for (key, value) in fields.0 {
@@ -596,6 +605,22 @@ mod tests {
         let _outcome = parse_item(deep.as_bytes(), usize::MAX).map(|p| p.was_raw);
         let deep_obj = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let _outcome = parse_item(deep_obj.as_bytes(), usize::MAX).map(|p| p.was_raw);
+    }
+
+    #[test]
+    fn suspects_are_envelopes_with_deliveries() {
+        assert!(is_suspect(
+            br#"{"id":"a","payload":1,"attempt":0,"deliveries":1}"#
+        ));
+        assert!(!is_suspect(
+            br#"{"id":"a","payload":1,"attempt":0,"deliveries":0}"#
+        ));
+        assert!(!is_suspect(br#"{"id":"a","payload":1,"attempt":0}"#));
+        assert!(
+            !is_suspect(br#"{"deliveries":3}"#),
+            "a raw payload's own field"
+        );
+        assert!(!is_suspect(b"\xff\"deliveries\":1"));
     }
 
     #[test]

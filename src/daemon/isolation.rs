@@ -8,7 +8,14 @@
 //! Normal jobs pay two atomic operations; suspects close the node to new
 //! jobs (fetchers pause, jobs taken but not started are given back), wait for
 //! the running ones to finish, and run one at a time.
+//!
+//! "Alone" means alone in the in-flight list, which is what a reaper blames:
+//! a second suspect that merely waits for its turn there dies with the node
+//! as surely as the one running. So the fetcher that takes a suspect marks
+//! it [`Pending`] before it takes anything else, and fetchers take nothing
+//! while a suspect is pending or running.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -17,6 +24,8 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 #[derive(Debug, Default)]
 pub(crate) struct Isolation {
     closed: AtomicBool,
+    /// Suspects taken and not yet finished (see [`Pending`]).
+    pending: AtomicUsize,
     running: AtomicUsize,
     idle: Notify,
     opened: Notify,
@@ -25,6 +34,11 @@ pub(crate) struct Isolation {
 
 /// A normal job's right to run; dropping it ends the run.
 pub(crate) struct Entered<'a>(&'a Isolation);
+
+/// A suspect taken by a fetcher and not yet finished: while one exists, no
+/// fetcher takes another job. Dropped when the suspect's processing ends,
+/// however it ends (run, given back, requeued, dead-lettered).
+pub(crate) struct Pending(Arc<Isolation>);
 
 /// A suspect's hold on the node; dropping it opens the node again.
 pub(crate) struct Isolated<'a> {
@@ -53,17 +67,24 @@ impl Isolation {
         }
     }
 
-    /// Returns once no suspect holds the node (at once when none does).
+    /// Returns once no suspect holds the node or is pending (at once when
+    /// none is).
     pub(crate) async fn open(&self) {
         loop {
             let opened = self.opened.notified();
             tokio::pin!(opened);
             opened.as_mut().enable();
-            if !self.closed.load(Ordering::SeqCst) {
+            if !self.closed.load(Ordering::SeqCst) && self.pending.load(Ordering::SeqCst) == 0 {
                 return;
             }
             opened.await;
         }
+    }
+
+    /// Marks a suspect just taken, before its fetcher takes anything else.
+    pub(crate) fn pending(self: &Arc<Self>) -> Pending {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        Pending(self.clone())
     }
 
     /// Closes the node to new jobs, waits until no normal job runs, and keeps
@@ -90,6 +111,14 @@ impl Isolation {
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
         self.0.leave();
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.opened.notify_waiters();
+        }
     }
 }
 
@@ -138,5 +167,23 @@ mod tests {
             .await
             .expect("open again");
         assert!(gate.try_enter().is_some());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_taken_while_a_suspect_is_pending() {
+        let gate = Arc::new(Isolation::default());
+        let pending = gate.pending();
+        let g = gate.clone();
+        let fetcher = tokio::spawn(async move { g.open().await });
+        tokio::task::yield_now().await;
+        assert!(
+            !fetcher.is_finished(),
+            "a fetcher waits while a suspect is pending"
+        );
+        drop(pending);
+        tokio::time::timeout(Duration::from_secs(5), fetcher)
+            .await
+            .expect("open once the suspect is done")
+            .expect("no panic");
     }
 }

@@ -86,7 +86,7 @@ impl Reaper {
             let recoveries: Vec<Recovery> = items
                 .into_iter()
                 .rev()
-                .map(|item| self.recovery_of(queue, item))
+                .map(|item| self.recovery_of(queue, item, p.max_payload_bytes()))
                 .collect();
             let moves: Vec<_> = recoveries
                 .iter()
@@ -106,8 +106,11 @@ impl Reaper {
         }
     }
 
-    fn recovery_of(&self, queue: &str, item: Vec<u8>) -> Recovery {
-        let (to, env, event) = match parse_item(&item, usize::MAX) {
+    /// An item over the queue's limit is dead-lettered here with its
+    /// original bytes, as the node that took it would have done; wrapping it
+    /// in an envelope to count the delivery would change the bytes kept.
+    fn recovery_of(&self, queue: &str, item: Vec<u8>, max_bytes: usize) -> Recovery {
+        let (to, env, event) = match parse_item(&item, max_bytes) {
             Ok(parsed) => {
                 let mut env = parsed.envelope;
                 env.deliveries = env.deliveries.saturating_add(1);

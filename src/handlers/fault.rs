@@ -3,9 +3,20 @@
 //!
 //! The payload says what to do, checked in this order:
 //! `{"abort": true}` kills the process (a poison job); `{"panic": true}`
-//! panics; `{"sleep_ms": N}` sleeps first; `{"fail": "transient"|"permanent",
-//! "until_attempt": N}` fails runs before attempt N (every run without it).
+//! panics; `{"sleep_ms": N}` sleeps first; `{"fail": "transient"|"permanent"}`
+//! fails. With `"until_attempt": N` all of these happen only on runs before
+//! attempt N (without it, on every run), so a job can panic or time out once
+//! and then succeed.
+//!
+//! `{"record": "/path/to/file"}` appends the job's id and a newline to that
+//! file when the run succeeds. The fault-injection suite counts completions
+//! and duplicates from it: an append survives the process being SIGKILLed
+//! right after it and Redis going away, which pub/sub messages and events
+//! published after the outcome do not. It is a file and not a Redis key
+//! because handlers do not touch Redis except through the broker.
 
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,28 +41,48 @@ struct Orders {
     fail: Option<String>,
     #[serde(default)]
     until_attempt: Option<u32>,
+    #[serde(default)]
+    record: Option<PathBuf>,
 }
 
 #[async_trait]
 impl Handler for Fault {
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
         let orders: Orders = serde_json::from_str(job.payload().get()).unwrap_or_default();
-        if orders.abort {
+        let misbehaving = orders.until_attempt.is_none_or(|n| job.attempt() < n);
+        if misbehaving && orders.abort {
             std::process::abort();
         }
-        if orders.panic {
+        if misbehaving && orders.panic {
             panic!("fault handler asked to panic");
         }
-        if orders.sleep_ms > 0 {
+        if misbehaving && orders.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(orders.sleep_ms)).await;
         }
-        let failing = orders.until_attempt.is_none_or(|n| job.attempt() < n);
         match orders.fail.as_deref() {
-            Some("permanent") if failing => {
-                Err(HandlerError::permanent("fault: permanent failure"))
+            Some("permanent") if misbehaving => {
+                return Err(HandlerError::permanent("fault: permanent failure"));
             }
-            Some(_) if failing => Err(HandlerError::transient("fault: transient failure")),
-            _ => Ok(()),
+            Some(_) if misbehaving => {
+                return Err(HandlerError::transient("fault: transient failure"));
+            }
+            _ => {}
         }
+        if let Some(path) = &orders.record {
+            record(path, job.id())?;
+        }
+        Ok(())
     }
+}
+
+/// One `write` of a whole line to a file opened for appending: concurrent
+/// runs never interleave within a line, and a kill leaves whole lines only.
+fn record(path: &PathBuf, id: &str) -> Result<(), HandlerError> {
+    let line = format!("{id}\n");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|e| HandlerError::transient(format!("fault: recording the run: {e}")))
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -20,7 +20,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::isolation::Isolation;
+use super::isolation::{Isolation, Pending};
 use super::ratelimit::RateLimiter;
 use super::retry::Retry;
 use super::throughput::Throughput;
@@ -30,7 +30,7 @@ use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
 use crate::config::QueueConfig;
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
-use crate::job::{now_ms, parse_item};
+use crate::job::{is_suspect, now_ms, parse_item};
 
 mod run;
 
@@ -42,12 +42,22 @@ const MAX_BATCH: usize = 500;
 /// nothing and a job pushed meanwhile is delivered at once.
 pub(crate) const BLOCK: Duration = Duration::from_secs(1);
 
+/// How often the fetcher looks for orphans in its in-flight list even when
+/// no fetch has failed. A fetch that timed out while Redis was stalled can
+/// still run when Redis resumes, after the reconcile that followed the
+/// failure (commands queued on different connections run in no set order),
+/// and leave jobs in flight that no slot holds; nothing else would ever
+/// return them while this node lives. One LRANGE per queue per period.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
 /// A taken job on its way to a slot, with the slot's permit.
 struct Work {
     item: Bytes,
     /// Its entry in [`Processor::held`].
     held: usize,
     _permit: OwnedSemaphorePermit,
+    /// For a suspect: keeps fetchers from taking anything until it is done.
+    _suspect: Option<Pending>,
 }
 
 /// Runs the jobs of one queue.
@@ -151,6 +161,12 @@ impl Processor {
         &self.name
     }
 
+    /// The largest item this queue reads; larger ones are dead-lettered
+    /// with their bytes untouched.
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.config.max_payload_bytes
+    }
+
     /// The queue's store.
     pub(crate) fn store(&self) -> &QueueStore {
         &self.store
@@ -230,11 +246,15 @@ impl Processor {
         let mut fetcher: Option<Fetcher> = None;
         let mut backlog = true;
         let mut suspect = false;
+        let mut reconciled = Instant::now();
         let mut retry = Retry::new("fetching jobs");
         loop {
-            if suspect {
+            if suspect || reconciled.elapsed() >= RECONCILE_EVERY {
                 match self.in_call(self.reconcile()).await {
-                    Ok(_) => suspect = false,
+                    Ok(_) => {
+                        suspect = false;
+                        reconciled = Instant::now();
+                    }
                     Err(e) => {
                         if !retry.wait(&e, &stop).await {
                             break;
@@ -286,10 +306,14 @@ impl Processor {
                         items.iter().map(|item| held.insert(item.clone())).collect()
                     };
                     for ((item, held), permit) in items.into_iter().zip(keys).zip(permits) {
+                        // Marked before the next take, so that nothing joins
+                        // a suspect in the in-flight list (it comes alone).
+                        let pending = is_suspect(&item).then(|| self.isolation.pending());
                         let work = Work {
                             item,
                             held,
                             _permit: permit,
+                            _suspect: pending,
                         };
                         if tx.send(work).await.is_err() {
                             // Only if every slot is gone; the shutdown sweep requeues the job.
@@ -312,7 +336,9 @@ impl Processor {
 
     /// Requeues, at the head of the queue, items in this node's in-flight
     /// list that no slot holds: jobs a failed fetch moved without our seeing
-    /// them. Only the fetcher adds to the list, and it is here, so the list
+    /// them, even long after the failure (see [`RECONCILE_EVERY`]). Only the
+    /// fetcher adds to the list (or a stale call of its own, whose items
+    /// nobody holds), and it is here, so the list
     /// can only shrink meanwhile; an item finished between the two snapshots
     /// looks orphaned but its requeue finds it gone and does nothing.
     async fn reconcile(&self) -> Result<usize, BrokerError> {
@@ -383,7 +409,10 @@ impl Processor {
         let mut moves = Vec::with_capacity(items.len());
         let mut ids = Vec::with_capacity(items.len());
         for item in items.into_iter().rev() {
-            let (replacement, id) = match parse_item(&item, usize::MAX) {
+            // Read under the queue's limit: an oversized raw payload goes
+            // back as it came, not wrapped in an envelope, so it is still
+            // dead-lettered with its original bytes and size.
+            let (replacement, id) = match parse_item(&item, self.config.max_payload_bytes) {
                 Ok(p) if p.was_raw => (p.envelope.to_json().into_bytes(), Some((p.envelope.id, 0))),
                 Ok(p) => (item.clone(), Some((p.envelope.id, p.envelope.attempt))),
                 Err(_) => (item.clone(), None),

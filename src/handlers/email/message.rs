@@ -8,8 +8,8 @@
 //! the job instead of silently sending an empty mail.
 
 use lettre::Message;
-use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{self, ContentType, MailboxesHeader};
+use lettre::message::{Mailbox, Mailboxes, MessageBuilder, MultiPart, SinglePart};
 use serde_json::{Map, Value};
 
 /// The fields a payload may have.
@@ -163,18 +163,10 @@ impl Request {
             .from(from.clone())
             .subject(self.subject.clone())
             .message_id(Some(message_id));
-        for m in &self.to {
-            builder = builder.to(m.clone());
-        }
-        for m in &self.cc {
-            builder = builder.cc(m.clone());
-        }
-        for m in &self.bcc {
-            builder = builder.bcc(m.clone());
-        }
-        for m in &self.reply_to {
-            builder = builder.reply_to(m.clone());
-        }
+        builder = with_list(builder, &self.to, header::To::from);
+        builder = with_list(builder, &self.cc, header::Cc::from);
+        builder = with_list(builder, &self.bcc, header::Bcc::from);
+        builder = with_list(builder, &self.reply_to, header::ReplyTo::from);
         if keep_bcc {
             builder = builder.keep_bcc();
         }
@@ -190,6 +182,22 @@ impl Request {
             ),
         }
     }
+}
+
+/// Sets a recipient header from the whole list at once. Adding mailboxes
+/// one by one (`builder.to(m)` per recipient) makes lettre parse the header
+/// built so far back from text each time: quadratic, and a payload with
+/// 10,000 recipients kept a worker thread busy for minutes, out of reach of
+/// the job's timeout (which cannot interrupt code that never yields).
+fn with_list<H: lettre::message::header::Header + MailboxesHeader>(
+    builder: MessageBuilder,
+    list: &[Mailbox],
+    header: fn(Mailboxes) -> H,
+) -> MessageBuilder {
+    if list.is_empty() {
+        return builder;
+    }
+    builder.mailbox(header(list.iter().cloned().collect()))
 }
 
 fn type_name(v: &Value) -> &'static str {

@@ -203,3 +203,23 @@ fn text_and_html_make_an_alternative() {
         "{html}"
     );
 }
+
+#[test]
+fn many_recipients_build_in_linear_time() {
+    // Quadratic header building took minutes here (debug build); linear
+    // takes well under a second. The bound is loose for a busy machine.
+    let to: Vec<String> = (0..10_000).map(|i| format!("u{i}@x.org")).collect();
+    let json = serde_json::json!({"to": to, "cc": ["c1@x.org", "c2@x.org"], "subject": "s"});
+    let started = std::time::Instant::now();
+    let eml = build(&json.to_string(), false);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(eml.contains("u0@x.org") && eml.contains("u9999@x.org"));
+    assert!(
+        eml.contains("Cc: c1@x.org, c2@x.org"),
+        "both cc in one header"
+    );
+}
