@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::BufRead as _;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -304,7 +304,7 @@ async fn events_off_publishes_nothing_for_that_queue_and_outcomes_skips_started(
     assert_eq!(by_queue("loud"), ["job.started", "job.succeeded"]);
 }
 
-fn monitor(cfg: &std::path::Path, extra: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>, Logs) {
+fn monitor(cfg: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Arc<Mutex<Vec<String>>>, Logs) {
     let mut cmd = conveyor();
     cmd.args(["--config", cfg.to_str().unwrap(), "monitor"])
         .args(extra)

@@ -19,18 +19,6 @@ const SIGTERM: i32 = 15;
 
 /// The daemon, killed if a test fails before stopping it, so that no stray
 /// daemon outlives its test.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            if let Err(e) = self.0.kill().and_then(|()| self.0.wait().map(drop)) {
-                eprintln!("could not kill the daemon: {e}");
-            }
-        }
-    }
-}
-
 fn stop(child: &mut Child) {
     signal(child, SIGTERM);
     assert_eq!(wait_exit(child, WAIT), Some(0), "exit code after SIGTERM");
@@ -48,8 +36,7 @@ async fn logs_of_one_job(env: &[(&str, &str)]) -> Vec<String> {
         .env_remove("CONVEYOR_LOG_FORMAT")
         .env_remove("NO_COLOR")
         .envs(env.iter().copied());
-    let (child, logs) = spawn_logged(cmd);
-    let mut running = Daemon(child);
+    let (mut running, logs) = spawn_logged(cmd);
     let mut conn = redis.conn().await;
     let job = r#"{"id":"job-logged-1","payload":{"fail":"permanent"},"attempt":0}"#;
     let _: () = conn.rpush("jobs:work", job).await.unwrap();

@@ -161,11 +161,13 @@ async fn a_poison_job_is_quarantined_after_three_deliveries() {
 
     let mut crashes = 0;
     let survivor = loop {
-        let mut child = conveyor()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            conveyor()
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + WAIT;
         let mut crashed = false;
         while Instant::now() < deadline {

@@ -220,18 +220,6 @@ fn assert_pets_every(pets: &[Instant], most: Duration) {
 
 /// The daemon, killed if a test fails before stopping it, so that no stray
 /// daemon outlives its test.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            if let Err(e) = self.0.kill().and_then(|()| self.0.wait().map(drop)) {
-                eprintln!("could not kill the daemon: {e}");
-            }
-        }
-    }
-}
-
 fn stop(child: &mut Child) {
     signal(child, SIGTERM);
     assert_eq!(wait_exit(child, WAIT), Some(0), "exit code after SIGTERM");
@@ -249,8 +237,7 @@ async fn notifies_ready_only_once_redis_answers_then_pets_and_stops() {
     redis.kill();
     let mut notify = NotifySocket::bind();
     let watchdog = Duration::from_secs(2);
-    let (child, _logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
-    let mut running = Daemon(child);
+    let (mut running, _logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
 
     notify.until("a status saying it waits for Redis", |m| {
         status_of(m).is_some_and(|s| s.starts_with("waiting for Redis"))
@@ -304,8 +291,7 @@ async fn a_redis_stall_is_not_a_stuck_fetcher() {
     .unwrap();
     let mut notify = NotifySocket::bind();
     let watchdog = Duration::from_secs(2);
-    let (child, logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
-    let mut running = Daemon(child);
+    let (mut running, logs) = spawn_logged(under_systemd(daemon(&cfg), &notify, watchdog));
     notify.until("READY=1", |m| has(m, "READY=1"));
 
     let stopped = Command::new("kill")
@@ -353,7 +339,7 @@ fn a_config_error_exits_78_without_ready() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut running = Daemon(child);
+    let mut running = KillOnDrop(child);
     assert_eq!(wait_exit(&mut running.0, WAIT), Some(78));
     notify.drain();
     assert!(

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,7 +22,7 @@ fn start(
     dir: &std::path::Path,
     shutdown_timeout: &str,
     concurrency: u32,
-) -> (Child, Logs) {
+) -> (KillOnDrop, Logs) {
     let cfg = config_file_with(
         dir,
         redis,

@@ -363,8 +363,36 @@ impl Logs {
     }
 }
 
-/// Spawns `cmd` with stderr collected into [`Logs`].
-pub fn spawn_logged(mut cmd: Command) -> (Child, Logs) {
+/// A child process that is SIGKILLed and reaped when dropped, so a failing
+/// test never leaves a daemon behind (one would hold the test runner's
+/// output pipe open and hang it).
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` with stderr collected into [`Logs`]; the child dies with
+/// the returned guard.
+pub fn spawn_logged(mut cmd: Command) -> (KillOnDrop, Logs) {
     use std::io::BufRead as _;
     let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
@@ -378,5 +406,5 @@ pub fn spawn_logged(mut cmd: Command) -> (Child, Logs) {
             }
         }
     });
-    (child, logs)
+    (KillOnDrop(child), logs)
 }

@@ -5,14 +5,13 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
-use crate::common::{Logs, conveyor, in_flight, llen, spawn_logged, zcard};
+use crate::common::{KillOnDrop, Logs, conveyor, in_flight, llen, spawn_logged, zcard};
 
 /// The queue every scenario loads, unless it says otherwise.
 pub(crate) const Q: &str = "jobs:work";
@@ -48,7 +47,7 @@ pub(crate) async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 /// `conveyor run` as a child process; SIGKILLed if the scenario ends (or
 /// fails) while it still runs, so no daemon outlives its test.
 pub(crate) struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     logs: Logs,
 }
 
@@ -120,15 +119,6 @@ impl Daemon {
             .filter(|l| l.contains("panicked"))
             .collect();
         assert!(panics.is_empty(), "the daemon panicked: {panics:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _killed = self.child.kill();
-            let _reaped = self.child.wait();
-        }
     }
 }
 
