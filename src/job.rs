@@ -227,8 +227,7 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
 /// it (`deliveries` above 0), to be run alone. Items that do not mention
 /// `deliveries` are not parsed.
 pub fn is_suspect(item: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"\"deliveries\"";
-    item.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    memchr::memmem::find(item, b"\"deliveries\"").is_some()
         && parse_item(item, usize::MAX).is_ok_and(|p| !p.was_raw && p.envelope.deliveries > 0)
 }
 
@@ -508,6 +507,11 @@ pub fn new_id() -> String {
 /// Now as RFC 3339 with milliseconds, UTC. Formatted at most once per
 /// millisecond per thread: events and envelopes ask for it per job.
 pub fn now_rfc3339() -> String {
+    with_now_rfc3339(str::to_owned)
+}
+
+/// Calls `f` with now as RFC 3339 (see [`now_rfc3339`]), without a copy.
+pub fn with_now_rfc3339<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
@@ -517,7 +521,7 @@ pub fn now_rfc3339() -> String {
             *ms = now.as_millisecond();
             *text = format!("{now:.3}");
         }
-        text.clone()
+        f(text)
     })
 }
 

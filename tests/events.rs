@@ -742,3 +742,67 @@ async fn a_subscriber_that_arrives_later_misses_nothing_after_it_subscribed() {
     assert_eq!(heard.types_of("heard"), ["job.started", "job.succeeded"]);
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_arriving_under_load_sees_seq_in_order_without_gaps() {
+    const JOBS: usize = 4_000;
+    let redis = Redis::start();
+    let daemon = TestDaemon::start(
+        config(&redis, &queue("concurrency = 50\nevents = \"all\"")),
+        builtin(),
+    );
+    let mut conn = redis.conn().await;
+    let jobs: Vec<String> = (0..JOBS)
+        .map(|i| json!({"id": format!("load-{i}"), "payload": {}, "attempt": 0}).to_string())
+        .collect();
+    let _: () = conn.rpush(Q, jobs).await.unwrap();
+    // Nobody listens at first, so the daemon publishes nothing; a
+    // subscriber comes in mid-run.
+    wait_until("a tenth of the jobs done", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, Q, "processed").await >= JOBS as u64 / 10 }
+    })
+    .await;
+    let heard = Heard::listen(&redis, CHANNEL).await;
+    wait_until("every job done", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, Q, "processed").await == JOBS as u64 }
+    })
+    .await;
+    let node = daemon.node.id.clone();
+    daemon.stop().await.unwrap();
+    heard
+        .wait_for("node.stopped", |e| {
+            e.iter().any(|e| e["type"] == "node.stopped")
+        })
+        .await;
+    let mine: Vec<Value> = heard
+        .events()
+        .into_iter()
+        .filter(|e| e["node"] == node.as_str())
+        .collect();
+    let seqs: Vec<u64> = mine.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    // seq in order, none missing, from the first event heard.
+    if let Some(i) = (1..seqs.len()).find(|&i| seqs[i] != seqs[i - 1] + 1) {
+        panic!(
+            "seq out of order or missing after {} events: ...{:?}...",
+            i,
+            &seqs[i.saturating_sub(3)..(i + 3).min(seqs.len())]
+        );
+    }
+    assert!(
+        mine.iter().filter(|e| e["type"] == "job.succeeded").count() > JOBS / 2,
+        "most of the run was heard: {} events",
+        mine.len()
+    );
+    // A job's start is never published after its outcome.
+    let mut finished = std::collections::HashSet::new();
+    for e in &mine {
+        let id = e["id"].as_str().unwrap_or_default();
+        match e["type"].as_str().unwrap() {
+            "job.started" => assert!(!finished.contains(id), "{id} started after it succeeded"),
+            "job.succeeded" => assert!(finished.insert(id.to_owned()), "{id} succeeded twice"),
+            _ => {}
+        }
+    }
+}

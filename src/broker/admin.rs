@@ -99,14 +99,9 @@ impl Broker {
         if !events.is_empty() {
             pipe.load_script(&scripts::PUBLISH_IF_HEARD).ignore();
         }
-        super::events::add_events(
-            &mut pipe,
-            sink,
-            &events,
-            &statuses,
-            super::events::Publish::IfHeard,
-            false,
-        );
+        super::events::add_publish_if_heard(&mut pipe, sink, &events);
+        super::events::add_stream(&mut pipe, sink, &events);
+        super::events::add_statuses(&mut pipe, &statuses);
         while i < jobs.len() {
             let job = &jobs[i];
             if let Some((key, ttl)) = &job.unique {

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 
+use redis::{RedisWrite, ToRedisArgs};
+
 use super::{Broker, BrokerError, keys};
+use crate::event::Numbered;
 
 /// Where events go.
 #[derive(Debug, Clone)]
@@ -115,65 +118,71 @@ impl Subscription {
 /// One XADD per event was most of what an event cost Redis.
 const EVENTS_PER_ENTRY: usize = 16;
 
-/// How a batch of events is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publish {
-    /// Plain PUBLISH commands (subscribers were there at the last look),
-    /// then a count of subscribers.
-    Always,
-    /// One `publish_if_heard.lua` call: published only if anyone subscribes
-    /// when it runs; it answers the count.
-    IfHeard,
+/// A numbered event is written into the command as it goes, without being
+/// put together first.
+impl ToRedisArgs for Numbered {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        // Writing into memory cannot fail.
+        let _in_memory = self.write_to(&mut arg);
+    }
 }
 
-/// Adds events and status records to a pipeline. Each event is published
-/// (see [`Publish`]) and appended to the replay stream, up to
-/// [`EVENTS_PER_ENTRY`] per entry, trimmed so the stream keeps about
-/// `stream_maxlen` events. With `count`, exactly one reply comes back: how
-/// many subscribe to the channel; without, none.
-pub(crate) fn add_events(
+/// Adds a PUBLISH of each event (no replies).
+pub(crate) fn add_publish(
+    pipe: &mut redis::Pipeline,
+    sink: &EventSink,
+    events: &[impl ToRedisArgs],
+) {
+    for e in events {
+        pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
+    }
+}
+
+/// Adds one `publish_if_heard.lua` call (no reply): the events are
+/// published only if anyone subscribes when it runs. For a writer that
+/// must publish before its next step and cannot learn first whether anyone
+/// listens; it costs Redis each event twice over.
+pub(crate) fn add_publish_if_heard(
     pipe: &mut redis::Pipeline,
     sink: &EventSink,
     events: &[impl AsRef<str>],
-    statuses: &[StatusUpdate],
-    publish: Publish,
-    count: bool,
 ) {
-    let counted = match publish {
-        Publish::IfHeard if !events.is_empty() => {
-            let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
-            inv.arg(&sink.channel);
-            for e in events {
-                inv.arg(e.as_ref());
-            }
-            pipe.invoke_script(&inv);
-            if !count {
-                pipe.ignore();
-            }
-            true
-        }
-        Publish::IfHeard => false,
-        Publish::Always => {
-            for e in events {
-                pipe.cmd("PUBLISH")
-                    .arg(&sink.channel)
-                    .arg(e.as_ref())
-                    .ignore();
-            }
-            false
-        }
-    };
-    if let Some((stream, keep)) = &sink.stream {
-        for entry in events.chunks(EVENTS_PER_ENTRY) {
-            let entries = keep.div_ceil(entry.len() as u64);
-            let cmd = pipe.cmd("XADD");
-            cmd.arg(stream).arg("MAXLEN").arg("~").arg(entries).arg("*");
-            for e in entry {
-                cmd.arg("event").arg(e.as_ref());
-            }
-            cmd.ignore();
-        }
+    if events.is_empty() {
+        return;
     }
+    let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
+    inv.arg(&sink.channel);
+    for e in events {
+        inv.arg(e.as_ref());
+    }
+    pipe.invoke_script(&inv).ignore();
+}
+
+/// Appends events to the replay stream, if there is one, up to
+/// [`EVENTS_PER_ENTRY`] per entry, trimmed so the stream keeps about
+/// `stream_maxlen` events (no replies).
+pub(crate) fn add_stream(
+    pipe: &mut redis::Pipeline,
+    sink: &EventSink,
+    events: &[impl ToRedisArgs],
+) {
+    let Some((stream, keep)) = &sink.stream else {
+        return;
+    };
+    for entry in events.chunks(EVENTS_PER_ENTRY) {
+        let entries = keep.div_ceil(entry.len() as u64);
+        let cmd = pipe.cmd("XADD");
+        cmd.arg(stream).arg("MAXLEN").arg("~").arg(entries).arg("*");
+        for e in entry {
+            cmd.arg("event").arg(e);
+        }
+        cmd.ignore();
+    }
+}
+
+/// Adds status record updates (no replies).
+pub(crate) fn add_statuses(pipe: &mut redis::Pipeline, statuses: &[StatusUpdate]) {
     for s in statuses {
         let key = keys::job(&s.id);
         pipe.cmd("HSET").arg(&key).arg(&s.fields).ignore();
@@ -182,9 +191,6 @@ pub(crate) fn add_events(
             .arg(s.ttl.as_millis() as u64)
             .ignore();
     }
-    if count && !counted {
-        add_subscriber_count(pipe, sink);
-    }
 }
 
 /// Adds a count of the channel's subscribers to a pipeline (one reply).
@@ -192,12 +198,8 @@ pub(crate) fn add_subscriber_count(pipe: &mut redis::Pipeline, sink: &EventSink)
     pipe.cmd("PUBSUB").arg("NUMSUB").arg(&sink.channel);
 }
 
-/// Reads the counting reply of [`add_events`]: `PUBSUB NUMSUB`'s pair, or
-/// the script's number.
+/// Reads the reply of [`add_subscriber_count`].
 pub(crate) fn subscribers(reply: redis::Value) -> Result<u64, BrokerError> {
-    if let redis::Value::Int(n) = reply {
-        return Ok(n.max(0) as u64);
-    }
     let counts: Vec<(String, u64)> = redis::from_redis_value(reply)?;
     Ok(counts.first().map_or(0, |(_, n)| *n))
 }

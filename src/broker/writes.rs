@@ -4,9 +4,10 @@
 
 use redis::{Pipeline, ServerErrorKind, Value};
 
-use super::events::{EventSink, Publish, StatusUpdate};
+use super::events::{EventSink, StatusUpdate};
 use super::queue::{Outcome, QueueStore};
 use super::{Broker, BrokerError, scripts};
+use crate::event::Numbered;
 
 /// Most outcomes in one script call, so that no call keeps Redis busy long.
 const MAX_PER_CALL: usize = 500;
@@ -32,6 +33,22 @@ pub struct Written {
     pub subscribers: u64,
 }
 
+/// The events and status records of a batch.
+#[derive(Clone, Copy)]
+pub struct Notices<'a> {
+    /// Events of an earlier batch to publish now (already in the replay
+    /// stream).
+    pub republish: &'a [Numbered],
+    /// New events: they go to the replay stream, and are published too if
+    /// `heard`.
+    pub events: &'a [Numbered],
+    /// Whether anyone subscribed at the last look; while nobody does, Redis
+    /// would drop what is published.
+    pub heard: bool,
+    /// Status record updates.
+    pub statuses: &'a [StatusUpdate],
+}
+
 /// Outcomes of one queue, each with the item as it was taken.
 pub struct QueueOutcomes<'a> {
     /// The queue.
@@ -54,19 +71,21 @@ impl Broker {
     /// Events come after the outcomes in the pipeline, so an event is never
     /// published before the outcome it reports is recorded.
     ///
-    /// `publish` says how to publish the events (see [`Publish`]: while
-    /// nobody subscribes, Redis would drop them, so the check is made where
-    /// they are published); the replay stream gets them all the same. The
-    /// answer says how many subscribe now, for the next batch.
+    /// See [`Notices`] for how events are published. The answer says how
+    /// many subscribe to the events channel now.
     pub async fn write_batch(
         &self,
         lane: &Lane,
         outcomes: &[QueueOutcomes<'_>],
         sink: &EventSink,
-        events: &[String],
-        statuses: &[StatusUpdate],
-        publish: Publish,
+        notices: &Notices<'_>,
     ) -> Result<Written, BrokerError> {
+        let Notices {
+            republish,
+            events,
+            heard,
+            statuses,
+        } = *notices;
         // Each script call covers one chunk of one queue's outcomes.
         let chunks: Vec<(usize, &[Entry<'_>])> = outcomes
             .iter()
@@ -80,7 +99,13 @@ impl Broker {
         for (q, chunk) in &chunks {
             add_finish(&mut pipe, outcomes[*q].store, chunk);
         }
-        super::events::add_events(&mut pipe, sink, events, statuses, publish, true);
+        super::events::add_publish(&mut pipe, sink, republish);
+        if heard {
+            super::events::add_publish(&mut pipe, sink, events);
+        }
+        super::events::add_stream(&mut pipe, sink, events);
+        super::events::add_statuses(&mut pipe, statuses);
+        super::events::add_subscriber_count(&mut pipe, sink);
         let mut conn = lane.conn.clone();
         let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         if replies.len() != chunks.len() + 1 {
@@ -94,12 +119,8 @@ impl Broker {
         if replies.iter().any(lost_script) {
             // Redis restarted and lost its scripts; the calls that needed
             // them did nothing. Load them and send those calls again (the
-            // rest, the replay stream included, went through).
+            // rest, events included, went through).
             scripts::FINISH
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await?;
-            scripts::PUBLISH_IF_HEARD
                 .prepare_invoke()
                 .load_async(&mut conn)
                 .await?;
@@ -111,14 +132,6 @@ impl Broker {
                     add_finish(&mut again, outcomes[*q].store, chunk);
                     redo.push(i);
                 }
-            }
-            if lost_script(&replies[chunks.len()]) {
-                let no_stream = EventSink {
-                    channel: sink.channel.clone(),
-                    stream: None,
-                };
-                super::events::add_events(&mut again, &no_stream, events, &[], publish, true);
-                redo.push(chunks.len());
             }
             let answers: Vec<Value> = again.query_async(&mut conn).await?;
             for (i, answer) in redo.into_iter().zip(answers) {

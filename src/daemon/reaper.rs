@@ -100,7 +100,7 @@ impl Reaper {
                     Recovered::Dead => dead += 1,
                     Recovered::Gone => continue,
                 }
-                p.emit(recovery.event);
+                p.emit(recovery.event.kind, |_| recovery.event);
             }
             tracing::info!(%queue, %node, requeued, dead, "recovered in-flight jobs of a dead node");
         }

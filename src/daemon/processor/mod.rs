@@ -426,9 +426,9 @@ impl Processor {
             if result == Recovered::Requeued {
                 requeued += 1;
                 if let Some((id, attempt)) = id {
-                    self.emit(
-                        Draft::job(EventType::Recovered, &self.name, &id, attempt).reason(reason),
-                    );
+                    self.emit(EventType::Recovered, |kind| {
+                        Draft::job(kind, &self.name, &id, attempt).reason(reason)
+                    });
                 }
             }
         }

@@ -63,12 +63,9 @@ impl Processor {
                 due_ms,
             };
             if self.record(job.item_bytes(), outcome).await {
-                self.track(
-                    job.id(),
-                    "scheduled",
-                    job.envelope().attempt,
-                    vec![("due_at", rfc3339_ms(due_ms))],
-                );
+                self.track(job.id(), "scheduled", job.envelope().attempt, || {
+                    vec![("due_at", rfc3339_ms(due_ms))]
+                });
             }
             self.scheduler.notify_one();
             return;
@@ -100,18 +97,12 @@ impl Processor {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.config.timeout);
-        self.emit(Draft::job(
-            EventType::Started,
-            &self.name,
-            job.id(),
-            job.attempt(),
-        ));
-        self.track(
-            job.id(),
-            "running",
-            job.attempt(),
-            vec![("started_at", now_rfc3339())],
-        );
+        self.emit(EventType::Started, |kind| {
+            Draft::job(kind, &self.name, job.id(), job.attempt())
+        });
+        self.track(job.id(), "running", job.attempt(), || {
+            vec![("started_at", now_rfc3339())]
+        });
         let started = Instant::now();
         let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
         let result = tokio::select! {
@@ -142,24 +133,23 @@ impl Processor {
             unique_key: job.envelope().unique_key.clone(),
         };
         if self.record(job.item_bytes(), outcome).await {
-            self.emit(
-                Draft::job(EventType::Succeeded, &self.name, job.id(), job.attempt()).took(took),
-            );
-            self.track(
-                job.id(),
-                "succeeded",
-                job.attempt(),
-                vec![("finished_at", now_rfc3339())],
-            );
+            self.emit(EventType::Succeeded, |kind| {
+                Draft::job(kind, &self.name, job.id(), job.attempt()).took(took)
+            });
+            self.track(job.id(), "succeeded", job.attempt(), || {
+                vec![("finished_at", now_rfc3339())]
+            });
         }
     }
 
     async fn fail(&self, job: &Job, error: HandlerError, took: u64, max_attempts: u32) {
         self.completions.record();
         let message = error.to_string();
-        let failed = Draft::job(EventType::Failed, &self.name, job.id(), job.attempt())
-            .took(took)
-            .error(message.clone());
+        let failed = |kind| {
+            Draft::job(kind, &self.name, job.id(), job.attempt())
+                .took(took)
+                .error(message.clone())
+        };
         if error.is_permanent() || job.attempt() >= max_attempts {
             let (reason, why) = if error.is_permanent() {
                 tracing::warn!(error = %message, "failed permanently; dead-lettered");
@@ -176,7 +166,7 @@ impl Processor {
                 .record(job.item_bytes(), self.dead(job, &reason, true))
                 .await
             {
-                self.emit(failed);
+                self.emit(EventType::Failed, failed);
                 self.died(job, &reason, why, job.attempt());
             }
             return;
@@ -194,13 +184,12 @@ impl Processor {
         };
         if self.record(job.item_bytes(), outcome).await {
             let retry_at = rfc3339_ms(due_ms);
-            self.emit(failed.retry_at(retry_at.clone()));
-            self.track(
-                job.id(),
-                "retrying",
-                job.attempt(),
-                vec![("last_error", message), ("due_at", retry_at)],
-            );
+            self.emit(EventType::Failed, |kind| {
+                failed(kind).retry_at(retry_at.clone())
+            });
+            self.track(job.id(), "retrying", job.attempt(), || {
+                vec![("last_error", message), ("due_at", retry_at)]
+            });
         }
         self.scheduler.notify_one();
     }
@@ -213,29 +202,25 @@ impl Processor {
             .record(job.item_bytes(), Outcome::Requeue { replacement })
             .await
         {
-            self.emit(
-                Draft::job(EventType::Recovered, &self.name, job.id(), job.attempt())
-                    .reason("shutdown"),
-            );
-            self.track(job.id(), "waiting", job.envelope().attempt, vec![]);
+            self.emit(EventType::Recovered, |kind| {
+                Draft::job(kind, &self.name, job.id(), job.attempt()).reason("shutdown")
+            });
+            self.track(job.id(), "waiting", job.envelope().attempt, Vec::new);
         }
     }
 
     fn died(&self, job: &Job, error: &str, reason: &str, attempt: u32) {
-        self.emit(
-            Draft::job(EventType::Dead, &self.name, job.id(), attempt)
+        self.emit(EventType::Dead, |kind| {
+            Draft::job(kind, &self.name, job.id(), attempt)
                 .error(error)
-                .reason(reason),
-        );
-        self.track(
-            job.id(),
-            "dead",
-            attempt,
+                .reason(reason)
+        });
+        self.track(job.id(), "dead", attempt, || {
             vec![
                 ("last_error", error.to_owned()),
                 ("finished_at", now_rfc3339()),
-            ],
-        );
+            ]
+        });
     }
 
     /// How long the job must wait for its queue's rate limit; `None` if it
@@ -287,11 +272,11 @@ impl Processor {
             unique_key: None,
         };
         if self.record(item, outcome).await {
-            self.emit(
-                Draft::job(EventType::Dead, &self.name, &env.id, 0)
+            self.emit(EventType::Dead, |kind| {
+                Draft::job(kind, &self.name, &env.id, 0)
                     .error(error)
-                    .reason("malformed"),
-            );
+                    .reason("malformed")
+            });
         }
     }
 
@@ -320,20 +305,28 @@ impl Processor {
         }
     }
 
-    /// Emits an event if the queue's `events` level lets it through.
-    pub(crate) fn emit(&self, draft: Draft) {
+    /// Emits an event of this kind, drafted only if the queue's `events`
+    /// level lets it through.
+    pub(crate) fn emit(&self, kind: EventType, draft: impl FnOnce(EventType) -> Draft) {
         match self.config.events {
             EventLevel::Off => {}
-            EventLevel::Outcomes if !draft.kind.is_outcome() => {}
-            _ => self.events.emit(draft),
+            EventLevel::Outcomes if !kind.is_outcome() => {}
+            _ => self.events.emit(draft(kind)),
         }
     }
 
     /// Updates the job's status record, if the queue keeps them.
-    fn track(&self, id: &str, state: &str, attempt: u32, mut fields: Vec<(&'static str, String)>) {
+    fn track(
+        &self,
+        id: &str,
+        state: &str,
+        attempt: u32,
+        fields: impl FnOnce() -> Vec<(&'static str, String)>,
+    ) {
         if !self.config.track {
             return;
         }
+        let mut fields = fields();
         fields.extend([
             ("queue", self.name.to_string()),
             ("state", state.to_owned()),
