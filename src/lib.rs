@@ -9,7 +9,7 @@
 //! - [`broker`]: the only code that talks to Redis; [`broker::keys`] names
 //!   every key and `src/broker/lua/` holds one script per atomic operation.
 //! - [`daemon`]: the supervisor, its components (processor, scheduler,
-//!   reaper, heartbeat, publisher, watchdog) and the shutdown order, written
+//!   reaper, heartbeat, writer, watchdog) and the shutdown order, written
 //!   in one place.
 //! - [`event`]: the lifecycle event wire format.
 //! - [`job`]: list items, envelopes and backoff.

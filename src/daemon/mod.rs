@@ -1,5 +1,5 @@
 //! The daemon: a supervisor that starts one processor per queue and the
-//! background components (scheduler, reaper, heartbeat, event publisher,
+//! background components (scheduler, reaper, heartbeat, writer,
 //! systemd watchdog), and stages the shutdown in one place ([`run_as`]).
 
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 -- publish_if_heard: publish lifecycle events on the events channel if
 -- anyone subscribes to it now; Redis would drop them otherwise. Decided
 -- here, as the events are published, so a subscriber that has just arrived
--- misses nothing. (While subscribers are known to be there, the daemon
--- sends plain PUBLISH commands instead, which cost Redis less.)
+-- misses nothing. Used by `conveyor enqueue`, which announces a job before
+-- pushing it; the daemon, which can publish a round trip late, asks
+-- PUBSUB NUMSUB with each write instead and sends plain PUBLISH commands.
 -- ARGV[1] the events channel
 -- ARGV[2..] the events, in order
 -- Returns how many subscribe to the channel.
