@@ -73,6 +73,22 @@ impl Heard {
     }
 }
 
+/// Stops the daemon; every event of its node heard, up to node.stopped.
+async fn stop_and_hear_out(daemon: TestDaemon, heard: &Heard) -> Vec<Value> {
+    let node = daemon.node.id.clone();
+    daemon.stop().await.unwrap();
+    heard
+        .wait_for("node.stopped", |e| {
+            e.iter().any(|e| e["type"] == "node.stopped")
+        })
+        .await;
+    heard
+        .events()
+        .into_iter()
+        .filter(|e| e["node"] == node.as_str())
+        .collect()
+}
+
 fn queue(extra: &str) -> String {
     format!(
         "[queues.work]\nhandler = \"fault\"\nbackoff = {{ base = \"50ms\", max = \"100ms\" }}\n{extra}\n"
@@ -129,19 +145,8 @@ async fn a_job_is_seen_started_then_succeeded_with_the_specified_fields_and_no_p
             "unexpected field {k}"
         );
     }
-    let node = daemon.node.id.clone();
-    daemon.stop().await.unwrap();
-    heard
-        .wait_for("node.stopped", |e| {
-            e.iter().any(|e| e["type"] == "node.stopped")
-        })
-        .await;
+    let mine = stop_and_hear_out(daemon, &heard).await;
     // seq grows by one per event of the node, from node.started to node.stopped.
-    let mine: Vec<Value> = heard
-        .events()
-        .into_iter()
-        .filter(|e| e["node"] == node.as_str())
-        .collect();
     let seqs: Vec<u64> = mine.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(
         seqs,
@@ -769,18 +774,7 @@ async fn a_subscriber_arriving_under_load_sees_seq_in_order_without_gaps() {
         async move { stat(&mut c, Q, "processed").await == JOBS as u64 }
     })
     .await;
-    let node = daemon.node.id.clone();
-    daemon.stop().await.unwrap();
-    heard
-        .wait_for("node.stopped", |e| {
-            e.iter().any(|e| e["type"] == "node.stopped")
-        })
-        .await;
-    let mine: Vec<Value> = heard
-        .events()
-        .into_iter()
-        .filter(|e| e["node"] == node.as_str())
-        .collect();
+    let mine = stop_and_hear_out(daemon, &heard).await;
     let seqs: Vec<u64> = mine.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     // seq in order, none missing, from the first event heard.
     if let Some(i) = (1..seqs.len()).find(|&i| seqs[i] != seqs[i - 1] + 1) {
