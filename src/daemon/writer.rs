@@ -229,12 +229,19 @@ fn with_capacity(
 /// One flush on its way: what it carries and, once landed, what Redis said.
 struct Flight {
     requests: Vec<Request>,
-    /// Events it carried, to publish or republish.
+    /// How many events it carried.
     events: usize,
     /// Its events, if it was sent while nobody listened.
     unheard: Vec<Numbered>,
     /// Per request, whether it was recorded; and the channel's subscribers.
     result: Result<(Vec<bool>, u64), BrokerError>,
+}
+
+impl Flight {
+    /// How many subscribed when it ran; `None` if it failed.
+    fn subscribers(&self) -> Option<u64> {
+        self.result.as_ref().ok().map(|&(_, n)| n)
+    }
 }
 
 /// A flush ready to go: owned, so it can be in flight while the next one is
@@ -384,11 +391,8 @@ impl Writer {
         // Stopped: the processors are done; land what is under way and
         // publish what is left, once.
         while let Some(flight) = flights.next().await {
-            if !flight.unheard.is_empty() {
-                self.unheard_in_flight -= 1;
-            }
-            if let Ok((flags, subscribers)) = &flight.result {
-                self.heard_by(*subscribers, flight.unheard);
+            self.heard_by(flight.subscribers(), flight.unheard);
+            if let Ok((flags, _)) = &flight.result {
                 answer(flight.requests, flags);
             }
         }
@@ -401,15 +405,10 @@ impl Writer {
         while !notes.is_empty() || !self.republish.is_empty() {
             let chunk: Vec<Note> = notes.drain(..notes.len().min(EVENT_BATCH)).collect();
             let flight = self.prepare(Vec::new(), chunk).send().await;
-            if !flight.unheard.is_empty() {
-                self.unheard_in_flight -= 1;
-            }
-            match flight.result {
-                Ok((_, subscribers)) => self.heard_by(subscribers, flight.unheard),
-                Err(e) => {
-                    tracing::warn!(error = %e, events = flight.events, "last events not published");
-                    break;
-                }
+            self.heard_by(flight.subscribers(), flight.unheard);
+            if let Err(e) = flight.result {
+                tracing::warn!(error = %e, events = flight.events, "last events not published");
+                break;
             }
         }
     }
@@ -417,12 +416,9 @@ impl Writer {
     /// Takes in what became of a flush: answers its slots, or keeps its
     /// outcomes to send again (waiting with backoff while Redis is down).
     async fn land(&mut self, flight: Flight, give_up: &CancellationToken) {
-        if !flight.unheard.is_empty() {
-            self.unheard_in_flight -= 1;
-        }
+        self.heard_by(flight.subscribers(), flight.unheard);
         match flight.result {
-            Ok((flags, subscribers)) => {
-                self.heard_by(subscribers, flight.unheard);
+            Ok((flags, _)) => {
                 self.retry.succeeded();
                 if self.events_failing && flight.events > 0 {
                     tracing::info!("publishing events works again");
@@ -464,9 +460,16 @@ impl Writer {
         }
     }
 
-    /// Takes in how many subscribed when a flush ran: if anyone did and
-    /// the flush's events went unpublished, they go out with the next.
-    fn heard_by(&mut self, subscribers: u64, unheard: Vec<Numbered>) {
+    /// Takes in how many subscribed when a flush ran (`None`: it failed):
+    /// if anyone did and the flush's events went unpublished, they go out
+    /// with the next.
+    fn heard_by(&mut self, subscribers: Option<u64>, unheard: Vec<Numbered>) {
+        if !unheard.is_empty() {
+            self.unheard_in_flight -= 1;
+        }
+        let Some(subscribers) = subscribers else {
+            return;
+        };
         self.heard = subscribers > 0;
         if self.heard {
             self.republish.extend(unheard);
