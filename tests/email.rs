@@ -170,7 +170,7 @@ async fn starttls_with_auth_delivers() {
     )
     .await;
     let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let mut cfg = smtp_config(&redis, &url, &format!("ca_file = \"{}\"", ca.ca.display()));
+    let mut cfg = tls_config(&redis, &url, &ca);
     cfg.email.password = Some(Secret::new("s3cret"));
     let daemon = TestDaemon::start(cfg, builtin());
     wait_accepted(&server, 1).await;
@@ -193,11 +193,7 @@ async fn implicit_tls_delivers() {
         serde_json::json!({"to": "alice@example.com", "subject": "smtps"}),
     )
     .await;
-    let cfg = smtp_config(
-        &redis,
-        &server.url("smtps", None, ""),
-        &format!("ca_file = \"{}\"", ca.ca.display()),
-    );
+    let cfg = tls_config(&redis, &server.url("smtps", None, ""), &ca);
     let daemon = TestDaemon::start(cfg, builtin());
     wait_accepted(&server, 1).await;
     assert!(server.accepted()[0].data.contains("Subject: smtps"));
@@ -221,7 +217,7 @@ async fn opportunistic_tls_upgrades_when_the_server_offers_it() {
     )
     .await;
     let url = server.url("smtp", None, "?tls=opportunistic");
-    let cfg = smtp_config(&redis, &url, &format!("ca_file = \"{}\"", ca.ca.display()));
+    let cfg = tls_config(&redis, &url, &ca);
     let daemon = TestDaemon::start(cfg, builtin());
     wait_accepted(&server, 1).await;
     daemon.stop().await.unwrap();

@@ -30,7 +30,7 @@ async fn a_wrong_password_is_retried_then_dead() {
     )
     .await;
     let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let mut cfg = smtp_config(&redis, &url, &format!("ca_file = \"{}\"", ca.ca.display()));
+    let mut cfg = tls_config(&redis, &url, &ca);
     cfg.email.password = Some(Secret::new("wrong-password"));
     let daemon = TestDaemon::start(cfg, builtin());
     let dead = wait_dead(&conn).await;

@@ -89,6 +89,21 @@ async fn stop_and_hear_out(daemon: TestDaemon, heard: &Heard) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until the status record at `key` is in `state`.
+async fn wait_for_state(conn: &redis::aio::MultiplexedConnection, key: &str, state: &str) {
+    wait_until(state, WAIT, || {
+        let mut c = conn.clone();
+        async move {
+            c.hget::<_, _, Option<String>>(key, "state")
+                .await
+                .unwrap()
+                .as_deref()
+                == Some(state)
+        }
+    })
+    .await;
+}
+
 fn queue(extra: &str) -> String {
     format!(
         "[queues.work]\nhandler = \"fault\"\nbackoff = {{ base = \"50ms\", max = \"100ms\" }}\n{extra}\n"
@@ -623,30 +638,8 @@ async fn a_status_record_follows_a_job_and_expires() {
     let daemon = TestDaemon::start(config(&redis, tracked), builtin());
     let mut conn = redis.conn().await;
     let key = format!("conveyor:job:{id}");
-    wait_until("running", WAIT, || {
-        let mut c = conn.clone();
-        let key = key.clone();
-        async move {
-            c.hget::<_, _, Option<String>>(&key, "state")
-                .await
-                .unwrap()
-                .as_deref()
-                == Some("running")
-        }
-    })
-    .await;
-    wait_until("succeeded", WAIT, || {
-        let mut c = conn.clone();
-        let key = key.clone();
-        async move {
-            c.hget::<_, _, Option<String>>(&key, "state")
-                .await
-                .unwrap()
-                .as_deref()
-                == Some("succeeded")
-        }
-    })
-    .await;
+    wait_for_state(&conn, &key, "running").await;
+    wait_for_state(&conn, &key, "succeeded").await;
     let (code, out, _) = cli(&["status", &id]);
     assert_eq!(code, 0);
     assert!(

@@ -42,6 +42,53 @@ async fn resumed(redis: &Redis) -> Duration {
     ended.elapsed()
 }
 
+/// A daemon working through jobs loaded into a private Redis, 50 at a
+/// time, caught when 30% are done.
+struct UnderLoad {
+    daemon: Daemon,
+    ledger: Ledger,
+    jobs: usize,
+    _dir: tempfile::TempDir,
+}
+
+async fn thirty_percent_in(redis: &Redis, jobs: usize) -> UnderLoad {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &redis.url(), FAST, &queue(50));
+    let mut conn = patient(redis).await;
+    let mut ledger = Ledger::new();
+    let items = load(&mut ledger, jobs);
+    push_all(&mut conn, Q, &items).await;
+    let daemon = Daemon::start(&cfg);
+    let at = (jobs * 3 / 10) as u64;
+    wait_until("30% done", WAIT, || {
+        let mut c = conn.clone();
+        async move { processed(&mut c).await >= at }
+    })
+    .await;
+    UnderLoad {
+        daemon,
+        ledger,
+        jobs,
+        _dir: dir,
+    }
+}
+
+impl UnderLoad {
+    /// Drains, prints the scenario's line, and checks that every job
+    /// completed and the daemon is still healthy.
+    async fn all_complete(&mut self, redis: &Redis, scenario: &str, recover: Duration, more: &str) {
+        let mut conn = patient(redis).await;
+        let tally = self.ledger.drain(&mut conn, WAIT * scale() as u32).await;
+        report(scenario, &tally, Some(recover), more);
+        if !tally.settled() {
+            self.daemon.dump_log(80);
+        }
+        tally.assert_settled();
+        assert_eq!(tally.completed, self.jobs, "{tally:?}");
+        self.daemon.assert_healthy();
+    }
+}
+
 /// redis-server SIGKILLed at 30% and restarted from its AOF (fsync always)
 /// on the same socket `OUTAGE` later. Time to recover: from the restart
 /// until 100 more outcomes are recorded.
@@ -50,39 +97,16 @@ async fn redis_killed_under_load() {
     let _serial = serial().await;
     let jobs = 10_000 * scale();
     let mut redis = Redis::start_persistent();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &redis.url(), FAST, &queue(50));
-    let mut conn = patient(&redis).await;
-    let mut ledger = Ledger::new();
-    let items = load(&mut ledger, jobs);
-    push_all(&mut conn, Q, &items).await;
-    let mut daemon = Daemon::start(&cfg);
-    let at = (jobs * 3 / 10) as u64;
-    wait_until("30% done", WAIT, || {
-        let mut c = conn.clone();
-        async move { processed(&mut c).await >= at }
-    })
-    .await;
+    let mut run = thirty_percent_in(&redis, jobs).await;
     redis.kill();
     tokio::time::sleep(OUTAGE).await;
-    assert!(!daemon.has_exited(), "the daemon outlives the outage");
+    assert!(!run.daemon.has_exited(), "the daemon outlives the outage");
     redis.restart();
     let recover = resumed(&redis).await;
-    let mut conn = patient(&redis).await;
-    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
-    report(
-        "redis_killed",
-        &tally,
-        Some(recover),
-        &format!("outage={:.1}s", OUTAGE.as_secs_f64()),
-    );
-    if !tally.settled() {
-        daemon.dump_log(80);
-    }
-    tally.assert_settled();
-    assert_eq!(tally.completed, jobs, "{tally:?}");
-    assert_eq!(in_flight(&mut conn, Q).await, 0);
-    daemon.assert_healthy();
+    let outage = format!("outage={:.1}s", OUTAGE.as_secs_f64());
+    run.all_complete(&redis, "redis_killed", recover, &outage)
+        .await;
+    assert_eq!(in_flight(&mut patient(&redis).await, Q).await, 0);
 }
 
 /// The daemon starts while Redis is down, says so, and starts working
@@ -131,19 +155,7 @@ async fn redis_stalled_under_load() {
     let _serial = serial().await;
     let jobs = 10_000 * scale();
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &redis.url(), FAST, &queue(50));
-    let mut conn = patient(&redis).await;
-    let mut ledger = Ledger::new();
-    let items = load(&mut ledger, jobs);
-    push_all(&mut conn, Q, &items).await;
-    let mut daemon = Daemon::start(&cfg);
-    let at = (jobs * 3 / 10) as u64;
-    wait_until("30% done", WAIT, || {
-        let mut c = conn.clone();
-        async move { processed(&mut c).await >= at }
-    })
-    .await;
+    let mut run = thirty_percent_in(&redis, jobs).await;
     let pid = redis.pid().to_string();
     let kill = |sig: &str| {
         let ok = std::process::Command::new("kill")
@@ -157,19 +169,9 @@ async fn redis_stalled_under_load() {
     tokio::time::sleep(STALL).await;
     kill("-CONT");
     let recover = resumed(&redis).await;
-    let tally = ledger.drain(&mut conn, WAIT * scale() as u32).await;
-    report(
-        "redis_stalled",
-        &tally,
-        Some(recover),
-        &format!("stall={:.1}s", STALL.as_secs_f64()),
-    );
-    if !tally.settled() {
-        daemon.dump_log(80);
-    }
-    tally.assert_settled();
-    assert_eq!(tally.completed, jobs, "{tally:?}");
-    daemon.assert_healthy();
+    let stall = format!("stall={:.1}s", STALL.as_secs_f64());
+    run.all_complete(&redis, "redis_stalled", recover, &stall)
+        .await;
 }
 
 /// What the stall scenario once left behind (4 jobs in flight for good,

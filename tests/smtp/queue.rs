@@ -6,7 +6,7 @@ use conveyor::config::Config;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 
-use super::SmtpServer;
+use super::{SmtpServer, TestCa};
 use crate::common::{Redis, config, dead, llen, wait_until};
 
 pub const Q: &str = "jobs:mail";
@@ -24,6 +24,11 @@ pub fn smtp_config(redis: &Redis, url: &str, email_extra: &str) -> Config {
              backoff = {{ base = \"50ms\", max = \"100ms\" }}\ntimeout = \"30s\"\n"
         ),
     )
+}
+
+/// [`smtp_config`] trusting the test CA.
+pub fn tls_config(redis: &Redis, url: &str, ca: &TestCa) -> Config {
+    smtp_config(redis, url, &format!("ca_file = \"{}\"", ca.ca.display()))
 }
 
 /// Enqueues a raw payload on queue `mail`.
