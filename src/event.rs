@@ -7,6 +7,8 @@
 //! `retry_at` and `reason` where they apply. Never payloads, addresses or
 //! secrets: only ids, counts, times and error texts.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -103,34 +105,42 @@ pub struct Event {
     pub reason: Option<String>,
 }
 
-/// An event before the publisher stamps it with `node`, `at` and `seq`.
+/// An event before the publisher stamps it with `node`, `at` and `seq`. It
+/// borrows what it can: a daemon writes one per transition, and copying the
+/// queue's name and the job's id only to write them out once was a fair part
+/// of what an event cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Draft {
+pub struct Draft<'a> {
     /// What happened.
     pub kind: EventType,
     /// The queue.
-    pub queue: Option<String>,
+    pub queue: Option<Cow<'a, str>>,
     /// The job.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
     /// The run's number.
     pub attempt: Option<u32>,
     /// The run's length.
     pub duration_ms: Option<u64>,
     /// The failure.
-    pub error: Option<String>,
+    pub error: Option<Cow<'a, str>>,
     /// The next run.
-    pub retry_at: Option<String>,
+    pub retry_at: Option<Cow<'a, str>>,
     /// The reason.
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
 }
 
-impl Draft {
+impl<'a> Draft<'a> {
     /// A job event.
-    pub fn job(kind: EventType, queue: &str, id: &str, attempt: u32) -> Self {
+    pub fn job(
+        kind: EventType,
+        queue: impl Into<Cow<'a, str>>,
+        id: impl Into<Cow<'a, str>>,
+        attempt: u32,
+    ) -> Self {
         Self {
             kind,
-            queue: Some(queue.to_owned()),
-            id: Some(id.to_owned()),
+            queue: Some(queue.into()),
+            id: Some(id.into()),
             attempt: Some(attempt),
             ..Self::node(kind)
         }
@@ -157,21 +167,36 @@ impl Draft {
     }
 
     /// Adds the failure.
-    pub fn error(mut self, error: impl Into<String>) -> Self {
+    pub fn error(mut self, error: impl Into<Cow<'a, str>>) -> Self {
         self.error = Some(error.into());
         self
     }
 
     /// Adds the next run's time.
-    pub fn retry_at(mut self, at: impl Into<String>) -> Self {
+    pub fn retry_at(mut self, at: impl Into<Cow<'a, str>>) -> Self {
         self.retry_at = Some(at.into());
         self
     }
 
     /// Adds the reason.
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+    pub fn reason(mut self, reason: impl Into<Cow<'a, str>>) -> Self {
         self.reason = Some(reason.into());
         self
+    }
+
+    /// The draft owning all it holds, to keep.
+    pub fn into_owned(self) -> Draft<'static> {
+        let own = |s: Option<Cow<'a, str>>| s.map(|s| Cow::Owned(s.into_owned()));
+        Draft {
+            kind: self.kind,
+            queue: own(self.queue),
+            id: own(self.id),
+            attempt: self.attempt,
+            duration_ms: self.duration_ms,
+            error: own(self.error),
+            retry_at: own(self.retry_at),
+            reason: own(self.reason),
+        }
     }
 
     /// The stamped event as JSON, written directly (the daemon writes one per
@@ -207,18 +232,19 @@ impl Draft {
 
     /// Stamps the draft.
     pub fn stamp(self, node: &str, at: String, seq: u64) -> Event {
+        let own = |s: Option<Cow<'a, str>>| s.map(Cow::into_owned);
         Event {
             kind: self.kind,
-            queue: self.queue,
-            id: self.id,
+            queue: own(self.queue),
+            id: own(self.id),
             attempt: self.attempt,
             node: node.to_owned(),
             at,
             seq,
             duration_ms: self.duration_ms,
-            error: self.error,
-            retry_at: self.retry_at,
-            reason: self.reason,
+            error: own(self.error),
+            retry_at: own(self.retry_at),
+            reason: own(self.reason),
         }
     }
 }
@@ -281,42 +307,79 @@ pub struct Unnumbered {
     seq_at: usize,
 }
 
-impl Unnumbered {
-    /// Gives the event its number.
-    pub fn number(self, seq: u64) -> Numbered {
-        Numbered {
-            json: self.json,
-            seq_at: self.seq_at,
-            seq,
+/// Numbered events in the order they are published, written one after
+/// another, each ending in a newline: a replay stream entry's text is a run
+/// of them as it stands, and each one's own bytes are what is published.
+#[derive(Debug, Clone, Default)]
+pub struct EventBatch {
+    text: String,
+    /// Where each event ends (at its newline).
+    ends: Vec<usize>,
+}
+
+impl EventBatch {
+    /// Adds an event, giving it its number.
+    pub fn push(&mut self, event: &Unnumbered, seq: u64) {
+        if self.text.is_empty() {
+            // Most events are about the same size: one allocation will do.
+            self.text.reserve(event.json.len() * 64);
         }
+        let (head, tail) = event.json.split_at(event.seq_at);
+        self.text.push_str(head);
+        self.text.push_str(itoa::Buffer::new().format(seq));
+        self.text.push_str(tail);
+        self.end_event();
     }
-}
 
-/// An event's JSON, numbered; written out in pieces (its digits are not
-/// spliced into the text).
-#[derive(Debug, Clone)]
-pub struct Numbered {
-    json: String,
-    seq_at: usize,
-    seq: u64,
-}
-
-impl Numbered {
-    /// Writes the JSON.
-    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let (head, tail) = self.json.as_bytes().split_at(self.seq_at);
-        out.write_all(head)?;
-        out.write_all(itoa::Buffer::new().format(self.seq).as_bytes())?;
-        out.write_all(tail)
+    /// Adds an event written whole.
+    pub fn push_json(&mut self, json: &str) {
+        self.text.push_str(json);
+        self.end_event();
     }
-}
 
-impl std::fmt::Display for Numbered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (head, tail) = self.json.split_at(self.seq_at);
-        f.write_str(head)?;
-        f.write_str(itoa::Buffer::new().format(self.seq))?;
-        f.write_str(tail)
+    fn end_event(&mut self) {
+        self.ends.push(self.text.len());
+        self.text.push('\n');
+    }
+
+    /// Adds another batch's events after these.
+    pub fn append(&mut self, other: EventBatch) {
+        if self.text.is_empty() {
+            *self = other;
+            return;
+        }
+        let offset = self.text.len();
+        self.text.push_str(&other.text);
+        self.ends
+            .extend(other.ends.into_iter().map(|end| end + offset));
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each event's JSON, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&end| end + 1));
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.text[start..end])
+    }
+
+    /// Events `from..to` as lines, each ending in a newline.
+    pub fn lines(&self, from: usize, to: usize) -> &str {
+        let start = if from == 0 {
+            0
+        } else {
+            self.ends[from - 1] + 1
+        };
+        &self.text[start..=self.ends[to - 1]]
     }
 }
 
@@ -379,17 +442,37 @@ mod tests {
         ];
         for d in drafts {
             let direct = d.to_json("node-1", "2026-11-24T09:59:45.000Z", 42);
-            let mut written = Vec::new();
-            d.to_unnumbered("node-1", "2026-11-24T09:59:45.000Z")
-                .number(42)
-                .write_to(&mut written)
-                .expect("in memory");
-            assert_eq!(String::from_utf8(written).expect("utf-8"), direct);
+            let mut batch = EventBatch::default();
+            batch.push(&d.to_unnumbered("node-1", "2026-11-24T09:59:45.000Z"), 42);
+            assert_eq!(batch.iter().collect::<Vec<_>>(), [direct.as_str()]);
             let serde =
                 serde_json::to_string(&d.stamp("node-1", "2026-11-24T09:59:45.000Z".into(), 42))
                     .expect("json");
             assert_eq!(direct, serde);
         }
+    }
+
+    #[test]
+    fn a_batch_is_lines_of_events_that_can_be_taken_apart() {
+        let mut batch = EventBatch::default();
+        let draft = Draft::job(EventType::Started, "q", "j\n1", 1);
+        for seq in [7, 8] {
+            batch.push(&draft.to_unnumbered("n", "t"), seq);
+        }
+        let mut more = EventBatch::default();
+        more.push_json(r#"{"seq":9}"#);
+        batch.append(more);
+        assert_eq!(batch.len(), 3);
+        let events: Vec<&str> = batch.iter().collect();
+        assert!(events[0].contains(r#""id":"j\n1""#) && events[0].contains(r#""seq":7"#));
+        assert!(events[1].contains(r#""seq":8"#));
+        assert_eq!(events[2], r#"{"seq":9}"#);
+        assert_eq!(
+            batch.lines(0, 3),
+            format!("{}\n{}\n{}\n", events[0], events[1], events[2])
+        );
+        assert_eq!(batch.lines(1, 2), format!("{}\n", events[1]));
+        assert_eq!(batch.lines(2, 3).lines().collect::<Vec<_>>(), [events[2]]);
     }
 
     #[test]

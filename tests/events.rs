@@ -454,17 +454,19 @@ async fn monitor_since_replays_from_the_stream() {
     let daemon = TestDaemon::start(config(&redis, &queue("")), builtin());
     push(&redis, "past-1", json!({})).await;
     let mut conn = redis.conn().await;
-    // Each stream entry holds the events of one write (the field `event`,
-    // repeated); in order, they are the events published.
+    // Each stream entry holds events of one write as the lines of one field
+    // `events`, each line ending in a newline; in order, they are the events
+    // published.
     type Entries = Vec<(String, Vec<(String, String)>)>;
     let events_of = |entries: &[(String, Vec<(String, String)>)]| -> Vec<String> {
         entries
             .iter()
-            .flat_map(|(_, fields)| {
-                fields
-                    .iter()
-                    .filter(|(k, _)| k == "event")
-                    .map(|(_, v)| v.clone())
+            .flat_map(|(id, fields)| {
+                assert!(
+                    fields.len() == 1 && fields[0].0 == "events" && fields[0].1.ends_with('\n'),
+                    "entry {id}: {fields:?}"
+                );
+                fields[0].1.lines().map(str::to_owned)
             })
             .collect()
     };
@@ -526,6 +528,45 @@ async fn monitor_since_replays_from_the_stream() {
     signal(&child, 2);
     assert_eq!(wait_exit(&mut child, WAIT), Some(0));
     daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_enqueued_by_the_cli_are_replayed_plain_and_unique() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), &redis, &queue(""));
+    let enqueue = |extra: &[&str]| {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "enqueue", Q, "{}"];
+        args.extend_from_slice(extra);
+        let (code, id, err) = run_cli(&args);
+        assert_eq!(code, 0, "{err}");
+        id.trim().to_owned()
+    };
+    // A plain job's event is written by a pipeline, a unique job's by its
+    // script: both as lines of an entry's field `events`.
+    let ids = [enqueue(&[]), enqueue(&["--unique-for", "1h"])];
+    let (mut child, lines, logs) = monitor(&cfg, &["--json", "--since", "10m"]);
+    wait_until("both replayed", WAIT, || {
+        let n = lines.lock().unwrap().len();
+        async move { n >= 2 }
+    })
+    .await;
+    let replayed: Vec<Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (event, id) in replayed.iter().zip(&ids) {
+        assert_eq!(
+            (event["type"].as_str(), event["id"].as_str()),
+            (Some("job.enqueued"), Some(id.as_str())),
+            "{replayed:?}\n{}",
+            logs.lines().join("\n")
+        );
+    }
+    signal(&child, 2);
+    assert_eq!(wait_exit(&mut child, WAIT), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use redis::Value;
 
 use super::events::{EventSink, StatusUpdate};
 use super::{Broker, BrokerError, QueueKeys, keys, scripts};
+use crate::event::EventBatch;
 
 /// A job to enqueue.
 #[derive(Debug, Clone)]
@@ -92,7 +93,10 @@ impl Broker {
         // one call, so each precedes its push; a unique job's script writes
         // its own, and only if it is enqueued.
         let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
-        let events: Vec<&str> = plain.iter().filter_map(|j| j.event.as_deref()).collect();
+        let mut events = EventBatch::default();
+        for event in plain.iter().filter_map(|j| j.event.as_deref()) {
+            events.push_json(event);
+        }
         let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
         // Published only if anyone listens (checked as they are published);
         // the replay stream gets them all the same.

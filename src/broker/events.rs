@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 
-use redis::{RedisWrite, ToRedisArgs};
-
 use super::{Broker, BrokerError, keys};
-use crate::event::Numbered;
+use crate::event::EventBatch;
 
 /// Where events go.
 #[derive(Debug, Clone)]
@@ -46,7 +44,7 @@ pub struct StatusUpdate {
 impl Broker {
     /// Up to `count` stream entries after `after` (exclusive; a stream id,
     /// or `ms-0` for a time): `(entry id, its events in order)`. An entry
-    /// holds the events of one write, up to 16.
+    /// holds events of one write, one per line of its field `events`.
     pub async fn replay(
         &self,
         stream: &str,
@@ -67,8 +65,12 @@ impl Broker {
             .map(|(id, fields)| {
                 let events = fields
                     .into_iter()
-                    .filter(|(k, _)| k == "event")
-                    .map(|(_, event)| event)
+                    .flat_map(|(k, v)| match k.as_str() {
+                        "events" => v.lines().map(str::to_owned).collect(),
+                        // A field per event: entries of earlier versions.
+                        "event" => vec![v],
+                        _ => Vec::new(),
+                    })
                     .collect();
                 (id, events)
             })
@@ -114,27 +116,15 @@ impl Subscription {
     }
 }
 
-/// Most events in one replay stream entry (the field `event` repeated).
-/// One XADD per event was most of what an event cost Redis.
-const EVENTS_PER_ENTRY: usize = 16;
-
-/// A numbered event is written into the command as it goes, without being
-/// put together first.
-impl ToRedisArgs for Numbered {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        let mut arg = out.writer_for_next_arg();
-        // Writing into memory cannot fail.
-        let _in_memory = self.write_to(&mut arg);
-    }
-}
+/// Most events in one replay stream entry, written as lines of one field
+/// `events`. An entry per event, or a field per event, was most of what an
+/// event cost Redis (per event, all told: 1.6 µs one per entry, 0.44 µs 16
+/// fields per entry, 0.16 µs 64 lines in one field).
+const EVENTS_PER_ENTRY: usize = 64;
 
 /// Adds a PUBLISH of each event (no replies).
-pub(crate) fn add_publish(
-    pipe: &mut redis::Pipeline,
-    sink: &EventSink,
-    events: &[impl ToRedisArgs],
-) {
-    for e in events {
+pub(crate) fn add_publish(pipe: &mut redis::Pipeline, sink: &EventSink, events: &EventBatch) {
+    for e in events.iter() {
         pipe.cmd("PUBLISH").arg(&sink.channel).arg(e).ignore();
     }
 }
@@ -146,38 +136,42 @@ pub(crate) fn add_publish(
 pub(crate) fn add_publish_if_heard(
     pipe: &mut redis::Pipeline,
     sink: &EventSink,
-    events: &[impl AsRef<str>],
+    events: &EventBatch,
 ) {
     if events.is_empty() {
         return;
     }
     let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
     inv.arg(&sink.channel);
-    for e in events {
-        inv.arg(e.as_ref());
+    for e in events.iter() {
+        inv.arg(e);
     }
     pipe.invoke_script(&inv).ignore();
 }
 
-/// Appends events to the replay stream, if there is one, up to
-/// [`EVENTS_PER_ENTRY`] per entry, trimmed so the stream keeps about
-/// `stream_maxlen` events (no replies).
-pub(crate) fn add_stream(
-    pipe: &mut redis::Pipeline,
-    sink: &EventSink,
-    events: &[impl ToRedisArgs],
-) {
+/// Appends events to the replay stream, if there is one (no replies): in
+/// entries of up to [`EVENTS_PER_ENTRY`] events as even as they come,
+/// trimmed so that the stream keeps about `stream_maxlen` events.
+pub(crate) fn add_stream(pipe: &mut redis::Pipeline, sink: &EventSink, events: &EventBatch) {
     let Some((stream, keep)) = &sink.stream else {
         return;
     };
-    for entry in events.chunks(EVENTS_PER_ENTRY) {
-        let entries = keep.div_ceil(entry.len() as u64);
-        let cmd = pipe.cmd("XADD");
-        cmd.arg(stream).arg("MAXLEN").arg("~").arg(entries).arg("*");
-        for e in entry {
-            cmd.arg("event").arg(e);
-        }
-        cmd.ignore();
+    let n = events.len();
+    if n == 0 {
+        return;
+    }
+    let per_entry = n.div_ceil(n.div_ceil(EVENTS_PER_ENTRY));
+    let entries = keep.div_ceil(per_entry as u64);
+    for from in (0..n).step_by(per_entry) {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(entries)
+            .arg("*")
+            .arg("events")
+            .arg(events.lines(from, (from + per_entry).min(n)))
+            .ignore();
     }
 }
 

@@ -7,7 +7,7 @@ use redis::{Pipeline, ServerErrorKind, Value};
 use super::events::{EventSink, StatusUpdate};
 use super::queue::{Outcome, QueueStore};
 use super::{Broker, BrokerError, scripts};
-use crate::event::Numbered;
+use crate::event::EventBatch;
 
 /// Most outcomes in one script call, so that no call keeps Redis busy long.
 const MAX_PER_CALL: usize = 500;
@@ -38,10 +38,10 @@ pub struct Written {
 pub struct Notices<'a> {
     /// Events of an earlier batch to publish now (already in the replay
     /// stream).
-    pub republish: &'a [Numbered],
+    pub republish: &'a EventBatch,
     /// New events: they go to the replay stream, and are published too if
     /// `heard`.
-    pub events: &'a [Numbered],
+    pub events: &'a EventBatch,
     /// Whether anyone subscribed at the last look; while nobody does, Redis
     /// would drop what is published.
     pub heard: bool,

@@ -33,7 +33,7 @@ struct Recovery {
     item: Vec<u8>,
     to: RecoverTo,
     replacement: Vec<u8>,
-    event: Draft,
+    event: Draft<'static>,
 }
 
 impl Reaper {
@@ -122,13 +122,23 @@ impl Reaper {
                     env.set_error(&error);
                     env.died_at = Some(now_rfc3339());
                     tracing::warn!(%queue, id = %env.id, deliveries = env.deliveries, "quarantined a poison job in the dead letter list");
-                    let event = Draft::job(EventType::Dead, queue, &env.id, env.attempt)
-                        .error(error)
-                        .reason("poison");
+                    let event = Draft::job(
+                        EventType::Dead,
+                        queue.to_owned(),
+                        env.id.clone(),
+                        env.attempt,
+                    )
+                    .error(error)
+                    .reason("poison");
                     (RecoverTo::Dead, env, event)
                 } else {
-                    let event = Draft::job(EventType::Recovered, queue, &env.id, env.attempt)
-                        .reason("crash");
+                    let event = Draft::job(
+                        EventType::Recovered,
+                        queue.to_owned(),
+                        env.id.clone(),
+                        env.attempt,
+                    )
+                    .reason("crash");
                     (RecoverTo::Queue, env, event)
                 }
             }
@@ -137,7 +147,7 @@ impl Reaper {
                 let error = malformed.to_string();
                 env.set_error(&error);
                 env.died_at = Some(now_rfc3339());
-                let event = Draft::job(EventType::Dead, queue, &env.id, 0)
+                let event = Draft::job(EventType::Dead, queue.to_owned(), env.id.clone(), 0)
                     .error(error)
                     .reason("malformed");
                 (RecoverTo::Dead, env, event)

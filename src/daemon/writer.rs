@@ -31,7 +31,7 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
-use crate::event::{Draft, Numbered, Unnumbered};
+use crate::event::{Draft, EventBatch, Unnumbered};
 use crate::job::with_now_rfc3339;
 
 /// Events and status updates waiting to be written, at most.
@@ -96,7 +96,7 @@ struct EventShared {
 impl Events {
     /// Stamps and queues an event; never waits. It is written here, by
     /// whoever emits it, so the writer only numbers it.
-    pub(crate) fn emit(&self, draft: Draft) {
+    pub(crate) fn emit(&self, draft: Draft<'_>) {
         let event = with_now_rfc3339(|at| draft.to_unnumbered(&self.shared.node, at));
         let skipped = self.shared.skipped.swap(0, Ordering::Relaxed);
         if self
@@ -169,7 +169,7 @@ pub(crate) struct Writer {
     /// new subscriber misses nothing that happened after it came.
     heard: bool,
     /// Events of a flush sent unheard, to publish with the next.
-    republish: Vec<Numbered>,
+    republish: EventBatch,
     /// Flushes under way whose events went unpublished: until they land,
     /// new events are not published either (they would overtake those).
     unheard_in_flight: usize,
@@ -217,7 +217,7 @@ fn with_capacity(
         seq: 0,
         lane: None,
         heard: false,
-        republish: Vec::new(),
+        republish: EventBatch::default(),
         unheard_in_flight: 0,
         retried: Vec::new(),
         retry: Retry::new("recording job outcomes"),
@@ -232,7 +232,7 @@ struct Flight {
     /// How many events it carried.
     events: usize,
     /// Its events, if it was sent while nobody listened.
-    unheard: Vec<Numbered>,
+    unheard: EventBatch,
     /// Per request, whether it was recorded; and the channel's subscribers.
     result: Result<(Vec<bool>, u64), BrokerError>,
 }
@@ -252,8 +252,8 @@ struct Prepared {
     sink: EventSink,
     stores: Vec<QueueStore>,
     requests: Vec<Request>,
-    events: Vec<Numbered>,
-    republish: Vec<Numbered>,
+    events: EventBatch,
+    republish: EventBatch,
     heard: bool,
     statuses: Vec<StatusUpdate>,
 }
@@ -311,7 +311,11 @@ impl Prepared {
         drop(groups);
         Flight {
             events: self.events.len() + self.republish.len(),
-            unheard: if self.heard { Vec::new() } else { self.events },
+            unheard: if self.heard {
+                EventBatch::default()
+            } else {
+                self.events
+            },
             requests: self.requests,
             result,
         }
@@ -463,7 +467,7 @@ impl Writer {
     /// Takes in how many subscribed when a flush ran (`None`: it failed):
     /// if anyone did and the flush's events went unpublished, they go out
     /// with the next.
-    fn heard_by(&mut self, subscribers: Option<u64>, unheard: Vec<Numbered>) {
+    fn heard_by(&mut self, subscribers: Option<u64>, unheard: EventBatch) {
         if !unheard.is_empty() {
             self.unheard_in_flight -= 1;
         }
@@ -472,20 +476,20 @@ impl Writer {
         };
         self.heard = subscribers > 0;
         if self.heard {
-            self.republish.extend(unheard);
+            self.republish.append(unheard);
         }
     }
 
     /// Numbers the events (in the order they will be published) and packs
     /// everything into an owned flush.
     fn prepare(&mut self, requests: Vec<Request>, notes: Vec<Note>) -> Prepared {
-        let mut events = Vec::new();
+        let mut events = EventBatch::default();
         let mut statuses = Vec::new();
         for n in notes {
             match n {
                 Note::Event(event, skipped) => {
                     self.seq += 1 + skipped;
-                    events.push(event.number(self.seq));
+                    events.push(&event, self.seq);
                 }
                 Note::Status(s) => statuses.push(s),
             }
@@ -547,7 +551,9 @@ mod tests {
         events.emit(Draft::node(EventType::NodeStopped));
         match writer.notes.try_recv() {
             Ok(Note::Event(e, skipped)) => {
-                let e = e.number(9).to_string();
+                let mut batch = EventBatch::default();
+                batch.push(&e, 9);
+                let e = batch.iter().collect::<String>();
                 assert!(e.contains(r#""type":"node.stopped""#), "{e}");
                 assert_eq!(skipped, 3);
             }

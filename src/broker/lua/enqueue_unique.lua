@@ -26,7 +26,7 @@ end
 if ARGV[5] ~= '' then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   if tonumber(ARGV[7]) > 0 then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[6])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'events', ARGV[6] .. '\n')
   end
 end
 if tonumber(ARGV[3]) > 0 then

@@ -427,7 +427,7 @@ impl Processor {
                 requeued += 1;
                 if let Some((id, attempt)) = id {
                     self.emit(EventType::Recovered, |kind| {
-                        Draft::job(kind, &self.name, &id, attempt).reason(reason)
+                        Draft::job(kind, &*self.name, &id, attempt).reason(reason)
                     });
                 }
             }

@@ -98,7 +98,7 @@ impl Processor {
             .map(Duration::from_millis)
             .unwrap_or(self.config.timeout);
         self.emit(EventType::Started, |kind| {
-            Draft::job(kind, &self.name, job.id(), job.attempt())
+            Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
         self.track(job.id(), "running", job.attempt(), || {
             vec![("started_at", now_rfc3339())]
@@ -134,7 +134,7 @@ impl Processor {
         };
         if self.record(job.item_bytes(), outcome).await {
             self.emit(EventType::Succeeded, |kind| {
-                Draft::job(kind, &self.name, job.id(), job.attempt()).took(took)
+                Draft::job(kind, &*self.name, job.id(), job.attempt()).took(took)
             });
             self.track(job.id(), "succeeded", job.attempt(), || {
                 vec![("finished_at", now_rfc3339())]
@@ -146,7 +146,7 @@ impl Processor {
         self.completions.record();
         let message = error.to_string();
         let failed = |kind| {
-            Draft::job(kind, &self.name, job.id(), job.attempt())
+            Draft::job(kind, &*self.name, job.id(), job.attempt())
                 .took(took)
                 .error(message.clone())
         };
@@ -203,7 +203,7 @@ impl Processor {
             .await
         {
             self.emit(EventType::Recovered, |kind| {
-                Draft::job(kind, &self.name, job.id(), job.attempt()).reason("shutdown")
+                Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("shutdown")
             });
             self.track(job.id(), "waiting", job.envelope().attempt, Vec::new);
         }
@@ -211,7 +211,7 @@ impl Processor {
 
     fn died(&self, job: &Job, error: &str, reason: &str, attempt: u32) {
         self.emit(EventType::Dead, |kind| {
-            Draft::job(kind, &self.name, job.id(), attempt)
+            Draft::job(kind, &*self.name, job.id(), attempt)
                 .error(error)
                 .reason(reason)
         });
@@ -273,7 +273,7 @@ impl Processor {
         };
         if self.record(item, outcome).await {
             self.emit(EventType::Dead, |kind| {
-                Draft::job(kind, &self.name, &env.id, 0)
+                Draft::job(kind, &*self.name, &env.id, 0)
                     .error(error)
                     .reason("malformed")
             });
@@ -307,7 +307,7 @@ impl Processor {
 
     /// Emits an event of this kind, drafted only if the queue's `events`
     /// level lets it through.
-    pub(crate) fn emit(&self, kind: EventType, draft: impl FnOnce(EventType) -> Draft) {
+    pub(crate) fn emit<'a>(&self, kind: EventType, draft: impl FnOnce(EventType) -> Draft<'a>) {
         match self.config.events {
             EventLevel::Off => {}
             EventLevel::Outcomes if !kind.is_outcome() => {}
