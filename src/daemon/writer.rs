@@ -31,8 +31,8 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
-use crate::event::{Draft, EventBatch, Unnumbered};
-use crate::job::with_now_rfc3339;
+use crate::event::{Draft, EventBatch, Packed};
+use crate::job::{now_ms, rfc3339_ms};
 
 /// Events and status updates waiting to be written, at most.
 const EVENT_CAPACITY: usize = 16_384;
@@ -49,9 +49,9 @@ const IN_FLIGHT: usize = 2;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 enum Note {
-    /// An event, written out but for its `seq`, and how many were dropped
-    /// before it.
-    Event(Unnumbered, u64),
+    /// An event, when it happened (ms since the epoch), and how many were
+    /// dropped before it.
+    Event(Packed, i64, u64),
     Status(StatusUpdate),
 }
 
@@ -94,15 +94,15 @@ struct EventShared {
 }
 
 impl Events {
-    /// Stamps and queues an event; never waits. It is written here, by
-    /// whoever emits it, so the writer only numbers it.
+    /// Queues an event; never waits. The writer stamps it and writes it
+    /// straight into the text of its flush.
     pub(crate) fn emit(&self, draft: Draft<'_>) {
-        let event = with_now_rfc3339(|at| draft.to_unnumbered(&self.shared.node, at));
+        let at = now_ms();
         let skipped = self.shared.skipped.swap(0, Ordering::Relaxed);
         if self
             .shared
             .tx
-            .try_send(Note::Event(event, skipped))
+            .try_send(Note::Event(draft.pack(), at, skipped))
             .is_err()
         {
             self.shared
@@ -160,6 +160,8 @@ pub(crate) struct Writer {
     events: Events,
     /// The last `seq` given.
     seq: u64,
+    /// The last event time written, and as text.
+    at: (i64, String),
     /// The connection of the flushes under way; replaced after a failure.
     lane: Option<Lane>,
     /// Whether anyone subscribed to the events channel at the last flush.
@@ -215,6 +217,7 @@ fn with_capacity(
         notes,
         events: events.clone(),
         seq: 0,
+        at: (i64::MIN, String::new()),
         lane: None,
         heard: false,
         republish: EventBatch::default(),
@@ -337,11 +340,14 @@ impl Writer {
         let mut warned = (Instant::now(), 0u64);
         loop {
             let room = flights.len() < IN_FLIGHT;
-            let idle = pending.is_empty()
-                && notes.is_empty()
-                && self.retried.is_empty()
-                && self.republish.is_empty();
-            if !room || idle {
+            let no_outcomes = pending.is_empty() && self.retried.is_empty();
+            let idle = no_outcomes && notes.is_empty() && self.republish.is_empty();
+            // Events alone wait for the flush under way, then go with
+            // whatever outcomes came meanwhile: a round trip of their own
+            // for each would cost more than writing them (a busy daemon
+            // made half again as many with outcome events on).
+            let hold = no_outcomes && !flights.is_empty();
+            if !room || idle || hold {
                 tokio::select! {
                     biased;
                     Some(flight) = flights.next(), if !flights.is_empty() => {
@@ -352,7 +358,7 @@ impl Writer {
                         Some(r) => pending.push(r),
                         None => break,
                     },
-                    note = self.notes.recv(), if room => match note {
+                    note = self.notes.recv(), if room && !hold => match note {
                         Some(n) => notes.push(n),
                         None => break,
                     },
@@ -487,9 +493,13 @@ impl Writer {
         let mut statuses = Vec::new();
         for n in notes {
             match n {
-                Note::Event(event, skipped) => {
+                Note::Event(event, at, skipped) => {
                     self.seq += 1 + skipped;
-                    events.push(&event, self.seq);
+                    if self.at.0 != at {
+                        self.at = (at, rfc3339_ms(at));
+                    }
+                    let node = &self.events.shared.node;
+                    events.push(&event.draft(), node, &self.at.1, self.seq);
                 }
                 Note::Status(s) => statuses.push(s),
             }
@@ -542,7 +552,7 @@ mod tests {
         }
         assert_eq!(events.dropped(), 3);
         let mut skips = Vec::new();
-        while let Ok(Note::Event(_, skipped)) = writer.notes.try_recv() {
+        while let Ok(Note::Event(_, _, skipped)) = writer.notes.try_recv() {
             skips.push(skipped);
         }
         assert_eq!(skips, [0, 0]);
@@ -550,9 +560,9 @@ mod tests {
         // its seq leaves a gap of three: subscribers see what they missed.
         events.emit(Draft::node(EventType::NodeStopped));
         match writer.notes.try_recv() {
-            Ok(Note::Event(e, skipped)) => {
+            Ok(Note::Event(e, _, skipped)) => {
                 let mut batch = EventBatch::default();
-                batch.push(&e, 9);
+                batch.push(&e.draft(), "n1", "t", 9);
                 let e = batch.iter().collect::<String>();
                 assert!(e.contains(r#""type":"node.stopped""#), "{e}");
                 assert_eq!(skipped, 3);
