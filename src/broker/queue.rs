@@ -14,7 +14,8 @@ use super::{Broker, BrokerError, QueueKeys, scripts};
 pub enum Outcome {
     /// Done. Releases the job's unique lock, if it holds one.
     Succeeded {
-        /// The job id (owner of the unique lock).
+        /// The job id (owner of the unique lock); only read to release
+        /// one, so left empty without.
         id: String,
         /// The unique lock's key, if any.
         unique_key: Option<String>,

@@ -128,9 +128,12 @@ impl Processor {
     async fn succeed(&self, job: &Job, took: u64) {
         tracing::debug!(ms = took, "succeeded");
         self.completions.record();
+        let unique_key = job.envelope().unique_key.clone();
         let outcome = Outcome::Succeeded {
-            id: job.id().to_owned(),
-            unique_key: job.envelope().unique_key.clone(),
+            id: unique_key
+                .as_ref()
+                .map_or_else(String::new, |_| job.id().to_owned()),
+            unique_key,
         };
         if self.record(job.item_bytes(), outcome).await {
             self.emit(EventType::Succeeded, |kind| {
