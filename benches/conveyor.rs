@@ -70,15 +70,20 @@ const LIST: &str = "jobs:bench";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        ["off", "outcomes", "all"].contains(&args.events.as_str()),
+        "--events {:?}: give off, outcomes or all",
+        args.events
+    );
     let dir = tempfile::tempdir()?;
     let (server, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
         None => {
             let (child, url) = start_redis(dir.path())?;
-            (Some(child), url)
+            (Some(Server(child)), url)
         }
     };
-    let redis_pid = server.as_ref().map(|c| c.id());
+    let redis_pid = server.as_ref().map(|s| s.0.id());
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_connection()?;
     let version = info_field(&mut conn, "server", "redis_version").unwrap_or_default();
@@ -108,11 +113,19 @@ fn main() -> anyhow::Result<()> {
     if mode == "all" || mode == "enqueue" {
         enqueue(&args, &url, &mut conn, dir.path())?;
     }
-    if let Some(mut s) = server {
-        s.kill()?;
-        s.wait()?;
-    }
+    drop(server);
     Ok(())
+}
+
+/// The bench's own redis-server, stopped however the bench ends (it would
+/// otherwise outlive a failed run and hold the caller's output open).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _gone = self.0.kill();
+        let _reaped = self.0.wait();
+    }
 }
 
 fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
