@@ -204,12 +204,12 @@ impl<'a> Draft<'a> {
     /// [`Draft::stamp`]'s event.
     pub fn to_json(&self, node: &str, at: &str, seq: u64) -> String {
         let mut json = String::with_capacity(256);
-        self.write_json(&mut json, node, at, seq);
+        self.write_json(&mut json, &Stamp::new(node, at), seq);
         json
     }
 
     /// Appends the stamped event as JSON.
-    pub fn write_json(&self, out: &mut String, node: &str, at: &str, seq: u64) {
+    pub fn write_json(&self, out: &mut String, stamp: &Stamp, seq: u64) {
         write_json(
             out,
             Fields {
@@ -217,8 +217,7 @@ impl<'a> Draft<'a> {
                 queue: self.queue.as_deref(),
                 id: self.id.as_deref(),
                 attempt: self.attempt,
-                node,
-                at,
+                stamp,
                 seq,
                 duration_ms: self.duration_ms,
                 error: self.error.as_deref(),
@@ -270,14 +269,32 @@ impl<'a> Draft<'a> {
     }
 }
 
+/// Who published an event and when, written out once for all the events of
+/// a node in one millisecond: `,"node":…,"at":…,"seq":`, between an event's
+/// job fields and its number.
+#[derive(Debug, Clone)]
+pub struct Stamp(String);
+
+impl Stamp {
+    /// The stamp of events published by `node` at `at`.
+    pub fn new(node: &str, at: &str) -> Self {
+        let mut text = String::with_capacity(node.len() + at.len() + 24);
+        text.push_str(",\"node\":");
+        push_json_str(&mut text, node);
+        text.push_str(",\"at\":");
+        push_json_str(&mut text, at);
+        text.push_str(",\"seq\":");
+        Self(text)
+    }
+}
+
 /// An event's fields, borrowed, in wire order.
 struct Fields<'a> {
     kind: EventType,
     queue: Option<&'a str>,
     id: Option<&'a str>,
     attempt: Option<u32>,
-    node: &'a str,
-    at: &'a str,
+    stamp: &'a Stamp,
     seq: u64,
     duration_ms: Option<u64>,
     error: Option<&'a str>,
@@ -304,11 +321,7 @@ fn write_json(out: &mut String, f: Fields<'_>) {
         out.push_str(",\"attempt\":");
         out.push_str(itoa::Buffer::new().format(attempt));
     }
-    out.push_str(",\"node\":");
-    push_json_str(out, f.node);
-    out.push_str(",\"at\":");
-    push_json_str(out, f.at);
-    out.push_str(",\"seq\":");
+    out.push_str(&f.stamp.0);
     out.push_str(itoa::Buffer::new().format(f.seq));
     if let Some(ms) = f.duration_ms {
         out.push_str(",\"duration_ms\":");
@@ -393,12 +406,12 @@ pub struct EventBatch {
 
 impl EventBatch {
     /// Adds an event, stamped.
-    pub fn push(&mut self, draft: &Draft<'_>, node: &str, at: &str, seq: u64) {
+    pub fn push(&mut self, draft: &Draft<'_>, stamp: &Stamp, seq: u64) {
         if self.text.is_empty() {
             // Events are about the same size: one allocation for a batch.
             self.text.reserve(256 * 64);
         }
-        draft.write_json(&mut self.text, node, at, seq);
+        draft.write_json(&mut self.text, stamp, seq);
         self.end_event();
     }
 
@@ -533,7 +546,8 @@ mod tests {
         for d in drafts {
             let direct = d.to_json("node-1", "2026-11-24T09:59:45.000Z", 42);
             let mut batch = EventBatch::default();
-            batch.push(&d.pack().draft(), "node-1", "2026-11-24T09:59:45.000Z", 42);
+            let stamp = Stamp::new("node-1", "2026-11-24T09:59:45.000Z");
+            batch.push(&d.pack().draft(), &stamp, 42);
             assert_eq!(batch.iter().collect::<Vec<_>>(), [direct.as_str()]);
             let serde =
                 serde_json::to_string(&d.stamp("node-1", "2026-11-24T09:59:45.000Z".into(), 42))
@@ -547,7 +561,7 @@ mod tests {
         let mut batch = EventBatch::default();
         let draft = Draft::job(EventType::Started, "q", "j\n1", 1);
         for seq in [7, 8] {
-            batch.push(&draft, "n", "t", seq);
+            batch.push(&draft, &Stamp::new("n", "t"), seq);
         }
         let mut more = EventBatch::default();
         more.push_json(r#"{"seq":9}"#);

@@ -31,7 +31,7 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
-use crate::event::{Draft, EventBatch, Packed};
+use crate::event::{Draft, EventBatch, Packed, Stamp};
 use crate::job::{now_ms, rfc3339_ms};
 
 /// Events and status updates waiting to be written, at most.
@@ -160,8 +160,8 @@ pub(crate) struct Writer {
     events: Events,
     /// The last `seq` given.
     seq: u64,
-    /// The last event time written, and as text.
-    at: (i64, String),
+    /// The last event time written, and the stamp of that millisecond.
+    stamp: (i64, Stamp),
     /// The connection of the flushes under way; replaced after a failure.
     lane: Option<Lane>,
     /// Whether anyone subscribed to the events channel at the last flush.
@@ -217,7 +217,7 @@ fn with_capacity(
         notes,
         events: events.clone(),
         seq: 0,
-        at: (i64::MIN, String::new()),
+        stamp: (i64::MIN, Stamp::new(node, "")),
         lane: None,
         heard: false,
         republish: EventBatch::default(),
@@ -495,11 +495,11 @@ impl Writer {
             match n {
                 Note::Event(event, at, skipped) => {
                     self.seq += 1 + skipped;
-                    if self.at.0 != at {
-                        self.at = (at, rfc3339_ms(at));
+                    if self.stamp.0 != at {
+                        let node = &self.events.shared.node;
+                        self.stamp = (at, Stamp::new(node, &rfc3339_ms(at)));
                     }
-                    let node = &self.events.shared.node;
-                    events.push(&event.draft(), node, &self.at.1, self.seq);
+                    events.push(&event.draft(), &self.stamp.1, self.seq);
                 }
                 Note::Status(s) => statuses.push(s),
             }
@@ -562,7 +562,7 @@ mod tests {
         match writer.notes.try_recv() {
             Ok(Note::Event(e, _, skipped)) => {
                 let mut batch = EventBatch::default();
-                batch.push(&e.draft(), "n1", "t", 9);
+                batch.push(&e.draft(), &Stamp::new("n1", "t"), 9);
                 let e = batch.iter().collect::<String>();
                 assert!(e.contains(r#""type":"node.stopped""#), "{e}");
                 assert_eq!(skipped, 3);
