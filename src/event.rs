@@ -309,37 +309,34 @@ fn write_json(out: &mut String, f: Fields<'_>) {
     out.push_str("{\"type\":\"");
     out.push_str(f.kind.as_str());
     out.push('"');
-    if let Some(queue) = f.queue {
-        out.push_str(",\"queue\":");
-        push_json_str(out, queue);
-    }
-    if let Some(id) = f.id {
-        out.push_str(",\"id\":");
-        push_json_str(out, id);
-    }
-    if let Some(attempt) = f.attempt {
-        out.push_str(",\"attempt\":");
-        out.push_str(itoa::Buffer::new().format(attempt));
-    }
+    string_field(out, ",\"queue\":", f.queue);
+    string_field(out, ",\"id\":", f.id);
+    number_field(out, ",\"attempt\":", f.attempt.map(u64::from));
     out.push_str(&f.stamp.0);
     out.push_str(itoa::Buffer::new().format(f.seq));
-    if let Some(ms) = f.duration_ms {
-        out.push_str(",\"duration_ms\":");
-        out.push_str(itoa::Buffer::new().format(ms));
-    }
-    if let Some(error) = f.error {
-        out.push_str(",\"error\":");
-        push_json_str(out, error);
-    }
-    if let Some(at) = f.retry_at {
-        out.push_str(",\"retry_at\":");
-        push_json_str(out, at);
-    }
-    if let Some(reason) = f.reason {
-        out.push_str(",\"reason\":");
-        push_json_str(out, reason);
-    }
+    number_field(out, ",\"duration_ms\":", f.duration_ms);
+    string_field(out, ",\"error\":", f.error);
+    string_field(out, ",\"retry_at\":", f.retry_at);
+    string_field(out, ",\"reason\":", f.reason);
     out.push('}');
+}
+
+/// `name` (with its quotes, colon and leading comma) and the string, if any.
+#[inline]
+fn string_field(out: &mut String, name: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push_str(name);
+        push_json_str(out, value);
+    }
+}
+
+/// `name` (as for [`string_field`]) and the number, if any.
+#[inline]
+fn number_field(out: &mut String, name: &str, value: Option<u64>) {
+    if let Some(value) = value {
+        out.push_str(name);
+        out.push_str(itoa::Buffer::new().format(value));
+    }
 }
 
 /// Most bytes of queue name and id a [`Packed`] draft holds inline.
