@@ -344,6 +344,15 @@ fn monitor(cfg: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Arc<Mutex<Vec<
     (child, lines, logs)
 }
 
+/// Waits until a monitor has printed at least `n` lines.
+async fn printed(lines: &Mutex<Vec<String>>, what: &str, n: usize) {
+    wait_until(what, WAIT, || {
+        let printed = lines.lock().unwrap().len();
+        async move { printed >= n }
+    })
+    .await;
+}
+
 async fn subscribers(redis: &Redis) -> u64 {
     let mut conn = redis.conn().await;
     let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
@@ -376,12 +385,7 @@ async fn monitor_json_prints_exactly_what_was_published() {
         })
         .await;
     let published = heard.0.lock().unwrap().clone();
-    let want = published.len();
-    wait_until("monitor printed them all", WAIT, || {
-        let n = lines.lock().unwrap().len();
-        async move { n >= want }
-    })
-    .await;
+    printed(&lines, "monitor printed them all", published.len()).await;
     assert_eq!(
         *lines.lock().unwrap(),
         published,
@@ -518,12 +522,7 @@ async fn monitor_since_replays_from_the_stream() {
     let first_id = &stored[0].0;
     let after_first = events_of(&stored[1..]);
     let (mut child, lines, _logs) = monitor(&cfg, &["--json", "--since", first_id]);
-    let want = after_first.len();
-    wait_until("replayed after the id", WAIT, || {
-        let n = lines.lock().unwrap().len();
-        async move { n >= want }
-    })
-    .await;
+    printed(&lines, "replayed after the id", after_first.len()).await;
     assert_eq!(lines.lock().unwrap()[..after_first.len()], after_first[..]);
     signal(&child, 2);
     assert_eq!(wait_exit(&mut child, WAIT), Some(0));
@@ -546,11 +545,7 @@ async fn jobs_enqueued_by_the_cli_are_replayed_plain_and_unique() {
     // script: both as lines of an entry's field `events`.
     let ids = [enqueue(&[]), enqueue(&["--unique-for", "1h"])];
     let (mut child, lines, logs) = monitor(&cfg, &["--json", "--since", "10m"]);
-    wait_until("both replayed", WAIT, || {
-        let n = lines.lock().unwrap().len();
-        async move { n >= 2 }
-    })
-    .await;
+    printed(&lines, "both replayed", 2).await;
     let replayed: Vec<Value> = lines
         .lock()
         .unwrap()
