@@ -78,6 +78,11 @@ pub struct DaemonConfig {
     /// Crash deliveries after which a job is dead-lettered as poison.
     #[serde(default = "default_max_deliveries")]
     pub max_deliveries: u32,
+    /// Threads that run the daemon's tasks. One keeps up with Redis (a job
+    /// costs the daemon less CPU than it costs Redis), and more add the cost
+    /// of handing work between them; raise it for handlers that compute.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 /// `[events]`
@@ -243,6 +248,9 @@ fn default_node_ttl() -> Duration {
 fn default_max_deliveries() -> u32 {
     DEFAULT_MAX_DELIVERIES
 }
+fn default_threads() -> usize {
+    1
+}
 fn default_events_channel() -> String {
     "conveyor:events".into()
 }
@@ -316,6 +324,7 @@ impl Default for DaemonConfig {
             heartbeat_interval: default_heartbeat_interval(),
             node_ttl: default_node_ttl(),
             max_deliveries: default_max_deliveries(),
+            threads: default_threads(),
         }
     }
 }
@@ -562,6 +571,9 @@ impl Config {
         if d.max_deliveries == 0 {
             return invalid("daemon.max_deliveries must be at least 1".into());
         }
+        if d.threads == 0 || d.threads > 256 {
+            return invalid("daemon.threads must be between 1 and 256".into());
+        }
         if self.redis.pool_size == 0 {
             return invalid("redis.pool_size must be at least 1".into());
         }
@@ -717,6 +729,7 @@ mod tests {
         assert_eq!(c.daemon.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(c.daemon.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.daemon.node_ttl, Duration::from_secs(30));
+        assert_eq!(c.daemon.threads, 1);
         assert_eq!(q.max_attempts, 25);
         assert_eq!(q.backoff.base, Duration::from_secs(15));
         assert_eq!(q.backoff.max, Duration::from_secs(3600));

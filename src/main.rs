@@ -1,4 +1,4 @@
-//! The `conveyor` binary: parse, set up logging, dispatch, and map errors to
+//! The `conveyor` binary: parse, set up logging, execute, and map errors to
 //! sysexits codes (64 usage, 65 bad input, 69 unavailable, 78 config).
 
 use std::process::ExitCode;
@@ -23,17 +23,7 @@ fn main() -> ExitCode {
     // A handler's panic is caught and fails its job; say so in one log line
     // rather than a backtrace on stderr.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panicked")));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("conveyor: cannot start the async runtime: {e}");
-            return ExitCode::from(cli::EX_OSERR);
-        }
-    };
-    match runtime.block_on(cli::dispatch(cli)) {
+    match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             conveyor::logging::fatal(&format!("{e:#}"));

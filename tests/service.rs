@@ -348,3 +348,40 @@ fn a_config_error_exits_78_without_ready() {
         notify.messages()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_on_the_configured_threads() {
+    let redis = Redis::start();
+    for (setting, threads) in [("", 1), ("threads = 3", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_file_with(
+            dir.path(),
+            &redis,
+            &format!("shutdown_timeout = \"5s\"\n{setting}"),
+            "[queues.work]\nhandler = \"noop\"\n",
+        );
+        let (mut running, logs) = spawn_logged(daemon(&cfg));
+        wait_until("the daemon starting", WAIT, || {
+            let logs = logs.clone();
+            async move { logs.contains(" starting ") }
+        })
+        .await;
+        let starting = logs.lines().into_iter().find(|l| l.contains(" starting "));
+        assert!(
+            starting
+                .as_deref()
+                .is_some_and(|l| l.contains(&format!(" threads={threads}"))),
+            "{setting:?}: {starting:?}"
+        );
+        stop(&mut running);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file_with(dir.path(), &redis, "threads = 0", "");
+    let out = daemon(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("daemon.threads must be between 1 and 256"),
+        "{stderr}"
+    );
+}

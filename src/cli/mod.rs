@@ -76,24 +76,47 @@ impl Command {
     }
 }
 
-/// Runs a parsed command line.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line. The daemon sizes its runtime from its
+/// configuration; the other commands run on one of the machine's size.
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {
-        Command::Run(args) => run::run(config, args).await,
-        Command::Enqueue(args) => enqueue::run(config, args).await,
-        Command::Dead(args) => dead::run(config, args).await,
-        Command::Monitor(args) => monitor::run(config, args).await,
-        Command::Stats(args) => stats::run(config, args).await,
-        Command::Status(args) => status::run(config, args).await,
-        Command::Check(args) => check::run(config, args).await,
+        Command::Run(args) => run::run(config, args),
+        Command::Enqueue(args) => block_on(enqueue::run(config, args)),
+        Command::Dead(args) => block_on(dead::run(config, args)),
+        Command::Monitor(args) => block_on(monitor::run(config, args)),
+        Command::Stats(args) => block_on(stats::run(config, args)),
+        Command::Status(args) => block_on(status::run(config, args)),
+        Command::Check(args) => block_on(check::run(config, args)),
     }
+}
+
+fn block_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    runtime(None)?.block_on(command)
+}
+
+/// An async runtime of `threads` worker threads (the machine's cores when
+/// `None`).
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| OsError(format!("cannot start the async runtime: {e}")).into())
 }
 
 /// The command was used wrongly (exit 64).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The operating system refused something (exit 71).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OsError(pub String);
 
 /// The input data was bad (exit 65).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +131,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<InputError>() {
             return EX_DATAERR;
+        }
+        if cause.is::<OsError>() {
+            return EX_OSERR;
         }
         if cause.is::<ConfigError>() {
             return EX_CONFIG;
@@ -164,6 +190,7 @@ mod tests {
         let code = |e: anyhow::Error| exit_code(&e);
         assert_eq!(code(UsageError("x".into()).into()), 64);
         assert_eq!(code(InputError("x".into()).into()), 65);
+        assert_eq!(code(OsError("x".into()).into()), 71);
         assert_eq!(code(ConfigError::Invalid("x".into()).into()), 78);
         let unreachable = BrokerError::Unreachable {
             url: "redis://h".into(),

@@ -18,8 +18,9 @@ pub struct Args {
     pub concurrency: Option<u32>,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT, on a runtime of the configured
+/// number of threads.
+pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let mut config = load_config(config_path)?;
     if !args.queues.is_empty() {
         for q in &args.queues {
@@ -47,8 +48,10 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         }
     }
     crate::logging::effective_config(&config);
-    let shutdown = Shutdown::new();
-    let _signals = shutdown.listen_for_signals()?;
-    daemon::run(config, &Registry::builtin(), shutdown).await?;
-    Ok(())
+    super::runtime(Some(config.daemon.threads))?.block_on(async {
+        let shutdown = Shutdown::new();
+        let _signals = shutdown.listen_for_signals()?;
+        daemon::run(config, &Registry::builtin(), shutdown).await?;
+        Ok(())
+    })
 }

@@ -174,6 +174,7 @@ pub async fn run_as(
         redis = %broker.url(),
         queues = %config.queues.keys().cloned().collect::<Vec<_>>().join(","),
         slots,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "starting"
     );
     notify::status(&format!("connecting to Redis at {}", broker.url()));
