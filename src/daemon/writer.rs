@@ -354,8 +354,9 @@ impl Writer {
             // for outcomes, and go with whatever came meanwhile: a round
             // trip of their own would cost more than writing them.
             let lingering = if !idle && no_outcomes && flights.is_empty() {
-                let until = *linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
-                (tokio::time::Instant::now() < until).then_some(until)
+                let now = tokio::time::Instant::now();
+                let until = *linger.get_or_insert(now + LINGER);
+                (now < until).then_some(until)
             } else {
                 linger = None;
                 None
