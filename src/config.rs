@@ -37,8 +37,16 @@ pub struct Config {
     #[serde(default)]
     pub email: EmailConfig,
     /// The queues, by name; the name is the table's name.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "queues::deserialize",
+        serialize_with = "queues::serialize"
+    )]
     pub queues: BTreeMap<String, QueueConfig>,
+    /// The directory relative paths are relative to: the config file's, or
+    /// the working directory when there is no file.
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 /// `[redis]`
@@ -165,6 +173,19 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+impl Backoff {
+    /// Delay before retrying after failed run number `attempt` (1-based):
+    /// `base * 2^(attempt-1)` capped at `max`, then "equal jitter" (a random
+    /// point in its upper half) so that jobs that failed together do not all
+    /// come back together, while each still waits at least half its delay.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        let full = self.base.saturating_mul(exp).min(self.max);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
 /// `rate_limit = { limit = 10, window = "60s" }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -210,9 +231,6 @@ pub struct QueueConfig {
     /// Sliding-window limit on job starts.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
-    /// Channel of the `publish` handler.
-    #[serde(default)]
-    pub channel: Option<String>,
     /// Length cap of the dead letter list; the oldest entries go first.
     #[serde(default = "default_dead_max_jobs")]
     pub dead_max_jobs: u32,
@@ -222,6 +240,10 @@ pub struct QueueConfig {
     /// How long a status record outlives the job's last transition.
     #[serde(default = "default_track_ttl", with = "humantime_serde")]
     pub track_ttl: Duration,
+    /// The handler's own options: the table named after the handler inside
+    /// the queue's (`[queues.thumbs.exec]`), read by the handler itself.
+    #[serde(skip)]
+    pub options: Option<toml::Table>,
 }
 
 fn default_redis_url() -> MaskedUrl {
@@ -523,6 +545,7 @@ impl Config {
         // Relative paths are relative to the file, not to wherever the daemon
         // happens to be started from.
         let base = path.parent().unwrap_or(Path::new("."));
+        config.dir = base.to_owned();
         config.email.dir = base.join(&config.email.dir);
         if let Some(templates) = &config.email.templates {
             config.email.templates = Some(base.join(templates));
@@ -632,24 +655,6 @@ impl Config {
                     ));
                 }
             }
-            match (q.handler.as_str(), &q.channel) {
-                ("publish", None) => {
-                    return invalid(format!(
-                        "{} is required by the publish handler",
-                        at("channel")
-                    ));
-                }
-                ("publish", Some(c)) if c.is_empty() => {
-                    return invalid(format!("{} must not be empty", at("channel")));
-                }
-                ("publish", Some(_)) | (_, None) => {}
-                (other, Some(_)) => {
-                    return invalid(format!(
-                        "{} is only meaningful for the publish handler, not {other:?}",
-                        at("channel")
-                    ));
-                }
-            }
         }
         Ok(())
     }
@@ -665,6 +670,92 @@ impl Config {
     /// The effective configuration as TOML, secrets masked, for the startup log.
     pub fn masked_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+/// The `[queues]` table: each queue's table less the one named after its
+/// handler, which becomes [`QueueConfig::options`] for the handler to read.
+mod queues {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    use super::QueueConfig;
+
+    /// Settings of every queue that are tables themselves, not a handler's.
+    const OWN_TABLES: &[&str] = &["backoff", "rate_limit"];
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, QueueConfig>, D::Error> {
+        let tables = BTreeMap::<String, toml::Table>::deserialize(d)?;
+        tables
+            .into_iter()
+            .map(|(name, table)| {
+                queue(&name, table)
+                    .map(|q| (name.clone(), q))
+                    .map_err(|e| D::Error::custom(format!("queues.{name}: {e}")))
+            })
+            .collect()
+    }
+
+    fn queue(name: &str, mut table: toml::Table) -> Result<QueueConfig, String> {
+        let handler = table
+            .get("handler")
+            .and_then(|h| h.as_str())
+            .map(str::to_owned);
+        let mut options = match &handler {
+            Some(h) => match table.remove(h) {
+                Some(toml::Value::Table(options)) => Some(options),
+                Some(_) => return Err(format!("{h} must be a table of the {h} handler's options")),
+                None => None,
+            },
+            None => None,
+        };
+        // The publish handler's `channel` predates handler tables and is
+        // still accepted beside the queue's settings.
+        if handler.as_deref() == Some("publish") {
+            if let Some(channel) = table.remove("channel") {
+                let options = options.get_or_insert_with(toml::Table::new);
+                if options.contains_key("channel") {
+                    return Err("channel is given twice: here and in publish".into());
+                }
+                options.insert("channel".into(), channel);
+            }
+        }
+        if let Some((other, _)) = table
+            .iter()
+            .find(|(k, v)| v.is_table() && !OWN_TABLES.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "[queues.{name}.{other}] holds options of the {other:?} handler, but this \
+                 queue's handler is {:?}",
+                handler.as_deref().unwrap_or("not set")
+            ));
+        }
+        let mut q = QueueConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| e.to_string().trim_end().to_owned())?;
+        q.options = options;
+        Ok(q)
+    }
+
+    /// Each queue's table with its handler's options back in, as the file
+    /// has them.
+    pub(super) fn serialize<S: Serializer>(
+        queues: &BTreeMap<String, QueueConfig>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut out = BTreeMap::new();
+        for (name, q) in queues {
+            let mut table = toml::Table::try_from(q).map_err(S::Error::custom)?;
+            if let Some(options) = &q.options {
+                table.insert(q.handler.clone(), toml::Value::Table(options.clone()));
+            }
+            out.insert(name, table);
+        }
+        out.serialize(s)
     }
 }
 
@@ -759,15 +850,43 @@ mod tests {
     }
 
     #[test]
-    fn publish_needs_a_channel_and_others_refuse_one() {
-        let err = parse("[queues.o]\nhandler = \"publish\"\n")
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("queues.o.channel"), "{err}");
-        let err = parse("[queues.o]\nhandler = \"noop\"\nchannel = \"x\"\n")
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("only meaningful"), "{err}");
+    fn a_handler_table_becomes_its_options() {
+        let c = parse(
+            "[queues.t]\nhandler = \"exec\"\nconcurrency = 2\n[queues.t.exec]\ncommand = [\"w\"]\n",
+        );
+        let options = c.queues["t"].options.as_ref().expect("options");
+        assert_eq!(options["command"].as_array().map(Vec::len), Some(1));
+        assert_eq!(c.queues["t"].concurrency, 2);
+        let back = Config::from_toml(&c.masked_toml()).expect("the effective config parses");
+        assert_eq!(back.queues["t"].options, c.queues["t"].options);
+    }
+
+    #[test]
+    fn publish_keeps_its_channel_beside_the_queue_settings() {
+        let c = parse("[queues.o]\nhandler = \"publish\"\nchannel = \"orders\"\n");
+        let options = c.queues["o"].options.as_ref().expect("options");
+        assert_eq!(options["channel"].as_str(), Some("orders"));
+        let err = Config::from_toml(
+            "[queues.o]\nhandler = \"publish\"\nchannel = \"a\"\npublish = { channel = \"b\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("channel is given twice"), "{err}");
+    }
+
+    #[test]
+    fn options_of_another_handler_and_misplaced_settings_are_refused() {
+        let err =
+            Config::from_toml("[queues.o]\nhandler = \"noop\"\nchannel = \"x\"\n").unwrap_err();
+        assert!(err.contains("queues.o") && err.contains("channel"), "{err}");
+        let err =
+            Config::from_toml("[queues.o]\nhandler = \"noop\"\n[queues.o.exec]\ncommand = []\n")
+                .unwrap_err();
+        assert!(
+            err.contains("[queues.o.exec] holds options of the \"exec\" handler, but this queue's handler is \"noop\""),
+            "{err}"
+        );
+        let err = Config::from_toml("[queues.o]\nhandler = \"exec\"\nexec = 3\n").unwrap_err();
+        assert!(err.contains("exec must be a table"), "{err}");
     }
 
     #[test]
@@ -885,5 +1004,30 @@ mod tests {
             err.contains("CONVEYOR_SMTP_PASSWORD") && !err.contains("pw@"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let b = Backoff {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(
+                d1 >= Duration::from_secs(5) && d1 <= Duration::from_secs(10),
+                "{d1:?}"
+            );
+            let d3 = b.delay(3);
+            assert!(
+                d3 >= Duration::from_secs(20) && d3 <= Duration::from_secs(40),
+                "{d3:?}"
+            );
+            let d50 = b.delay(u32::MAX);
+            assert!(
+                d50 >= Duration::from_secs(30) && d50 <= Duration::from_secs(60),
+                "{d50:?}"
+            );
+        }
     }
 }

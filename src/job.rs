@@ -1,374 +1,29 @@
-//! Jobs as they travel through Redis: list items, envelopes, and backoff.
+//! The job as a handler sees it, and how a handler's run can fail.
 //!
-//! A list item is either a *raw payload* (any JSON a producer pushed) or an
-//! *envelope* (an object with `id`, `payload` and `attempt`). The daemon
-//! parses each item once, keeps the payload's bytes exactly as they came (the
-//! `publish` handler forwards them unchanged), and keeps unknown envelope
-//! fields verbatim when it writes the envelope back.
+//! A [`Job`] is one run of one taken item: its id, queue, attempt and
+//! payload, the deadline of this run, a cancellation the daemon trips when
+//! the run must stop, and a place for the run's result. A [`HandlerError`]
+//! carries the retry decision (transient or permanent) and, optionally, how
+//! long to wait before the next attempt.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
-use serde::ser::{SerializeMap, Serializer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Backoff;
-use crate::handlers::HandlerError;
+use crate::envelope::{Envelope, Parsed};
 
-/// Longest `last_error` kept in an envelope; handlers may return long texts.
-const MAX_ERROR_LEN: usize = 2000;
+/// Largest result a run may keep, in bytes of JSON text.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 
-/// A job's envelope: identity, attempt count and payload, plus whatever other
-/// fields a producer added (kept, not dropped).
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// Unique id.
-    pub id: String,
-    /// The payload, byte for byte as the producer wrote it.
-    pub payload: Box<RawValue>,
-    /// Attempts already made (handler runs that ended in failure or success).
-    pub attempt: u32,
-    /// Overrides the queue's `max_attempts`.
-    pub max_attempts: Option<u32>,
-    /// When the job was first enqueued (RFC 3339), if the producer said.
-    pub created_at: Option<String>,
-    /// Overrides the queue's `timeout`.
-    pub timeout_ms: Option<u64>,
-    /// The unique lock this job holds (`{K}:unique:<key>`), released when it ends.
-    pub unique_key: Option<String>,
-    /// The last failure's reason.
-    pub last_error: Option<String>,
-    /// Runs lost to crashed daemons, kept apart from `attempt`.
-    pub deliveries: u32,
-    /// When the job was dead-lettered (RFC 3339).
-    pub died_at: Option<String>,
-    /// For items that were never valid jobs: the original item as text
-    /// (or base64 in `raw_base64` when it is not UTF-8), so nothing is lost.
-    pub raw: Option<RawItem>,
-    /// Fields this version does not know, in their original order and bytes.
-    pub extra: Vec<(String, Box<RawValue>)>,
-}
-
-/// The original bytes of an item that could not be read as a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawItem {
-    /// Valid UTF-8, stored as a JSON string.
-    Text(String),
-    /// Anything else, stored base64-encoded.
-    Base64(String),
-}
-
-impl RawItem {
-    fn from_bytes(bytes: &[u8]) -> Self {
-        use base64::Engine as _;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => RawItem::Text(s.to_owned()),
-            Err(_) => RawItem::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        }
-    }
-
-    /// The original item bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        use base64::Engine as _;
-        match self {
-            RawItem::Text(s) => s.clone().into_bytes(),
-            RawItem::Base64(b) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_else(|_| b.clone().into_bytes()),
-        }
-    }
-}
-
-impl Envelope {
-    /// A fresh envelope for a payload, with a new id (no `created_at`:
-    /// `conveyor enqueue` sets it, once per batch).
-    pub fn new(payload: Box<RawValue>) -> Self {
-        Self {
-            id: new_id(),
-            payload,
-            attempt: 0,
-            max_attempts: None,
-            created_at: None,
-            timeout_ms: None,
-            unique_key: None,
-            last_error: None,
-            deliveries: 0,
-            died_at: None,
-            raw: None,
-            extra: Vec::new(),
-        }
-    }
-
-    /// The envelope of an item that is not a valid job, holding its bytes.
-    pub fn for_malformed(item: &[u8]) -> Self {
-        let mut env = Self::new(null_payload());
-        env.raw = Some(RawItem::from_bytes(item));
-        env
-    }
-
-    /// Serializes to the JSON stored in Redis.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("an envelope always serializes")
-    }
-
-    /// Records a failure reason, shortened to a bounded length.
-    pub fn set_error(&mut self, error: &str) {
-        self.last_error = Some(truncate(error, MAX_ERROR_LEN).into_owned());
-    }
-}
-
-impl Serialize for Envelope {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("payload", &self.payload)?;
-        m.serialize_entry("attempt", &self.attempt)?;
-        if let Some(v) = &self.max_attempts {
-            m.serialize_entry("max_attempts", v)?;
-        }
-        if let Some(v) = &self.created_at {
-            m.serialize_entry("created_at", v)?;
-        }
-        if let Some(v) = &self.timeout_ms {
-            m.serialize_entry("timeout_ms", v)?;
-        }
-        if let Some(v) = &self.unique_key {
-            m.serialize_entry("unique_key", v)?;
-        }
-        if self.deliveries > 0 {
-            m.serialize_entry("deliveries", &self.deliveries)?;
-        }
-        if let Some(v) = &self.last_error {
-            m.serialize_entry("last_error", v)?;
-        }
-        if let Some(v) = &self.died_at {
-            m.serialize_entry("died_at", v)?;
-        }
-        match &self.raw {
-            Some(RawItem::Text(t)) => m.serialize_entry("raw", t)?,
-            Some(RawItem::Base64(b)) => m.serialize_entry("raw_base64", b)?,
-            None => {}
-        }
-        for (k, v) in &self.extra {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-/// Why a list item cannot be run. It is dead-lettered at once with this reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
-    /// Larger than the queue's `max_payload_bytes`.
-    #[error("item of {len} bytes exceeds max_payload_bytes ({max})")]
-    TooLarge {
-        /// Its size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Not JSON.
-    #[error("invalid JSON: {0}")]
-    InvalidJson(String),
-    /// An object with `id`, `payload` and `attempt` whose fields are wrong.
-    #[error("invalid envelope: {0}")]
-    BadEnvelope(String),
-}
-
-/// A list item read as a job.
-#[derive(Debug, Clone)]
-pub struct Parsed {
-    /// The envelope, made up for a raw payload.
-    pub envelope: Envelope,
-    /// Whether the item was a raw payload (no envelope on the wire).
-    pub was_raw: bool,
-}
-
-/// Reads one list item. Never panics, whatever the bytes.
-pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
-    if item.len() > max_bytes {
-        return Err(Malformed::TooLarge {
-            len: item.len(),
-            max: max_bytes,
-        });
-    }
-    let text = std::str::from_utf8(item)
-        .map_err(|e| Malformed::InvalidJson(format!("not UTF-8 ({e})")))?;
-    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
-    // An object without the word `payload` (and no escapes that could spell
-    // it) cannot be an envelope: one parse instead of two, for the common
-    // case of a raw payload pushed by a producer.
-    let may_be_envelope = text.contains("payload") || text.contains("\\u");
-    if first == Some(b'{') && may_be_envelope {
-        let fields: Fields<'_> =
-            serde_json::from_str(text).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
-        let has = |name: &str| fields.0.iter().any(|(k, _)| k == name);
-        if has("id") && has("payload") && has("attempt") {
-            return envelope_from_fields(fields).map(|envelope| Parsed {
-                envelope,
-                was_raw: false,
-            });
-        }
-    }
-    let raw: &RawValue =
-        serde_json::from_str(text).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
-    let envelope = Envelope::new(raw.to_owned());
-    Ok(Parsed {
-        envelope,
-        was_raw: true,
-    })
-}
-
-/// Whether an item is a suspect: an envelope whose daemon died while running
-/// it (`deliveries` above 0), to be run alone. Items that do not mention
-/// `deliveries` are not parsed.
-pub fn is_suspect(item: &[u8]) -> bool {
-    // Built once: building the searcher cost more than searching a job.
-    static DELIVERIES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"deliveries\""));
-    DELIVERIES.find(item).is_some()
-        && parse_item(item, usize::MAX).is_ok_and(|p| !p.was_raw && p.envelope.deliveries > 0)
-}
-
-fn envelope_from_fields(fields: Fields<'_>) -> Result<Envelope, Malformed> {
-    let mut env = Envelope::new(null_payload());
-    for (key, value) in fields.0 {
-        let bad = |what: &str| {
-            Malformed::BadEnvelope(format!("{key} {what}, got {}", shorten(value.get())))
-        };
-        match key.as_ref() {
-            "id" => {
-                env.id = field::<String>(value).ok_or_else(|| bad("must be a string"))?;
-                if env.id.is_empty() || env.id.len() > 200 {
-                    return Err(bad("must be 1 to 200 characters long"));
-                }
-            }
-            "payload" => env.payload = value.to_owned(),
-            "attempt" => {
-                env.attempt =
-                    field(value).ok_or_else(|| bad("must be an integer from 0 to 4294967295"))?;
-            }
-            "max_attempts" => {
-                env.max_attempts =
-                    optional(value).ok_or_else(|| bad("must be a positive integer"))?;
-                if env.max_attempts == Some(0) {
-                    return Err(bad("must be a positive integer"));
-                }
-            }
-            "timeout_ms" => {
-                env.timeout_ms =
-                    optional::<u64>(value).ok_or_else(|| bad("must be a positive integer"))?;
-                if env.timeout_ms == Some(0) {
-                    return Err(bad("must be a positive integer"));
-                }
-            }
-            "deliveries" => {
-                env.deliveries = optional::<u32>(value)
-                    .ok_or_else(|| bad("must be a non-negative integer"))?
-                    .unwrap_or(0);
-            }
-            "created_at" => {
-                env.created_at = optional(value).ok_or_else(|| bad("must be a string"))?
-            }
-            "unique_key" => {
-                env.unique_key = optional(value).ok_or_else(|| bad("must be a string"))?
-            }
-            "last_error" => {
-                env.last_error = optional(value).ok_or_else(|| bad("must be a string"))?
-            }
-            "died_at" => env.died_at = optional(value).ok_or_else(|| bad("must be a string"))?,
-            "raw" => {
-                env.raw = optional(value)
-                    .ok_or_else(|| bad("must be a string"))?
-                    .map(RawItem::Text);
-            }
-            "raw_base64" => {
-                env.raw = optional(value)
-                    .ok_or_else(|| bad("must be a string"))?
-                    .map(RawItem::Base64);
-            }
-            _ => env.extra.push((key.into_owned(), value.to_owned())),
-        }
-    }
-    Ok(env)
-}
-
-fn field<T: DeserializeOwned>(value: &RawValue) -> Option<T> {
-    serde_json::from_str(value.get()).ok()
-}
-
-/// `null` and absent are the same; a present value must have the right type.
-fn optional<T: DeserializeOwned>(value: &RawValue) -> Option<Option<T>> {
-    serde_json::from_str::<Option<T>>(value.get()).ok()
-}
-
-fn null_payload() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
-}
-
-fn shorten(s: &str) -> Cow<'_, str> {
-    truncate(s, 40)
-}
-
-fn truncate(s: &str, max: usize) -> Cow<'_, str> {
-    if s.len() <= max {
-        return Cow::Borrowed(s);
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}...", &s[..end]))
-}
-
-/// The top-level fields of a JSON object, values unparsed, keys borrowed
-/// where they carry no escapes: one pass over the item, no tree built.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    fields.push((k, v));
-                }
-                Ok(Fields(fields))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
+/// The deadline of a job built outside a daemon (tests); the daemon sets
+/// each run's from its timeout.
+const UNSET_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A job taken from a queue, as the daemon runs it and a handler sees it.
 #[derive(Debug)]
@@ -379,6 +34,10 @@ pub struct Job {
     item: bytes::Bytes,
     envelope: Envelope,
     was_raw: bool,
+    deadline: Instant,
+    /// Made on first use: most runs are never cancelled, nor asked.
+    cancel: OnceLock<CancellationToken>,
+    result: Mutex<Option<Box<RawValue>>>,
 }
 
 impl Job {
@@ -389,6 +48,9 @@ impl Job {
             item: item.into(),
             envelope: parsed.envelope,
             was_raw: parsed.was_raw,
+            deadline: Instant::now() + UNSET_TIMEOUT,
+            cancel: OnceLock::new(),
+            result: Mutex::new(None),
         }
     }
 
@@ -419,33 +81,101 @@ impl Job {
             .map_err(|e| HandlerError::permanent(format!("malformed payload: {e}")))
     }
 
+    /// When this run's timeout expires. The daemon stops waiting for the
+    /// handler then (and fails the run as transient); work the handler
+    /// started elsewhere should end by then too.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Completes once the daemon no longer wants this run: its timeout
+    /// expired, the daemon is abandoning it at the end of a shutdown, or the
+    /// job was cancelled. The handler's own future is dropped at that point;
+    /// this is for work it handed to other tasks or processes.
+    pub async fn cancelled(&self) {
+        self.cancel
+            .get_or_init(CancellationToken::new)
+            .cancelled()
+            .await
+    }
+
+    /// Whether [`Job::cancelled`] has completed.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .get()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// Keeps `result` as this run's result: a queue that tracks its jobs
+    /// (`track = true`) stores it in the job's status record when the run
+    /// succeeds. A result of more than [`MAX_RESULT_BYTES`] of JSON is a
+    /// permanent error (so is one that does not serialize).
+    pub fn set_result<T: Serialize + ?Sized>(&self, result: &T) -> Result<(), HandlerError> {
+        let json = serde_json::value::to_raw_value(result)
+            .map_err(|e| HandlerError::permanent(format!("the result is not JSON: {e}")))?;
+        self.set_result_json(json)
+    }
+
+    /// [`Job::set_result`] for a result that is JSON text already.
+    pub fn set_result_json(&self, json: Box<RawValue>) -> Result<(), HandlerError> {
+        if json.get().len() > MAX_RESULT_BYTES {
+            return Err(HandlerError::permanent(format!(
+                "the result is {} bytes of JSON, more than the {MAX_RESULT_BYTES} kept",
+                json.get().len()
+            )));
+        }
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(json);
+        Ok(())
+    }
+
+    /// The result set so far, taken out of the job.
+    pub(crate) fn take_result(&self) -> Option<Box<RawValue>> {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Sets the deadline of the run about to start.
+    pub(crate) fn start_run(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+    }
+
+    /// Tells whoever watches [`Job::cancelled`] that the run is over.
+    pub(crate) fn cancel(&self) {
+        self.cancel.get_or_init(CancellationToken::new).cancel();
+    }
+
     /// The envelope (made up for a raw payload).
-    pub fn envelope(&self) -> &Envelope {
+    pub(crate) fn envelope(&self) -> &Envelope {
         &self.envelope
     }
 
-    /// The item bytes as taken.
-    pub fn item(&self) -> &[u8] {
-        &self.item
-    }
-
     /// The item bytes as taken, shared (no copy).
-    pub fn item_bytes(&self) -> bytes::Bytes {
+    pub(crate) fn item_bytes(&self) -> bytes::Bytes {
         self.item.clone()
     }
 
     /// Whether the item was a raw payload.
-    pub fn was_raw(&self) -> bool {
+    pub(crate) fn was_raw(&self) -> bool {
         self.was_raw
     }
 
     /// Attempts allowed: the envelope's own limit, else the queue's.
-    pub fn max_attempts(&self, queue_default: u32) -> u32 {
+    pub(crate) fn max_attempts(&self, queue_default: u32) -> u32 {
         self.envelope.max_attempts.unwrap_or(queue_default)
     }
 
+    /// How long this job's runs may take: the envelope's own limit, else the queue's.
+    pub(crate) fn timeout(&self, queue_default: Duration) -> Duration {
+        self.envelope
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(queue_default)
+    }
+
     /// The envelope to write back after this run failed: attempt counted, error kept.
-    pub fn failed_envelope(&self, error: &str) -> Envelope {
+    pub(crate) fn failed_envelope(&self, error: &str) -> Envelope {
         let mut env = self.envelope.clone();
         env.attempt = self.attempt();
         env.set_error(error);
@@ -453,261 +183,132 @@ impl Job {
     }
 }
 
-/// Delay before retrying after failed run number `attempt` (1-based):
-/// `base * 2^(attempt-1)` capped at `max`, then "equal jitter" (a random
-/// point in its upper half) so that jobs that failed together do not all
-/// come back together, while each still waits at least half its delay.
-pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
-    let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-    let full = backoff.base.saturating_mul(exp).min(backoff.max);
-    let half = full / 2;
-    half + half.mul_f64(fastrand::f64())
+/// A failed run, whether running it again may help, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    message: String,
+    permanent: bool,
+    retry_in: Option<Duration>,
 }
 
-/// The envelope of a newly enqueued job, written straight from borrowed
-/// parts (bulk enqueue makes hundreds of thousands): the same JSON as an
-/// [`Envelope`] with these fields.
-pub fn new_envelope_json(
-    id: &str,
-    payload: &RawValue,
-    max_attempts: Option<u32>,
-    created_at: &str,
-    unique_key: Option<&str>,
-) -> String {
-    #[derive(Serialize)]
-    struct New<'a> {
-        id: &'a str,
-        payload: &'a RawValue,
-        attempt: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        max_attempts: Option<u32>,
-        created_at: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        unique_key: Option<&'a str>,
-    }
-    let new = New {
-        id,
-        payload,
-        attempt: 0,
-        max_attempts,
-        created_at,
-        unique_key,
-    };
-    serde_json::to_string(&new).expect("an envelope always serializes")
-}
-
-/// A new job id: a UUIDv7 (ids sort by creation time), its random bits
-/// from a per-thread generator rather than a system call per id.
-pub fn new_id() -> String {
-    let mut random = [0u8; 10];
-    fastrand::fill(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random)
-        .into_uuid()
-        .simple()
-        .to_string()
-}
-
-/// Now as RFC 3339 with milliseconds, UTC. Formatted at most once per
-/// millisecond per thread: events and envelopes ask for it per job.
-pub fn now_rfc3339() -> String {
-    with_now_rfc3339(str::to_owned)
-}
-
-/// Calls `f` with now as RFC 3339 (see [`now_rfc3339`]), without a copy.
-pub fn with_now_rfc3339<R>(f: impl FnOnce(&str) -> R) -> R {
-    thread_local! {
-        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
-    }
-    let now = jiff::Timestamp::now();
-    LAST.with_borrow_mut(|(ms, text)| {
-        if *ms != now.as_millisecond() {
-            *ms = now.as_millisecond();
-            *text = format!("{now:.3}");
+impl HandlerError {
+    /// A failure worth retrying: a timeout, a refused connection, a 4xx
+    /// SMTP reply. The job runs again after the queue's backoff.
+    pub fn transient(msg: impl Into<String>) -> Self {
+        Self {
+            message: msg.into(),
+            permanent: false,
+            retry_in: None,
         }
-        f(text)
-    })
+    }
+
+    /// A failure that retrying cannot fix: a malformed payload, an invalid
+    /// address. The job goes to the dead letter list at once.
+    pub fn permanent(msg: impl Into<String>) -> Self {
+        Self {
+            message: msg.into(),
+            permanent: true,
+            retry_in: None,
+        }
+    }
+
+    /// Asks for the next attempt after `delay` instead of the queue's
+    /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`). The
+    /// delay is capped at the queue's `backoff.max`; a permanent error
+    /// ignores it.
+    pub fn retry_in(mut self, delay: Duration) -> Self {
+        self.retry_in = Some(delay);
+        self
+    }
+
+    /// Whether the job goes straight to the dead letter list.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The delay asked for with [`HandlerError::retry_in`].
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_in
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The delay before the attempt after failed run number `attempt`:
+    /// the one asked for, else the queue's backoff; never above its max.
+    pub(crate) fn delay(&self, backoff: &Backoff, attempt: u32) -> Duration {
+        match self.retry_in {
+            Some(asked) => asked.min(backoff.max),
+            None => backoff.delay(attempt),
+        }
+    }
 }
 
-/// A time in ms since the epoch as RFC 3339 with milliseconds, UTC.
-pub fn rfc3339_ms(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| format!("{t:.3}"))
-        .unwrap_or_else(|_| ms.to_string())
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
-/// Now in milliseconds since the epoch; scores of `{K}:scheduled` use it.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
+impl std::error::Error for HandlerError {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::parse_item;
 
-    const MAX: usize = 1 << 20;
+    fn job(item: &str) -> Job {
+        let parsed = parse_item(item.as_bytes(), 1 << 20).expect("parses");
+        Job::new("q".into(), item.as_bytes().to_vec(), parsed)
+    }
 
     #[test]
-    fn raw_payloads_keep_their_bytes() {
-        let item = br#"{"to": "alice@example.com",  "subject":"Hi"}"#;
-        let p = parse_item(item, MAX).expect("parses");
-        assert!(p.was_raw);
+    fn results_are_kept_up_to_the_limit() {
+        let j = job(r#"{"a":1}"#);
+        assert!(j.take_result().is_none());
+        j.set_result(&serde_json::json!({"width": 640}))
+            .expect("small");
         assert_eq!(
-            p.envelope.payload.get(),
-            std::str::from_utf8(item).expect("utf8")
+            j.take_result().map(|r| r.get().to_owned()).as_deref(),
+            Some(r#"{"width":640}"#)
         );
-        assert_eq!(p.envelope.attempt, 0);
-        assert_eq!(p.envelope.id.len(), 32);
-        for other in [&b"42"[..], b"\"hello\"", b"[1,2]", b"null", b" {} "] {
-            assert!(parse_item(other, MAX).expect("valid JSON").was_raw);
-        }
-    }
-
-    #[test]
-    fn envelopes_round_trip_with_unknown_fields() {
-        let item = br#"{"id":"j1","payload":{"b":1,"a":[2]},"attempt":3,"max_attempts":5,"trace":{"x":"y"},"deliveries":1}"#;
-        let p = parse_item(item, MAX).expect("parses");
-        assert!(!p.was_raw);
-        let e = &p.envelope;
-        assert_eq!(
-            (e.id.as_str(), e.attempt, e.max_attempts, e.deliveries),
-            ("j1", 3, Some(5), 1)
-        );
-        assert_eq!(e.payload.get(), r#"{"b":1,"a":[2]}"#);
-        let back: serde_json::Value = serde_json::from_str(&e.to_json()).expect("json");
-        assert_eq!(back["trace"], serde_json::json!({"x": "y"}));
-        assert_eq!(back["payload"], serde_json::json!({"b": 1, "a": [2]}));
-        let again = parse_item(e.to_json().as_bytes(), MAX).expect("parses again");
-        assert_eq!(again.envelope.to_json(), e.to_json());
-    }
-
-    #[test]
-    fn escaped_keys_are_read() {
-        let p = parse_item(br#"{"\u0069d":"j","payload":1,"attempt":0}"#, MAX).expect("parses");
-        assert!(!p.was_raw);
-        assert_eq!(p.envelope.id, "j");
-    }
-
-    #[test]
-    fn malformed_items_say_why() {
-        let err = |item: &[u8]| parse_item(item, MAX).unwrap_err().to_string();
-        assert!(err(b"{not json").starts_with("invalid JSON"));
-        assert!(err(b"\xff\xfe").contains("UTF-8"));
-        assert!(err(br#"{"id":"a","payload":1,"attempt":-1}"#).contains("attempt must be"));
-        assert!(err(br#"{"id":"a","payload":1,"attempt":99999999999}"#).contains("attempt"));
-        assert!(err(br#"{"id":7,"payload":1,"attempt":0}"#).contains("id must be a string"));
+        let big = "x".repeat(MAX_RESULT_BYTES);
+        let err = j.set_result(&big).unwrap_err();
         assert!(
-            err(br#"{"id":"a","payload":1,"attempt":0,"timeout_ms":"x"}"#).contains("timeout_ms")
+            err.is_permanent() && err.message().contains("65538 bytes"),
+            "{err}"
         );
-        let big = vec![b' '; 11];
-        assert_eq!(
-            parse_item(&big, 10).unwrap_err(),
-            Malformed::TooLarge { len: 11, max: 10 }
-        );
+        assert!(j.take_result().is_none(), "a refused result is not kept");
     }
 
     #[test]
-    fn deep_nesting_does_not_overflow() {
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        // Whether it is accepted or refused, it must come back, not crash.
-        let _outcome = parse_item(deep.as_bytes(), usize::MAX).map(|p| p.was_raw);
-        let deep_obj = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        let _outcome = parse_item(deep_obj.as_bytes(), usize::MAX).map(|p| p.was_raw);
-    }
-
-    #[test]
-    fn suspects_are_envelopes_with_deliveries() {
-        assert!(is_suspect(
-            br#"{"id":"a","payload":1,"attempt":0,"deliveries":1}"#
-        ));
-        assert!(!is_suspect(
-            br#"{"id":"a","payload":1,"attempt":0,"deliveries":0}"#
-        ));
-        assert!(!is_suspect(br#"{"id":"a","payload":1,"attempt":0}"#));
-        assert!(
-            !is_suspect(br#"{"deliveries":3}"#),
-            "a raw payload's own field"
-        );
-        assert!(!is_suspect(b"\xff\"deliveries\":1"));
-    }
-
-    #[test]
-    fn malformed_items_keep_their_bytes() {
-        let text = Envelope::for_malformed(b"{oops");
-        let json: serde_json::Value = serde_json::from_str(&text.to_json()).expect("json");
-        assert_eq!(json["raw"], "{oops");
-        let bin = Envelope::for_malformed(b"\xff\x00");
-        assert_eq!(
-            bin.raw.as_ref().map(RawItem::to_bytes),
-            Some(b"\xff\x00".to_vec())
-        );
-        let back = parse_item(bin.to_json().as_bytes(), MAX).expect("dead entries parse");
-        assert_eq!(back.envelope.raw, bin.raw);
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let b = Backoff {
+    fn an_asked_delay_replaces_the_backoff_up_to_its_max() {
+        let backoff = Backoff {
             base: Duration::from_secs(10),
             max: Duration::from_secs(60),
         };
-        for _ in 0..100 {
-            let d1 = backoff_delay(&b, 1);
-            assert!(
-                d1 >= Duration::from_secs(5) && d1 <= Duration::from_secs(10),
-                "{d1:?}"
-            );
-            let d3 = backoff_delay(&b, 3);
-            assert!(
-                d3 >= Duration::from_secs(20) && d3 <= Duration::from_secs(40),
-                "{d3:?}"
-            );
-            let d50 = backoff_delay(&b, u32::MAX);
-            assert!(
-                d50 >= Duration::from_secs(30) && d50 <= Duration::from_secs(60),
-                "{d50:?}"
-            );
-        }
+        let asked = HandlerError::transient("busy").retry_in(Duration::from_millis(1500));
+        assert_eq!(asked.delay(&backoff, 7), Duration::from_millis(1500));
+        let long = HandlerError::transient("busy").retry_in(Duration::from_secs(3600));
+        assert_eq!(long.delay(&backoff, 1), Duration::from_secs(60));
+        let plain = HandlerError::transient("busy").delay(&backoff, 1);
+        assert!(plain >= Duration::from_secs(5) && plain <= Duration::from_secs(10));
     }
 
-    #[test]
-    fn ids_are_unique_time_ordered_uuid_v7() {
-        let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
-        let unique: std::collections::HashSet<&String> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len());
-        let parsed = uuid::Uuid::parse_str(&ids[0]).expect("a uuid");
-        assert_eq!(parsed.get_version_num(), 7);
-        assert!(
-            ids[0][..12] <= ids[999][..12],
-            "the time prefix does not go back"
-        );
-    }
-
-    #[test]
-    fn a_new_envelope_is_what_an_envelope_writes() {
-        let payload = RawValue::from_string(r#"{"a": [1, 2]}"#.into()).expect("json");
-        let text = new_envelope_json(
-            "j1",
-            &payload,
-            Some(3),
-            "2026-01-01T00:00:00.000Z",
-            Some("k"),
-        );
-        let parsed = parse_item(text.as_bytes(), MAX).expect("an envelope");
-        assert!(!parsed.was_raw);
-        let e = parsed.envelope;
-        assert_eq!(
-            (e.id.as_str(), e.attempt, e.max_attempts),
-            ("j1", 0, Some(3))
-        );
-        assert_eq!(e.payload.get(), r#"{"a": [1, 2]}"#);
-        assert_eq!(e.unique_key.as_deref(), Some("k"));
-        assert_eq!(e.to_json(), text, "byte for byte the same JSON");
-    }
-
-    #[test]
-    fn errors_are_bounded() {
-        let mut e = Envelope::new(null_payload());
-        e.set_error(&"é".repeat(5000));
-        assert!(e.last_error.as_ref().map(String::len).unwrap_or(0) <= MAX_ERROR_LEN + 3);
+    #[tokio::test]
+    async fn cancellation_is_seen_by_the_handler() {
+        let j = Arc::new(job("1"));
+        let waiting = j.clone();
+        let waiter = tokio::spawn(async move { waiting.cancelled().await });
+        tokio::task::yield_now().await;
+        assert!(!j.is_cancelled());
+        j.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes")
+            .expect("the waiter ends");
+        assert!(j.is_cancelled());
     }
 }

@@ -3,26 +3,110 @@
 //! Producers `RPUSH` JSON onto `jobs:<queue>`; the daemon takes each job into
 //! its own in-flight list, runs it through a handler, and records the outcome
 //! (done, retry later, dead letter) in the same atomic step that releases it.
-//! The contract (keys, job format, events, CLI, config) is DESIGN.md.
 //!
-//! Read these first:
-//! - [`broker`]: the only code that talks to Redis; [`broker::keys`] names
+//! # Your own handlers in Rust
+//!
+//! The crate is a library as well as the `conveyor` binary. A program that
+//! registers its handlers and hands over to [`main_with`] is the whole
+//! `conveyor` command line (`run`, `enqueue`, `check`, `stats`, ...) with
+//! those handlers known by name:
+//!
+//! ```no_run
+//! use conveyor::{async_trait, Handler, HandlerError, Job, Registry};
+//!
+//! struct Resize;
+//!
+//! #[async_trait]
+//! impl Handler for Resize {
+//!     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
+//!         let p: serde_json::Value = job.payload_as()?;   // malformed: permanent
+//!         if p.get("width").is_none() {
+//!             return Err(HandlerError::permanent("missing width"));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = Registry::builtin();
+//!     registry.register_handler("resize", Resize);
+//!     conveyor::main_with(registry)     // the whole CLI: run, enqueue, check, stats, ...
+//! }
+//! ```
+//!
+//! A queue with `handler = "resize"` then runs it. A handler can keep a
+//! result ([`Job::set_result`]), ask for the next attempt's delay
+//! ([`HandlerError::retry_in`]), and learn its deadline and cancellation
+//! ([`Job::deadline`], [`Job::cancelled`]). A handler with options reads
+//! its own table (`[queues.<q>.<handler>]`) in a factory given to
+//! [`Registry::register`]; `examples/custom_handler.rs` has both kinds.
+//!
+//! The library API is that: [`Handler`], [`HandlerError`], [`Job`],
+//! [`Registry`] (with [`handlers::HandlerContext`] and
+//! [`handlers::CheckError`]), [`main_with`], and the daemon entry
+//! [`daemon::run`] with its [`config::Config`] and [`shutdown::Shutdown`].
+//! [`envelope`] and [`event`] are the wire formats of jobs and events.
+//!
+//! # Reading the code
+//!
+//! - `broker`: the only code that talks to Redis; `broker::keys` names
 //!   every key and `src/broker/lua/` holds one script per atomic operation.
 //! - [`daemon`]: the supervisor, its components (processor, scheduler,
 //!   reaper, heartbeat, writer, watchdog) and the shutdown order, written
 //!   in one place.
-//! - [`event`]: the lifecycle event wire format.
-//! - [`job`]: list items, envelopes and backoff.
-//! - [`handlers`]: the handler trait, its error classes and the registry.
+//! - [`handlers`]: the handler trait, the registry and the built-in
+//!   handlers (`email`, `exec`, `publish`, `noop`).
+//! - [`job`], [`envelope`], [`clock`]: the job a handler sees, the wire
+//!   format of list items, and time as Redis and events write it.
 //! - [`config`]: the one configuration, its defaults and its rules.
-//! - [`cli`]: one module per subcommand; `main.rs` maps errors to exit codes.
+//! - [`cli`]: one module per subcommand, and the exit codes.
 
+#[doc(hidden)]
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod envelope;
 pub mod event;
 pub mod handlers;
 pub mod job;
-pub mod logging;
+pub(crate) mod logging;
 pub mod shutdown;
+
+pub use async_trait::async_trait;
+pub use handlers::{Handler, Registry};
+pub use job::{HandlerError, Job};
+
+use std::process::ExitCode;
+
+/// The `conveyor` command line with the handlers of `registry`: parses the
+/// arguments, sets up logging, runs the command and maps its error to a
+/// sysexits code (64 usage, 65 bad input, 69 unavailable, 78 config). The
+/// `conveyor` binary is `main_with(Registry::builtin())`.
+pub fn main_with(registry: Registry) -> ExitCode {
+    use clap::Parser as _;
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap picks colours by terminal; --help and --version are not errors.
+            let printed = e.print();
+            return match (e.use_stderr(), printed) {
+                (_, Err(_)) => ExitCode::from(cli::EX_IOERR),
+                (true, Ok(())) => ExitCode::from(cli::EX_USAGE),
+                (false, Ok(())) => ExitCode::SUCCESS,
+            };
+        }
+    };
+    logging::init(cli.command.default_log_level());
+    // A handler's panic is caught and fails its job; say so in one log line
+    // rather than a backtrace on stderr.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panicked")));
+    match cli::execute(cli, &registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            logging::fatal(&format!("{e:#}"));
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

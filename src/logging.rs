@@ -27,7 +27,7 @@ static JSON: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber. `default_level` applies when
 /// `CONVEYOR_LOG` is unset: the daemon logs `info`, the CLI only `warn`.
-pub fn init(default_level: &str) {
+pub(crate) fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_env("CONVEYOR_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("CONVEYOR_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
@@ -55,7 +55,7 @@ pub fn init(default_level: &str) {
 /// Logs the effective configuration (file, environment and command line
 /// combined; secrets masked) in one line: as TOML in one JSON field, or with
 /// its newlines escaped in text.
-pub fn effective_config(config: &Config) {
+pub(crate) fn effective_config(config: &Config) {
     let toml = config.masked_toml();
     if JSON.load(Ordering::Relaxed) {
         tracing::info!(config = %toml, "effective configuration");
@@ -68,10 +68,10 @@ pub fn effective_config(config: &Config) {
 /// for a person, or one JSON line like every other when logs are JSON, so a
 /// log shipper sees why the daemon stopped. Written directly rather than
 /// through the log filter, so that no filter can hide it.
-pub fn fatal(error: &str) {
+pub(crate) fn fatal(error: &str) {
     if JSON.load(Ordering::Relaxed) {
         let line = serde_json::json!({
-            "timestamp": crate::job::now_rfc3339(),
+            "timestamp": crate::clock::now_rfc3339(),
             "level": "ERROR",
             "message": "exiting",
             "error": error,
@@ -97,7 +97,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let mut line = Line::default();
-        line.set("timestamp", Value::String(crate::job::now_rfc3339()));
+        line.set("timestamp", Value::String(crate::clock::now_rfc3339()));
         line.set("level", Value::String(event.metadata().level().to_string()));
         line.set("message", Value::Null);
         if let Some(scope) = ctx.event_scope() {

@@ -130,7 +130,7 @@ async fn a_per_domain_limit_holds_back_one_domain_and_not_another() {
         .zrange_withscores("{jobs:work}:scheduled", 0, -1)
         .await
         .unwrap();
-    let now = conveyor::job::now_ms() as f64;
+    let now = conveyor::clock::now_ms() as f64;
     for (job, due) in &scheduled {
         assert!(job.contains("slow.example"), "{job}");
         assert!(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{Broker, BrokerError, keys};
-use crate::job::now_rfc3339;
+use crate::clock::now_rfc3339;
 
 impl Broker {
     /// Whether job `id` of queue list `list` is marked as sent.

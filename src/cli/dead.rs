@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{InputError, UsageError, connect, load_config};
 use crate::broker::{Broker, QueueKeys};
-use crate::job::{Envelope, parse_item};
+use crate::envelope::{Envelope, parse_item};
 
 /// Entries read per round trip when searching or moving.
 const PAGE: u64 = 500;

@@ -16,7 +16,8 @@ use crate::broker::{Broker, QueueKeys};
 use crate::config::{Config, EventLevel};
 use crate::event::{Draft, EventType};
 
-use crate::job::{new_envelope_json, new_id, now_ms, now_rfc3339};
+use crate::clock::{now_ms, now_rfc3339};
+use crate::envelope::{new_envelope_json, new_id};
 
 /// Jobs per pipeline when loading a file.
 const CHUNK: usize = 2000;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::broker::BrokerError;
 use crate::config::{Config, ConfigError};
 use crate::daemon::DaemonError;
-use crate::handlers::email::probe::ProbeError;
+use crate::handlers::{CheckError, Registry};
 
 pub mod check;
 pub mod dead;
@@ -76,18 +76,19 @@ impl Command {
     }
 }
 
-/// Runs a parsed command line. The daemon sizes its runtime from its
-/// configuration; the other commands run on one of the machine's size.
-pub fn execute(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line with the handlers of `registry`. The daemon
+/// sizes its runtime from its configuration; the other commands run on one
+/// of the machine's size.
+pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {
-        Command::Run(args) => run::run(config, args),
+        Command::Run(args) => run::run(config, args, registry),
         Command::Enqueue(args) => block_on(enqueue::run(config, args)),
         Command::Dead(args) => block_on(dead::run(config, args)),
         Command::Monitor(args) => block_on(monitor::run(config, args)),
         Command::Stats(args) => block_on(stats::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
-        Command::Check(args) => block_on(check::run(config, args)),
+        Command::Check(args) => block_on(check::run(config, args, registry)),
     }
 }
 
@@ -145,10 +146,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 DaemonError::Broker(_) => EX_SOFTWARE,
             };
         }
-        if let Some(e) = cause.downcast_ref::<ProbeError>() {
-            return match e.is_unavailable() {
-                true => EX_UNAVAILABLE,
-                false => EX_CONFIG,
+        if let Some(e) = cause.downcast_ref::<CheckError>() {
+            return match e {
+                CheckError::Unavailable(_) => EX_UNAVAILABLE,
+                CheckError::Config(_) | CheckError::Refused(_) => EX_CONFIG,
             };
         }
         if let Some(e) = cause.downcast_ref::<BrokerError>() {
@@ -200,16 +201,10 @@ mod tests {
             code(anyhow::Error::from(unreachable).context("enqueue")),
             69
         );
-        let smtp = |refused| ProbeError::Failed {
-            step: crate::handlers::email::probe::Step::Auth,
-            server: "h:25".into(),
-            reason: "x".into(),
-            refused,
-        };
-        assert_eq!(code(smtp(false).into()), 69);
-        assert_eq!(code(smtp(true).into()), 78);
+        assert_eq!(code(CheckError::Unavailable("x".into()).into()), 69);
+        assert_eq!(code(CheckError::Refused("x".into()).into()), 78);
         assert_eq!(
-            code(ProbeError::Config(ConfigError::Invalid("x".into())).into()),
+            code(CheckError::Config(ConfigError::Invalid("x".into())).into()),
             78
         );
     }

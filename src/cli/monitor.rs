@@ -14,8 +14,8 @@ use signal_hook_tokio::Signals;
 use super::{UsageError, connect, load_config};
 use crate::broker::Broker;
 use crate::broker::keys;
+use crate::clock::now_ms;
 use crate::event::{Event, EventType};
-use crate::job::now_ms;
 
 /// Stream entries read per round trip when replaying.
 const PAGE: usize = 1000;

@@ -20,7 +20,7 @@ pub struct Args {
 
 /// Runs the daemon until SIGTERM or SIGINT, on a runtime of the configured
 /// number of threads.
-pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub fn run(config_path: Option<&Path>, args: Args, registry: &Registry) -> anyhow::Result<()> {
     let mut config = load_config(config_path)?;
     if !args.queues.is_empty() {
         for q in &args.queues {
@@ -51,7 +51,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     super::runtime(Some(config.daemon.threads))?.block_on(async {
         let shutdown = Shutdown::new();
         let _signals = shutdown.listen_for_signals()?;
-        daemon::run(config, &Registry::builtin(), shutdown).await?;
+        daemon::run(config, registry, shutdown).await?;
         Ok(())
     })
 }

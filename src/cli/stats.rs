@@ -15,8 +15,9 @@ use signal_hook_tokio::Signals;
 use super::{UsageError, connect, load_config};
 use crate::broker::admin::QueueCounts;
 use crate::broker::{Broker, QueueKeys};
+use crate::clock::{now_ms, now_rfc3339};
 use crate::config::Config;
-use crate::job::{now_ms, now_rfc3339, parse_item};
+use crate::envelope::parse_item;
 
 /// Options of `conveyor stats`.
 #[derive(Debug, clap::Args)]

@@ -14,7 +14,7 @@ use crate::broker::queue::QueueStore;
 use crate::broker::{Broker, BrokerError, QueueKeys};
 use crate::config::{Config, ConfigError, human};
 use crate::event::{Draft, EventType};
-use crate::handlers::{HandlerContext, Registry};
+use crate::handlers::Registry;
 use crate::shutdown::Shutdown;
 
 mod heartbeat;
@@ -40,6 +40,11 @@ use watchdog::Watchdog;
 /// retrying against an unreachable Redis before the daemon exits anyway
 /// (the jobs then stay in flight, and a reaper returns them).
 const FINAL_GRACE: Duration = Duration::from_secs(5);
+
+/// The least time handlers get to let go of what they hold (worker
+/// processes to exit once their input is closed), even after a drain that
+/// took all of `shutdown_timeout`.
+const HANDLER_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a stop may outlast `shutdown_timeout`: `FINAL_GRACE` for
 /// requeueing, then removing the heartbeat, with room to spare. systemd is
@@ -88,7 +93,7 @@ impl Node {
         Self {
             id: format!("{safe}-{}-{:04x}", std::process::id(), fastrand::u16(..)),
             host,
-            started_at: crate::job::now_rfc3339(),
+            started_at: crate::clock::now_rfc3339(),
         }
     }
 }
@@ -145,14 +150,15 @@ pub async fn run_as(
         })
         .collect();
     let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink, stores.clone());
+    let handlers = registry.build_all_with(&config, &broker)?;
     let mut processors = Vec::new();
-    for (index, ((name, q), store)) in config.queues.iter().zip(&stores).enumerate() {
-        let handler = registry.build(&HandlerContext {
-            queue: name,
-            queue_config: q,
-            config: &config,
-            broker: &broker,
-        })?;
+    for (index, (((name, q), store), handler)) in config
+        .queues
+        .iter()
+        .zip(&stores)
+        .zip(handlers.iter().cloned())
+        .enumerate()
+    {
         processors.push(Arc::new(Processor::new(
             name,
             index,
@@ -221,6 +227,7 @@ pub async fn run_as(
     if let Err(e) = reaper.sweep().await {
         tracing::warn!(error = %e, "reaper: first look for dead nodes failed; will look again");
     }
+    futures::future::join_all(handlers.iter().map(|h| h.start())).await;
     let mut workers = JoinSet::new();
     for p in &processors {
         workers.spawn(p.clone().run(stop_fetching.clone(), abandon.clone()));
@@ -258,6 +265,7 @@ pub async fn run_as(
     }
 
     // The shutdown, in order. Each step says why it comes where it does.
+    let stopping_since = std::time::Instant::now();
     let busy: usize = processors.iter().map(|p| p.busy()).sum();
     events.emit(Draft::node(EventType::NodeStopping));
     tracing::info!(
@@ -304,10 +312,19 @@ pub async fn run_as(
         p.sweep().await;
     }
     give_up_timer.abort();
-    // 5. Background components: nothing left for them to do on this node.
+    // 5. Handlers let go of what they hold (worker processes finish and
+    //    exit): no job runs any more. They get what is left of
+    //    `shutdown_timeout`, and at least a moment to exit on their own.
+    let left = config
+        .daemon
+        .shutdown_timeout
+        .saturating_sub(stopping_since.elapsed())
+        .max(HANDLER_GRACE);
+    futures::future::join_all(handlers.iter().map(|h| h.shutdown(left))).await;
+    // 6. Background components: nothing left for them to do on this node.
     stop_background.cancel();
     join_all(&mut background).await;
-    // 6. Heartbeat: once the node key is gone, peers may reap this node, and
+    // 7. Heartbeat: once the node key is gone, peers may reap this node, and
     //    there is nothing left to reap. The systemd watchdog stops with it,
     //    so that the whole drain is watched.
     stop_heartbeat.cancel();
@@ -325,7 +342,7 @@ pub async fn run_as(
             tracing::debug!(error = %e, "could not unlist the node");
         }
     }
-    // 7. Events last, so that node.stopped follows every job event.
+    // 8. Events last, so that node.stopped follows every job event.
     events.emit(Draft::node(EventType::NodeStopped));
     stop_writer.cancel();
     if let Err(e) = writer_task.await {

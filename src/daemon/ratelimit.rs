@@ -10,8 +10,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::broker::BrokerError;
 use crate::broker::queue::QueueStore;
+use crate::clock::now_ms;
 use crate::config::RateLimit;
-use crate::job::{Job, now_ms};
+use crate::job::Job;
 
 /// The special key: the domain of the email's (first) recipient.
 const TO_DOMAIN: &str = "to_domain";
@@ -87,7 +88,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::parse_item;
+    use crate::envelope::parse_item;
     use std::sync::Arc;
 
     fn job(payload: &str) -> Job {

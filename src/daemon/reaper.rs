@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::processor::Processor;
 use crate::broker::queue::{RecoverTo, Recovered};
 use crate::broker::{Broker, BrokerError};
+use crate::clock::now_rfc3339;
+use crate::envelope::{Envelope, parse_item};
 use crate::event::{Draft, EventType};
-use crate::job::{Envelope, now_rfc3339, parse_item};
 
 /// Most jobs moved per script call.
 const BATCH: usize = 100;

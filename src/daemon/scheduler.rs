@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::Retry;
 use crate::broker::queue::QueueStore;
-use crate::job::now_ms;
+use crate::clock::now_ms;
 
 /// Most jobs promoted per queue in one script call.
 const BATCH: usize = 500;

@@ -56,7 +56,7 @@ impl Throughput {
 }
 
 fn now_secs() -> u64 {
-    (crate::job::now_ms() / 1000) as u64
+    (crate::clock::now_ms() / 1000) as u64
 }
 
 #[cfg(test)]

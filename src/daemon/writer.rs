@@ -32,8 +32,8 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
+use crate::clock::{now_ms, rfc3339_ms};
 use crate::event::{Draft, EventBatch, Packed, Stamp};
-use crate::job::{now_ms, rfc3339_ms};
 
 /// Events and status updates waiting to be written, at most.
 const EVENT_CAPACITY: usize = 16_384;

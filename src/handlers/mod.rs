@@ -1,72 +1,174 @@
 //! Handlers: what a job does once it is taken.
 //!
 //! A handler is one async method that returns success, a transient error
-//! (retry with backoff) or a permanent error (dead letter at once): the error
-//! carries the retry decision. The [`Registry`] is the table of contents of
-//! job kinds; a queue names its handler, and an unknown name is a
-//! configuration error found at start-up, not at the first job.
+//! (retry with backoff, or after the delay it asks for) or a permanent error
+//! (dead letter at once): the error carries the retry decision. The
+//! [`Registry`] is the table of contents of job kinds; a queue names its
+//! handler, and an unknown name is a configuration error found at start-up,
+//! not at the first job.
+//!
+//! A handler owns its configuration: the table named after it inside the
+//! queue's table (`[queues.thumbs.exec]`) reaches its factory untouched
+//! through [`HandlerContext::options`], and the factory reads and validates
+//! it. `conveyor check` builds every queue's handler and asks each to
+//! [`Handler::check`] what it depends on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, QueueConfig};
-use crate::job::Job;
+pub use crate::job::{HandlerError, Job};
 
 pub mod email;
+pub mod exec;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod noop;
 pub mod publish;
 
 /// Runs jobs of one kind.
+///
+/// Only [`Handler::handle`] is required. The daemon calls
+/// [`Handler::start`] once before the first job and [`Handler::shutdown`]
+/// once after the last; `conveyor check` calls [`Handler::check`].
+///
+/// ```
+/// use conveyor::{async_trait, Handler, HandlerError, Job};
+/// use conveyor::envelope::parse_item;
+///
+/// struct Resize;
+///
+/// #[async_trait]
+/// impl Handler for Resize {
+///     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
+///         let p: serde_json::Value = job.payload_as()?;   // malformed: permanent
+///         let Some(width) = p.get("width") else {
+///             return Err(HandlerError::permanent("missing width"));
+///         };
+///         job.set_result(&serde_json::json!({ "resized_to": width }))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // A job as the daemon hands it over, from the item a producer pushed.
+/// let job = |item: &'static [u8]| {
+///     Job::new("images".into(), item, parse_item(item, 1 << 20).expect("JSON"))
+/// };
+/// assert!(Resize.handle(&job(br#"{"width": 640}"#)).await.is_ok());
+/// let error = Resize.handle(&job(br#"{"height": 480}"#)).await.unwrap_err();
+/// assert!(error.is_permanent());
+/// assert_eq!(error.message(), "missing width");
+/// # }
+/// ```
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    /// Runs one job. Runs under the queue's timeout; a panic fails the job only.
+    /// Runs one job. Runs under the queue's timeout (the job's
+    /// [`Job::deadline`]); a panic fails the job only. A result is kept
+    /// with [`Job::set_result`].
     async fn handle(&self, job: &Job) -> Result<(), HandlerError>;
+
+    /// Proves that what the handler needs is there (a server it talks to,
+    /// a directory it writes to), saying what it found through `report`,
+    /// one line each. Building the handler has checked its settings
+    /// already; this is for the world outside.
+    async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
+        let _ = report;
+        Ok(())
+    }
+
+    /// Gets ready before the first job (the `exec` handler starts its
+    /// worker processes here). Failing to is logged by the handler; jobs
+    /// then fail as transient until it works.
+    async fn start(&self) {}
+
+    /// Lets go of what the handler holds once no job of its queue runs any
+    /// more (processes, connections), taking at most `within`.
+    async fn shutdown(&self, within: Duration) {
+        let _ = within;
+    }
 }
 
-/// A failed run, and whether running it again may help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying: a timeout, a refused connection, a 4xx reply.
+/// Why a handler's [`Handler::check`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The settings cannot work: fix the configuration (the CLI exits 78).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A server refused our settings for good, such as our credentials:
+    /// fix the configuration (exit 78).
     #[error("{0}")]
-    Transient(String),
-    /// Retrying cannot help: a malformed payload, an invalid address, a 5xx reply.
+    Refused(String),
+    /// Something the handler needs cannot be reached or used now (exit 69).
     #[error("{0}")]
-    Permanent(String),
-}
-
-impl HandlerError {
-    /// A failure worth retrying.
-    pub fn transient(msg: impl Into<String>) -> Self {
-        Self::Transient(msg.into())
-    }
-
-    /// A failure that retrying cannot fix.
-    pub fn permanent(msg: impl Into<String>) -> Self {
-        Self::Permanent(msg.into())
-    }
-
-    /// Whether the job goes straight to the dead letter list.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Permanent(_))
-    }
+    Unavailable(String),
 }
 
 /// What a handler factory may look at when it builds a queue's handler.
 #[derive(Clone, Copy)]
 pub struct HandlerContext<'a> {
+    queue: &'a str,
+    queue_config: &'a QueueConfig,
+    config: &'a Config,
+    broker: &'a Broker,
+}
+
+impl<'a> HandlerContext<'a> {
     /// The queue's name.
-    pub queue: &'a str,
-    /// The queue's settings.
-    pub queue_config: &'a QueueConfig,
+    pub fn queue(&self) -> &'a str {
+        self.queue
+    }
+
+    /// The settings every queue has (concurrency, timeout, ...).
+    pub fn queue_config(&self) -> &'a QueueConfig {
+        self.queue_config
+    }
+
     /// The whole configuration (`[email]` and the like).
-    pub config: &'a Config,
-    /// Redis, for handlers that publish or record.
-    pub broker: &'a Broker,
+    pub fn config(&self) -> &'a Config {
+        self.config
+    }
+
+    /// Redis, for the built-in handlers that publish or record.
+    pub(crate) fn broker(&self) -> &'a Broker {
+        self.broker
+    }
+
+    /// Where this handler's options are written: `queues.<queue>.<handler>`.
+    pub fn options_path(&self) -> String {
+        format!("queues.{}.{}", self.queue, self.queue_config.handler)
+    }
+
+    /// The handler's options table read as `T` (give `T`
+    /// `#[serde(deny_unknown_fields)]`); a missing table reads as an empty
+    /// one. Errors name the table.
+    pub fn options<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let table = self.queue_config.options.clone().unwrap_or_default();
+        T::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{}: {}",
+                self.options_path(),
+                e.to_string().trim_end()
+            ))
+        })
+    }
+
+    /// For handlers that take no options: an error if the queue gives some.
+    pub fn no_options(&self) -> Result<(), ConfigError> {
+        match &self.queue_config.options {
+            Some(table) if !table.is_empty() => Err(ConfigError::Invalid(format!(
+                "{}: the {} handler takes no options",
+                self.options_path(),
+                self.queue_config.handler
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Builds a queue's handler from its configuration, or says what is wrong with it.
@@ -85,18 +187,24 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in handlers: `email`, `noop`, `publish` (and `fault` in test builds).
+    /// The built-in handlers: `email`, `exec`, `noop`, `publish` (and
+    /// `fault` in test builds).
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register("email", email::Email::build);
-        r.register("noop", |_| Ok(Arc::new(noop::Noop)));
+        r.register("exec", exec::build);
+        r.register("noop", |ctx| {
+            ctx.no_options()?;
+            Ok(Arc::new(noop::Noop))
+        });
         r.register("publish", publish::Publish::build);
         #[cfg(feature = "fault-injection")]
         r.register("fault", |_| Ok(Arc::new(fault::Fault)));
         r
     }
 
-    /// Adds (or replaces) a handler kind.
+    /// Adds (or replaces) a handler kind whose factory reads the queue's
+    /// settings and options.
     pub fn register(
         &mut self,
         name: &str,
@@ -109,10 +217,13 @@ impl Registry {
         self
     }
 
-    /// Adds a handler that needs no configuration.
+    /// Adds a handler that takes no options; every queue naming it shares it.
     pub fn register_handler(&mut self, name: &str, handler: impl Handler) -> &mut Self {
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        self.register(name, move |_| Ok(handler.clone()))
+        self.register(name, move |ctx| {
+            ctx.no_options()?;
+            Ok(handler.clone())
+        })
     }
 
     /// The known names, sorted.
@@ -120,8 +231,34 @@ impl Registry {
         self.factories.keys().map(String::as_str).collect()
     }
 
-    /// Builds the handler a queue names.
-    pub fn build(&self, ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    /// Builds every configured queue's handler, in the order of the
+    /// queues: what the daemon does at start, without running anything.
+    /// The first queue whose handler cannot be built decides the error.
+    pub fn build_all(&self, config: &Config) -> Result<Vec<Arc<dyn Handler>>, ConfigError> {
+        let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.build_all_with(config, &broker)
+    }
+
+    pub(crate) fn build_all_with(
+        &self,
+        config: &Config,
+        broker: &Broker,
+    ) -> Result<Vec<Arc<dyn Handler>>, ConfigError> {
+        config
+            .queues
+            .iter()
+            .map(|(name, q)| {
+                self.build(&HandlerContext {
+                    queue: name,
+                    queue_config: q,
+                    config,
+                    broker,
+                })
+            })
+            .collect()
+    }
+
+    fn build(&self, ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
         let name = &ctx.queue_config.handler;
         let factory = self.factories.get(name).ok_or_else(|| {
             ConfigError::Invalid(format!(

@@ -17,17 +17,34 @@ pub struct Publish {
     channel: String,
 }
 
+/// `[queues.<q>.publish]`, or `channel` in the queue's table.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    channel: Option<String>,
+}
+
 impl Publish {
-    /// Builds the handler of a queue; its `channel` is required (checked by validation too).
+    /// Builds the handler of a queue; its `channel` is required.
     pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
-        let channel = ctx.queue_config.channel.clone().ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "queues.{}.channel is required by the publish handler",
-                ctx.queue
-            ))
-        })?;
+        let options: Options = ctx.options()?;
+        let channel = match options.channel {
+            Some(c) if !c.is_empty() => c,
+            Some(_) => {
+                return Err(ConfigError::Invalid(format!(
+                    "queues.{}.channel must not be empty",
+                    ctx.queue()
+                )));
+            }
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "queues.{}.channel is required by the publish handler",
+                    ctx.queue()
+                )));
+            }
+        };
         Ok(Arc::new(Self {
-            broker: ctx.broker.clone(),
+            broker: ctx.broker().clone(),
             channel,
         }))
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
-use conveyor::job::parse_item;
+use conveyor::envelope::parse_item;
 
 use crate::common::{Redis, in_flight, llen, stat, wait_until, zcard};
 use crate::harness::*;

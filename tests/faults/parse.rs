@@ -1,8 +1,8 @@
-//! Property tests of `conveyor::job::parse_item`: whatever the bytes, it
+//! Property tests of `conveyor::envelope::parse_item`: whatever the bytes, it
 //! returns (never panics); and an envelope it read, written back with
 //! `Envelope::to_json` and read again, is the same envelope.
 
-use conveyor::job::parse_item;
+use conveyor::envelope::parse_item;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value, json};

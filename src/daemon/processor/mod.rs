@@ -27,10 +27,11 @@ use super::throughput::Throughput;
 use super::writer::{Events, Outcomes};
 use crate::broker::BrokerError;
 use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
+use crate::clock::now_ms;
 use crate::config::QueueConfig;
+use crate::envelope::{is_suspect, parse_item};
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
-use crate::job::{is_suspect, now_ms, parse_item};
 
 mod run;
 

@@ -16,14 +16,14 @@ use tracing::Instrument as _;
 use super::Processor;
 use crate::broker::events::StatusUpdate;
 use crate::broker::queue::Outcome;
+use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
 use crate::config::{EventLevel, human};
 use crate::daemon::retry::Retry;
 use crate::daemon::writer::Recorded;
+use crate::envelope::{Envelope, Malformed, parse_item};
 use crate::event::{Draft, EventType};
-use crate::handlers::HandlerError;
-use crate::job::{
-    Envelope, Job, Malformed, backoff_delay, now_ms, now_rfc3339, parse_item, rfc3339_ms,
-};
+use crate::job::HandlerError;
+use crate::job::Job;
 
 impl Processor {
     /// Reads a taken item and runs it, or dead-letters it if it cannot be read.
@@ -38,7 +38,7 @@ impl Processor {
         }
     }
 
-    async fn run_job(&self, job: Job, abandon: &CancellationToken) {
+    async fn run_job(&self, mut job: Job, abandon: &CancellationToken) {
         let max_attempts = job.max_attempts(self.config.max_attempts);
         if job.envelope().attempt >= max_attempts {
             let reason = format!(
@@ -92,11 +92,8 @@ impl Processor {
             }
         }
 
-        let timeout = job
-            .envelope()
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.config.timeout);
+        let timeout = job.timeout(self.config.timeout);
+        job.start_run(timeout);
         self.emit(EventType::Started, |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
@@ -109,6 +106,7 @@ impl Processor {
             biased;
             result = tokio::time::timeout(timeout, run) => result,
             _ = abandon.cancelled() => {
+                job.cancel();
                 tracing::info!("still running at the end of the shutdown timeout; requeued at the head of its queue");
                 return self.requeue(&job).await;
             }
@@ -120,7 +118,10 @@ impl Processor {
             Ok(Err(panic)) => {
                 HandlerError::transient(format!("handler panicked: {}", panic_message(&*panic)))
             }
-            Err(_elapsed) => HandlerError::transient(format!("timed out after {}", human(timeout))),
+            Err(_elapsed) => {
+                job.cancel();
+                HandlerError::transient(format!("timed out after {}", human(timeout)))
+            }
         };
         self.fail(&job, error, took, max_attempts).await;
     }
@@ -140,7 +141,11 @@ impl Processor {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).took(took)
             });
             self.track(job.id(), "succeeded", job.attempt(), || {
-                vec![("finished_at", now_rfc3339())]
+                let mut fields = vec![("finished_at", now_rfc3339())];
+                if let Some(result) = job.take_result() {
+                    fields.push(("result", String::from(Box::<str>::from(result))));
+                }
+                fields
             });
         }
     }
@@ -174,7 +179,7 @@ impl Processor {
             }
             return;
         }
-        let delay = backoff_delay(&self.config.backoff, job.attempt());
+        let delay = error.delay(&self.config.backoff, job.attempt());
         let due_ms = now_ms() + delay.as_millis() as i64;
         tracing::warn!(
             error = %message,

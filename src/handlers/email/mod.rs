@@ -70,15 +70,15 @@ use async_trait::async_trait;
 use lettre::message::Mailbox;
 use sha2::{Digest as _, Sha256};
 
-use super::{Handler, HandlerContext, HandlerError};
+use super::{CheckError, Handler, HandlerContext, HandlerError};
 use crate::broker::Broker;
-use crate::config::{ConfigError, EmailTransport, QueueConfig, Secret, human};
+use crate::config::{ConfigError, EmailConfig, EmailTransport, QueueConfig, Secret, human};
 use crate::job::Job;
 
 mod classify;
 mod message;
 mod privacy;
-pub mod probe;
+mod probe;
 mod template;
 mod transport;
 
@@ -104,6 +104,8 @@ pub struct Email {
     queue: QueueConfig,
     timeout: Duration,
     password: Option<Secret>,
+    /// `[email]`, for the probe of `conveyor check`.
+    config: EmailConfig,
 }
 
 enum Deliver {
@@ -115,7 +117,9 @@ impl Email {
     /// Builds the handler of a queue from `[email]`; an unusable setting is a
     /// configuration error, found at start-up and by `conveyor check`.
     pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
-        let email = &ctx.config.email;
+        // Shared by every email queue, the transport is set in `[email]`.
+        ctx.no_options()?;
+        let email = &ctx.config().email;
         let from: Mailbox = email
             .from
             .parse()
@@ -123,11 +127,11 @@ impl Email {
         // The send timeout must fire before the queue's: it is the one that
         // says why, and a send cut off by the queue's timeout leaves no
         // chance to record that the server already took the mail.
-        if ctx.queue_config.timeout <= email.timeout {
+        if ctx.queue_config().timeout <= email.timeout {
             return Err(ConfigError::Invalid(format!(
                 "queues.{}.timeout ({}) must exceed email.timeout ({})",
-                ctx.queue,
-                human(ctx.queue_config.timeout),
+                ctx.queue(),
+                human(ctx.queue_config().timeout),
                 human(email.timeout)
             )));
         }
@@ -143,18 +147,19 @@ impl Email {
             EmailTransport::File => Deliver::File(email.dir.clone()),
             EmailTransport::Smtp => Deliver::Smtp(Box::new(SmtpPool::new(
                 &SmtpSettings::from_config(email)?,
-                ctx.queue_config.concurrency,
+                ctx.queue_config().concurrency,
             ))),
         };
         Ok(Arc::new(Self {
             deliver,
             templates: email.templates.as_deref().map(Templates::new),
             from,
-            broker: ctx.broker.clone(),
-            queue_key: ctx.config.queue_key(ctx.queue),
-            queue: ctx.queue_config.clone(),
+            broker: ctx.broker().clone(),
+            queue_key: ctx.config().queue_key(ctx.queue()),
+            queue: ctx.queue_config().clone(),
             timeout: email.timeout,
             password: email.password.clone(),
+            config: email.clone(),
         }))
     }
 
@@ -197,6 +202,27 @@ impl Email {
 
 #[async_trait]
 impl Handler for Email {
+    /// The outbox can be created, or the SMTP server holds a conversation
+    /// up to AUTH, naming the step that fails.
+    async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
+        match &self.deliver {
+            Deliver::File(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    CheckError::Unavailable(format!(
+                        "email: cannot create the outbox {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                report(format!("email: ok (file transport into {})", dir.display()));
+            }
+            Deliver::Smtp(_) => {
+                probe::probe(&self.config, &mut *report).await?;
+                report(format!("email: ok ({})", self.config.smtp_url));
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
         let request = Request::parse(job.payload().get())
             .map_err(|e| HandlerError::permanent(format!("malformed email payload: {e}")))?;
@@ -286,7 +312,7 @@ fn marker_ttl(job: &Job, queue: &QueueConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::parse_item;
+    use crate::envelope::parse_item;
 
     fn job(item: &str) -> Job {
         let parsed = parse_item(item.as_bytes(), 1 << 20).expect("parses");
@@ -304,13 +330,7 @@ mod tests {
     fn build_error(toml: &str) -> String {
         let config = crate::config::Config::from_toml(toml).expect("toml");
         let broker = Broker::new(&config.redis).expect("a broker needs no I/O");
-        let ctx = HandlerContext {
-            queue: "q",
-            queue_config: &config.queues["q"],
-            config: &config,
-            broker: &broker,
-        };
-        match Email::build(&ctx) {
+        match crate::handlers::Registry::builtin().build_all_with(&config, &broker) {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }

@@ -14,10 +14,11 @@ use super::classify::with_tls_hint;
 use super::privacy::scrub;
 use super::transport::{SmtpSettings, TlsMode};
 use crate::config::{ConfigError, EmailConfig, human};
+use crate::handlers::CheckError;
 
 /// A step of the SMTP conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The TCP connection.
     Connect,
     /// The TLS handshake of `smtps://`.
@@ -44,7 +45,7 @@ impl fmt::Display for Step {
 
 /// Why the SMTP server cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// `[email]` cannot be used as it is.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -62,17 +63,24 @@ pub enum ProbeError {
     },
 }
 
-impl ProbeError {
-    /// Whether the server could not be reached or used (as opposed to
-    /// refusing our configuration). The CLI exits 69 on these and 78 on the others.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Failed { refused: false, .. })
+impl From<ProbeError> for CheckError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Config(e) => CheckError::Config(e),
+            failed @ ProbeError::Failed { refused: true, .. } => {
+                CheckError::Refused(failed.to_string())
+            }
+            failed => CheckError::Unavailable(failed.to_string()),
+        }
     }
 }
 
 /// Runs the steps against `[email] smtp_url`, calling `say` with a line per
 /// step that passed.
-pub async fn probe(email: &EmailConfig, mut say: impl FnMut(String)) -> Result<(), ProbeError> {
+pub(crate) async fn probe(
+    email: &EmailConfig,
+    mut say: impl FnMut(String),
+) -> Result<(), ProbeError> {
     let settings = SmtpSettings::from_config(email)?;
     let url = &settings.url;
     let server = match url.host.contains(':') {

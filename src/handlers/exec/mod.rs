@@ -1,0 +1,271 @@
+//! `exec`: the user's own program, in any language, runs each job.
+//!
+//! ```toml
+//! [queues.thumbs]
+//! handler = "exec"
+//! concurrency = 4                # = worker processes in persistent mode
+//! [queues.thumbs.exec]
+//! command = ["python3", "workers/thumbs.py"]   # argv, never a shell
+//! mode = "persistent"            # or "oneshot"
+//! cwd = "."                      # default: the config file's directory
+//! env = { THUMB_DIR = "/var/lib/thumbs" }
+//! pass_env = ["AWS_REGION"]
+//! max_jobs_per_process = 0       # persistent: replace a process after this many jobs
+//! ```
+//!
+//! Each run gets one request line on stdin: `{"id", "queue", "attempt",
+//! "payload"}` (`attempt` counts this run, from 1). In persistent mode
+//! (`pool.rs`) a process answers each request with one reply line; in
+//! oneshot mode (`oneshot.rs`) a process per job answers with its exit
+//! status. The protocol is in `protocol.rs`.
+//!
+//! No shell ever runs: the program is started from its argv, resolved to an
+//! absolute path when the handler is built (a missing or non-executable
+//! program is a configuration error, exit 78), and the payload is data on
+//! stdin, never an argument. The environment is PATH, HOME and LANG, then
+//! `env`, then the `pass_env` names; never the daemon's own secrets, which
+//! `pass_env` refuses to name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{CheckError, Handler, HandlerContext};
+use crate::config::ConfigError;
+use crate::job::{HandlerError, Job};
+
+mod oneshot;
+mod pool;
+mod process;
+mod protocol;
+
+use pool::Pool;
+use process::Spec;
+
+/// PATH of a worker when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How long `conveyor check` watches a persistent worker it started.
+const CHECK_WATCH: Duration = Duration::from_millis(500);
+
+/// `[queues.<q>.exec]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    command: Vec<String>,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    max_jobs_per_process: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Persistent,
+    Oneshot,
+}
+
+/// Runs jobs through the queue's program.
+pub struct Exec {
+    spec: Spec,
+    kind: Kind,
+}
+
+enum Kind {
+    Persistent(Arc<Pool>),
+    Oneshot,
+}
+
+/// Builds the `exec` handler of a queue from `[queues.<q>.exec]`.
+pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    let options: Options = ctx.options()?;
+    let spec = spec(ctx, &options, &|name| std::env::var(name).ok())?;
+    let kind = match options.mode {
+        Mode::Persistent => Kind::Persistent(Arc::new(Pool::new(
+            spec.clone(),
+            ctx.queue_config().concurrency as usize,
+            options.max_jobs_per_process,
+        ))),
+        Mode::Oneshot => Kind::Oneshot,
+    };
+    Ok(Arc::new(Exec { spec, kind }))
+}
+
+/// Reads and checks the options into how to start the program; `env`
+/// looks up the daemon's environment.
+fn spec(
+    ctx: &HandlerContext<'_>,
+    options: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Spec, ConfigError> {
+    let at = ctx.options_path();
+    let invalid = |field: &str, msg: String| ConfigError::Invalid(format!("{at}.{field}: {msg}"));
+    if options.mode == Mode::Oneshot && options.max_jobs_per_process != 0 {
+        return Err(invalid(
+            "max_jobs_per_process",
+            "applies to persistent mode only; a oneshot process runs one job".into(),
+        ));
+    }
+    let Some((program, args)) = options.command.split_first() else {
+        return Err(invalid(
+            "command",
+            "must name a program: command = [\"python3\", \"worker.py\"]".into(),
+        ));
+    };
+    let base = &ctx.config().dir;
+    let cwd = match &options.cwd {
+        Some(cwd) => base.join(cwd),
+        None => base.clone(),
+    };
+    let cwd = if cwd.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        cwd
+    };
+    if !cwd.is_dir() {
+        return Err(invalid(
+            "cwd",
+            format!("{} is not a directory", cwd.display()),
+        ));
+    }
+    for name in &options.pass_env {
+        if is_daemon_secret(name) {
+            return Err(invalid(
+                "pass_env",
+                format!(
+                    "{name} is the daemon's own setting or secret and is never passed to a worker"
+                ),
+            ));
+        }
+    }
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    vars.insert(
+        "PATH".into(),
+        env("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+    );
+    if let Some(home) = env("HOME") {
+        vars.insert("HOME".into(), home);
+    }
+    vars.insert(
+        "LANG".into(),
+        env("LANG").unwrap_or_else(|| "C.UTF-8".into()),
+    );
+    vars.extend(options.env.clone());
+    for name in &options.pass_env {
+        if let Some(value) = env(name) {
+            vars.insert(name.clone(), value);
+        }
+    }
+    let program =
+        resolve(program, base, &cwd, &vars["PATH"]).map_err(|msg| invalid("command", msg))?;
+    Ok(Spec {
+        queue: ctx.queue().into(),
+        program,
+        args: args.to_vec(),
+        cwd,
+        env: vars.into_iter().collect(),
+    })
+}
+
+/// Variables the daemon reads its own settings and secrets from: never
+/// handed to a worker.
+fn is_daemon_secret(name: &str) -> bool {
+    name.starts_with("CONVEYOR_")
+        || name.starts_with("REDIS_")
+        || name == "CREDENTIALS_DIRECTORY"
+        || name == "NOTIFY_SOCKET"
+}
+
+/// The program as an absolute path: a name with a `/` is relative to the
+/// config file's directory, one without is looked up in the worker's PATH.
+fn resolve(program: &str, base: &Path, cwd: &Path, path: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.contains('/') {
+        let full = base.join(program);
+        let meta = std::fs::metadata(&full)
+            .map_err(|e| format!("program {} cannot be used: {e}", full.display()))?;
+        if !meta.is_file() {
+            return Err(format!("program {} is not a file", full.display()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!(
+                "program {} is not executable (chmod +x it, or name its interpreter first)",
+                full.display()
+            ));
+        }
+        return std::path::absolute(&full).map_err(|e| e.to_string());
+    }
+    which::which_in(program, Some(path), cwd)
+        .map_err(|_| format!("program {program:?} is not found in PATH ({path})"))
+}
+
+#[async_trait]
+impl Handler for Exec {
+    async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
+        match &self.kind {
+            Kind::Persistent(pool) => pool.run(job).await,
+            Kind::Oneshot => oneshot::run(&self.spec, job).await,
+        }
+    }
+
+    /// A persistent worker is started and watched for a moment: one that
+    /// exits at once (a typo in a script's path, an import that fails) is
+    /// reported with its stderr.
+    async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
+        let command = std::iter::once(self.spec.program.display().to_string())
+            .chain(self.spec.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mode = match &self.kind {
+            Kind::Persistent(_) => "persistent",
+            Kind::Oneshot => {
+                report(format!("exec {}: ok ({command}, oneshot)", self.spec.queue));
+                return Ok(());
+            }
+        };
+        let mut process = self.spec.spawn().map_err(|e| {
+            CheckError::Unavailable(format!(
+                "exec {}: cannot start {command}: {e}",
+                self.spec.queue
+            ))
+        })?;
+        if let Ok(status) = tokio::time::timeout(CHECK_WATCH, process.exit_status()).await {
+            let status = status.map_or_else(|e| e, |s| s.to_string());
+            return Err(CheckError::Unavailable(format!(
+                "exec {}: {command} exited at once ({status}); stderr: {}",
+                self.spec.queue,
+                process.stderr_tail()
+            )));
+        }
+        process.close(Duration::from_secs(2)).await;
+        report(format!(
+            "exec {}: ok ({command}, {mode}, started and stayed up)",
+            self.spec.queue
+        ));
+        Ok(())
+    }
+
+    async fn start(&self) {
+        if let Kind::Persistent(pool) = &self.kind {
+            pool.start();
+        }
+    }
+
+    async fn shutdown(&self, within: Duration) {
+        if let Kind::Persistent(pool) = &self.kind {
+            pool.shutdown(within).await;
+        }
+    }
+}
