@@ -67,9 +67,11 @@ async fn a_worker_sees_its_environment_and_none_of_the_daemons_secrets() {
     let worker = script(dir.path(), "env.py", PERSISTENT);
     let exec =
         "env = { THUMB_DIR = \"/var/lib/thumbs\" }\npass_env = [\"AWS_REGION\", \"UNSET_HERE\"]";
-    let queue = queue(&worker, "persistent", "concurrency = 1", exec)
-        .replace("\"python3\"", &format!("{:?}", python()));
-    let cfg = config_file(dir.path(), &redis, &queue);
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        &queue(&worker, "persistent", "concurrency = 1", exec),
+    );
     let mut conn = redis.conn().await;
     let mut cmd = conveyor();
     cmd.args(["run", "--config", cfg.to_str().unwrap()])

@@ -224,3 +224,35 @@ async fn shell_metacharacters_in_a_payload_stay_data() {
     assert!(!touched.exists(), "nothing ran the payload");
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_died_while_idle_costs_the_next_job_nothing() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = script(dir.path(), "idle.py", PERSISTENT);
+    let marker = worker.to_string_lossy().into_owned();
+    let mut conn = redis.conn().await;
+    let daemon = TestDaemon::start(
+        config(&redis, &queue(&worker, "persistent", "concurrency = 1", "")),
+        builtin(),
+    );
+    wait_processes(&marker, 1).await;
+    let idle = processes(&marker)[0];
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &idle.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until(
+        "the idle worker is gone",
+        WAIT,
+        || async move { !alive(idle) },
+    )
+    .await;
+    push(&mut conn, "next", json!({})).await;
+    let r = result(&conn, "next").await;
+    assert_ne!(r["pid"].as_u64(), Some(u64::from(idle)));
+    assert_eq!(r["attempt"], 1, "the first attempt succeeded");
+    assert_eq!(stat(&mut conn, Q, "failed").await, 0);
+    daemon.stop().await.unwrap();
+}

@@ -77,14 +77,18 @@ if code == 0:
 sys.exit(code)
 "#;
 
-/// The Python interpreter itself, not a wrapper in front of it (pyenv's
-/// shims are shell scripts that add variables of their own).
-pub(crate) fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+/// The Python interpreter itself, not a wrapper in front of it: pyenv's
+/// shims are shell scripts that add variables of their own and run
+/// commands in subshells, which would show among a test's processes.
+pub(crate) fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
 }
 
 /// Writes `script` into `dir` as `name`; returns its path.
@@ -94,10 +98,11 @@ pub(crate) fn script(dir: &Path, name: &str, script: &str) -> PathBuf {
     path
 }
 
-/// A queue `work` running `worker` with python3.
+/// A queue `work` running `worker` with the Python interpreter itself.
 pub(crate) fn queue(worker: &Path, mode: &str, settings: &str, exec: &str) -> String {
     format!(
-        "[queues.work]\nhandler = \"exec\"\ntrack = true\n{settings}\n[queues.work.exec]\ncommand = [\"python3\", \"{}\"]\nmode = \"{mode}\"\n{exec}\n",
+        "[queues.work]\nhandler = \"exec\"\ntrack = true\n{settings}\n[queues.work.exec]\ncommand = [{:?}, \"{}\"]\nmode = \"{mode}\"\n{exec}\n",
+        python(),
         worker.display()
     )
 }

@@ -56,9 +56,36 @@ struct Work {
     item: Bytes,
     /// Its entry in [`Processor::held`].
     held: usize,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     /// For a suspect: keeps fetchers from taking anything until it is done.
     _suspect: Option<Pending>,
+}
+
+/// A job's hold on one of the queue's `concurrency` slots, counted in
+/// [`Processor::busy`]. It is let go of as soon as the handler is done, so
+/// that the fetcher takes the next job while this one's outcome is being
+/// written: a worker (an exec process, an SMTP connection) does not wait a
+/// Redis round trip between jobs. The slot task goes on to record the
+/// outcome; there are twice as many slot tasks as slots for that.
+pub(super) struct Busy<'a> {
+    running: &'a AtomicUsize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Busy<'a> {
+    fn new(running: &'a AtomicUsize, permit: OwnedSemaphorePermit) -> Self {
+        running.fetch_add(1, Ordering::Relaxed);
+        Self {
+            running,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs the jobs of one queue.
@@ -226,7 +253,8 @@ impl Processor {
         let (tx, rx) = async_channel::bounded::<Work>(concurrency);
         let fetcher = tokio::spawn(self.clone().fetch(tx, stop_fetching));
         let mut slots = JoinSet::new();
-        for _ in 0..concurrency {
+        // One running a handler and one recording an outcome, per slot.
+        for _ in 0..concurrency * 2 {
             slots.spawn(self.clone().slot(rx.clone(), abandon.clone()));
         }
         while let Some(ended) = slots.join_next().await {
@@ -313,7 +341,7 @@ impl Processor {
                         let work = Work {
                             item,
                             held,
-                            _permit: permit,
+                            permit,
                             _suspect: pending,
                         };
                         if tx.send(work).await.is_err() {
@@ -465,14 +493,19 @@ impl Processor {
 
     async fn slot(self: Arc<Self>, rx: async_channel::Receiver<Work>, abandon: CancellationToken) {
         while let Ok(work) = rx.recv().await {
-            self.running.fetch_add(1, Ordering::Relaxed);
-            self.process(work.item, &abandon).await;
-            self.running.fetch_sub(1, Ordering::Relaxed);
+            let Work {
+                item,
+                held,
+                permit,
+                _suspect,
+            } = work;
+            self.process(item, Busy::new(&self.running, permit), &abandon)
+                .await;
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(work.held);
+                .remove(held);
         }
     }
 }

@@ -13,7 +13,7 @@ use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::Processor;
+use super::{Busy, Processor};
 use crate::broker::events::StatusUpdate;
 use crate::broker::queue::Outcome;
 use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
@@ -27,18 +27,22 @@ use crate::job::Job;
 
 impl Processor {
     /// Reads a taken item and runs it, or dead-letters it if it cannot be read.
-    pub(super) async fn process(&self, item: Bytes, abandon: &CancellationToken) {
+    pub(super) async fn process(&self, item: Bytes, busy: Busy<'_>, abandon: &CancellationToken) {
         match parse_item(&item, self.config.max_payload_bytes) {
             Ok(parsed) => {
                 let job = Job::new(self.name.clone(), item, parsed);
                 let span = tracing::info_span!("job", id = %job.id(), queue = %self.name, attempt = job.attempt());
-                self.run_job(job, abandon).instrument(span).await;
+                self.run_job(job, busy, abandon).instrument(span).await;
             }
-            Err(malformed) => self.dead_letter_malformed(item, malformed).await,
+            Err(malformed) => {
+                drop(busy);
+                self.dead_letter_malformed(item, malformed).await
+            }
         }
     }
 
-    async fn run_job(&self, mut job: Job, abandon: &CancellationToken) {
+    /// Runs the job's handler while it holds `busy`, then records the outcome.
+    async fn run_job(&self, mut job: Job, busy: Busy<'_>, abandon: &CancellationToken) {
         let max_attempts = job.max_attempts(self.config.max_attempts);
         if job.envelope().attempt >= max_attempts {
             let reason = format!(
@@ -112,6 +116,7 @@ impl Processor {
             }
         };
         let took = started.elapsed().as_millis() as u64;
+        drop(busy);
         let error = match result {
             Ok(Ok(Ok(()))) => return self.succeed(&job, took).await,
             Ok(Ok(Err(e))) => e,

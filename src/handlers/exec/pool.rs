@@ -94,23 +94,21 @@ impl Pool {
         }
     }
 
-    /// An idle process that is still alive, or a new one.
+    /// An idle process, or a new one.
     fn checkout(&self) -> Result<Process, HandlerError> {
-        loop {
-            let popped = self.idle().processes.pop();
-            let Some(mut process) = popped else {
-                return self.spec.spawn().map_err(|e| {
-                    HandlerError::transient(format!(
-                        "cannot start the worker program {}: {e}",
-                        self.spec.program.display()
-                    ))
-                });
-            };
-            if !process.has_exited() {
-                return Ok(process);
-            }
-            tracing::warn!(queue = %self.spec.queue, pid = process.pid, stderr = %process.stderr_tail(), "an idle worker process had exited; starting another");
+        match self.idle().processes.pop() {
+            Some(process) => Ok(process),
+            None => self.spawn(),
         }
+    }
+
+    fn spawn(&self) -> Result<Process, HandlerError> {
+        self.spec.spawn().map_err(|e| {
+            HandlerError::transient(format!(
+                "cannot start the worker program {}: {e}",
+                self.spec.program.display()
+            ))
+        })
     }
 
     /// Runs `job` on a process of the pool.
@@ -119,17 +117,32 @@ impl Pool {
             pool: self.clone(),
             process: Some(self.checkout()?),
         };
+        let mut fresh = false;
+        let reply = loop {
+            let Some(process) = lease.process.as_mut() else {
+                return Err(HandlerError::transient("no worker process"));
+            };
+            process.begin(job.id());
+            match exchange(process, job).await {
+                Ok(reply) => break reply,
+                // An idle process that had exited never saw the request: the
+                // job goes to a new process rather than failing. (Asking
+                // each process whether it lives before every job would cost
+                // a system call per job.)
+                Err(Broken::NotDelivered(why)) if !fresh => {
+                    tracing::warn!(pid = process.pid, error = %why, "an idle worker process had exited; starting another");
+                    lease.process = Some(self.spawn()?);
+                    fresh = true;
+                }
+                Err(Broken::NotDelivered(why) | Broken::MidJob(why)) => {
+                    // The lease drops with the process: killed, and replaced.
+                    tracing::warn!(pid = process.pid, error = %why, "worker process replaced");
+                    return Err(HandlerError::transient(why));
+                }
+            }
+        };
         let Some(process) = lease.process.as_mut() else {
             return Err(HandlerError::transient("no worker process"));
-        };
-        process.begin(job.id());
-        let reply = match exchange(process, job).await {
-            Ok(reply) => reply,
-            Err(why) => {
-                // The lease drops with the process: killed, and replaced.
-                tracing::warn!(pid = process.pid, error = %why, "worker process replaced");
-                return Err(HandlerError::transient(why));
-            }
         };
         process.jobs += 1;
         lease.give_back();
@@ -158,19 +171,29 @@ impl Pool {
     }
 }
 
-/// Sends the request and reads the reply; an error says why the process
-/// cannot be trusted with another job.
-async fn exchange(process: &mut Process, job: &Job) -> Result<Reply, String> {
+/// Why a process cannot be trusted with another job.
+enum Broken {
+    /// The request could not be written: the process never had the job.
+    NotDelivered(String),
+    /// The process had the job and did not answer it properly.
+    MidJob(String),
+}
+
+/// Sends the request and reads the reply.
+async fn exchange(process: &mut Process, job: &Job) -> Result<Reply, Broken> {
     let request = protocol::request(job);
     let written = match process.stdin.as_mut() {
         Some(stdin) => stdin.write_all(&request).await,
         None => Err(std::io::ErrorKind::BrokenPipe.into()),
     };
     if let Err(e) = written {
-        return Err(gone(process, &format!("cannot write the request ({e})")).await);
+        let why = gone(process, &format!("cannot write the request ({e})")).await;
+        return Err(Broken::NotDelivered(why));
     }
     let mut line = Vec::new();
-    match protocol::read_line(&mut process.stdout, &mut line, protocol::MAX_REPLY, false).await {
+    let read =
+        protocol::read_line(&mut process.stdout, &mut line, protocol::MAX_REPLY, false).await;
+    match read {
         Ok(Line::Complete) => protocol::parse_reply(&line, job.id()).map_err(|e| e.to_string()),
         Ok(Line::TooLong) => Err(format!(
             "the worker's reply line is longer than {} bytes",
@@ -179,6 +202,7 @@ async fn exchange(process: &mut Process, job: &Job) -> Result<Reply, String> {
         Ok(Line::Eof) => Err(gone(process, "it closed its stdout without a reply").await),
         Err(e) => Err(format!("cannot read the worker's reply: {e}")),
     }
+    .map_err(Broken::MidJob)
 }
 
 /// The reason for a process that stopped answering: how it exited, if it

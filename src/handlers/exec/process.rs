@@ -103,11 +103,6 @@ impl Process {
         state.tail.clear();
     }
 
-    /// Whether it has exited (and so cannot take a job).
-    pub(super) fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// Waits for it to exit, then for its stderr to be read to the end
     /// (bounded: a process it left behind may hold stderr open); returns
     /// how it ended, as words.
