@@ -41,12 +41,22 @@ struct Args {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure: all, throughput, latency, enqueue.
+    /// What to measure: all, throughput, latency, enqueue, exec.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
     #[arg(long, default_value_t = 1000)]
     latency_jobs: usize,
+    /// Python worker processes of the exec measurement.
+    #[arg(long, default_value_t = 8)]
+    exec_concurrency: u32,
+    /// Jobs per exec run in persistent mode (oneshot runs a 50th of it).
+    #[arg(long, default_value_t = 100_000)]
+    exec_jobs: usize,
+    /// The exec measurement's Python interpreter [default: the python3 of
+    /// systemd's PATH, /usr/local/bin:/usr/bin:/bin, as a service runs it].
+    #[arg(long)]
+    python: Option<String>,
     /// Jobs loaded by the enqueue measurement.
     #[arg(long, default_value_t = 300_000)]
     enqueue_jobs: usize,
@@ -64,6 +74,9 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+#[path = "conveyor/exec.rs"]
+mod exec;
 
 const QUEUE: &str = "bench";
 const LIST: &str = "jobs:bench";
@@ -105,7 +118,15 @@ fn main() -> anyhow::Result<()> {
     );
     let mode = args.mode.as_str();
     if mode == "all" || mode == "throughput" {
-        throughput(&args, &url, &mut conn, redis_pid, dir.path())?;
+        let work = Workload {
+            label: "no-op jobs",
+            config: config_file(dir.path(), &url, &args, None)?,
+            jobs: args.jobs,
+        };
+        throughput(&args, &url, &mut conn, redis_pid, &work)?;
+    }
+    if mode == "all" || mode == "exec" {
+        exec::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;
@@ -161,13 +182,19 @@ fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     Ok((child, url))
 }
 
-fn config_file(dir: &Path, url: &str, args: &Args) -> anyhow::Result<PathBuf> {
+/// The bench's configuration: the no-op queue, or `queue` (the rest of
+/// the queue's table, its handler included).
+fn config_file(dir: &Path, url: &str, args: &Args, queue: Option<&str>) -> anyhow::Result<PathBuf> {
     let path = dir.join("bench.toml");
+    let queue = queue.map_or_else(
+        || format!("handler = \"noop\"\nconcurrency = {}\n", args.concurrency),
+        str::to_owned,
+    );
     std::fs::write(
         &path,
         format!(
-            "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"noop\"\nconcurrency = {}\nevents = \"{}\"\n",
-            args.concurrency, args.events
+            "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nevents = \"{}\"\n{queue}",
+            args.events
         ),
     )?;
     Ok(path)
@@ -197,7 +224,20 @@ struct Run {
     top_commands: Vec<(String, f64)>,
     daemon_cpu_s: f64,
     redis_cpu_s: f64,
+    /// The daemon's child processes (exec workers): the live ones and
+    /// those it has waited for.
+    workers_cpu_s: f64,
     peak_rss_kb: u64,
+}
+
+/// What a throughput measurement runs.
+struct Workload {
+    /// Printed before the figures.
+    label: &'static str,
+    /// The daemon's configuration file.
+    config: PathBuf,
+    /// Jobs per run.
+    jobs: usize,
 }
 
 fn throughput(
@@ -205,13 +245,13 @@ fn throughput(
     url: &str,
     conn: &mut redis::Connection,
     redis_pid: Option<u32>,
-    dir: &Path,
-) -> anyhow::Result<()> {
-    let cfg = config_file(dir, url, args)?;
+    work: &Workload,
+) -> anyhow::Result<Run> {
+    let cfg = &work.config;
     let mut runs = Vec::new();
     for _ in 0..args.runs {
         redis::cmd("FLUSHALL").query::<()>(conn)?;
-        preload(conn, args.jobs, args.payload)?;
+        preload(conn, work.jobs, args.payload)?;
         let listener = args.subscribe.then(|| subscriber(url)).transpose()?;
         redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(conn)?;
         let redis_cpu0 = redis_pid.map(cpu_seconds).unwrap_or(0.0);
@@ -221,7 +261,7 @@ fn throughput(
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_conveyor")));
         let mut daemon = Command::new(bin)
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .env("CONVEYOR_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()?;
@@ -249,13 +289,14 @@ fn throughput(
             std::thread::sleep(Duration::from_micros(500));
         };
         let t_end = loop {
-            if processed(conn, &mut polls) as usize >= args.jobs {
+            if processed(conn, &mut polls) as usize >= work.jobs {
                 break Instant::now();
             }
             anyhow::ensure!(Instant::now() < deadline, "the run did not finish");
             std::thread::sleep(Duration::from_millis(1));
         };
         let daemon_cpu = cpu_seconds(daemon.id());
+        let workers_cpu = children_cpu_seconds(daemon.id());
         let peak_rss_kb = proc_status_kb(daemon.id(), "VmHWM").unwrap_or(0);
         let redis_cpu = redis_pid.map(cpu_seconds).unwrap_or(0.0) - redis_cpu0;
         let stats = commandstats(conn)?;
@@ -267,9 +308,9 @@ fn throughput(
                 .join()
                 .map_err(|_| anyhow::anyhow!("subscriber thread"))?;
             anyhow::ensure!(
-                heard >= args.jobs as u64,
+                heard >= work.jobs as u64,
                 "the subscriber heard {heard} events for {} jobs",
-                args.jobs
+                work.jobs
             );
         }
         // Our own polling and bookkeeping are not the daemon's cost.
@@ -283,18 +324,19 @@ fn throughput(
             .map(|(name, calls)| {
                 (
                     name.clone(),
-                    calls.saturating_sub(ours(name)) as f64 / args.jobs as f64,
+                    calls.saturating_sub(ours(name)) as f64 / work.jobs as f64,
                 )
             })
             .filter(|(name, per)| *per > 0.0 && !name.starts_with("info"))
             .collect();
         by_cmd.sort_by(|a, b| b.1.total_cmp(&a.1));
         runs.push(Run {
-            jobs_per_s: (args.jobs as u64 - first) as f64 / (t_end - t_first).as_secs_f64(),
+            jobs_per_s: (work.jobs as u64 - first) as f64 / (t_end - t_first).as_secs_f64(),
             commands_per_job: by_cmd.iter().map(|(_, per)| per).sum(),
             top_commands: by_cmd.into_iter().take(6).collect(),
             daemon_cpu_s: daemon_cpu,
             redis_cpu_s: redis_cpu,
+            workers_cpu_s: workers_cpu,
             peak_rss_kb,
         });
     }
@@ -303,8 +345,9 @@ fn throughput(
         .iter()
         .map(|r| format!("{:.0}", r.jobs_per_s))
         .collect();
-    let m = &runs[runs.len() / 2];
+    let m = runs.swap_remove(runs.len() / 2);
     let cpu = m.daemon_cpu_s + m.redis_cpu_s;
+    println!("{}", work.label);
     println!(
         "throughput    {:>9.0} jobs/s   (runs: {})",
         m.jobs_per_s,
@@ -325,13 +368,20 @@ fn throughput(
         100.0 * m.daemon_cpu_s / cpu.max(1e-9),
         m.redis_cpu_s,
         100.0 * m.redis_cpu_s / cpu.max(1e-9),
-        1e6 * cpu / args.jobs as f64
+        1e6 * cpu / work.jobs as f64
     );
+    if m.workers_cpu_s > 0.0 {
+        println!(
+            "cpu           daemon {:.1} us per job, workers {:.1} us per job",
+            1e6 * m.daemon_cpu_s / work.jobs as f64,
+            1e6 * m.workers_cpu_s / work.jobs as f64
+        );
+    }
     println!(
         "peak rss      {:>9.1} MB (daemon)",
         m.peak_rss_kb as f64 / 1024.0
     );
-    Ok(())
+    Ok(m)
 }
 
 /// A thread subscribed to the events channel, counting what it hears
@@ -452,7 +502,7 @@ fn enqueue(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> 
             writeln!(f, "{}", payload(i, args.payload))?;
         }
     }
-    let cfg = config_file(dir, url, args)?;
+    let cfg = config_file(dir, url, args, None)?;
     let mut rates = Vec::new();
     for _ in 0..args.runs {
         redis::cmd("FLUSHALL").query::<()>(conn)?;
@@ -518,21 +568,40 @@ fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> Optio
         .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_owned))
 }
 
+/// CPU seconds of a process's children: those it has waited for, and
+/// those still running.
+fn children_cpu_seconds(pid: u32) -> f64 {
+    let waited = stat_fields(pid)
+        .map(|f| (field(&f, 13) + field(&f, 14)) / 100.0)
+        .unwrap_or(0.0);
+    let live: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&child| stat_fields(child).is_some_and(|f| field(&f, 1) == pid as f64))
+        .map(cpu_seconds)
+        .sum();
+    waited + live
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may
+/// contain spaces, in parentheses): index 0 is the state.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+fn field(fields: &[String], i: usize) -> f64 {
+    fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0)
+}
+
 /// User plus system CPU seconds of a process.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) in parentheses.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    stat_fields(pid)
+        .map(|f| (field(&f, 11) + field(&f, 12)) / 100.0)
+        .unwrap_or(0.0)
 }
 
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
