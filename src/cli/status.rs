@@ -26,6 +26,7 @@ const ORDER: &[&str] = &[
     "finished_at",
     "due_at",
     "last_error",
+    "result",
     "updated_at",
 ];
 

@@ -63,13 +63,13 @@ impl Pool {
 
     /// Starts one process into the idle set; false if it could not start.
     fn replenish(&self) -> bool {
-        match self.spec.spawn() {
+        match self.spawn() {
             Ok(process) => {
                 self.keep(process);
                 true
             }
             Err(e) => {
-                tracing::error!(queue = %self.spec.queue, program = %self.spec.program.display(), error = %e, "cannot start a worker process");
+                tracing::error!(queue = %self.spec.queue, error = %e, "no worker process started");
                 false
             }
         }
