@@ -51,14 +51,24 @@ pub(crate) const BLOCK: Duration = Duration::from_secs(1);
 /// return them while this node lives. One LRANGE per queue per period.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
-/// A taken job on its way to a slot, with the slot's permit.
+/// A taken job on its way to a slot task, with its reservation.
 struct Work {
     item: Bytes,
     /// Its entry in [`Processor::held`].
     held: usize,
-    permit: OwnedSemaphorePermit,
+    reserved: Reservation,
     /// For a suspect: keeps fetchers from taking anything until it is done.
     _suspect: Option<Pending>,
+}
+
+/// What a job holds from before it is taken: one of the `concurrency`
+/// slots (let go of when its handler is done) and one of the
+/// `2 x concurrency` places in flight (let go of when its outcome is
+/// recorded). So at most `concurrency` handlers run, and at most twice as
+/// many jobs of the queue are in this node's in-flight list.
+struct Reservation {
+    slot: OwnedSemaphorePermit,
+    flight: OwnedSemaphorePermit,
 }
 
 /// A job's hold on one of the queue's `concurrency` slots, counted in
@@ -66,7 +76,8 @@ struct Work {
 /// that the fetcher takes the next job while this one's outcome is being
 /// written: a worker (an exec process, an SMTP connection) does not wait a
 /// Redis round trip between jobs. The slot task goes on to record the
-/// outcome; there are twice as many slot tasks as slots for that.
+/// outcome; there are twice as many slot tasks as slots for that, and as
+/// many places in flight (see [`Reservation`]).
 pub(super) struct Busy<'a> {
     running: &'a AtomicUsize,
     _permit: OwnedSemaphorePermit,
@@ -97,6 +108,8 @@ pub(crate) struct Processor {
     config: QueueConfig,
     handler: Arc<dyn Handler>,
     slots: Arc<Semaphore>,
+    /// Places in this node's in-flight list: twice the slots.
+    flight: Arc<Semaphore>,
     /// Jobs being run right now (the fetcher's held slot is not one).
     running: AtomicUsize,
     /// Jobs finished with since start, whatever their outcome: the "jobs
@@ -162,6 +175,7 @@ impl Processor {
             give_up,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+        let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
         let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
         Self {
             name: name.into(),
@@ -170,6 +184,7 @@ impl Processor {
             config,
             handler,
             slots,
+            flight,
             running: AtomicUsize::new(0),
             handled: AtomicU64::new(0),
             held: Mutex::new(Slab::new()),
@@ -302,14 +317,14 @@ impl Processor {
             let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                permit = self.slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+                reserved = self.reserve() => reserved,
             };
             let mut permits = vec![first];
             let taken = if backlog {
                 while permits.len() < MAX_BATCH {
-                    match self.slots.clone().try_acquire_owned() {
-                        Ok(p) => permits.push(p),
-                        Err(_) => break,
+                    match self.try_reserve() {
+                        Some(reserved) => permits.push(reserved),
+                        None => break,
                     }
                 }
                 self.in_call(self.store.take(permits.len()))
@@ -334,14 +349,14 @@ impl Processor {
                         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
                         items.iter().map(|item| held.insert(item.clone())).collect()
                     };
-                    for ((item, held), permit) in items.into_iter().zip(keys).zip(permits) {
+                    for ((item, held), reserved) in items.into_iter().zip(keys).zip(permits) {
                         // Marked before the next take, so that nothing joins
                         // a suspect in the in-flight list (it comes alone).
                         let pending = is_suspect(&item).then(|| self.isolation.pending());
                         let work = Work {
                             item,
                             held,
-                            permit,
+                            reserved,
                             _suspect: pending,
                         };
                         if tx.send(work).await.is_err() {
@@ -496,16 +511,32 @@ impl Processor {
             let Work {
                 item,
                 held,
-                permit,
+                reserved: Reservation { slot, flight },
                 _suspect,
             } = work;
-            self.process(item, Busy::new(&self.running, permit), &abandon)
+            self.process(item, Busy::new(&self.running, slot), &abandon)
                 .await;
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(held);
+            drop(flight);
         }
+    }
+
+    /// Waits for a slot, then for a place in flight.
+    async fn reserve(&self) -> Reservation {
+        let closed = "the processor's semaphores are never closed";
+        let slot = self.slots.clone().acquire_owned().await.expect(closed);
+        let flight = self.flight.clone().acquire_owned().await.expect(closed);
+        Reservation { slot, flight }
+    }
+
+    /// A slot and a place in flight, if both are free now.
+    fn try_reserve(&self) -> Option<Reservation> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let flight = self.flight.clone().try_acquire_owned().ok()?;
+        Some(Reservation { slot, flight })
     }
 }
