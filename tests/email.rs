@@ -17,7 +17,7 @@ use conveyor::job::Job;
 use mail_parser::{Address, MessageParser};
 use redis::AsyncCommands as _;
 use smtp::queue::*;
-use smtp::{Options, SmtpServer, TestCa};
+use smtp::{Options, Session, SmtpServer, TestCa};
 
 fn addresses(a: Option<&Address<'_>>) -> Vec<String> {
     a.map(|a| {
@@ -198,6 +198,51 @@ async fn implicit_tls_delivers() {
     wait_accepted(&server, 1).await;
     assert!(server.accepted()[0].data.contains("Subject: smtps"));
     daemon.stop().await.unwrap();
+    wait_until("the session ends", WAIT, || async {
+        !server.sessions().is_empty()
+    })
+    .await;
+    assert_eq!(
+        server.sessions(),
+        [Session {
+            messages: 1,
+            quit: true
+        }]
+    );
+}
+
+/// Connections are kept and reused, never more than the queue's
+/// concurrency, and the shutdown ends each with QUIT (a server otherwise
+/// logs a lost connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_are_reused_and_end_with_quit() {
+    let redis = Redis::start();
+    let server = SmtpServer::start(Options::default());
+    let mut conn = redis.conn().await;
+    for i in 0..30 {
+        push(
+            &mut conn,
+            serde_json::json!({"to": "alice@example.com", "subject": format!("n{i}")}),
+        )
+        .await;
+    }
+    let daemon = TestDaemon::start(
+        smtp_config(&redis, &server.url("smtp", None, ""), ""),
+        builtin(),
+    );
+    wait_accepted(&server, 30).await;
+    assert!(
+        server.sessions().is_empty(),
+        "no session ended while in use"
+    );
+    daemon.stop().await.unwrap();
+    wait_until("the sessions end", WAIT, || async {
+        server.sessions().iter().map(|s| s.messages).sum::<u32>() == 30
+    })
+    .await;
+    let sessions = server.sessions();
+    assert!(sessions.len() <= 2, "concurrency 2: {sessions:?}");
+    assert!(sessions.iter().all(|s| s.quit), "{sessions:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

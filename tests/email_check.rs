@@ -78,6 +78,18 @@ fn check_passes_against_a_good_server() {
     }
     assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
     assert!(server.received().is_empty(), "a check sends no mail");
+    // One session, ended with QUIT rather than a dropped connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.sessions().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        server.sessions(),
+        [smtp::Session {
+            messages: 0,
+            quit: true
+        }]
+    );
 }
 
 #[test]

@@ -163,9 +163,12 @@ async fn a_stalled_server_hits_the_send_timeout() {
     let dead = wait_dead(&conn).await;
     let elapsed = started.elapsed();
     let error = dead["last_error"].as_str().unwrap();
-    // "none left": a transient failure that ran out of attempts, not a permanent one.
+    // Each step of opening a connection is bounded by the send timeout,
+    // and says which step it was. "none left": a transient failure that ran
+    // out of attempts, not a permanent one.
     assert!(
-        error.contains("timed out after 500ms") && error.contains("none left"),
+        error.contains("greeting and EHLO got no answer within 500ms")
+            && error.contains("none left"),
         "{error}"
     );
     assert!(
@@ -244,16 +247,16 @@ async fn a_send_cut_off_by_the_timeout_does_not_poison_the_next_one() {
     assert_eq!(dead["attempt"], 2, "{dead}");
     let error = dead["last_error"].as_str().unwrap();
     assert!(error.contains("550"), "{error}");
-    wait_until("the late answer is recorded", WAIT, || async {
-        server.received().len() == 2
+    // The abandoned connection was closed, not kept: this server drops a
+    // message whose client hung up before its reply (another might keep
+    // it: the documented window of an acceptance the client never hears).
+    // Either way the retry went over a fresh connection and heard the 550.
+    let codes: Vec<u16> = server.received().iter().map(|m| m.reply).collect();
+    assert!(codes.ends_with(&[550]), "{codes:?}");
+    wait_until("the abandoned session ends", WAIT, || async {
+        !server.sessions().is_empty()
     })
     .await;
-    let mut codes: Vec<u16> = server.received().iter().map(|m| m.reply).collect();
-    codes.sort();
-    assert_eq!(
-        codes,
-        [250, 550],
-        "the first copy went out late: the documented window"
-    );
+    assert!(!server.sessions()[0].quit, "cut off, not ended with QUIT");
     daemon.stop().await.unwrap();
 }

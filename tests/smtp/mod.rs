@@ -40,7 +40,17 @@ pub struct SmtpServer {
     child: Child,
     pub port: u16,
     out: PathBuf,
+    sessions: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// One SMTP session that ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Session {
+    /// DATA commands in it.
+    pub messages: u32,
+    /// Whether the client said QUIT before closing.
+    pub quit: bool,
 }
 
 /// One DATA command the server received.
@@ -58,13 +68,16 @@ impl SmtpServer {
     pub fn start(options: Options<'_>) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let out = dir.path().join("messages.jsonl");
+        let sessions = dir.path().join("sessions.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
         let mut cmd = Command::new(python());
         cmd.arg("-W")
             .arg("ignore")
             .arg(script)
             .arg("--out")
-            .arg(&out);
+            .arg(&out)
+            .arg("--sessions")
+            .arg(&sessions);
         if let Some(ca) = options.ca {
             cmd.arg("--tls-cert")
                 .arg(&ca.cert)
@@ -120,8 +133,18 @@ impl SmtpServer {
             child,
             port,
             out,
+            sessions,
             _dir: dir,
         }
+    }
+
+    /// Every session that has ended so far.
+    pub fn sessions(&self) -> Vec<Session> {
+        let text = std::fs::read_to_string(&self.sessions).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.ends_with('}'))
+            .map(|l| serde_json::from_str(l).expect("the server writes JSON lines"))
+            .collect()
     }
 
     /// Every DATA command so far, accepted or not.

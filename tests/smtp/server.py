@@ -7,7 +7,9 @@ Run it with a python that can `import aiosmtpd` (Debian's python3-aiosmtpd):
 It listens on 127.0.0.1 on a free port, prints `ready <port>` on stdout once
 it accepts connections, and appends one JSON object per DATA command to
 --out: {"mail_from", "rcpt_tos", "data", "reply"}, where "reply" is the code
-it answered (250 means the message was accepted).
+it answered (250 means the message was accepted). With --sessions FILE it
+also appends {"messages": n, "quit": true|false} when a session ends:
+whether the client said QUIT before the connection closed.
 
 Options choose the behaviour a test needs:
   --tls-cert/--tls-key  certificate and key for TLS
@@ -66,6 +68,30 @@ class Recorder:
         return f"{code} {REASONS.get(code, 'scripted reply')}"
 
 
+class Session(SMTP):
+    """An SMTP session that notes, when it ends, whether the client said QUIT."""
+
+    def __init__(self, handler, sessions, **options):
+        super().__init__(handler, **options)
+        self.sessions = sessions
+        self.quit = False
+        self.messages = 0
+
+    async def smtp_QUIT(self, arg):
+        self.quit = True
+        await super().smtp_QUIT(arg)
+
+    async def smtp_DATA(self, arg):
+        self.messages += 1
+        await super().smtp_DATA(arg)
+
+    def connection_lost(self, error):
+        if self.sessions:
+            with open(self.sessions, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"messages": self.messages, "quit": self.quit}) + "\n")
+        super().connection_lost(error)
+
+
 def authenticator(user, password):
     def check(server, session, envelope, mechanism, auth_data):
         ok = (
@@ -110,7 +136,7 @@ async def main(args):
                 auth_require_tls=args.starttls or args.implicit_tls,
             )
         server = await loop.create_server(
-            lambda: SMTP(handler, **options),
+            lambda: Session(handler, args.sessions, **options),
             sock=sock,
             ssl=context if args.implicit_tls else None,
         )
@@ -122,6 +148,7 @@ async def main(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/dev/null")
+    parser.add_argument("--sessions")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--starttls", action="store_true")

@@ -4,6 +4,7 @@
 use lettre::transport::smtp::Error;
 
 use super::privacy::scrub;
+use super::smtp::{Failure, OpenError, SendError};
 use crate::config::Secret;
 use crate::handlers::HandlerError;
 
@@ -40,6 +41,43 @@ pub(crate) fn smtp_error(e: &Error, password: Option<&Secret>) -> HandlerError {
         // not offer what the configuration requires: nothing about the
         // message itself, so it may succeed later.
         _ => HandlerError::transient(format!("SMTP failed: {reason}")),
+    }
+}
+
+/// The retry decision for a message that was not sent: every failure to
+/// open a connection is transient (the server may come back, the operator
+/// may fix the settings), and the server's own replies are classified as
+/// [`smtp_error`] does.
+pub(crate) fn send_error(e: &SendError, password: Option<&Secret>) -> HandlerError {
+    match e {
+        SendError::Smtp(e) => smtp_error(e, password),
+        SendError::Open(OpenError {
+            failure: Failure::Smtp(e),
+            ..
+        }) => smtp_error(e, password),
+        SendError::Open(open) => HandlerError::transient(open_reason(open, password)),
+    }
+}
+
+/// What failed while opening a connection, in words that name no secret.
+pub(crate) fn open_reason(e: &OpenError, password: Option<&Secret>) -> String {
+    match &e.failure {
+        Failure::Io(io) => format!("SMTP connection failed at {}: {io}", e.step),
+        Failure::Smtp(smtp) => {
+            format!(
+                "SMTP failed at {}: {}",
+                e.step,
+                with_tls_hint(scrub(&smtp.to_string(), password))
+            )
+        }
+        Failure::Timeout(limit) => format!(
+            "SMTP {} got no answer within {}",
+            e.step,
+            crate::config::human(*limit)
+        ),
+        Failure::NoStartTls => {
+            "the SMTP server does not offer STARTTLS, and tls=starttls requires it".into()
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! the job instead of silently sending an empty mail.
 
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{self, ContentType, MailboxesHeader};
 use lettre::message::{Mailbox, Mailboxes, MessageBuilder, MultiPart, SinglePart};
 use serde_json::{Map, Value};
@@ -159,10 +160,17 @@ impl Request {
         keep_bcc: bool,
     ) -> Result<Message, lettre::error::Error> {
         let from = self.from.as_ref().unwrap_or(from);
+        // Given rather than derived: lettre would read every address back
+        // from the headers it has just written.
+        let envelope = Envelope::new(
+            Some(from.email.clone()),
+            self.recipients().map(|m| m.email.clone()).collect(),
+        )?;
         let mut builder = Message::builder()
             .from(from.clone())
             .subject(self.subject.clone())
-            .message_id(Some(message_id));
+            .message_id(Some(message_id))
+            .envelope(envelope);
         builder = with_list(builder, &self.to, header::To::from);
         builder = with_list(builder, &self.cc, header::Cc::from);
         builder = with_list(builder, &self.bcc, header::Bcc::from);

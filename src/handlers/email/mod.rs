@@ -79,12 +79,14 @@ mod classify;
 mod message;
 mod privacy;
 mod probe;
+mod smtp;
 mod template;
 mod transport;
 
 use message::{Body, Content, Request};
+use smtp::SmtpPool;
 use template::Templates;
-use transport::{SmtpPool, SmtpSettings};
+use transport::SmtpSettings;
 
 /// A marker outlives the job's remaining attempts by this much, for the time
 /// a retry may wait behind a backlog or for a reaper.
@@ -146,7 +148,7 @@ impl Email {
         let deliver = match email.transport {
             EmailTransport::File => Deliver::File(email.dir.clone()),
             EmailTransport::Smtp => Deliver::Smtp(Box::new(SmtpPool::new(
-                &SmtpSettings::from_config(email)?,
+                SmtpSettings::from_config(email)?,
                 ctx.queue_config().concurrency,
             ))),
         };
@@ -195,7 +197,7 @@ impl Email {
             Deliver::Smtp(pool) => pool
                 .send(message.envelope(), &formatted)
                 .await
-                .map_err(|e| classify::smtp_error(&e, self.password.as_ref())),
+                .map_err(|e| classify::send_error(&e, self.password.as_ref())),
         }
     }
 }
@@ -223,6 +225,13 @@ impl Handler for Email {
         Ok(())
     }
 
+    /// Kept SMTP connections end with QUIT.
+    async fn shutdown(&self, within: Duration) {
+        if let Deliver::Smtp(pool) = &self.deliver {
+            pool.close(within).await;
+        }
+    }
+
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
         let request = Request::parse(job.payload().get())
             .map_err(|e| HandlerError::permanent(format!("malformed email payload: {e}")))?;
@@ -239,13 +248,17 @@ impl Handler for Email {
                 ))
             })?;
 
-        let already_sent = self
-            .broker
-            .is_sent(&self.queue_key, job.id())
-            .await
-            .map_err(|e| {
-                HandlerError::transient(format!("cannot check whether it was sent before: {e}"))
-            })?;
+        // A raw payload's id was made up when it was taken: no earlier run
+        // can have left a marker under it (a shutdown puts such a job back
+        // wrapped in an envelope, and the next run looks).
+        let already_sent = !job.was_raw()
+            && self
+                .broker
+                .is_sent(&self.queue_key, job.id())
+                .await
+                .map_err(|e| {
+                    HandlerError::transient(format!("cannot check whether it was sent before: {e}"))
+                })?;
         if already_sent {
             tracing::info!("already accepted by the mail server in an earlier run; not sent again");
             return Ok(());

@@ -3,16 +3,13 @@
 //! The password is used, never shown.
 
 use std::fmt;
-use std::future::Future;
-use std::time::Duration;
 
-use lettre::transport::smtp::authentication::Mechanism;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 
-use super::classify::with_tls_hint;
+use super::classify::open_reason;
 use super::privacy::scrub;
-use super::transport::{SmtpSettings, TlsMode};
+use super::smtp::{Failure, Progress, open};
+use super::transport::SmtpSettings;
 use crate::config::{ConfigError, EmailConfig, human};
 use crate::handlers::CheckError;
 
@@ -76,7 +73,7 @@ impl From<ProbeError> for CheckError {
 }
 
 /// Runs the steps against `[email] smtp_url`, calling `say` with a line per
-/// step that passed.
+/// step that passed, and ends the session with QUIT.
 pub(crate) async fn probe(
     email: &EmailConfig,
     mut say: impl FnMut(String),
@@ -87,106 +84,53 @@ pub(crate) async fn probe(
         true => format!("[{}]:{}", url.host, url.port),
         false => format!("{}:{}", url.host, url.port),
     };
-    let limit = settings.timeout;
-    let fail = |step: Step, reason: String, refused: bool| ProbeError::Failed {
-        step,
-        server: server.clone(),
-        reason: scrub(&reason, email.password.as_ref()),
-        refused,
-    };
-
-    let tcp = bounded(
-        limit,
-        tokio::net::TcpStream::connect((url.host.as_str(), url.port)),
-    )
+    let user = url.user.as_deref().unwrap_or_default();
+    let mut conn = open(&settings, &ClientId::default(), |progress| {
+        say(match progress {
+            Progress::Done(Step::Connect) => format!("smtp: connected to {server}"),
+            Progress::Done(Step::TlsHandshake) => "smtp: TLS handshake ok".into(),
+            Progress::Done(Step::Ehlo) => "smtp: EHLO ok".into(),
+            Progress::Done(Step::StartTls) => "smtp: STARTTLS ok".into(),
+            Progress::Done(Step::Auth) => format!("smtp: AUTH ok (as {user:?})"),
+            Progress::ClearText => {
+                "smtp: STARTTLS not offered; going on without TLS (tls=opportunistic)".into()
+            }
+        })
+    })
     .await
-    .map_err(|e| fail(Step::Connect, e, false))?;
-    drop(tcp);
-    say(format!("smtp: connected to {server}"));
-
-    let implicit = settings
-        .tls
-        .clone()
-        .filter(|_| url.tls == TlsMode::Implicit);
-    let hello = ClientId::default();
-    let connect = AsyncSmtpConnection::connect_tokio1(
-        (url.host.as_str(), url.port),
-        Some(limit),
-        &hello,
-        implicit.clone(),
-        None,
-    );
-    let mut conn = match tokio::time::timeout(limit, connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) if e.is_tls() || implicit.is_some() && e.to_string().contains("certificate") => {
-            return Err(fail(
-                Step::TlsHandshake,
-                with_tls_hint(e.to_string()),
+    .map_err(|e| {
+        let (reason, refused) = match (&e.step, &e.failure) {
+            (Step::Ehlo, Failure::Timeout(limit)) => (
+                format!(
+                    "the server accepted the connection but did not greet us within {}",
+                    human(*limit)
+                ),
                 false,
-            ));
+            ),
+            (Step::Auth, Failure::Smtp(smtp)) => (
+                format!(
+                    "as {user:?}: {}",
+                    scrub(&smtp.to_string(), email.password.as_ref())
+                ),
+                smtp.is_permanent(),
+            ),
+            _ => (open_reason(&e, email.password.as_ref()), false),
+        };
+        ProbeError::Failed {
+            step: e.step,
+            server: server.clone(),
+            reason,
+            refused,
         }
-        Ok(Err(e)) => return Err(fail(Step::Ehlo, e.to_string(), false)),
+    })?;
+    match tokio::time::timeout(settings.timeout, conn.quit()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "QUIT after the SMTP check failed; the check passed regardless")
+        }
         Err(_) => {
-            let reason = format!(
-                "the server accepted the connection but did not greet us within {}",
-                human(limit)
-            );
-            return Err(fail(Step::Ehlo, reason, false));
+            tracing::debug!("no answer to QUIT after the SMTP check; the check passed regardless")
         }
-    };
-    if implicit.is_some() {
-        say("smtp: TLS handshake ok".into());
-    }
-    say("smtp: EHLO ok".into());
-
-    if let (Some(params), TlsMode::StartTls | TlsMode::Opportunistic) = (&settings.tls, url.tls) {
-        if conn.can_starttls() {
-            bounded(limit, conn.starttls(params.clone(), &hello))
-                .await
-                .map_err(|e| fail(Step::StartTls, with_tls_hint(e), false))?;
-            say("smtp: STARTTLS ok".into());
-        } else if url.tls == TlsMode::StartTls {
-            let reason = "the server does not offer STARTTLS, and tls=starttls requires it";
-            return Err(fail(Step::StartTls, reason.into(), false));
-        } else {
-            say("smtp: STARTTLS not offered; going on without TLS (tls=opportunistic)".into());
-        }
-    }
-
-    if let Some(credentials) = &settings.credentials {
-        let user = url.user.as_deref().unwrap_or_default();
-        match tokio::time::timeout(
-            limit,
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials),
-        )
-        .await
-        {
-            Ok(Ok(_response)) => say(format!("smtp: AUTH ok (as {user:?})")),
-            Ok(Err(e)) => {
-                let reason = format!("as {user:?}: {e}");
-                return Err(fail(Step::Auth, reason, e.is_permanent()));
-            }
-            Err(_) => {
-                let reason = format!("no answer within {}", human(limit));
-                return Err(fail(Step::Auth, reason, false));
-            }
-        }
-    }
-
-    if let Err(e) = bounded(limit, conn.quit()).await {
-        tracing::debug!(error = %e, "QUIT after the SMTP check failed; the check passed regardless");
     }
     Ok(())
-}
-
-/// Runs a step under the time limit; the error as text.
-async fn bounded<T, E: fmt::Display>(
-    limit: Duration,
-    step: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, step).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}", human(limit))),
-    }
 }

@@ -1,16 +1,11 @@
-//! Where messages go: `.eml` files in a directory, or an SMTP server through
-//! a pool of connections.
+//! Where messages go: `.eml` files in a directory, or an SMTP server (its
+//! URL and settings here; its connections in `smtp.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 
 use crate::config::{ConfigError, EmailConfig};
 
@@ -147,95 +142,6 @@ impl SmtpSettings {
             credentials,
             timeout: email.timeout,
         })
-    }
-
-    fn transport_builder(&self, pool_size: u32) -> AsyncSmtpTransportBuilder {
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.url.host.clone())
-            .port(self.url.port)
-            // Bounds the TCP connect only; the caller bounds the whole send.
-            .timeout(Some(self.timeout))
-            .pool_config(PoolConfig::new().max_size(pool_size.max(1)));
-        b = match (&self.tls, self.url.tls) {
-            (Some(p), TlsMode::StartTls) => b.tls(Tls::Required(p.clone())),
-            (Some(p), TlsMode::Opportunistic) => b.tls(Tls::Opportunistic(p.clone())),
-            (Some(p), TlsMode::Implicit) => b.tls(Tls::Wrapper(p.clone())),
-            _ => b.tls(Tls::None),
-        };
-        if let Some(c) = &self.credentials {
-            b = b.credentials(c.clone());
-        }
-        b
-    }
-}
-
-/// A pool of SMTP connections that is thrown away when a send is cancelled.
-///
-/// lettre returns a connection to its pool when the future using it is
-/// dropped, even halfway through a transaction. The next send on it would
-/// read the replies meant for the abandoned one, and could take a refusal
-/// for an acceptance. So a send that does not finish (our timeout, the job's
-/// timeout, a shutdown) marks its pool as poisoned, and the next send starts
-/// a fresh pool; the old one closes its connections when its last user is
-/// done with it.
-pub(crate) struct SmtpPool {
-    builder: AsyncSmtpTransportBuilder,
-    /// The pool in use and its generation (from 1).
-    current: Mutex<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
-    /// The newest generation that must not be used again (0: none). Only
-    /// ever raised, so a late cancellation in an old pool cannot hide one in
-    /// the current pool.
-    poisoned: AtomicU64,
-}
-
-impl SmtpPool {
-    /// A pool of at most `size` connections.
-    pub(crate) fn new(settings: &SmtpSettings, size: u32) -> Self {
-        let builder = settings.transport_builder(size);
-        let transport = builder.clone().build();
-        Self {
-            builder,
-            current: Mutex::new((1, transport)),
-            poisoned: AtomicU64::new(0),
-        }
-    }
-
-    /// Sends one message; `Ok` once the server accepted it.
-    pub(crate) async fn send(
-        &self,
-        envelope: &Envelope,
-        formatted: &[u8],
-    ) -> Result<(), lettre::transport::smtp::Error> {
-        let (generation, transport) = {
-            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            if self.poisoned.load(Ordering::Acquire) >= current.0 {
-                current.0 += 1;
-                current.1 = self.builder.clone().build();
-                tracing::debug!("started a fresh SMTP connection pool after an unfinished send");
-            }
-            (current.0, current.1.clone())
-        };
-        let mut guard = PoisonOnDrop {
-            poisoned: &self.poisoned,
-            generation,
-            armed: true,
-        };
-        let result = transport.send_raw(envelope, formatted).await;
-        guard.armed = false;
-        result.map(|_response| ())
-    }
-}
-
-struct PoisonOnDrop<'a> {
-    poisoned: &'a AtomicU64,
-    generation: u64,
-    armed: bool,
-}
-
-impl Drop for PoisonOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.poisoned.fetch_max(self.generation, Ordering::AcqRel);
-        }
     }
 }
 
