@@ -41,7 +41,7 @@ struct Args {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure: all, throughput, latency, enqueue, exec.
+    /// What to measure: all, throughput, latency, enqueue, exec, email.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -57,6 +57,15 @@ struct Args {
     /// systemd's PATH, /usr/local/bin:/usr/bin:/bin, as a service runs it].
     #[arg(long)]
     python: Option<String>,
+    /// Emails per run of the email measurement.
+    #[arg(long, default_value_t = 20_000)]
+    email_jobs: usize,
+    /// Concurrency of the email queue, and sessions of smtp-source.
+    #[arg(long, default_value_t = 50)]
+    email_concurrency: u32,
+    /// Sequential emails in the email latency measurement.
+    #[arg(long, default_value_t = 300)]
+    email_latency_jobs: usize,
     /// Jobs loaded by the enqueue measurement.
     #[arg(long, default_value_t = 300_000)]
     enqueue_jobs: usize,
@@ -75,6 +84,8 @@ struct Args {
     bench: bool,
 }
 
+#[path = "conveyor/email.rs"]
+mod email;
 #[path = "conveyor/exec.rs"]
 mod exec;
 
@@ -122,11 +133,16 @@ fn main() -> anyhow::Result<()> {
             label: "no-op jobs",
             config: config_file(dir.path(), &url, &args, None)?,
             jobs: args.jobs,
+            runs: args.runs,
+            item: payload,
         };
         throughput(&args, &url, &mut conn, redis_pid, &work)?;
     }
     if mode == "all" || mode == "exec" {
         exec::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "email" {
+        email::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;
@@ -206,12 +222,17 @@ fn payload(i: usize, size: usize) -> String {
     format!("{head}{}\"}}", "x".repeat(pad))
 }
 
-fn preload(conn: &mut redis::Connection, n: usize, size: usize) -> anyhow::Result<()> {
+fn preload(
+    conn: &mut redis::Connection,
+    n: usize,
+    size: usize,
+    item: fn(usize, usize) -> String,
+) -> anyhow::Result<()> {
     for start in (0..n).step_by(10_000) {
         let mut cmd = redis::cmd("RPUSH");
         cmd.arg(LIST);
         for i in start..(start + 10_000).min(n) {
-            cmd.arg(payload(i, size));
+            cmd.arg(item(i, size));
         }
         cmd.query::<()>(conn)?;
     }
@@ -238,6 +259,10 @@ struct Workload {
     config: PathBuf,
     /// Jobs per run.
     jobs: usize,
+    /// Runs; the median is reported.
+    runs: usize,
+    /// Job `i` of about `size` bytes.
+    item: fn(usize, usize) -> String,
 }
 
 fn throughput(
@@ -249,9 +274,9 @@ fn throughput(
 ) -> anyhow::Result<Run> {
     let cfg = &work.config;
     let mut runs = Vec::new();
-    for _ in 0..args.runs {
+    for _ in 0..work.runs {
         redis::cmd("FLUSHALL").query::<()>(conn)?;
-        preload(conn, work.jobs, args.payload)?;
+        preload(conn, work.jobs, args.payload, work.item)?;
         let listener = args.subscribe.then(|| subscriber(url)).transpose()?;
         redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(conn)?;
         let redis_cpu0 = redis_pid.map(cpu_seconds).unwrap_or(0.0);

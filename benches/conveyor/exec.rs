@@ -72,6 +72,8 @@ pub(super) fn bench(
         label: "exec persistent",
         config: config_file(dir, url, args, Some(&queue(&worker, "persistent")))?,
         jobs: args.exec_jobs,
+        runs: args.runs,
+        item: payload,
     };
     let run = throughput(args, url, conn, redis_pid, &persistent)?;
     println!(
@@ -103,6 +105,8 @@ pub(super) fn bench(
         label: "exec oneshot (a process per job)",
         config: config_file(dir, url, args, Some(&queue(&oneshot, "oneshot")))?,
         jobs,
+        runs: args.runs,
+        item: payload,
     };
     let run = throughput(args, url, conn, redis_pid, &work)?;
     println!(

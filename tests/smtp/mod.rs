@@ -191,72 +191,17 @@ pub struct TestCa {
 impl TestCa {
     pub fn generate() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-ca");
+        let out = Command::new(script)
+            .arg(dir.path())
+            .output()
+            .expect("scripts/test-ca runs (it needs the openssl CLI)");
+        assert!(
+            out.status.success(),
+            "scripts/test-ca failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let p = |name: &str| dir.path().join(name);
-        std::fs::write(
-            p("server.ext"),
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("write extensions");
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            dir.path(),
-            &["req", "-x509"],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=conveyor test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(
-            dir.path(),
-            &["req"],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
-        openssl(
-            dir.path(),
-            &["x509", "-req"],
-            &[],
-            &[
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-            ],
-        );
         Self {
             ca: p("ca.pem"),
             cert: p("server.pem"),
@@ -264,21 +209,6 @@ impl TestCa {
             dir,
         }
     }
-}
-
-fn openssl(dir: &Path, command: &[&str], key: &[&str], args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(command)
-        .args(key)
-        .args(args)
-        .output()
-        .expect("the openssl CLI must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A python that can run the server, found once.
