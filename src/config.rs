@@ -43,10 +43,97 @@ pub struct Config {
         serialize_with = "queues::serialize"
     )]
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Periodic jobs, by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleConfig>,
     /// The directory relative paths are relative to: the config file's, or
     /// the working directory when there is no file.
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// `[schedules.<name>]`: a job enqueued on `queue` at each tick of `cron`
+/// (in `timezone`) or `every` interval.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// The queue the jobs go to: a configured queue's name.
+    pub queue: String,
+    /// A five-field cron expression; or `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// A fixed interval of whole seconds; or `cron`.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub every: Option<Duration>,
+    /// The IANA time zone of `cron` (UTC when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The payload of each job.
+    #[serde(default = "default_schedule_payload")]
+    pub payload: serde_json::Value,
+    /// Overrides the queue's `max_attempts` for these jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// A tick is skipped while the job of an earlier tick is still waiting or
+    /// running, for at most this long (the lock's lifetime).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unique_for: Option<Duration>,
+}
+
+impl ScheduleConfig {
+    /// When it ticks, or what is wrong with how it says so.
+    pub fn spec(&self) -> Result<crate::schedule::Spec, ScheduleError> {
+        use crate::schedule::Spec;
+        let at = |field: &'static str| {
+            move |message: String| ScheduleError {
+                field: Some(field),
+                message,
+            }
+        };
+        match (&self.cron, self.every) {
+            (Some(cron), None) => {
+                Spec::cron(cron, self.timezone.as_deref().unwrap_or("UTC")).map_err(at("cron"))
+            }
+            (None, Some(_)) if self.timezone.is_some() => Err(at("timezone")(
+                "applies to cron only; an interval ticks the same in every zone".into(),
+            )),
+            (None, Some(every)) => Spec::every(every).map_err(at("every")),
+            (cron, every) => Err(ScheduleError {
+                field: None,
+                message: match (cron, every) {
+                    (Some(_), Some(_)) => "give cron or every, not both".into(),
+                    _ => "give cron = \"0 3 * * *\" (five fields) or every = \"5m\"".into(),
+                },
+            }),
+        }
+    }
+}
+
+/// What is wrong with a schedule, and in which of its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleError {
+    /// The setting, if the fault is in one.
+    pub field: Option<&'static str>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ScheduleError {
+    /// The message, naming schedule `name` and the setting.
+    pub fn at(&self, name: &str) -> String {
+        match self.field {
+            Some(field) => format!("schedules.{name}.{field}: {}", self.message),
+            None => format!("schedules.{name}: {}", self.message),
+        }
+    }
 }
 
 /// `[redis]`
@@ -323,6 +410,9 @@ fn default_max_payload_bytes() -> usize {
 }
 fn default_dead_max_jobs() -> u32 {
     10_000
+}
+fn default_schedule_payload() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 fn default_track_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -656,6 +746,37 @@ impl Config {
                 }
             }
         }
+        for (name, schedule) in &self.schedules {
+            let at = |field: &'static str, message: String| {
+                ConfigError::Invalid(
+                    ScheduleError {
+                        field: Some(field),
+                        message,
+                    }
+                    .at(name),
+                )
+            };
+            check_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("schedule name {name:?} {e}")))?;
+            if !self.queues.contains_key(&schedule.queue) {
+                return Err(at(
+                    "queue",
+                    format!("no queue {:?} in the configuration", schedule.queue),
+                ));
+            }
+            schedule
+                .spec()
+                .map_err(|e| ConfigError::Invalid(e.at(name)))?;
+            if schedule.max_attempts == Some(0) {
+                return Err(at("max_attempts", "must be at least 1".into()));
+            }
+            if schedule
+                .unique_for
+                .is_some_and(|d| d < Duration::from_secs(1))
+            {
+                return Err(at("unique_for", "must be at least 1s".into()));
+            }
+        }
         Ok(())
     }
 
@@ -887,6 +1008,38 @@ mod tests {
         );
         let err = Config::from_toml("[queues.o]\nhandler = \"exec\"\nexec = 3\n").unwrap_err();
         assert!(err.contains("exec must be a table"), "{err}");
+    }
+
+    #[test]
+    fn schedules_are_read_and_checked() {
+        let c = parse(
+            "[queues.r]\nhandler = \"noop\"\n[schedules.n]\nqueue = \"r\"\ncron = \"0 3 * * *\"\n\
+             timezone = \"Europe/Paris\"\npayload = { kind = \"nightly\", n = [1, 2] }\nunique_for = \"1h\"\n",
+        );
+        c.validate().expect("valid");
+        let n = &c.schedules["n"];
+        assert_eq!(
+            n.payload,
+            serde_json::json!({"kind": "nightly", "n": [1, 2]})
+        );
+        assert_eq!(n.unique_for, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            n.spec().expect("a spec").describe(),
+            "0 3 * * * (Europe/Paris)"
+        );
+        let back = Config::from_toml(&c.masked_toml()).expect("the effective config parses");
+        assert_eq!(back.schedules["n"].payload, n.payload);
+        let empty =
+            parse("[queues.r]\nhandler = \"noop\"\n[schedules.e]\nqueue = \"r\"\nevery = \"1m\"\n");
+        assert_eq!(empty.schedules["e"].payload, serde_json::json!({}));
+        let err = parse("[queues.r]\nhandler = \"noop\"\n[schedules.e]\nqueue = \"r\"\nevery = \"1m\"\nmax_attempts = 0\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("schedules.e.max_attempts: must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

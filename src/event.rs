@@ -104,6 +104,9 @@ pub struct Event {
     /// Why it was recovered (`crash`, `shutdown`) or died (`poison`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The schedule whose tick enqueued it (`job.enqueued`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// An event before the publisher stamps it with `node`, `at` and `seq`. It
@@ -128,6 +131,8 @@ pub struct Draft<'a> {
     pub retry_at: Option<Cow<'a, str>>,
     /// The reason.
     pub reason: Option<Cow<'a, str>>,
+    /// The schedule.
+    pub schedule: Option<Cow<'a, str>>,
 }
 
 impl<'a> Draft<'a> {
@@ -158,6 +163,7 @@ impl<'a> Draft<'a> {
             error: None,
             retry_at: None,
             reason: None,
+            schedule: None,
         }
     }
 
@@ -185,6 +191,12 @@ impl<'a> Draft<'a> {
         self
     }
 
+    /// Adds the schedule that enqueued the job.
+    pub fn schedule(mut self, name: impl Into<Cow<'a, str>>) -> Self {
+        self.schedule = Some(name.into());
+        self
+    }
+
     /// The draft owning all it holds, to keep.
     pub fn into_owned(self) -> Draft<'static> {
         let own = |s: Option<Cow<'a, str>>| s.map(|s| Cow::Owned(s.into_owned()));
@@ -197,6 +209,7 @@ impl<'a> Draft<'a> {
             error: own(self.error),
             retry_at: own(self.retry_at),
             reason: own(self.reason),
+            schedule: own(self.schedule),
         }
     }
 
@@ -223,6 +236,7 @@ impl<'a> Draft<'a> {
                 error: self.error.as_deref(),
                 retry_at: self.retry_at.as_deref(),
                 reason: self.reason.as_deref(),
+                schedule: self.schedule.as_deref(),
             },
         );
     }
@@ -233,7 +247,10 @@ impl<'a> Draft<'a> {
     pub fn pack(&self) -> Packed {
         let queue = self.queue.as_deref().unwrap_or("");
         let id = self.id.as_deref().unwrap_or("");
-        let plain = self.error.is_none() && self.retry_at.is_none() && self.reason.is_none();
+        let plain = self.error.is_none()
+            && self.retry_at.is_none()
+            && self.reason.is_none()
+            && self.schedule.is_none();
         if plain && queue.len() + id.len() <= INLINE {
             let mut text = ArrayString::new();
             text.push_str(queue);
@@ -265,6 +282,7 @@ impl<'a> Draft<'a> {
             error: own(self.error),
             retry_at: own(self.retry_at),
             reason: own(self.reason),
+            schedule: own(self.schedule),
         }
     }
 }
@@ -300,6 +318,7 @@ struct Fields<'a> {
     error: Option<&'a str>,
     retry_at: Option<&'a str>,
     reason: Option<&'a str>,
+    schedule: Option<&'a str>,
 }
 
 /// Writes an event. A daemon writes one per transition: the names are
@@ -318,6 +337,7 @@ fn write_json(out: &mut String, f: Fields<'_>) {
     string_field(out, ",\"error\":", f.error);
     string_field(out, ",\"retry_at\":", f.retry_at);
     string_field(out, ",\"reason\":", f.reason);
+    string_field(out, ",\"schedule\":", f.schedule);
     out.push('}');
 }
 

@@ -72,6 +72,7 @@ pub mod event;
 pub mod handlers;
 pub mod job;
 pub(crate) mod logging;
+pub mod schedule;
 pub mod shutdown;
 
 pub use async_trait::async_trait;

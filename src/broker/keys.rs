@@ -54,6 +54,16 @@ impl QueueKeys {
         format!("{{{}}}:unique:{key}", self.list)
     }
 
+    /// `{K}:schedule:<name>`: the last tick of schedule `name` enqueued.
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{{{}}}:schedule:{name}", self.list)
+    }
+
+    /// `{K}:schedule:<name>:spec`: what that last tick was computed from.
+    pub fn schedule_spec(&self, name: &str) -> String {
+        format!("{{{}}}:schedule:{name}:spec", self.list)
+    }
+
     /// `{K}:ratelimit:<key>`: the sliding-window log of one rate-limit key.
     pub fn ratelimit_for(&self, key: Option<&str>) -> String {
         match key {
@@ -105,6 +115,11 @@ mod tests {
         assert_eq!(k.stats, "{jobs:email}:stats");
         assert_eq!(k.ratelimit, "{jobs:email}:ratelimit");
         assert_eq!(k.unique("u1"), "{jobs:email}:unique:u1");
+        assert_eq!(k.schedule("nightly"), "{jobs:email}:schedule:nightly");
+        assert_eq!(
+            k.schedule_spec("nightly"),
+            "{jobs:email}:schedule:nightly:spec"
+        );
         assert_eq!(sent("jobs:email", "j1"), "{jobs:email}:sent:j1");
         assert_eq!(node("n1"), "conveyor:node:n1");
         assert_eq!(job("j1"), "conveyor:job:j1");

@@ -26,6 +26,7 @@ pub mod nodes;
 pub mod queue;
 mod scripts;
 pub mod sent;
+pub mod ticks;
 pub mod writes;
 
 pub use keys::QueueKeys;

@@ -25,3 +25,4 @@ script!(PROMOTE, "promote.lua");
 script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");
 script!(DEAD_RETRY, "dead_retry.lua");
 script!(RATELIMIT, "ratelimit.lua");
+script!(TICK, "tick.lua");

@@ -26,6 +26,20 @@ pub async fn run(
         if config.queues.len() == 1 { "" } else { "s" },
         config.queues.keys().cloned().collect::<Vec<_>>().join(", ")
     );
+    if !config.schedules.is_empty() {
+        println!(
+            "schedules: ok ({})",
+            config
+                .schedules
+                .iter()
+                .filter_map(|(name, s)| s
+                    .spec()
+                    .ok()
+                    .map(|spec| format!("{name}: {}", spec.describe())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let broker = connect(&config).await?;
     println!("redis: ok ({})", broker.url());
     for handler in &handlers {

@@ -16,6 +16,7 @@ pub mod dead;
 pub mod enqueue;
 pub mod monitor;
 pub mod run;
+pub mod schedules;
 pub mod stats;
 pub mod status;
 
@@ -64,6 +65,8 @@ pub enum Command {
     Status(status::Args),
     /// Validate the configuration, reach Redis and the SMTP server.
     Check(check::Args),
+    /// Show each schedule's last and next tick.
+    Schedules(schedules::Args),
 }
 
 impl Command {
@@ -89,6 +92,7 @@ pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Stats(args) => block_on(stats::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Check(args) => block_on(check::run(config, args, registry)),
+        Command::Schedules(args) => block_on(schedules::run(config, args)),
     }
 }
 

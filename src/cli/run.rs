@@ -38,6 +38,11 @@ pub fn run(config_path: Option<&Path>, args: Args, registry: &Registry) -> anyho
             }
         }
         config.queues.retain(|name, _| args.queues.contains(name));
+        // A daemon runs the schedules of the queues it runs.
+        let queues = &config.queues;
+        config
+            .schedules
+            .retain(|_, s| queues.contains_key(&s.queue));
     }
     if let Some(n) = args.concurrency {
         if n == 0 || n > 10_000 {

@@ -20,6 +20,7 @@ use crate::shutdown::Shutdown;
 mod heartbeat;
 mod isolation;
 mod notify;
+mod periodic;
 mod processor;
 mod ratelimit;
 mod reaper;
@@ -30,6 +31,7 @@ mod watchdog;
 mod writer;
 
 use heartbeat::Heartbeat;
+use periodic::Periodic;
 use processor::{NodeShared, Processor};
 use reaper::Reaper;
 use retry::Retry;
@@ -241,6 +243,7 @@ pub async fn run_as(
         .run(stop_background.clone()),
     );
     background.spawn(reaper.run(stop_background.clone()));
+    background.spawn(Periodic::new(&config, &stores, events.clone()).run(stop_background.clone()));
     let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
     tracing::info!(node = %node.id, "running");
     notify::ready("running");
