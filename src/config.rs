@@ -50,6 +50,9 @@ pub struct Config {
     /// the working directory when there is no file.
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The file it was read from, if any.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// `[schedules.<name>]`: a job enqueued on `queue` at each tick of `cron`
@@ -153,6 +156,9 @@ pub struct RedisConfig {
     /// retried). Blocking pops get their block time on top of this.
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Where `url` came from when not from the file (`REDIS_URL`), for errors.
+    #[serde(skip)]
+    pub url_from: Option<&'static str>,
 }
 
 /// `[daemon]`
@@ -425,6 +431,7 @@ impl Default for RedisConfig {
             pool_size: default_pool_size(),
             key_prefix: default_key_prefix(),
             response_timeout: default_response_timeout(),
+            url_from: None,
         }
     }
 }
@@ -582,12 +589,21 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a source: it would print twice).
+        reason: std::io::Error,
+    },
+    /// No file was given and none of the usual places has one.
+    #[error(
+        "no configuration file found (looked for {}): give --config FILE, or set CONVEYOR_CONFIG",
+        searched.join(", ")
+    )]
+    NotFound {
+        /// The places looked at, in order.
+        searched: Vec<String>,
     },
     /// The file is not valid TOML of the expected shape.
     #[error("invalid config file {path}: {message}")]
@@ -605,28 +621,40 @@ pub enum ConfigError {
 impl Config {
     /// Finds, reads, parses, overrides from the environment and validates the
     /// configuration. With no `path`, the first of `$CONVEYOR_CONFIG` and
-    /// [`DEFAULT_PATHS`] that exists is read; if none does, the built-in
-    /// defaults apply (no queues).
+    /// [`DEFAULT_PATHS`] that exists is read; if none does, that is an
+    /// error naming the places looked at.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = path.map(Path::to_path_buf).or_else(|| {
-            std::env::var_os("CONVEYOR_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()))
-        });
-        let mut config = match &path {
-            Some(path) => Self::from_file(path)?,
-            None => Self::default(),
+        let path = match path {
+            Some(path) => path.to_path_buf(),
+            None => Self::find()?,
         };
+        let mut config = Self::from_file(&path)?;
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
     }
 
+    /// The file `load` reads when given none.
+    pub fn find() -> Result<PathBuf, ConfigError> {
+        if let Some(path) = std::env::var_os("CONVEYOR_CONFIG").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        DEFAULT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| ConfigError::NotFound {
+                searched: std::iter::once("$CONVEYOR_CONFIG (unset)".to_owned())
+                    .chain(DEFAULT_PATHS.iter().map(|p| (*p).to_owned()))
+                    .collect(),
+            })
+    }
+
     /// Parses a file without environment overrides or validation.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
@@ -636,6 +664,7 @@ impl Config {
         // happens to be started from.
         let base = path.parent().unwrap_or(Path::new("."));
         config.dir = base.to_owned();
+        config.file = Some(path.to_owned());
         config.email.dir = base.join(&config.email.dir);
         if let Some(templates) = &config.email.templates {
             config.email.templates = Some(base.join(templates));
@@ -656,6 +685,7 @@ impl Config {
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
             self.redis.url = MaskedUrl(url);
+            self.redis.url_from = Some("REDIS_URL");
         }
         if let Some(url) = env("CONVEYOR_SMTP_URL").filter(|s| !s.is_empty()) {
             self.email.smtp_url = MaskedUrl(url);
@@ -912,9 +942,9 @@ fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>
                 .filter(|p| p.exists())
         });
     let Some(file) = file else { return Ok(None) };
-    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(&file).map_err(|reason| ConfigError::Read {
         path: file.clone(),
-        source,
+        reason,
     })?;
     let password = text.trim_end_matches(['\r', '\n']);
     Ok((!password.is_empty()).then(|| Secret(password.to_owned())))

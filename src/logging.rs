@@ -59,9 +59,23 @@ pub(crate) fn effective_config(config: &Config) {
     let toml = config.masked_toml();
     if JSON.load(Ordering::Relaxed) {
         tracing::info!(config = %toml, "effective configuration");
-    } else {
-        tracing::info!(config = ?toml, "effective configuration");
+        return;
     }
+    // A person reads the text: a line that says what runs, and the whole
+    // configuration (multi-line TOML, no escapes) at debug level.
+    let queues: Vec<String> = config
+        .queues
+        .iter()
+        .map(|(name, q)| format!("{name} ({}, {})", q.handler, q.concurrency))
+        .collect();
+    tracing::info!(
+        file = %config.file.as_deref().map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+        redis = %config.redis.url,
+        queues = %queues.join(", "),
+        schedules = config.schedules.len(),
+        "effective configuration (the whole of it at CONVEYOR_LOG=debug)"
+    );
+    tracing::debug!("effective configuration:\n{toml}");
 }
 
 /// Reports the error that ends the process, on stderr: `conveyor: <error>`

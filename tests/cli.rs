@@ -267,7 +267,11 @@ fn an_unreachable_redis_exits_69_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     // Port 1 on loopback: nothing listens there.
-    std::fs::write(&cfg, "[redis]\nurl = \"redis://:hunter2@127.0.0.1:1/0\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[redis]\nurl = \"redis://:hunter2@127.0.0.1:1/0\"\n[queues.work]\nhandler = \"noop\"\n",
+    )
+    .unwrap();
     for args in [
         vec!["enqueue", "work", "{}"],
         vec!["stats"],

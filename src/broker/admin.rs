@@ -260,6 +260,10 @@ impl Broker {
         &self,
         queues: &[QueueKeys],
     ) -> Result<Vec<QueueCounts>, BrokerError> {
+        // An empty pipeline is an empty command to Redis.
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for q in queues {
             pipe.cmd("LLEN").arg(&q.list);

@@ -109,9 +109,21 @@ impl Broker {
     /// A broker for the configured Redis. Connects lazily: this does no I/O,
     /// but must run inside a tokio runtime (the pool starts a reaper task).
     pub fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
-        let client = Client::open(config.url.expose()).map_err(|e| BrokerError::BadUrl {
-            url: config.url.masked(),
-            reason: e.to_string(),
+        let client = Client::open(config.url.expose()).map_err(|e| {
+            let mut reason = e.to_string();
+            if !config.url.expose().contains("://") {
+                reason.push_str(
+                    " (a Redis URL begins with its scheme: redis://127.0.0.1:6379/0, \
+                     rediss:// for TLS, or redis+unix:///run/redis/redis.sock)",
+                );
+            }
+            BrokerError::BadUrl {
+                url: match config.url_from {
+                    Some(var) => format!("{} (from {var})", config.url.masked()),
+                    None => config.url.masked(),
+                },
+                reason,
+            }
         })?;
         let timeout = config.response_timeout;
         let manager = Manager {

@@ -19,6 +19,12 @@ pub async fn run(
     registry: &Registry,
 ) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    if config.queues.is_empty() {
+        return Err(crate::config::ConfigError::Invalid(
+            "no queues configured: add a [queues.<name>] table (the daemon would not start)".into(),
+        )
+        .into());
+    }
     let handlers = registry.build_all(&config)?;
     println!(
         "config: ok ({} queue{}: {})",

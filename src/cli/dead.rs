@@ -32,10 +32,11 @@ pub enum Action {
         limit: u64,
     },
     /// Move dead jobs back to their queue for a new round of attempts.
+    #[command(override_usage = "conveyor dead retry <QUEUE> <ID | --all>")]
     Retry {
         /// The queue's name.
         queue: String,
-        /// The job's id.
+        /// The job's id (`conveyor dead list` shows them), or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
         /// Every dead job of the queue.
@@ -43,10 +44,11 @@ pub enum Action {
         all: bool,
     },
     /// Delete dead jobs for good.
+    #[command(override_usage = "conveyor dead purge <QUEUE> <ID | --all>")]
     Purge {
         /// The queue's name.
         queue: String,
-        /// The job's id.
+        /// The job's id (`conveyor dead list` shows them), or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
         /// Every dead job of the queue.

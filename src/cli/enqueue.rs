@@ -26,7 +26,10 @@ const MAX_REPORTED: usize = 10;
 
 /// Options of `conveyor enqueue`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "file"])))]
+#[command(
+    group(clap::ArgGroup::new("input").required(true).args(["payload", "file"])),
+    override_usage = "conveyor enqueue <QUEUE> <PAYLOAD | - | --file FILE> [OPTIONS]"
+)]
 pub struct Args {
     /// The queue's name.
     pub queue: String,
@@ -51,8 +54,12 @@ pub struct Args {
     /// What makes jobs equal for --unique-for [default: a digest of the payload].
     #[arg(long, value_name = "KEY", requires = "unique_for")]
     pub unique_key: Option<String>,
+    /// Enqueue to a queue this configuration does not list (a daemon with
+    /// another configuration runs it).
+    #[arg(long)]
+    pub unconfigured: bool,
     /// Print no job ids.
-    #[arg(long, short = 'q')]
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -74,12 +81,15 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         .get(&args.queue)
         .map(|q| q.max_payload_bytes)
         .unwrap_or(1 << 20);
-    if !config.queues.is_empty() && !config.queues.contains_key(&args.queue) {
-        eprintln!(
-            "conveyor: note: queue {:?} is not in the configuration; enqueuing to {} anyway",
+    if !config.queues.is_empty() && !config.queues.contains_key(&args.queue) && !args.unconfigured {
+        return Err(UsageError(format!(
+            "queue {:?} is not in the configuration (configured: {}), so no daemon of it would \
+             run the job; --unconfigured enqueues it to {} anyway",
             args.queue,
+            config.queues.keys().cloned().collect::<Vec<_>>().join(", "),
             config.queue_key(&args.queue)
-        );
+        ))
+        .into());
     }
     // Payloads borrow from the text read: validated once, copied once (into
     // their envelope).

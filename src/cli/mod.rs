@@ -12,6 +12,7 @@ use crate::daemon::DaemonError;
 use crate::handlers::{CheckError, Registry};
 
 pub mod check;
+pub mod completions;
 pub mod dead;
 pub mod enqueue;
 pub mod monitor;
@@ -35,9 +36,36 @@ pub const EX_IOERR: u8 = 74;
 /// EX_CONFIG: the configuration is unusable.
 pub const EX_CONFIG: u8 = 78;
 
+/// The top-level help: the commands in the groups a newcomer looks for.
+const HELP: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+Run the daemon:
+  run          Take jobs from the configured queues and run them
+  check        Validate the configuration; reach Redis and what each queue needs
+Jobs:
+  enqueue      Enqueue a job (prints its id), or many from an NDJSON file
+  status       Show a tracked job's state and result
+  dead         List, retry or purge dead jobs
+Watch:
+  stats        Queues, counters and live nodes (--watch to follow)
+  monitor      Follow lifecycle events as they happen
+  schedules    Each schedule's last and next tick
+Set up:
+  completions  Completion scripts for bash, zsh, fish, elvish, PowerShell
+
+Options:
+{options}
+
+`conveyor <command> --help` tells more about each. The configuration is
+--config FILE, else $CONVEYOR_CONFIG, /etc/conveyor/conveyor.toml or
+config/conveyor.toml, whichever exists first.
+";
+
 /// conveyor: a Redis-backed background job worker.
 #[derive(Debug, Parser)]
-#[command(name = "conveyor", version, about, max_term_width = 100)]
+#[command(name = "conveyor", version, about, max_term_width = 100, help_template = HELP)]
 pub struct Cli {
     /// Configuration file [default: $CONVEYOR_CONFIG, /etc/conveyor/conveyor.toml,
     /// config/conveyor.toml, whichever exists first]
@@ -67,6 +95,11 @@ pub enum Command {
     Check(check::Args),
     /// Show each schedule's last and next tick.
     Schedules(schedules::Args),
+    /// Print a completion script for a shell.
+    Completions(completions::Args),
+    /// Write the man pages into a directory.
+    #[command(hide = true)]
+    Manpages(completions::ManArgs),
 }
 
 impl Command {
@@ -93,6 +126,8 @@ pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Check(args) => block_on(check::run(config, args, registry)),
         Command::Schedules(args) => block_on(schedules::run(config, args)),
+        Command::Completions(args) => completions::run(args),
+        Command::Manpages(args) => completions::manpages(args),
     }
 }
 

@@ -1,0 +1,53 @@
+//! `conveyor completions <shell>`: completion scripts for a shell, and the
+//! hidden `conveyor manpages <dir>` that writes the man pages (the Debian
+//! package is built with both).
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory as _;
+
+use super::{Cli, OsError};
+
+/// Options of `conveyor completions`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "bash:  conveyor completions bash > ~/.local/share/bash-completion/completions/conveyor\n\
+zsh:   conveyor completions zsh > ~/.zfunc/_conveyor   (with fpath+=~/.zfunc before compinit)\n\
+fish:  conveyor completions fish > ~/.config/fish/completions/conveyor.fish"
+)]
+pub struct Args {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Prints the completion script.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    clap_complete::generate(
+        args.shell,
+        &mut Cli::command(),
+        "conveyor",
+        &mut std::io::stdout(),
+    );
+    Ok(())
+}
+
+/// Options of `conveyor manpages`.
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Where to write conveyor.1 and one page per command (conveyor-run.1, ...).
+    pub dir: PathBuf,
+}
+
+/// Writes the man pages.
+pub fn manpages(args: ManArgs) -> anyhow::Result<()> {
+    let write = |dir: &Path| clap_mangen::generate_to(Cli::command(), dir);
+    std::fs::create_dir_all(&args.dir)
+        .and_then(|()| write(&args.dir))
+        .map_err(|e| {
+            OsError(format!(
+                "cannot write man pages to {}: {e}",
+                args.dir.display()
+            ))
+            .into()
+        })
+}
