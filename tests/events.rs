@@ -535,7 +535,7 @@ async fn jobs_enqueued_by_the_cli_are_replayed_plain_and_unique() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(dir.path(), &redis, &queue(""));
     let enqueue = |extra: &[&str]| {
-        let mut args = vec!["--config", cfg.to_str().unwrap(), "enqueue", Q, "{}"];
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "enqueue", "work", "{}"];
         args.extend_from_slice(extra);
         let (code, id, err) = run_cli(&args);
         assert_eq!(code, 0, "{err}");
