@@ -140,7 +140,7 @@ impl ScheduleError {
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://`, `rediss://` (TLS) or `redis+unix://` URL. `REDIS_URL` overrides it.
@@ -162,7 +162,7 @@ pub struct RedisConfig {
 }
 
 /// `[daemon]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// How long running jobs may finish after SIGTERM before they are put back.
@@ -187,7 +187,7 @@ pub struct DaemonConfig {
 }
 
 /// `[events]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// Pub/sub channel of lifecycle events.
@@ -209,7 +209,7 @@ pub enum EmailTransport {
 }
 
 /// `[email]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// `file` or `smtp`.
@@ -255,7 +255,7 @@ pub enum EventLevel {
 }
 
 /// `backoff = { base = "15s", max = "1h" }`
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the first retry; it doubles with every attempt.
@@ -280,7 +280,7 @@ impl Backoff {
 }
 
 /// `rate_limit = { limit = 10, window = "60s" }`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Jobs allowed to start within any one window.
@@ -295,7 +295,7 @@ pub struct RateLimit {
 }
 
 /// `[queues.<name>]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Name of the handler in the registry (`email`, `publish`, `noop`).

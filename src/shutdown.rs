@@ -4,11 +4,15 @@
 //! production, tests cancel its tokens directly (the mini-redis pattern).
 //! Signals (signal-hook) map as: SIGTERM or SIGINT -> `terminate`; a second
 //! SIGINT -> `hurry` (skip the drain wait; jobs are still requeued);
-//! SIGTSTP -> `quiet` (stop taking jobs, stay up), as Sidekiq does.
+//! SIGTSTP -> `quiet` (stop taking jobs, stay up), as Sidekiq does;
+//! SIGHUP -> `reload` (read the configuration again and apply it).
+
+use std::sync::Arc;
 
 use futures::StreamExt as _;
-use signal_hook::consts::{SIGINT, SIGTERM, SIGTSTP};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTSTP};
 use signal_hook_tokio::Signals;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The daemon's three stop levels.
@@ -22,6 +26,8 @@ pub struct Shutdown {
     pub terminate: CancellationToken,
     /// Stop waiting for running jobs now (they are still requeued).
     pub hurry: CancellationToken,
+    /// Read the configuration again and apply it (SIGHUP).
+    pub reload: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -30,11 +36,12 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Starts a task that trips these controls on SIGTERM, SIGINT and SIGTSTP.
+    /// Starts a task that trips these controls on SIGTERM, SIGINT, SIGTSTP
+    /// and SIGHUP.
     /// Registering replaces the default actions (so SIGTSTP no longer stops
     /// the process), which is why this is only called by `conveyor run`.
     pub fn listen_for_signals(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGTSTP])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGTSTP, SIGHUP])?;
         let this = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(signal) = signals.next().await {
@@ -45,6 +52,10 @@ impl Shutdown {
 
     fn on_signal(&self, signal: i32) {
         match signal {
+            SIGHUP => {
+                tracing::info!("SIGHUP: reading the configuration again");
+                self.reload.notify_one();
+            }
             SIGTSTP => {
                 tracing::info!(
                     "SIGTSTP: quiet, taking no new jobs; running jobs finish, the daemon stays up"

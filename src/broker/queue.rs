@@ -93,6 +93,12 @@ impl QueueStore {
         }
     }
 
+    /// Whether `other` is this very store (a clone of it), not merely one
+    /// of the same queue.
+    pub fn same_as(&self, other: &QueueStore) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+
     /// The queue's keys.
     pub fn keys(&self) -> &QueueKeys {
         &self.keys

@@ -11,14 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use super::processor::Processor;
+use super::queues::Processors;
 use super::writer::Events;
 use crate::broker::{Broker, BrokerError, QueueKeys};
 
 /// Refreshes this node's liveness.
+#[derive(Clone)]
 pub(crate) struct Heartbeat {
     pub(crate) broker: Broker,
     pub(crate) node: Node,
-    pub(crate) processors: Vec<Arc<Processor>>,
+    pub(crate) processors: Processors,
     pub(crate) events: Events,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
@@ -51,20 +53,17 @@ impl Heartbeat {
         }
     }
 
-    /// The queues whose fetcher is stuck inside a Redis call.
-    pub(crate) fn stuck_queues(&self) -> Vec<&str> {
-        stuck_queues(&self.processors, self.stuck_after)
-    }
-
-    /// One beat.
+    /// One beat: the node's key, and the node listed in every queue it runs
+    /// (a queue a reload adds is listed by a beat before its first job).
     pub(crate) async fn beat(&self) -> Result<(), BrokerError> {
-        let stuck = self.stuck_queues();
+        let processors = self.processors.snapshot();
+        let stuck = stuck_queues(&processors, self.stuck_after);
         if !stuck.is_empty() {
             tracing::error!(queues = %stuck.join(","), "fetcher stuck in a Redis call");
         }
-        let busy: usize = self.processors.iter().map(|p| p.busy()).sum();
-        let queues: Vec<&str> = self.processors.iter().map(|p| p.name()).collect();
-        let keys: Vec<&QueueKeys> = self.processors.iter().map(|p| p.store().keys()).collect();
+        let busy: usize = processors.iter().map(|p| p.busy()).sum();
+        let queues: Vec<&str> = processors.iter().map(|p| p.name()).collect();
+        let keys: Vec<&QueueKeys> = processors.iter().map(|p| p.store().keys()).collect();
         let mut fields = vec![
             ("host".to_owned(), self.node.host.clone()),
             ("pid".to_owned(), std::process::id().to_string()),
@@ -79,7 +78,7 @@ impl Heartbeat {
         ];
         // Per queue, for `conveyor stats`: jobs running, and runs finished
         // in the last minute (summed over nodes it is the queue's rate).
-        for p in &self.processors {
+        for p in &processors {
             fields.push((format!("busy:{}", p.name()), p.busy().to_string()));
             fields.push((format!("rate_1m:{}", p.name()), p.last_minute().to_string()));
         }

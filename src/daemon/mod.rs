@@ -10,8 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::events::EventSink;
-use crate::broker::queue::QueueStore;
-use crate::broker::{Broker, BrokerError, QueueKeys};
+use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError, human};
 use crate::event::{Draft, EventType};
 use crate::handlers::Registry;
@@ -22,8 +21,10 @@ mod isolation;
 mod notify;
 mod periodic;
 mod processor;
+mod queues;
 mod ratelimit;
 mod reaper;
+mod reload;
 mod retry;
 mod scheduler;
 mod throughput;
@@ -31,8 +32,8 @@ mod watchdog;
 mod writer;
 
 use heartbeat::Heartbeat;
-use periodic::Periodic;
-use processor::{NodeShared, Processor};
+use processor::NodeShared;
+use queues::Queues;
 use reaper::Reaper;
 use retry::Retry;
 use scheduler::Scheduler;
@@ -112,6 +113,10 @@ pub(crate) fn stuck_fetch_threshold(config: &Config) -> Duration {
     (processor::BLOCK + config.redis.response_timeout) * 2
 }
 
+/// Re-reads the configuration for `systemctl reload` (SIGHUP): the same
+/// file, environment and command-line overrides as at start.
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
 /// Runs the daemon until `shutdown.terminate`, then shuts down gracefully.
 ///
 /// Waits for Redis if it is unreachable at start (logging why), so a daemon
@@ -122,7 +127,7 @@ pub async fn run(
     registry: &Registry,
     shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
-    run_as(Node::new(), config, registry, shutdown).await
+    run_with(Node::new(), config, registry, shutdown, None).await
 }
 
 /// [`run`] with a given identity (tests use it to know the node id).
@@ -132,6 +137,19 @@ pub async fn run_as(
     registry: &Registry,
     shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
+    run_with(node, config, registry, shutdown, None).await
+}
+
+/// [`run_as`] that applies a configuration `reloader` reads on each
+/// `shutdown.reload` (SIGHUP): queues added, removed or changed and the
+/// schedules, without dropping or rerunning a job.
+pub async fn run_with(
+    node: Node,
+    config: Config,
+    registry: &Registry,
+    shutdown: Shutdown,
+    reloader: Option<Reloader>,
+) -> Result<(), DaemonError> {
     if config.queues.is_empty() {
         return Err(ConfigError::Invalid(
             "no queues configured: add a [queues.<name>] table".into(),
@@ -139,48 +157,35 @@ pub async fn run_as(
         .into());
     }
     let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let handlers = registry.build_all_with(&config, &broker)?;
     let wake_scheduler = Arc::new(Notify::new());
     let give_up = CancellationToken::new();
-    let isolation = Arc::new(isolation::Isolation::default());
     let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
-    let stores: Vec<QueueStore> = config
-        .queues
-        .iter()
-        .map(|(name, q)| {
-            let keys = QueueKeys::new(name, &config.queue_key(name), &node.id);
-            QueueStore::new(broker.clone(), keys, q.dead_max_jobs)
-        })
-        .collect();
-    let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink, stores.clone());
-    let handlers = registry.build_all_with(&config, &broker)?;
-    let mut processors = Vec::new();
-    for (index, (((name, q), store), handler)) in config
-        .queues
-        .iter()
-        .zip(&stores)
-        .zip(handlers.iter().cloned())
-        .enumerate()
-    {
-        processors.push(Arc::new(Processor::new(
-            name,
-            index,
-            store.clone(),
-            q.clone(),
-            handler,
-            NodeShared {
-                scheduler: wake_scheduler.clone(),
-                isolation: isolation.clone(),
-                events: events.clone(),
-                outcomes: outcomes.clone(),
-                give_up: give_up.clone(),
-            },
-        )));
+    let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink);
+    let stop_fetching = CancellationToken::new();
+    let abandon = CancellationToken::new();
+    let shared = NodeShared {
+        scheduler: wake_scheduler.clone(),
+        isolation: Arc::new(isolation::Isolation::default()),
+        events: events.clone(),
+        outcomes,
+        give_up: give_up.clone(),
+    };
+    let mut queues = Queues::new(
+        broker.clone(),
+        &node.id,
+        shared,
+        stop_fetching.clone(),
+        abandon.clone(),
+    );
+    for (name, handler) in config.queues.keys().zip(handlers) {
+        queues.add(name, &config, handler).await;
     }
     let slots: u32 = config.queues.values().map(|q| q.concurrency).sum();
     tracing::info!(
         node = %node.id,
         redis = %broker.url(),
-        queues = %config.queues.keys().cloned().collect::<Vec<_>>().join(","),
+        queues = %queues.names().join(","),
         slots,
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "starting"
@@ -197,31 +202,26 @@ pub async fn run_as(
     let heartbeat = Heartbeat {
         broker: broker.clone(),
         node: node.clone(),
-        processors: processors.clone(),
+        processors: queues.processors(),
         events: events.clone(),
         interval: config.daemon.heartbeat_interval,
         ttl: config.daemon.node_ttl,
         stuck_after: stuck_fetch_threshold(&config),
     };
     // Listed as alive in every queue before the first job is taken.
-    let mut retry = Retry::new("registering the node");
-    while let Err(e) = heartbeat.beat().await {
-        if !retry.wait(&e, &shutdown.terminate).await {
-            notify::stopping("stopped before the node was registered", FINAL_GRACE);
-            return Ok(());
-        }
+    if !reload::register(&heartbeat, &shutdown.terminate).await {
+        notify::stopping("stopped before the node was registered", FINAL_GRACE);
+        return Ok(());
     }
 
     // Announced before anything it does: recoveries, then jobs.
     events.emit(Draft::node(EventType::NodeStarted));
-    let stop_fetching = CancellationToken::new();
-    let abandon = CancellationToken::new();
     let stop_background = CancellationToken::new();
     let stop_heartbeat = CancellationToken::new();
     // Jobs of nodes that died before this one started run first.
     let reaper = Reaper {
         broker: broker.clone(),
-        processors: processors.clone(),
+        processors: queues.processors(),
         node: node.id.clone(),
         max_deliveries: config.daemon.max_deliveries,
         interval: config.daemon.heartbeat_interval,
@@ -229,47 +229,56 @@ pub async fn run_as(
     if let Err(e) = reaper.sweep().await {
         tracing::warn!(error = %e, "reaper: first look for dead nodes failed; will look again");
     }
-    futures::future::join_all(handlers.iter().map(|h| h.start())).await;
-    let mut workers = JoinSet::new();
-    for p in &processors {
-        workers.spawn(p.clone().run(stop_fetching.clone(), abandon.clone()));
-    }
+    queues.launch();
     let mut background = JoinSet::new();
     background.spawn(
         Scheduler {
-            stores: stores.clone(),
+            processors: queues.processors(),
             wake: wake_scheduler,
         }
         .run(stop_background.clone()),
     );
     background.spawn(reaper.run(stop_background.clone()));
-    background.spawn(Periodic::new(&config, &stores, events.clone()).run(stop_background.clone()));
-    let heartbeat_task = tokio::spawn(heartbeat.run(stop_heartbeat.clone()));
-    tracing::info!(node = %node.id, "running");
-    notify::ready("running");
+    let mut periodic = reload::Periodics::start(&config, &queues, &events, &stop_background);
     let watchdog = Watchdog {
-        processors: processors.clone(),
-        slots,
+        processors: queues.processors(),
         stuck_after: stuck_fetch_threshold(&config),
         timeout: notify::watchdog_timeout(),
         shutdown: shutdown.clone(),
     };
+    let heartbeat_task = tokio::spawn(heartbeat.clone().run(stop_heartbeat.clone()));
+    tracing::info!(node = %node.id, "running");
+    notify::ready("running");
     let watchdog_task = tokio::spawn(watchdog.run(stop_heartbeat.clone()));
 
-    tokio::select! {
-        _ = shutdown.quiet.cancelled() => {
-            stop_fetching.cancel();
-            if !shutdown.terminate.is_cancelled() {
-                tracing::info!("quiet: no new jobs will be taken; running jobs finish");
+    let mut config = config;
+    let mut quieted = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.terminate.cancelled() => break,
+            _ = shutdown.quiet.cancelled(), if !quieted => {
+                quieted = true;
+                stop_fetching.cancel();
+                if !shutdown.terminate.is_cancelled() {
+                    tracing::info!("quiet: no new jobs will be taken; running jobs finish");
+                }
             }
-            shutdown.terminate.cancelled().await;
+            _ = shutdown.reload.notified() => {
+                let context = reload::Context {
+                    registry,
+                    broker: &broker,
+                    heartbeat: &heartbeat,
+                    events: &events,
+                    stop_background: &stop_background,
+                    terminate: &shutdown.terminate,
+                };
+                reload::reload(&mut config, reloader.as_ref(), &mut queues, &mut periodic, &context).await;
+            }
         }
-        _ = shutdown.terminate.cancelled() => {}
     }
-
     // The shutdown, in order. Each step says why it comes where it does.
     let stopping_since = std::time::Instant::now();
-    let busy: usize = processors.iter().map(|p| p.busy()).sum();
+    let busy = queues.busy();
     events.emit(Draft::node(EventType::NodeStopping));
     tracing::info!(
         running = busy,
@@ -286,16 +295,15 @@ pub async fn run_as(
     //    short). The heartbeat keeps beating meanwhile, so no peer declares
     //    this node dead and hands its running jobs to someone else.
     let drained = tokio::select! {
-        _ = join_all(&mut workers) => true,
+        _ = queues.join() => true,
         _ = tokio::time::sleep(config.daemon.shutdown_timeout) => false,
         _ = shutdown.hurry.cancelled() => false,
     };
     // 3. Requeue stragglers at the head of their queue: they were
     //    interrupted, not failed, and run first on the next node.
     if !drained {
-        let left: usize = processors.iter().map(|p| p.busy()).sum();
         tracing::warn!(
-            jobs = left,
+            jobs = queues.busy(),
             "drain incomplete; requeueing unfinished jobs at the head of their queues"
         );
         abandon.cancel();
@@ -307,13 +315,11 @@ pub async fn run_as(
             give_up.cancel();
         })
     };
-    join_all(&mut workers).await;
+    queues.join().await;
     // 4. Sweep: anything still in this node's in-flight lists (a job popped
     //    just as fetching stopped, an outcome Redis would not take) goes back
     //    to the head of its queue too. After this nothing is held here.
-    for p in &processors {
-        p.sweep().await;
-    }
+    queues.sweep().await;
     give_up_timer.abort();
     // 5. Handlers let go of what they hold (worker processes finish and
     //    exit): no job runs any more. They get what is left of
@@ -323,10 +329,11 @@ pub async fn run_as(
         .shutdown_timeout
         .saturating_sub(stopping_since.elapsed())
         .max(HANDLER_GRACE);
-    futures::future::join_all(handlers.iter().map(|h| h.shutdown(left))).await;
+    queues.shut_handlers(left).await;
     // 6. Background components: nothing left for them to do on this node.
     stop_background.cancel();
     join_all(&mut background).await;
+    periodic.stop().await;
     // 7. Heartbeat: once the node key is gone, peers may reap this node, and
     //    there is nothing left to reap. The systemd watchdog stops with it,
     //    so that the whole drain is watched.
@@ -340,11 +347,7 @@ pub async fn run_as(
     if let Err(e) = broker.remove_node(&node.id).await {
         tracing::warn!(error = %e, "could not remove the node's heartbeat key; it expires by itself");
     }
-    for store in &stores {
-        if let Err(e) = store.forget_node_if_idle(&node.id).await {
-            tracing::debug!(error = %e, "could not unlist the node");
-        }
-    }
+    queues.unlist().await;
     // 8. Events last, so that node.stopped follows every job event.
     events.emit(Draft::node(EventType::NodeStopped));
     stop_writer.cancel();

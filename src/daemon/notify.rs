@@ -33,6 +33,18 @@ pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
+/// The daemon is re-reading its configuration (`systemctl reload`):
+/// systemd waits for the `READY=1` that ends it.
+pub(crate) fn reloading(status: &str) {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status(status)];
+    // systemd matches the reload to its request by this time; without it a
+    // Type=notify-reload unit fails the reload.
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
 /// Replaces the line `systemctl status` shows.
 pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(&one_line(status))]);

@@ -5,12 +5,12 @@
 //!
 //! Nodes are found through each queue's `{K}:nodes` set, never by SCAN.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::processor::Processor;
+use super::queues::Processors;
 use crate::broker::queue::{RecoverTo, Recovered};
 use crate::broker::{Broker, BrokerError};
 use crate::clock::now_rfc3339;
@@ -23,7 +23,7 @@ const BATCH: usize = 100;
 /// Recovers jobs of dead nodes.
 pub(crate) struct Reaper {
     pub(crate) broker: Broker,
-    pub(crate) processors: Vec<Arc<Processor>>,
+    pub(crate) processors: Processors,
     pub(crate) node: String,
     pub(crate) max_deliveries: u32,
     pub(crate) interval: Duration,
@@ -56,7 +56,8 @@ impl Reaper {
 
     /// One look at every queue.
     pub(crate) async fn sweep(&self) -> Result<(), BrokerError> {
-        for p in &self.processors {
+        for p in self.processors.snapshot() {
+            let p = &*p;
             let others: Vec<String> = p
                 .store()
                 .nodes()

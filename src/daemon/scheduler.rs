@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::queues::Processors;
 use super::retry::Retry;
-use crate::broker::queue::QueueStore;
 use crate::clock::now_ms;
 
 /// Most jobs promoted per queue in one script call.
@@ -22,7 +22,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Promotes due jobs of every queue of this node.
 pub(crate) struct Scheduler {
-    pub(crate) stores: Vec<QueueStore>,
+    /// The queues of this node (a reload changes them).
+    pub(crate) processors: Processors,
     pub(crate) wake: Arc<Notify>,
 }
 
@@ -34,7 +35,8 @@ impl Scheduler {
             let mut next_due: Option<i64> = None;
             let mut more = false;
             let mut failure = None;
-            for store in &self.stores {
+            for processor in self.processors.snapshot() {
+                let store = processor.store();
                 match store.promote(now_ms(), BATCH).await {
                     Ok((moved, next)) => {
                         if moved > 0 {

@@ -11,14 +11,13 @@
 //! back (it would only lose the running jobs). It runs until the very end of
 //! a shutdown, stopped with the heartbeat, so the drain is watched too.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::stuck_queues;
 use super::notify;
-use super::processor::Processor;
+use super::queues::Processors;
 use crate::shutdown::Shutdown;
 
 /// How often the status line is refreshed when no watchdog asks for more.
@@ -26,9 +25,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// Pets the watchdog while fetching works; keeps the status line current.
 pub(crate) struct Watchdog {
-    pub(crate) processors: Vec<Arc<Processor>>,
-    /// Worker slots over all queues.
-    pub(crate) slots: u32,
+    pub(crate) processors: Processors,
     /// A fetcher inside one Redis call longer than this is stuck.
     pub(crate) stuck_after: Duration,
     /// `WATCHDOG_USEC`: systemd restarts the daemon if no pet comes within it.
@@ -92,14 +89,15 @@ impl Watchdog {
     }
 
     fn check(&self) -> Check {
-        let stuck = stuck_queues(&self.processors, self.stuck_after);
-        let busy: usize = self.processors.iter().map(|p| p.busy()).sum();
-        let handled: u64 = self.processors.iter().map(|p| p.handled()).sum();
-        let queues = self.processors.len();
+        let processors = self.processors.snapshot();
+        let stuck = stuck_queues(&processors, self.stuck_after);
+        let busy: usize = processors.iter().map(|p| p.busy()).sum();
+        let slots: u32 = processors.iter().map(|p| p.concurrency()).sum();
+        let handled: u64 = processors.iter().map(|p| p.handled()).sum();
+        let queues = processors.len();
         let counts = format!(
-            "{queues} queue{}, {busy}/{} busy, {handled} job{} handled",
+            "{queues} queue{}, {busy}/{slots} busy, {handled} job{} handled",
             plural(queues as u64),
-            self.slots,
             plural(handled),
         );
         let state = if self.shutdown.terminate.is_cancelled() {
@@ -133,13 +131,15 @@ fn plural(n: u64) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::broker::events::EventSink;
     use crate::broker::queue::QueueStore;
     use crate::broker::{Broker, QueueKeys};
     use crate::config::Config;
     use crate::daemon::isolation::Isolation;
-    use crate::daemon::processor::NodeShared;
+    use crate::daemon::processor::{NodeShared, Processor};
     use crate::daemon::writer;
     use crate::handlers::noop::Noop;
 
@@ -149,15 +149,9 @@ mod tests {
         let broker = Broker::new(&config.redis).expect("broker");
         let keys = QueueKeys::new(name, &config.queue_key(name), "node-1");
         let store = QueueStore::new(broker.clone(), keys, 10);
-        let (_writer, outcomes, events) = writer::writer(
-            "node-1",
-            broker,
-            EventSink::new("c", 0),
-            vec![store.clone()],
-        );
+        let (_writer, outcomes, events) = writer::writer("node-1", broker, EventSink::new("c", 0));
         Arc::new(Processor::new(
             name,
-            0,
             store,
             config.queues[name].clone(),
             Arc::new(Noop),
@@ -173,8 +167,7 @@ mod tests {
 
     fn watchdog(processors: Vec<Arc<Processor>>) -> Watchdog {
         Watchdog {
-            processors,
-            slots: 20,
+            processors: Processors::of(processors),
             stuck_after: Duration::from_secs(6),
             timeout: Some(Duration::from_secs(1)),
             shutdown: Shutdown::new(),
@@ -221,7 +214,7 @@ mod tests {
         w.shutdown.terminate.cancel();
         assert_eq!(
             w.check().status,
-            "stopping: letting running jobs finish; 1 queue, 0/20 busy, 0 jobs handled"
+            "stopping: letting running jobs finish; 1 queue, 0/10 busy, 0 jobs handled"
         );
     }
 

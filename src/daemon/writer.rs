@@ -62,7 +62,8 @@ enum Note {
 }
 
 struct Request {
-    queue: usize,
+    /// The job's queue (a reload may add queues, so it travels with each).
+    store: QueueStore,
     item: Bytes,
     outcome: Outcome,
     reply: oneshot::Sender<Recorded>,
@@ -138,12 +139,17 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
-    /// Records a job's outcome (queue by its index in the writer's stores),
-    /// waiting for the flush that carries it.
-    pub(crate) async fn record(&self, queue: usize, item: Bytes, outcome: Outcome) -> Recorded {
+    /// Records the outcome of a job of `store`'s queue, waiting for the
+    /// flush that carries it.
+    pub(crate) async fn record(
+        &self,
+        store: &QueueStore,
+        item: Bytes,
+        outcome: Outcome,
+    ) -> Recorded {
         let (reply, answer) = oneshot::channel();
         let request = Request {
-            queue,
+            store: store.clone(),
             item,
             outcome,
             reply,
@@ -160,7 +166,6 @@ impl Outcomes {
 pub(crate) struct Writer {
     broker: Broker,
     sink: EventSink,
-    stores: Vec<QueueStore>,
     outcomes: mpsc::UnboundedReceiver<Request>,
     notes: mpsc::Receiver<Note>,
     events: Events,
@@ -189,20 +194,14 @@ pub(crate) struct Writer {
 }
 
 /// The writer and its two handles.
-pub(crate) fn writer(
-    node: &str,
-    broker: Broker,
-    sink: EventSink,
-    stores: Vec<QueueStore>,
-) -> (Writer, Outcomes, Events) {
-    with_capacity(node, broker, sink, stores, EVENT_CAPACITY)
+pub(crate) fn writer(node: &str, broker: Broker, sink: EventSink) -> (Writer, Outcomes, Events) {
+    with_capacity(node, broker, sink, EVENT_CAPACITY)
 }
 
 fn with_capacity(
     node: &str,
     broker: Broker,
     sink: EventSink,
-    stores: Vec<QueueStore>,
     capacity: usize,
 ) -> (Writer, Outcomes, Events) {
     let (tx, notes) = mpsc::channel(capacity);
@@ -218,7 +217,6 @@ fn with_capacity(
     let writer = Writer {
         broker,
         sink,
-        stores,
         outcomes,
         notes,
         events: events.clone(),
@@ -259,7 +257,6 @@ struct Prepared {
     broker: Broker,
     lane: Option<Lane>,
     sink: EventSink,
-    stores: Vec<QueueStore>,
     requests: Vec<Request>,
     events: EventBatch,
     republish: EventBatch,
@@ -270,22 +267,26 @@ struct Prepared {
 impl Prepared {
     /// One round trip. Answers, per request, whether it was recorded.
     async fn send(self) -> Flight {
-        let mut per_queue: Vec<Vec<usize>> = vec![Vec::new(); self.stores.len()];
+        // Grouped by queue, with each group's requests: a node runs a
+        // handful of queues, so a scan finds the group.
+        let mut groups: Vec<QueueOutcomes<'_>> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
         for (i, r) in self.requests.iter().enumerate() {
-            per_queue[r.queue].push(i);
+            let entry = (r.item.as_ref(), &r.outcome);
+            match groups.iter().position(|g| g.store.same_as(&r.store)) {
+                Some(g) => {
+                    groups[g].entries.push(entry);
+                    members[g].push(i);
+                }
+                None => {
+                    groups.push(QueueOutcomes {
+                        store: &r.store,
+                        entries: vec![entry],
+                    });
+                    members.push(vec![i]);
+                }
+            }
         }
-        let groups: Vec<QueueOutcomes<'_>> = per_queue
-            .iter()
-            .enumerate()
-            .filter(|(_, idx)| !idx.is_empty())
-            .map(|(q, idx)| QueueOutcomes {
-                store: &self.stores[q],
-                entries: idx
-                    .iter()
-                    .map(|&i| (self.requests[i].item.as_ref(), &self.requests[i].outcome))
-                    .collect(),
-            })
-            .collect();
         let result = match &self.lane {
             Some(lane) => {
                 self.broker
@@ -309,8 +310,7 @@ impl Prepared {
         }
         .map(|written| {
             let mut flags = vec![false; self.requests.len()];
-            let queues = per_queue.iter().filter(|idx| !idx.is_empty());
-            for (idx, result) in queues.zip(written.recorded) {
+            for (idx, result) in members.iter().zip(written.recorded) {
                 for (&i, recorded) in idx.iter().zip(result) {
                     flags[i] = recorded;
                 }
@@ -537,7 +537,6 @@ impl Writer {
             broker: self.broker.clone(),
             lane: self.lane.clone(),
             sink: self.sink.clone(),
-            stores: self.stores.clone(),
             requests,
             events,
             republish: std::mem::take(&mut self.republish),
@@ -570,7 +569,7 @@ mod tests {
     async fn a_full_event_queue_drops_and_counts_instead_of_waiting() {
         let broker = Broker::new(&RedisConfig::default()).expect("no I/O");
         let (mut writer, _outcomes, events) =
-            with_capacity("n1", broker, EventSink::new("c", 0), Vec::new(), 2);
+            with_capacity("n1", broker, EventSink::new("c", 0), 2);
         for _ in 0..5 {
             events.emit(Draft::node(EventType::NodeStarted));
         }

@@ -258,6 +258,24 @@ impl Registry {
             .collect()
     }
 
+    /// Builds the handler of queue `name` of `config`.
+    pub(crate) fn build_one(
+        &self,
+        config: &Config,
+        broker: &Broker,
+        name: &str,
+    ) -> Result<Arc<dyn Handler>, ConfigError> {
+        let queue_config = config.queues.get(name).ok_or_else(|| {
+            ConfigError::Invalid(format!("no queue {name:?} in the configuration"))
+        })?;
+        self.build(&HandlerContext {
+            queue: name,
+            queue_config,
+            config,
+            broker,
+        })
+    }
+
     fn build(&self, ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
         let name = &ctx.queue_config.handler;
         let factory = self.factories.get(name).ok_or_else(|| {

@@ -102,8 +102,6 @@ impl Drop for Busy<'_> {
 /// Runs the jobs of one queue.
 pub(crate) struct Processor {
     name: Arc<str>,
-    /// The queue's place in the writer's list of stores.
-    index: usize,
     store: QueueStore,
     config: QueueConfig,
     handler: Arc<dyn Handler>,
@@ -161,7 +159,6 @@ pub(crate) struct NodeShared {
 impl Processor {
     pub(crate) fn new(
         name: &str,
-        index: usize,
         store: QueueStore,
         config: QueueConfig,
         handler: Arc<dyn Handler>,
@@ -179,7 +176,6 @@ impl Processor {
         let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
         Self {
             name: name.into(),
-            index,
             store,
             config,
             handler,
@@ -202,6 +198,11 @@ impl Processor {
     /// The queue's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The queue's slots.
+    pub(crate) fn concurrency(&self) -> u32 {
+        self.config.concurrency
     }
 
     /// The largest item this queue reads; larger ones are dead-lettered

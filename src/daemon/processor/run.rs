@@ -299,7 +299,7 @@ impl Processor {
     /// flight and a reaper returns it. Returns whether this run's outcome
     /// was recorded.
     pub(super) async fn record(&self, item: Bytes, outcome: Outcome) -> bool {
-        match self.outcomes.record(self.index, item, outcome).await {
+        match self.outcomes.record(&self.store, item, outcome).await {
             Recorded::Yes => true,
             Recorded::NotInFlight => {
                 tracing::warn!(
