@@ -27,8 +27,7 @@ const SIGTERM: i32 = 15;
 const SIGSTOP: i32 = 19;
 const SIGCONT: i32 = 18;
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/conveyor.service");
-const EXEC_START: &str =
-    "ExecStart=/usr/local/bin/conveyor run --config /etc/conveyor/conveyor.toml";
+const EXEC_START: &str = "ExecStart=/usr/bin/conveyor run --config /etc/conveyor/conveyor.toml";
 
 /// The shipped unit, copied into `dir` with `ExecStart` pointing at the
 /// built binary (systemd-analyze checks that the binary exists) and with

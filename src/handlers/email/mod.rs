@@ -208,14 +208,26 @@ impl Handler for Email {
     /// up to AUTH, naming the step that fails.
     async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
         match &self.deliver {
-            Deliver::File(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    CheckError::Unavailable(format!(
-                        "email: cannot create the outbox {}: {e}",
-                        dir.display()
-                    ))
-                })?;
+            // Looked at, not created: a check run as root would leave a
+            // directory the service's own user cannot write into.
+            Deliver::File(dir) if dir.is_dir() => {
                 report(format!("email: ok (file transport into {})", dir.display()));
+            }
+            Deliver::File(dir) => {
+                let parent = dir.ancestors().skip(1).find(|a| a.is_dir());
+                match parent {
+                    Some(parent) => report(format!(
+                        "email: ok (file transport into {}, made by the first email under {})",
+                        dir.display(),
+                        parent.display()
+                    )),
+                    None => {
+                        return Err(CheckError::Unavailable(format!(
+                            "email: the outbox {} has no existing parent directory",
+                            dir.display()
+                        )));
+                    }
+                }
             }
             Deliver::Smtp(_) => {
                 probe::probe(&self.config, &mut *report).await?;
