@@ -200,3 +200,89 @@ fn help_groups_the_commands_for_a_newcomer() {
         );
     }
 }
+
+/// `scripts/run-local`, stopped with Ctrl-C (SIGINT to its process group, as
+/// a terminal sends it) with jobs waiting and one delayed, and started
+/// again: they are all still there, as the README says.
+#[test]
+fn run_local_keeps_the_jobs_across_a_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let start = || {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(repo.join("scripts/run-local"));
+        cmd.current_dir(repo)
+            .env("CONVEYOR_LOCAL_DATA", data.path())
+            .env("CONVEYOR_LOCAL_PORT", port.to_string())
+            .env("CONVEYOR_BIN", env!("CARGO_BIN_EXE_conveyor"))
+            .env_remove("REDIS_URL")
+            .env_remove("CONVEYOR_CONFIG")
+            .stdout(Stdio::null())
+            .process_group(0);
+        let (child, logs) = spawn_logged(cmd);
+        let deadline = std::time::Instant::now() + WAIT;
+        while !logs.contains(" running ") {
+            assert!(std::time::Instant::now() < deadline, "{:#?}", logs.lines());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let ctrl_c = |mut child: KillOnDrop| {
+        let group = format!("-{}", child.id());
+        let sent = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert_eq!(wait_exit(&mut child, WAIT), Some(0), "run-local exits 0");
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let count = |key: &str, zset: bool| -> usize {
+        let mut conn = client.get_connection().unwrap();
+        let cmd = if zset { "ZCARD" } else { "LLEN" };
+        redis::cmd(cmd).arg(key).query(&mut conn).unwrap()
+    };
+
+    let first = start();
+    let enqueue = |args: &[&str]| {
+        let out = conveyor()
+            .args(["--config", "config/conveyor.toml", "enqueue"])
+            .args(args)
+            .current_dir(repo)
+            .env("REDIS_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    enqueue(&["default", "{}", "--delay", "1h"]);
+    for _ in 0..3 {
+        enqueue(&["waiting", "{}", "--unconfigured"]);
+    }
+    ctrl_c(first);
+    assert!(
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .is_err(),
+        "run-local stopped its Redis"
+    );
+
+    let second = start();
+    assert_eq!(
+        count("{jobs:default}:scheduled", true),
+        1,
+        "the delayed job"
+    );
+    assert_eq!(count("jobs:waiting", false), 3, "the waiting jobs");
+    ctrl_c(second);
+}
