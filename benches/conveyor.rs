@@ -462,16 +462,11 @@ fn latency(args: &Args, url: &str, conn: &mut redis::Connection) -> anyhow::Resu
         let samples = runtime.block_on(latency_run(args, url))?;
         all.push(samples);
     }
-    let pick = |q: f64| {
-        let mut per_run: Vec<f64> = all.iter().map(|s| percentile(s, q)).collect();
-        per_run.sort_by(f64::total_cmp);
-        per_run[per_run.len() / 2]
-    };
     println!(
         "latency       p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms   ({} sequential jobs, idle daemon, RPUSH to handler start)",
-        pick(0.50),
-        pick(0.99),
-        pick(0.999),
+        median_quantile(&all, 0.50),
+        median_quantile(&all, 0.99),
+        median_quantile(&all, 0.999),
         args.latency_jobs
     );
     Ok(())
@@ -562,6 +557,26 @@ fn enqueue(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> 
             .join(", ")
     );
     Ok(())
+}
+
+/// The median of some runs' figures.
+fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Runs' figures as the lines show them: `12, 13, 15`.
+fn listed(runs: &[f64]) -> String {
+    runs.iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The median over runs of each run's `q` quantile (each run's samples sorted).
+fn median_quantile(runs: &[Vec<f64>], q: f64) -> f64 {
+    median(&runs.iter().map(|s| percentile(s, q)).collect::<Vec<_>>())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Args, LIST, Server, Workload, config_file, percentile, signal, throughput};
+use super::{
+    Args, LIST, Server, Workload, config_file, listed, median, median_quantile, signal, throughput,
+};
 
 const SINK: &str = "/usr/sbin/smtp-sink";
 const SOURCE: &str = "/usr/sbin/smtp-source";
@@ -198,12 +200,12 @@ fn wire_speed(
     println!(
         "email         {:>9.0} emails/s (daemon, runs: {})",
         median(&ours),
-        list(&ours)
+        listed(&ours)
     );
     println!(
         "smtp-source   {:>9.0} msgs/s   (-d -s {n}, runs: {})",
         median(&theirs),
-        list(&theirs)
+        listed(&theirs)
     );
     println!(
         "ratio         {:>9.2}          (daemon / smtp-source, median of the runs' ratios); daemon CPU {:.1} us per email",
@@ -283,15 +285,10 @@ fn latency(args: &Args, url: &str, conn: &mut redis::Connection, dir: &Path) -> 
         samples.sort_by(f64::total_cmp);
         all.push(samples);
     }
-    let pick = |q: f64| {
-        let mut per_run: Vec<f64> = all.iter().map(|s| percentile(s, q)).collect();
-        per_run.sort_by(f64::total_cmp);
-        per_run[per_run.len() / 2]
-    };
     println!(
         "email latency p50 {:.3} ms, p99 {:.3} ms   ({} sequential emails, idle daemon, RPUSH to the server having the message)",
-        pick(0.50),
-        pick(0.99),
+        median_quantile(&all, 0.50),
+        median_quantile(&all, 0.99),
         args.email_latency_jobs
     );
     Ok(())
@@ -382,17 +379,4 @@ fn is_root() -> bool {
                 .map(|uids| uids.split_whitespace().next() == Some("0"))
         })
         .unwrap_or(false)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn list(v: &[f64]) -> String {
-    v.iter()
-        .map(|r| format!("{r:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use super::{Args, QUEUE, Workload, config_file, payload, throughput};
+use super::{Args, QUEUE, Workload, config_file, listed, median, payload, throughput};
 
 /// What a new user writes first: read a line, answer a line.
 const WORKER: &str = r#"import json, sys
@@ -58,15 +58,10 @@ pub(super) fn bench(
             args.payload,
         )?);
     }
-    direct.sort_by(f64::total_cmp);
-    let reference = direct[direct.len() / 2];
+    let reference = median(&direct);
     println!(
         "direct        {reference:>9.0} jobs/s   (the same workers fed over their pipes by {n} threads, no daemon; runs: {})",
-        direct
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&direct)
     );
     let persistent = Workload {
         label: "exec persistent",
@@ -91,15 +86,10 @@ pub(super) fn bench(
             args.payload,
         )?);
     }
-    direct.sort_by(f64::total_cmp);
-    let reference = direct[direct.len() / 2];
+    let reference = median(&direct);
     println!(
         "direct        {reference:>9.0} jobs/s   (a process per job, started and fed by {n} threads, no daemon; runs: {})",
-        direct
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&direct)
     );
     let work = Workload {
         label: "exec oneshot (a process per job)",
