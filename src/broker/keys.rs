@@ -84,6 +84,18 @@ pub fn sent(list: &str, id: &str) -> String {
     format!("{{{list}}}:sent:{id}")
 }
 
+/// `cache:<sha256 hex of url>`: the `http` handler's cached response of a GET.
+pub fn cache(url: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    let mut key = String::with_capacity(6 + 64);
+    key.push_str("cache:");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
 /// `conveyor:node:<node>`: a live daemon's heartbeat hash.
 pub fn node(node: &str) -> String {
     format!("conveyor:node:{node}")
@@ -123,5 +135,10 @@ mod tests {
         assert_eq!(sent("jobs:email", "j1"), "{jobs:email}:sent:j1");
         assert_eq!(node("n1"), "conveyor:node:n1");
         assert_eq!(job("j1"), "conveyor:job:j1");
+        // sha256 of the URL in hex, as the seed's cached_get keys it.
+        assert_eq!(
+            cache("https://api.example.com/rates"),
+            "cache:6df58614e2109de8fc6531f60d523870d0a15ec898007738d1808ff0622a3069"
+        );
     }
 }

@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 use crate::config::{MaskedUrl, RedisConfig};
 
 pub mod admin;
+pub mod cache;
 pub mod events;
 pub mod keys;
 pub mod nodes;

@@ -28,6 +28,7 @@ pub mod email;
 pub mod exec;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod http;
 pub mod noop;
 pub mod publish;
 
@@ -187,12 +188,13 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in handlers: `email`, `exec`, `noop`, `publish` (and
-    /// `fault` in test builds).
+    /// The built-in handlers: `email`, `exec`, `http`, `noop`, `publish`
+    /// (and `fault` in test builds).
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register("email", email::Email::build);
         r.register("exec", exec::build);
+        r.register("http", http::build);
         r.register("noop", |ctx| {
             ctx.no_options()?;
             Ok(Arc::new(noop::Noop))

@@ -1,0 +1,357 @@
+//! The `http` handler against a real HTTP server (a scripted one in Python,
+//! `tests/http/server.py`) and a private redis-server: requests and their
+//! headers, Standard Webhooks signatures checked by the specification's own
+//! library, outcomes by status, Retry-After, timeouts, resets, redirects, a
+//! huge answer, the SSRF guard, the cache, and secrets kept out of sight.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+#[path = "http/mod.rs"]
+mod http;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use http::{HttpServer, verify};
+use redis::AsyncCommands as _;
+use serde_json::json;
+
+const Q: &str = "jobs:hooks";
+const WAIT: Duration = Duration::from_secs(20);
+/// A Standard Webhooks secret: whsec_ and base64.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn queue(settings: &str, http: &str) -> String {
+    format!(
+        "[queues.hooks]\nhandler = \"http\"\nconcurrency = 2\ntrack = true\n\
+         backoff = {{ base = \"100ms\", max = \"10s\" }}\n{settings}\n[queues.hooks.http]\n{http}\n"
+    )
+}
+
+async fn push(conn: &mut redis::aio::MultiplexedConnection, id: &str, payload: serde_json::Value) {
+    let env = json!({"id": id, "payload": payload, "attempt": 0});
+    let _: () = conn.rpush(Q, env.to_string()).await.unwrap();
+}
+
+async fn record(conn: &redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
+    conn.clone()
+        .hgetall(format!("conveyor:job:{id}"))
+        .await
+        .unwrap()
+}
+
+async fn wait_state(
+    conn: &redis::aio::MultiplexedConnection,
+    id: &str,
+    state: &str,
+) -> HashMap<String, String> {
+    wait_until(&format!("{id} {state}"), WAIT, || async {
+        record(conn, id).await.get("state").map(String::as_str) == Some(state)
+    })
+    .await;
+    record(conn, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_posted_with_its_headers_signed_and_its_answer_kept() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = redis.conn().await;
+    let http = format!(
+        "url = \"{}\"\nheaders = {{ \"X-Team\" = \"billing\", \"Authorization\" = \"env:HOOKS_TEST_TOKEN\" }}",
+        server.url("/ok")
+    );
+    // The daemon runs as a process of its own: the secret and the token
+    // reach it through its environment, as they would in production.
+    let cfg = config_file(dir.path(), &redis, &queue("", &http));
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env("CONVEYOR_HTTP_SECRET_HOOKS", SECRET)
+        .env("HOOKS_TEST_TOKEN", "Bearer t0ken-in-env")
+        .stdout(Stdio::null());
+    let (mut daemon, _logs) = spawn_logged(cmd);
+    push(&mut conn, "order-1", json!({"order": 101, "note": "é"})).await;
+    let done = wait_state(&conn, "order-1", "succeeded").await;
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
+    let result: serde_json::Value = serde_json::from_str(&done["result"]).unwrap();
+    assert_eq!(result, json!({"ok": true, "n": 1}));
+
+    let request = server.to("/ok").remove(0);
+    assert_eq!(request.method, "POST");
+    let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+    assert_eq!(body, json!({"order": 101, "note": "é"}));
+    let h = &request.headers;
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h["user-agent"].starts_with("conveyor/"), "{h:?}");
+    assert_eq!(h["webhook-id"], "order-1");
+    let ts: i64 = h["webhook-timestamp"].parse().unwrap();
+    assert!((ts - conveyor::clock::now_ms() / 1000).abs() < 60, "{ts}");
+    assert_eq!(
+        (h["conveyor-queue"].as_str(), h["conveyor-attempt"].as_str()),
+        ("hooks", "1")
+    );
+    assert_eq!(
+        (h["x-team"].as_str(), h["authorization"].as_str()),
+        ("billing", "Bearer t0ken-in-env")
+    );
+    assert!(h["webhook-signature"].starts_with("v1,"));
+    verify(&request, SECRET).unwrap();
+    // A tampered body or another secret does not verify.
+    let mut tampered = request.clone();
+    tampered.body = tampered.body.replace("101", "102");
+    assert!(verify(&tampered, SECRET).is_err());
+    assert!(verify(&request, "whsec_c2VjcmV0").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_decide_retry_dead_and_the_delay_asked_for() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let mut conn = redis.conn().await;
+    let http = "allow_job_url = true\nallow_private = true";
+    let daemon = TestDaemon::start(
+        config(&redis, &queue("max_attempts = 2\ntimeout = \"1s\"", http)),
+        builtin(),
+    );
+    let job = |path: &str| json!({"url": server.url(path), "body": {"n": 1}});
+    push(&mut conn, "flaky", job("/flaky")).await;
+    push(&mut conn, "limited", job("/limited")).await;
+    push(&mut conn, "bad", job("/bad")).await;
+    push(&mut conn, "redirect", job("/redirect")).await;
+    push(&mut conn, "slow", job("/slow")).await;
+    push(&mut conn, "reset", job("/reset")).await;
+    push(
+        &mut conn,
+        "huge",
+        json!({"url": server.url("/huge"), "method": "GET"}),
+    )
+    .await;
+    push(&mut conn, "text", job("/text")).await;
+
+    let flaky = wait_state(&conn, "flaky", "succeeded").await;
+    assert_eq!(flaky["attempt"], "2", "503 then 200: {flaky:?}");
+    assert_eq!(flaky["result"], r#"{"recovered": true}"#);
+    let limited = wait_state(&conn, "limited", "succeeded").await;
+    let requests = server.to("/limited");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(limited["attempt"], "2");
+    let bad = wait_state(&conn, "bad", "dead").await;
+    assert_eq!(bad["attempt"], "1", "a 400 is permanent");
+    assert!(
+        bad["last_error"].starts_with("HTTP 400 Bad Request from http://127.0.0.1:")
+            && bad["last_error"].ends_with("/bad: no such customer"),
+        "{}",
+        bad["last_error"]
+    );
+    let redirect = wait_state(&conn, "redirect", "dead").await;
+    assert!(
+        redirect["last_error"].contains("HTTP 302 Found")
+            && redirect["last_error"].contains("redirects are not followed; location: /ok"),
+        "{}",
+        redirect["last_error"]
+    );
+    assert!(server.to("/ok").is_empty(), "the redirect was not followed");
+    let slow = wait_state(&conn, "slow", "dead").await;
+    assert!(
+        slow["last_error"].starts_with("timed out after 1s"),
+        "{}",
+        slow["last_error"]
+    );
+    assert_eq!(slow["attempt"], "2", "a timeout is transient");
+    let reset = wait_state(&conn, "reset", "dead").await;
+    assert_eq!(reset["attempt"], "2", "a reset is transient: {reset:?}");
+    assert!(
+        reset["last_error"].contains("HTTP request to"),
+        "{}",
+        reset["last_error"]
+    );
+    // 1 GB announced: the body is read up to a bound, the job succeeds.
+    let huge = wait_state(&conn, "huge", "succeeded").await;
+    assert!(!huge.contains_key("result"));
+    let text = wait_state(&conn, "text", "succeeded").await;
+    assert!(
+        !text.contains_key("result"),
+        "a body that is not JSON is no result"
+    );
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_sets_the_next_attempts_delay() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let mut conn = redis.conn().await;
+    // The queue's own backoff would wait an hour.
+    let settings = "backoff = { base = \"1h\", max = \"2h\" }";
+    let http = format!("url = \"{}\"", server.url("/limited"));
+    let daemon = TestDaemon::start(
+        config(
+            &redis,
+            &format!(
+                "[queues.hooks]\nhandler = \"http\"\ntrack = true\n{settings}\n[queues.hooks.http]\n{http}\n"
+            ),
+        ),
+        builtin(),
+    );
+    let before = conveyor::clock::now_ms();
+    push(&mut conn, "later", json!({})).await;
+    wait_state(&conn, "later", "retrying").await;
+    let due: Vec<(String, f64)> = conn
+        .zrange_withscores(format!("{{{Q}}}:scheduled"), 0, -1)
+        .await
+        .unwrap();
+    let wait = due[0].1 as i64 - before;
+    assert!(
+        (2000..4000).contains(&wait),
+        "Retry-After: 2 gave {wait} ms"
+    );
+    let done = wait_state(&conn, "later", "succeeded").await;
+    assert_eq!(done["attempt"], "2");
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_job_urls_to_this_network_are_refused_without_a_request() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let mut conn = redis.conn().await;
+    let daemon = TestDaemon::start(
+        config(&redis, &queue("", "allow_job_url = true")),
+        builtin(),
+    );
+    let port = server.port;
+    push(&mut conn, "literal", json!({"url": server.url("/ok")})).await;
+    push(
+        &mut conn,
+        "named",
+        json!({"url": format!("http://localhost:{port}/ok")}),
+    )
+    .await;
+    push(
+        &mut conn,
+        "metadata",
+        json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+    )
+    .await;
+    push(&mut conn, "scheme", json!({"url": "file:///etc/passwd"})).await;
+    for id in ["literal", "named", "metadata"] {
+        let dead = wait_state(&conn, id, "dead").await;
+        assert_eq!(dead["attempt"], "1", "{id}: refused for good");
+        assert!(
+            dead["last_error"].starts_with("refused, no request sent:")
+                && dead["last_error"].contains("allow_private = true"),
+            "{id}: {}",
+            dead["last_error"]
+        );
+    }
+    let scheme = wait_state(&conn, "scheme", "dead").await;
+    assert!(
+        scheme["last_error"].contains("\"file\" is not http or https"),
+        "{scheme:?}"
+    );
+    daemon.stop().await.unwrap();
+    assert!(server.requests().is_empty(), "no request was sent");
+
+    // Allowed when the queue says so.
+    let daemon = TestDaemon::start(
+        config(
+            &redis,
+            &queue("", "allow_job_url = true\nallow_private = true"),
+        ),
+        builtin(),
+    );
+    push(
+        &mut conn,
+        "allowed",
+        json!({"url": format!("http://localhost:{port}/ok"), "method": "PUT", "body": [1]}),
+    )
+    .await;
+    wait_state(&conn, "allowed", "succeeded").await;
+    daemon.stop().await.unwrap();
+    let request = server.to("/ok").remove(0);
+    assert_eq!(
+        (request.method.as_str(), request.body.as_str()),
+        ("PUT", "[1]")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_get_skips_the_request_until_the_entry_expires() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let mut conn = redis.conn().await;
+    let url = server.url("/rates");
+    let http = format!("url = \"{url}\"\nmethod = \"GET\"\ncache_ttl = \"1s\"");
+    let daemon = TestDaemon::start(config(&redis, &queue("", &http)), builtin());
+    push(&mut conn, "first", json!({})).await;
+    wait_state(&conn, "first", "succeeded").await;
+    let key = conveyor::broker::keys::cache(&url);
+    let cached: String = conn.get(&key).await.unwrap();
+    assert_eq!(cached, r#"{"rate": 1.1}"#);
+    let ttl: i64 = conn.pttl(&key).await.unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "{ttl}");
+    push(&mut conn, "second", json!({})).await;
+    wait_state(&conn, "second", "succeeded").await;
+    assert_eq!(
+        server.to("/rates").len(),
+        1,
+        "the cache answered the second"
+    );
+    wait_until("the entry expires", WAIT, || {
+        let (mut c, key) = (conn.clone(), key.clone());
+        async move {
+            let exists: bool = c.exists(&key).await.unwrap();
+            !exists
+        }
+    })
+    .await;
+    push(&mut conn, "third", json!({})).await;
+    wait_state(&conn, "third", "succeeded").await;
+    assert_eq!(server.to("/rates").len(), 2);
+    assert_eq!(server.to("/rates")[0].method, "GET");
+    assert_eq!(server.to("/rates")[0].body, "", "GET sends no body");
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_logs_events_and_errors() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!(
+        "url = \"{}\"\nheaders = {{ \"Authorization\" = \"env:HOOKS_TOKEN\" }}",
+        server.url("/bad")
+    );
+    let cfg = config_file(dir.path(), &redis, &queue("", &http));
+    let mut conn = redis.conn().await;
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env("CONVEYOR_LOG", "debug")
+        .env("CONVEYOR_HTTP_SECRET_HOOKS", SECRET)
+        .env("HOOKS_TOKEN", "Bearer s3cr3t-t0ken")
+        .stdout(Stdio::null());
+    let (mut daemon, logs) = spawn_logged(cmd);
+    push(&mut conn, "refused", json!({"n": 1})).await;
+    let dead = wait_state(&conn, "refused", "dead").await;
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
+    let request = server.to("/bad").remove(0);
+    assert_eq!(request.headers["authorization"], "Bearer s3cr3t-t0ken");
+    verify(&request, SECRET).unwrap();
+    let events: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("conveyor:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let everything = format!("{:?}\n{dead:?}\n{events:?}", logs.lines());
+    for secret in ["s3cr3t-t0ken", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
