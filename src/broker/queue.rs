@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use super::{Broker, BrokerError, QueueKeys, scripts};
+use super::events::{StatusUpdate, TrackArgs};
+use super::{Broker, BrokerError, QueueKeys, keys, scripts};
 
 /// How a job's run ended, as recorded in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,19 @@ pub enum RecoverTo {
     Queue,
     /// To the dead letter list (poison).
     Dead,
+}
+
+/// One job a recovery moves out of an in-flight list.
+#[derive(Debug, Clone)]
+pub struct Move {
+    /// The item as it sits in the list.
+    pub item: Vec<u8>,
+    /// Where it goes.
+    pub to: RecoverTo,
+    /// What goes there in its place (deliveries counted).
+    pub replacement: Vec<u8>,
+    /// Its status record's new fields, if its queue tracks jobs.
+    pub status: Option<StatusUpdate>,
 }
 
 /// What became of one job a recovery tried to move.
@@ -222,26 +236,32 @@ impl QueueStore {
             .await?)
     }
 
-    /// Moves jobs out of a node's in-flight list: each `(item, where,
-    /// replacement)`, listed newest first. Returns, per move, whether it
-    /// happened (another reaper, or the job's own outcome, may have won).
-    pub async fn recover(
-        &self,
-        node: &str,
-        moves: &[(Vec<u8>, RecoverTo, Vec<u8>)],
-    ) -> Result<Vec<Recovered>, BrokerError> {
+    /// Moves jobs out of a node's in-flight list, listed newest first, and
+    /// writes their status records in the same step. Returns, per move,
+    /// whether it happened (another reaper, or the job's own outcome, may
+    /// have won).
+    pub async fn recover(&self, node: &str, moves: &[Move]) -> Result<Vec<Recovered>, BrokerError> {
         let k = &*self.keys;
         let mut inv = scripts::RECOVER.key(k.inflight_of(node));
         inv.key(&k.list)
             .key(&k.dead)
             .key(&k.stats)
             .arg(self.dead_cap);
-        for (item, to, replacement) in moves {
-            let to = match to {
+        let mut tracked = 0;
+        for m in moves {
+            let to = match m.to {
                 RecoverTo::Queue => "queue",
                 RecoverTo::Dead => "dead",
             };
-            inv.arg(item).arg(to).arg(replacement);
+            let track = m.status.as_ref().map(|s| {
+                inv.key(keys::job(&s.id));
+                tracked += 1;
+                (4 + tracked, s)
+            });
+            inv.arg(&m.item)
+                .arg(to)
+                .arg(&m.replacement)
+                .arg(TrackArgs(track));
         }
         let mut conn = self.broker.conn().await?;
         let codes: Vec<u8> = inv.invoke_async(&mut conn).await?;

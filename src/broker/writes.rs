@@ -4,9 +4,9 @@
 
 use redis::{Pipeline, ServerErrorKind, Value};
 
-use super::events::{EventSink, StatusUpdate};
+use super::events::{EventSink, StatusUpdate, TrackArgs};
 use super::queue::{Outcome, QueueStore};
-use super::{Broker, BrokerError, scripts};
+use super::{Broker, BrokerError, keys, scripts};
 use crate::event::EventBatch;
 
 /// Most outcomes in one script call, so that no call keeps Redis busy long.
@@ -20,8 +20,8 @@ pub struct Lane {
     conn: super::Conn,
 }
 
-/// One outcome with the item it is for.
-type Entry<'a> = (&'a [u8], &'a Outcome);
+/// One outcome with the item it is for and the status record it writes.
+pub type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
 
 /// What a batch did.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ pub struct Notices<'a> {
     /// Whether anyone subscribed at the last look; while nobody does, Redis
     /// would drop what is published.
     pub heard: bool,
-    /// Status record updates.
+    /// Status record updates that tell no outcome (those go with theirs).
     pub statuses: &'a [StatusUpdate],
 }
 
@@ -53,8 +53,8 @@ pub struct Notices<'a> {
 pub struct QueueOutcomes<'a> {
     /// The queue.
     pub store: &'a QueueStore,
-    /// `(item, outcome)` pairs.
-    pub entries: Vec<(&'a [u8], &'a Outcome)>,
+    /// Outcomes with their items and status records.
+    pub entries: Vec<Entry<'a>>,
 }
 
 impl Broker {
@@ -96,6 +96,9 @@ impl Broker {
         // Every reply in place, errors included, so that what went through is
         // known when something did not.
         pipe.ignore_errors();
+        // Status records that tell no outcome first: a job's "running" must
+        // not land after its outcome's record.
+        super::events::add_statuses(&mut pipe, statuses);
         for (q, chunk) in &chunks {
             add_finish(&mut pipe, outcomes[*q].store, chunk);
         }
@@ -104,7 +107,6 @@ impl Broker {
             super::events::add_publish(&mut pipe, sink, events);
         }
         super::events::add_stream(&mut pipe, sink, events);
-        super::events::add_statuses(&mut pipe, statuses);
         super::events::add_subscriber_count(&mut pipe, sink);
         let mut conn = lane.conn.clone();
         let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
@@ -156,12 +158,12 @@ impl Broker {
 /// Adds one `finish.lua` call, written as an EVALSHA command directly: a
 /// script invocation keeps every argument in a vector of its own and copies
 /// them all again into the command, per job.
-fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outcome)]) {
+fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
     let k = store.keys();
-    // A job's unique lock is named by its index in KEYS; five fixed keys
-    // come first.
+    // A job's unique lock and status record are named by their index in
+    // KEYS: five fixed keys come first, then the locks, then the records.
     let mut locks: Vec<&str> = Vec::new();
-    for (_, outcome) in entries {
+    for (_, outcome, _) in entries {
         if let Outcome::Succeeded {
             unique_key: Some(u),
             ..
@@ -181,8 +183,10 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outco
             .and_then(|u| locks.iter().position(|l| *l == u))
             .map_or(0, |at| at + 6)
     };
+    let tracked = entries.iter().filter(|e| e.2.is_some()).count();
     let cmd = pipe.cmd("EVALSHA");
-    cmd.arg(scripts::FINISH.get_hash()).arg(5 + locks.len());
+    cmd.arg(scripts::FINISH.get_hash())
+        .arg(5 + locks.len() + tracked);
     cmd.arg(&k.inflight)
         .arg(&k.list)
         .arg(&k.scheduled)
@@ -191,8 +195,14 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outco
     for lock in &locks {
         cmd.arg(k.unique(lock));
     }
+    for (_, _, status) in entries {
+        if let Some(s) = status {
+            cmd.arg(keys::job(&s.id));
+        }
+    }
     cmd.arg(store.dead_cap());
-    for (item, outcome) in entries {
+    let mut record = 5 + locks.len();
+    for (item, outcome, status) in entries {
         cmd.arg(match outcome {
             Outcome::Succeeded { .. } => "ok",
             Outcome::Retry { .. } => "retry",
@@ -220,5 +230,10 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[(&[u8], &Outco
             }
             Outcome::GiveBack => cmd.arg("").arg(0).arg(""),
         };
+        let track = status.map(|s| {
+            record += 1;
+            (record, s)
+        });
+        cmd.arg(TrackArgs(track));
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::processor::Processor;
 use super::queues::Processors;
-use crate::broker::queue::{RecoverTo, Recovered};
+use crate::broker::queue::{Move, RecoverTo, Recovered};
 use crate::broker::{Broker, BrokerError};
 use crate::clock::now_rfc3339;
 use crate::envelope::{Envelope, parse_item};
@@ -31,9 +31,7 @@ pub(crate) struct Reaper {
 
 /// One recovered job: what to move, where, and what to say about it.
 struct Recovery {
-    item: Vec<u8>,
-    to: RecoverTo,
-    replacement: Vec<u8>,
+    moved: Move,
     event: Draft<'static>,
 }
 
@@ -88,21 +86,19 @@ impl Reaper {
             let recoveries: Vec<Recovery> = items
                 .into_iter()
                 .rev()
-                .map(|item| self.recovery_of(queue, item, p.max_payload_bytes()))
+                .map(|item| self.recovery_of(p, item))
                 .collect();
-            let moves: Vec<_> = recoveries
-                .iter()
-                .map(|r| (r.item.clone(), r.to, r.replacement.clone()))
-                .collect();
+            let (moves, events): (Vec<Move>, Vec<Draft<'static>>) =
+                recoveries.into_iter().map(|r| (r.moved, r.event)).unzip();
             let results = store.recover(node, &moves).await?;
             let (mut requeued, mut dead) = (0, 0);
-            for (result, recovery) in results.into_iter().zip(recoveries) {
+            for (result, event) in results.into_iter().zip(events) {
                 match result {
                     Recovered::Requeued => requeued += 1,
                     Recovered::Dead => dead += 1,
                     Recovered::Gone => continue,
                 }
-                p.emit(recovery.event.kind, |_| recovery.event);
+                p.emit(event.kind, |_| event);
             }
             tracing::info!(%queue, %node, requeued, dead, "recovered in-flight jobs of a dead node");
         }
@@ -111,8 +107,9 @@ impl Reaper {
     /// An item over the queue's limit is dead-lettered here with its
     /// original bytes, as the node that took it would have done; wrapping it
     /// in an envelope to count the delivery would change the bytes kept.
-    fn recovery_of(&self, queue: &str, item: Vec<u8>, max_bytes: usize) -> Recovery {
-        let (to, env, event) = match parse_item(&item, max_bytes) {
+    fn recovery_of(&self, p: &Processor, item: Vec<u8>) -> Recovery {
+        let queue = &p.store().keys().name;
+        let (to, env, event, status) = match parse_item(&item, p.max_payload_bytes()) {
             Ok(parsed) => {
                 let mut env = parsed.envelope;
                 env.deliveries = env.deliveries.saturating_add(1);
@@ -124,6 +121,12 @@ impl Reaper {
                     env.set_error(&error);
                     env.died_at = Some(now_rfc3339());
                     tracing::warn!(%queue, id = %env.id, deliveries = env.deliveries, "quarantined a poison job in the dead letter list");
+                    let status = p.status(&env.id, "dead", env.attempt, || {
+                        vec![
+                            ("last_error", error.clone()),
+                            ("finished_at", now_rfc3339()),
+                        ]
+                    });
                     let event = Draft::job(
                         EventType::Dead,
                         queue.to_owned(),
@@ -132,7 +135,7 @@ impl Reaper {
                     )
                     .error(error)
                     .reason("poison");
-                    (RecoverTo::Dead, env, event)
+                    (RecoverTo::Dead, env, event, status)
                 } else {
                     let event = Draft::job(
                         EventType::Recovered,
@@ -141,7 +144,8 @@ impl Reaper {
                         env.attempt,
                     )
                     .reason("crash");
-                    (RecoverTo::Queue, env, event)
+                    let status = p.status(&env.id, "waiting", env.attempt, Vec::new);
+                    (RecoverTo::Queue, env, event, status)
                 }
             }
             Err(malformed) => {
@@ -152,13 +156,16 @@ impl Reaper {
                 let event = Draft::job(EventType::Dead, queue.to_owned(), env.id.clone(), 0)
                     .error(error)
                     .reason("malformed");
-                (RecoverTo::Dead, env, event)
+                (RecoverTo::Dead, env, event, None)
             }
         };
         Recovery {
-            item,
-            to,
-            replacement: env.to_json().into_bytes(),
+            moved: Move {
+                item,
+                to,
+                replacement: env.to_json().into_bytes(),
+                status,
+            },
             event,
         }
     }

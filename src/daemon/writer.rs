@@ -54,18 +54,18 @@ const LINGER: Duration = Duration::from_millis(1);
 /// Least time between two "events dropped" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-enum Note {
-    /// An event, when it happened (ms since the epoch), and how many were
-    /// dropped before it.
-    Event(Packed, i64, u64),
-    Status(StatusUpdate),
-}
+/// An event, when it happened (ms since the epoch), and how many were
+/// dropped before it.
+struct Note(Packed, i64, u64);
 
 struct Request {
     /// The job's queue (a reload may add queues, so it travels with each).
     store: QueueStore,
     item: Bytes,
     outcome: Outcome,
+    /// The job's status record, written in the step that records the
+    /// outcome (and only if it does).
+    status: Option<StatusUpdate>,
     reply: oneshot::Sender<Recorded>,
     /// Flushes that carried it and failed.
     failed_flushes: u32,
@@ -93,6 +93,10 @@ pub(crate) struct Events {
 
 struct EventShared {
     tx: mpsc::Sender<Note>,
+    /// Status records that tell no outcome ("running", "waiting" at
+    /// enqueue), apart from events: a flush takes them all, so one is never
+    /// written after the outcome that follows it.
+    statuses: mpsc::Sender<StatusUpdate>,
     node: String,
     /// Events dropped since the last one queued.
     skipped: AtomicU64,
@@ -109,7 +113,7 @@ impl Events {
         if self
             .shared
             .tx
-            .try_send(Note::Event(draft.pack(), at, skipped))
+            .try_send(Note(draft.pack(), at, skipped))
             .is_err()
         {
             self.shared
@@ -119,9 +123,10 @@ impl Events {
         }
     }
 
-    /// Queues a status record update; never waits.
+    /// Queues a status record update that tells no outcome (outcomes carry
+    /// their own); never waits.
     pub(crate) fn status(&self, update: StatusUpdate) {
-        if self.shared.tx.try_send(Note::Status(update)).is_err() {
+        if self.shared.statuses.try_send(update).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -139,19 +144,21 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
-    /// Records the outcome of a job of `store`'s queue, waiting for the
-    /// flush that carries it.
+    /// Records the outcome of a job of `store`'s queue, and its status
+    /// record with it, waiting for the flush that carries them.
     pub(crate) async fn record(
         &self,
         store: &QueueStore,
         item: Bytes,
         outcome: Outcome,
+        status: Option<StatusUpdate>,
     ) -> Recorded {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             store: store.clone(),
             item,
             outcome,
+            status,
             reply,
             failed_flushes: 0,
         };
@@ -168,6 +175,7 @@ pub(crate) struct Writer {
     sink: EventSink,
     outcomes: mpsc::UnboundedReceiver<Request>,
     notes: mpsc::Receiver<Note>,
+    statuses: mpsc::Receiver<StatusUpdate>,
     events: Events,
     /// The last `seq` given.
     seq: u64,
@@ -205,10 +213,12 @@ fn with_capacity(
     capacity: usize,
 ) -> (Writer, Outcomes, Events) {
     let (tx, notes) = mpsc::channel(capacity);
+    let (statuses_tx, statuses) = mpsc::channel(capacity);
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let events = Events {
         shared: Arc::new(EventShared {
             tx,
+            statuses: statuses_tx,
             node: node.to_owned(),
             skipped: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -219,6 +229,7 @@ fn with_capacity(
         sink,
         outcomes,
         notes,
+        statuses,
         events: events.clone(),
         seq: 0,
         stamp: (i64::MIN, Stamp::new(node, "")),
@@ -272,7 +283,7 @@ impl Prepared {
         let mut groups: Vec<QueueOutcomes<'_>> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         for (i, r) in self.requests.iter().enumerate() {
-            let entry = (r.item.as_ref(), &r.outcome);
+            let entry = (r.item.as_ref(), &r.outcome, r.status.as_ref());
             match groups.iter().position(|g| g.store.same_as(&r.store)) {
                 Some(g) => {
                     groups[g].entries.push(entry);
@@ -342,6 +353,7 @@ impl Writer {
     pub(crate) async fn run(mut self, stop: CancellationToken, give_up: CancellationToken) {
         let mut pending: Vec<Request> = Vec::new();
         let mut notes: Vec<Note> = Vec::new();
+        let mut statuses: Vec<StatusUpdate> = Vec::new();
         let mut flights = FuturesOrdered::new();
         let mut warned = (Instant::now(), 0u64);
         // Until when events alone may wait for outcomes.
@@ -349,7 +361,8 @@ impl Writer {
         loop {
             let room = flights.len() < IN_FLIGHT;
             let no_outcomes = pending.is_empty() && self.retried.is_empty();
-            let idle = no_outcomes && notes.is_empty() && self.republish.is_empty();
+            let idle =
+                no_outcomes && notes.is_empty() && statuses.is_empty() && self.republish.is_empty();
             // Events alone wait for the flush under way, then up to LINGER
             // for outcomes, and go with whatever came meanwhile: a round
             // trip of their own would cost more than writing them.
@@ -381,6 +394,13 @@ impl Writer {
                         }
                         None => break,
                     },
+                    status = self.statuses.recv(), if room && !hold => match status {
+                        Some(s) => {
+                            statuses.push(s);
+                            continue;
+                        }
+                        None => break,
+                    },
                     () = async {
                         if let Some(until) = lingering {
                             tokio::time::sleep_until(until).await;
@@ -402,12 +422,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // All of them: a job's "running" was queued before its outcome
+            // came, so it goes in this flush, ahead of the outcome, or in
+            // an earlier one.
+            while let Ok(s) = self.statuses.try_recv() {
+                statuses.push(s);
+            }
             let mut requests = std::mem::take(&mut self.retried);
             requests.append(&mut pending);
             if self.lane.is_none() {
                 self.lane = self.broker.lane().await.ok();
             }
-            let prepared = self.prepare(requests, std::mem::take(&mut notes));
+            let prepared = self.prepare(
+                requests,
+                std::mem::take(&mut notes),
+                std::mem::take(&mut statuses),
+            );
             flights.push_back(prepared.send());
             // Start it now (and land whatever is done meanwhile).
             while let Poll::Ready(Some(flight)) = futures::poll!(flights.next()) {
@@ -433,12 +463,18 @@ impl Writer {
         while let Ok(n) = self.notes.try_recv() {
             notes.push(n);
         }
+        while let Ok(s) = self.statuses.try_recv() {
+            statuses.push(s);
+        }
         if self.lane.is_none() {
             self.lane = self.broker.lane().await.ok();
         }
-        while !notes.is_empty() || !self.republish.is_empty() {
+        while !notes.is_empty() || !statuses.is_empty() || !self.republish.is_empty() {
             let chunk: Vec<Note> = notes.drain(..notes.len().min(EVENT_BATCH)).collect();
-            let flight = self.prepare(Vec::new(), chunk).send().await;
+            let flight = self
+                .prepare(Vec::new(), chunk, std::mem::take(&mut statuses))
+                .send()
+                .await;
             self.heard_by(flight.subscribers(), flight.unheard);
             if let Err(e) = flight.result {
                 tracing::warn!(error = %e, events = flight.events, "last events not published");
@@ -512,21 +548,20 @@ impl Writer {
 
     /// Numbers the events (in the order they will be published) and packs
     /// everything into an owned flush.
-    fn prepare(&mut self, requests: Vec<Request>, notes: Vec<Note>) -> Prepared {
+    fn prepare(
+        &mut self,
+        requests: Vec<Request>,
+        notes: Vec<Note>,
+        statuses: Vec<StatusUpdate>,
+    ) -> Prepared {
         let mut events = EventBatch::default();
-        let mut statuses = Vec::new();
-        for n in notes {
-            match n {
-                Note::Event(event, at, skipped) => {
-                    self.seq += 1 + skipped;
-                    if self.stamp.0 != at {
-                        let node = &self.events.shared.node;
-                        self.stamp = (at, Stamp::new(node, &rfc3339_ms(at)));
-                    }
-                    events.push(&event.draft(), &self.stamp.1, self.seq);
-                }
-                Note::Status(s) => statuses.push(s),
+        for Note(event, at, skipped) in notes {
+            self.seq += 1 + skipped;
+            if self.stamp.0 != at {
+                let node = &self.events.shared.node;
+                self.stamp = (at, Stamp::new(node, &rfc3339_ms(at)));
             }
+            events.push(&event.draft(), &self.stamp.1, self.seq);
         }
         // Published now only if no earlier events still wait for a look.
         let heard = self.heard && self.unheard_in_flight == 0;
@@ -575,7 +610,7 @@ mod tests {
         }
         assert_eq!(events.dropped(), 3);
         let mut skips = Vec::new();
-        while let Ok(Note::Event(_, _, skipped)) = writer.notes.try_recv() {
+        while let Ok(Note(_, _, skipped)) = writer.notes.try_recv() {
             skips.push(skipped);
         }
         assert_eq!(skips, [0, 0]);
@@ -583,7 +618,7 @@ mod tests {
         // its seq leaves a gap of three: subscribers see what they missed.
         events.emit(Draft::node(EventType::NodeStopped));
         match writer.notes.try_recv() {
-            Ok(Note::Event(e, _, skipped)) => {
+            Ok(Note(e, _, skipped)) => {
                 let mut batch = EventBatch::default();
                 batch.push(&e.draft(), &Stamp::new("n1", "t"), 9);
                 let e = batch.iter().collect::<String>();

@@ -8,9 +8,10 @@
 -- KEYS[3] the queue's scheduled set {K}:scheduled
 -- KEYS[4] the queue's dead letter list {K}:dead
 -- KEYS[5] the queue's stats hash {K}:stats
--- KEYS[6..] unique locks {K}:unique:<key> that entries name by index
+-- KEYS[6..] unique locks {K}:unique:<key> and status records
+--           conveyor:job:<id> that entries name by index
 -- ARGV[1] the dead list's length cap
--- ARGV[2..] five values per job:
+-- ARGV[2..] six values per job, and the status record's after them:
 --   op    'ok' | 'retry' | 'dead' | 'snooze' | 'requeue'
 --   item  the item exactly as it was taken
 --   data  retry, snooze: the envelope to run later; dead: the dead envelope;
@@ -19,6 +20,9 @@
 --         index in KEYS of the job's unique lock (0 for none); requeue: 1 to
 --         count it as recovered, 0 not to
 --   id    ok, dead: the job id (the lock is released only if it holds it)
+--   track the index in KEYS of the job's status record, 0 for none; if not
+--         0, its lifetime in ms, a count n, and n field-value pairs follow.
+--         The record is written only with the outcome it tells.
 -- Returns one flag per job: 1 recorded, 0 no longer in flight.
 local done = {}
 local processed, failed, retried, dead, recovered = 0, 0, 0, 0, 0
@@ -28,8 +32,13 @@ local function release(num, id)
     redis.call('DEL', KEYS[k])
   end
 end
-for i = 2, #ARGV, 5 do
+local i = 2
+while i <= #ARGV do
   local op, item, data, num, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local track, ttl, fields = tonumber(ARGV[i + 5]), nil, 0
+  if track > 0 then ttl, fields = ARGV[i + 6], tonumber(ARGV[i + 7]) end
+  local first = i + 8
+  i = track > 0 and first + 2 * fields or i + 6
   -- The count as a string: Redis 7.0 turns a Lua number into one with
   -- printf, which was a few percent of Redis's time per job.
   if redis.call('LREM', KEYS[1], '1', item) == 0 then
@@ -51,6 +60,10 @@ for i = 2, #ARGV, 5 do
     else -- requeue
       redis.call('LPUSH', KEYS[2], data ~= '' and data or item)
       if num == '1' then recovered = recovered + 1 end
+    end
+    if track > 0 then
+      redis.call('HSET', KEYS[track], unpack(ARGV, first, first + 2 * fields - 1))
+      redis.call('PEXPIRE', KEYS[track], ttl)
     end
   end
 end

@@ -5,25 +5,38 @@
 -- KEYS[2] the queue list K
 -- KEYS[3] the queue's dead letter list {K}:dead
 -- KEYS[4] the queue's stats hash {K}:stats
+-- KEYS[5..] status records conveyor:job:<id> that jobs name by index
 -- ARGV[1] the dead list's length cap
--- ARGV[2..] triples: the item as it sits in the in-flight list, 'queue' or
---           'dead', and what to push in its place (deliveries counted).
---           The caller lists them newest first, so that pushing each to the
---           head restores their original order there.
--- Returns one code per triple: 1 requeued, 2 dead-lettered, 0 already gone
+-- ARGV[2..] per job: the item as it sits in the in-flight list, 'queue' or
+--           'dead', what to push in its place (deliveries counted), and the
+--           index in KEYS of its status record (0 for none), followed if
+--           not 0 by the record's lifetime in ms, a count n and n
+--           field-value pairs. The caller lists them newest first, so that
+--           pushing each to the head restores their original order there.
+-- Returns one code per job: 1 requeued, 2 dead-lettered, 0 already gone
 -- (another reaper took it, or its outcome was recorded meanwhile).
 local codes, requeued, dead = {}, 0, 0
-for i = 2, #ARGV, 3 do
+local i = 2
+while i <= #ARGV do
+  local item, to, replacement = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local track, ttl, fields = tonumber(ARGV[i + 3]), nil, 0
+  if track > 0 then ttl, fields = ARGV[i + 4], tonumber(ARGV[i + 5]) end
+  local first = i + 6
+  i = track > 0 and first + 2 * fields or i + 4
   local code = 0
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    if ARGV[i + 1] == 'dead' then
-      redis.call('LPUSH', KEYS[3], ARGV[i + 2])
+  if redis.call('LREM', KEYS[1], 1, item) == 1 then
+    if to == 'dead' then
+      redis.call('LPUSH', KEYS[3], replacement)
       dead = dead + 1
       code = 2
     else
-      redis.call('LPUSH', KEYS[2], ARGV[i + 2])
+      redis.call('LPUSH', KEYS[2], replacement)
       requeued = requeued + 1
       code = 1
+    end
+    if track > 0 then
+      redis.call('HSET', KEYS[track], unpack(ARGV, first, first + 2 * fields - 1))
+      redis.call('PEXPIRE', KEYS[track], ttl)
     end
   end
   codes[#codes + 1] = code

@@ -26,7 +26,7 @@ use super::retry::Retry;
 use super::throughput::Throughput;
 use super::writer::{Events, Outcomes};
 use crate::broker::BrokerError;
-use crate::broker::queue::{Fetcher, QueueStore, RecoverTo, Recovered};
+use crate::broker::queue::{Fetcher, Move, QueueStore, RecoverTo, Recovered};
 use crate::clock::now_ms;
 use crate::config::QueueConfig;
 use crate::envelope::{is_suspect, parse_item};
@@ -462,8 +462,16 @@ impl Processor {
                 Ok(p) => (item.clone(), Some((p.envelope.id, p.envelope.attempt))),
                 Err(_) => (item.clone(), None),
             };
+            let status = id
+                .as_ref()
+                .and_then(|(id, attempt)| self.status(id, "waiting", *attempt, Vec::new));
             ids.push(id);
-            moves.push((item, RecoverTo::Queue, replacement));
+            moves.push(Move {
+                item,
+                to: RecoverTo::Queue,
+                replacement,
+                status,
+            });
         }
         let done = self.store.recover(&self.store.keys().node, &moves).await?;
         let mut requeued = 0;

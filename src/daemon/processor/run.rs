@@ -51,8 +51,10 @@ impl Processor {
             );
             tracing::warn!(error = %reason, "dead-lettered without running");
             let outcome = self.dead(&job, &reason, false);
-            if self.record(job.item_bytes(), outcome).await {
-                self.died(&job, &reason, "attempts", job.envelope().attempt);
+            let attempt = job.envelope().attempt;
+            let status = self.dead_status(&job, &reason, attempt);
+            if self.record(job.item_bytes(), outcome, status).await {
+                self.died(&job, &reason, "attempts", attempt);
             }
             return;
         }
@@ -66,11 +68,10 @@ impl Processor {
                 envelope: job.envelope().to_json(),
                 due_ms,
             };
-            if self.record(job.item_bytes(), outcome).await {
-                self.track(job.id(), "scheduled", job.envelope().attempt, || {
-                    vec![("due_at", rfc3339_ms(due_ms))]
-                });
-            }
+            let status = self.status(job.id(), "scheduled", job.envelope().attempt, || {
+                vec![("due_at", rfc3339_ms(due_ms))]
+            });
+            self.record(job.item_bytes(), outcome, status).await;
             self.scheduler.notify_one();
             return;
         }
@@ -90,7 +91,7 @@ impl Processor {
                 Some(entered) => _entered = entered,
                 None => {
                     tracing::debug!("a suspect has the node to itself; job given back");
-                    self.record(job.item_bytes(), Outcome::GiveBack).await;
+                    self.record(job.item_bytes(), Outcome::GiveBack, None).await;
                     return;
                 }
             }
@@ -101,9 +102,11 @@ impl Processor {
         self.emit(EventType::Started, |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
-        self.track(job.id(), "running", job.attempt(), || {
+        if let Some(running) = self.status(job.id(), "running", job.attempt(), || {
             vec![("started_at", now_rfc3339())]
-        });
+        }) {
+            self.events.status(running);
+        }
         let started = Instant::now();
         let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
         let result = tokio::select! {
@@ -141,16 +144,16 @@ impl Processor {
                 .map_or_else(String::new, |_| job.id().to_owned()),
             unique_key,
         };
-        if self.record(job.item_bytes(), outcome).await {
+        let status = self.status(job.id(), "succeeded", job.attempt(), || {
+            let mut fields = vec![("finished_at", now_rfc3339())];
+            if let Some(result) = job.take_result() {
+                fields.push(("result", String::from(Box::<str>::from(result))));
+            }
+            fields
+        });
+        if self.record(job.item_bytes(), outcome, status).await {
             self.emit(EventType::Succeeded, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).took(took)
-            });
-            self.track(job.id(), "succeeded", job.attempt(), || {
-                let mut fields = vec![("finished_at", now_rfc3339())];
-                if let Some(result) = job.take_result() {
-                    fields.push(("result", String::from(Box::<str>::from(result))));
-                }
-                fields
             });
         }
     }
@@ -175,8 +178,9 @@ impl Processor {
                 tracing::warn!(error = %reason, "failed; no attempts left, dead-lettered");
                 (reason, "attempts")
             };
+            let status = self.dead_status(job, &reason, job.attempt());
             if self
-                .record(job.item_bytes(), self.dead(job, &reason, true))
+                .record(job.item_bytes(), self.dead(job, &reason, true), status)
                 .await
             {
                 self.emit(EventType::Failed, failed);
@@ -195,14 +199,15 @@ impl Processor {
             envelope: job.failed_envelope(&message).to_json(),
             due_ms,
         };
-        if self.record(job.item_bytes(), outcome).await {
-            let retry_at = rfc3339_ms(due_ms);
-            self.emit(EventType::Failed, |kind| {
-                failed(kind).retry_at(retry_at.clone())
-            });
-            self.track(job.id(), "retrying", job.attempt(), || {
-                vec![("last_error", message), ("due_at", retry_at)]
-            });
+        let retry_at = rfc3339_ms(due_ms);
+        let status = self.status(job.id(), "retrying", job.attempt(), || {
+            vec![
+                ("last_error", message.clone()),
+                ("due_at", retry_at.clone()),
+            ]
+        });
+        if self.record(job.item_bytes(), outcome, status).await {
+            self.emit(EventType::Failed, |kind| failed(kind).retry_at(retry_at));
         }
         self.scheduler.notify_one();
     }
@@ -211,14 +216,14 @@ impl Processor {
     /// goes back wrapped in the envelope whose id its events used.
     async fn requeue(&self, job: &Job) {
         let replacement = job.was_raw().then(|| job.envelope().to_json());
+        let status = self.status(job.id(), "waiting", job.envelope().attempt, Vec::new);
         if self
-            .record(job.item_bytes(), Outcome::Requeue { replacement })
+            .record(job.item_bytes(), Outcome::Requeue { replacement }, status)
             .await
         {
             self.emit(EventType::Recovered, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("shutdown")
             });
-            self.track(job.id(), "waiting", job.envelope().attempt, Vec::new);
         }
     }
 
@@ -228,12 +233,16 @@ impl Processor {
                 .error(error)
                 .reason(reason)
         });
-        self.track(job.id(), "dead", attempt, || {
+    }
+
+    /// The status record of a job that died of `error`.
+    pub(crate) fn dead_status(&self, job: &Job, error: &str, attempt: u32) -> Option<StatusUpdate> {
+        self.status(job.id(), "dead", attempt, || {
             vec![
                 ("last_error", error.to_owned()),
                 ("finished_at", now_rfc3339()),
             ]
-        });
+        })
     }
 
     /// How long the job must wait for its queue's rate limit; `None` if it
@@ -284,7 +293,7 @@ impl Processor {
             id: env.id.clone(),
             unique_key: None,
         };
-        if self.record(item, outcome).await {
+        if self.record(item, outcome, None).await {
             self.emit(EventType::Dead, |kind| {
                 Draft::job(kind, &*self.name, &env.id, 0)
                     .error(error)
@@ -298,8 +307,17 @@ impl Processor {
     /// and gives up only at the end of a shutdown; the job then stays in
     /// flight and a reaper returns it. Returns whether this run's outcome
     /// was recorded.
-    pub(super) async fn record(&self, item: Bytes, outcome: Outcome) -> bool {
-        match self.outcomes.record(&self.store, item, outcome).await {
+    pub(super) async fn record(
+        &self,
+        item: Bytes,
+        outcome: Outcome,
+        status: Option<StatusUpdate>,
+    ) -> bool {
+        match self
+            .outcomes
+            .record(&self.store, item, outcome, status)
+            .await
+        {
             Recorded::Yes => true,
             Recorded::NotInFlight => {
                 tracing::warn!(
@@ -328,16 +346,17 @@ impl Processor {
         }
     }
 
-    /// Updates the job's status record, if the queue keeps them.
-    fn track(
+    /// The job's new status record, if the queue keeps them: `state` and
+    /// `fields`, with the queue, attempt, node and time.
+    pub(crate) fn status(
         &self,
         id: &str,
         state: &str,
         attempt: u32,
         fields: impl FnOnce() -> Vec<(&'static str, String)>,
-    ) {
+    ) -> Option<StatusUpdate> {
         if !self.config.track {
-            return;
+            return None;
         }
         let mut fields = fields();
         fields.extend([
@@ -347,11 +366,11 @@ impl Processor {
             ("node", self.store.keys().node.clone()),
             ("updated_at", now_rfc3339()),
         ]);
-        self.events.status(StatusUpdate {
+        Some(StatusUpdate {
             id: id.to_owned(),
             fields,
             ttl: self.config.track_ttl,
-        });
+        })
     }
 }
 

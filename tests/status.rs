@@ -1,0 +1,194 @@
+//! Status records (`conveyor:job:<id>`, for queues with `track = true`)
+//! that stay true: written in the step that records the outcome, so a Redis
+//! killed mid-run leaves none behind saying `running`; and updated by the
+//! reaper's recovery and quarantine and by shutdown requeues.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use conveyor::config::Config;
+use conveyor::handlers::{Handler, HandlerError, Registry};
+use conveyor::job::Job;
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+
+const Q: &str = "jobs:work";
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn record(conn: &MultiplexedConnection, id: &str) -> HashMap<String, String> {
+    conn.clone()
+        .hgetall(format!("conveyor:job:{id}"))
+        .await
+        .unwrap()
+}
+
+fn envelope(id: &str, payload: &str, deliveries: u32) -> String {
+    format!(r#"{{"id":"{id}","payload":{payload},"attempt":0,"deliveries":{deliveries}}}"#)
+}
+
+/// Counts the runs it finishes, each a millisecond long.
+#[derive(Clone, Default)]
+struct Count(Arc<AtomicUsize>);
+
+#[async_trait]
+impl Handler for Count {
+    async fn handle(&self, _job: &Job) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_record_says_running_after_redis_is_killed_and_restarted() {
+    const JOBS: usize = 5_000;
+    let mut redis = Redis::start_persistent();
+    let mut conn = redis.conn().await;
+    let items: Vec<String> = (0..JOBS)
+        .map(|i| envelope(&format!("s-{i}"), "{}", 0))
+        .collect();
+    let _: () = conn.rpush(Q, items).await.unwrap();
+    let count = Count::default();
+    let mut registry = Registry::builtin();
+    registry.register_handler("count", count.clone());
+    let daemon = TestDaemon::start(
+        config(
+            &redis,
+            "[queues.work]\nhandler = \"count\"\nconcurrency = 64\ntrack = true\n",
+        ),
+        registry,
+    );
+    wait_until("a fifth of the jobs run", WAIT, || {
+        let count = count.clone();
+        async move { count.0.load(Ordering::Relaxed) >= JOBS / 5 }
+    })
+    .await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    let conn = redis.conn().await;
+    wait_until("every job done, nothing waiting or in flight", WAIT, || {
+        let mut c = conn.clone();
+        async move {
+            stat(&mut c, Q, "processed").await as usize >= JOBS
+                && llen(&mut c, Q).await == 0
+                && in_flight(&mut c, Q).await == 0
+        }
+    })
+    .await;
+    daemon.stop().await.unwrap();
+    assert!(
+        count.0.load(Ordering::Relaxed) >= JOBS,
+        "Redis was killed before the last job ran"
+    );
+    let mut states: HashMap<String, usize> = HashMap::new();
+    for i in 0..JOBS {
+        let r = record(&conn, &format!("s-{i}")).await;
+        *states
+            .entry(r.get("state").cloned().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        states,
+        HashMap::from([("succeeded".to_owned(), JOBS)]),
+        "every record tells the outcome"
+    );
+}
+
+fn tracked(redis: &Redis, shutdown_timeout: &str) -> Config {
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n[daemon]\nshutdown_timeout = \"{shutdown_timeout}\"\n\
+         heartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n\
+         [queues.work]\nhandler = \"fault\"\nconcurrency = 1\ntrack = true\n",
+        redis.url()
+    );
+    let config = Config::from_toml(&text).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_quarantine_and_shutdown_requeue_update_the_records() {
+    let redis = Redis::start();
+    let mut conn = redis.conn().await;
+    // A node died running three jobs; its records say so. The poison job
+    // has crashed daemons twice before: this was its third.
+    let jobs = [
+        ("long", r#"{"sleep_ms":600000}"#, 0),
+        ("next", "{}", 0),
+        ("poison", r#"{"abort":true}"#, 2),
+    ];
+    for (id, payload, deliveries) in jobs {
+        let _: () = conn
+            .rpush(
+                "{jobs:work}:inflight:ghost",
+                envelope(id, payload, deliveries),
+            )
+            .await
+            .unwrap();
+        let _: () = conn
+            .hset_multiple(
+                format!("conveyor:job:{id}"),
+                &[("state", "running"), ("node", "ghost"), ("attempt", "1")],
+            )
+            .await
+            .unwrap();
+    }
+    let _: () = conn.sadd("{jobs:work}:nodes", "ghost").await.unwrap();
+
+    let daemon = TestDaemon::start(tracked(&redis, "300ms"), Registry::builtin());
+    let node = daemon.node.id.clone();
+    let poison = wait_for_state(&conn, "poison", "dead").await;
+    assert!(
+        poison["last_error"].starts_with("poison: its daemon died 3 times"),
+        "{poison:?}"
+    );
+    assert_eq!(poison["node"], node, "quarantined by the reaper here");
+    assert!(poison.contains_key("finished_at"));
+    // With one slot, the long job runs and the next waits behind it.
+    let long = wait_for_state(&conn, "long", "running").await;
+    assert_eq!(long["node"], node);
+    let next = record(&conn, "next").await;
+    assert_eq!(
+        (next["state"].as_str(), next["node"].as_str()),
+        ("waiting", node.as_str())
+    );
+    assert_eq!(next["attempt"], "0", "recovery spends no attempt");
+
+    // Shut down: the long job outlives the timeout and goes back.
+    daemon.stop().await.unwrap();
+    let long = record(&conn, "long").await;
+    assert_eq!(
+        (long["state"].as_str(), long["attempt"].as_str()),
+        ("waiting", "0")
+    );
+    assert_eq!(
+        lrange(&mut conn, Q).await.len(),
+        2,
+        "both wait in the queue"
+    );
+    for id in ["long", "next", "poison"] {
+        let ttl: i64 = conn.pttl(format!("conveyor:job:{id}")).await.unwrap();
+        assert!(ttl > 0, "{id}: the record keeps its lifetime, {ttl}");
+    }
+}
+
+async fn wait_for_state(
+    conn: &MultiplexedConnection,
+    id: &str,
+    state: &str,
+) -> HashMap<String, String> {
+    wait_until(&format!("{id} {state}"), WAIT, || async {
+        record(conn, id).await.get("state").map(String::as_str) == Some(state)
+    })
+    .await;
+    record(conn, id).await
+}
