@@ -46,7 +46,12 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         let mut object = serde_json::Map::new();
         object.insert("id".into(), args.id.clone().into());
         for (k, v) in &record {
-            object.insert(k.clone(), v.clone().into());
+            // The result is JSON text: given as the value it holds.
+            let value = match k.as_str() {
+                "result" => serde_json::from_str(v).unwrap_or_else(|_| v.clone().into()),
+                _ => v.clone().into(),
+            };
+            object.insert(k.clone(), value);
         }
         println!("{}", serde_json::Value::Object(object));
         return Ok(());
