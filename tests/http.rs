@@ -80,6 +80,20 @@ async fn a_job_is_posted_with_its_headers_signed_and_its_answer_kept() {
     assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
     let result: serde_json::Value = serde_json::from_str(&done["result"]).unwrap();
     assert_eq!(result, json!({"ok": true, "n": 1}));
+    // `conveyor status` shows it: as text, and as JSON in --json.
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = run_cli(&["status", "order-1", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state        succeeded"), "{out}");
+    assert!(
+        out.contains(&format!("result       {}", done["result"])),
+        "{out}"
+    );
+    let (code, out, err) = run_cli(&["status", "order-1", "--config", cfg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["result"], json!({"ok": true, "n": 1}));
+    assert_eq!(shown["attempt"], "1");
 
     let request = server.to("/ok").remove(0);
     assert_eq!(request.method, "POST");
@@ -354,4 +368,93 @@ async fn secrets_stay_out_of_logs_events_and_errors() {
     for secret in ["s3cr3t-t0ken", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_keeps_the_cache_warm_with_one_request_per_lifetime() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let conn = redis.conn().await;
+    let url = server.url("/rates");
+    let extra = format!(
+        "[queues.rates]\nhandler = \"http\"\n[queues.rates.http]\nurl = \"{url}\"\n\
+         method = \"GET\"\ncache_ttl = \"1h\"\n\
+         [schedules.rates]\nqueue = \"rates\"\nevery = \"1s\"\n"
+    );
+    let daemon = TestDaemon::start(config(&redis, &extra), builtin());
+    wait_until("three ticks run", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, "jobs:rates", "processed").await >= 3 }
+    })
+    .await;
+    daemon.stop().await.unwrap();
+    let cached: String = conn
+        .clone()
+        .get(conveyor::broker::keys::cache(&url))
+        .await
+        .unwrap();
+    assert_eq!(cached, r#"{"rate": 1.1}"#);
+    assert_eq!(
+        server.to("/rates").len(),
+        1,
+        "the later ticks were cache hits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_speaks_http2_and_both_protocols_keep_connections() {
+    let redis = Redis::start();
+    let ca = TestCa::generate();
+    let nginx = http::Nginx::start(&ca.cert, &ca.key);
+    let mut conn = redis.conn().await;
+    let tracked = "concurrency = 4\ntrack = true\nmax_attempts = 1\n";
+    let queues = format!(
+        "[queues.tls]\nhandler = \"http\"\n{tracked}\
+         [queues.tls.http]\nurl = \"https://localhost:{tls}/hook\"\nca_file = \"{ca}\"\n\
+         [queues.plain]\nhandler = \"http\"\n{tracked}\
+         [queues.plain.http]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         [queues.untrusted]\nhandler = \"http\"\n{tracked}\
+         [queues.untrusted.http]\nurl = \"https://localhost:{tls}/hook\"\n",
+        tls = nginx.tls_port,
+        port = nginx.port,
+        ca = ca.ca.display(),
+    );
+    let daemon = TestDaemon::start(config(&redis, &queues), builtin());
+    const JOBS: usize = 40;
+    for queue in ["tls", "plain"] {
+        for i in 0..JOBS {
+            let env = json!({"id": format!("{queue}-{i}"), "payload": {"i": i}, "attempt": 0});
+            let _: () = conn
+                .rpush(format!("jobs:{queue}"), env.to_string())
+                .await
+                .unwrap();
+        }
+    }
+    let env = json!({"id": "untrusted", "payload": {}, "attempt": 0});
+    let _: () = conn.rpush("jobs:untrusted", env.to_string()).await.unwrap();
+
+    // Each answer says which protocol and connection its request came on.
+    for (queue, proto) in [("tls", "HTTP/2.0"), ("plain", "HTTP/1.1")] {
+        let mut connections = std::collections::HashSet::new();
+        for i in 0..JOBS {
+            let done = wait_state(&conn, &format!("{queue}-{i}"), "succeeded").await;
+            let answer: serde_json::Value = serde_json::from_str(&done["result"]).unwrap();
+            assert_eq!(answer["proto"], proto, "{queue}: {answer}");
+            connections.insert(answer["conn"].as_u64().unwrap());
+        }
+        // Kept alive and reused: 4 slots, never a connection per job.
+        assert!(
+            connections.len() <= 4,
+            "{queue}: {JOBS} jobs on {} connections",
+            connections.len()
+        );
+    }
+    // Without the CA the same server is not trusted, and nothing succeeds.
+    let refused = wait_state(&conn, "untrusted", "dead").await;
+    assert!(
+        refused["last_error"].contains("certificate"),
+        "{}",
+        refused["last_error"]
+    );
+    daemon.stop().await.unwrap();
 }

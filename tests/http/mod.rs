@@ -124,3 +124,98 @@ pub fn verify(request: &Request, secret: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Debian's nginx in the foreground, one worker: HTTP/1.1 on `port`, and
+/// HTTPS with HTTP/2 (ALPN) on `tls_port` with the test CA's certificate.
+/// `/hook` answers with the protocol and connection each request came on,
+/// as JSON: `{"proto": "HTTP/2.0", "conn": 3, "n": 7}`.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub tls_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(cert: &Path, key: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let prefix = dir.path();
+        let [port, tls_port] = [free_port(), free_port()];
+        // Run as root (CI), nginx would hand its worker to `nobody`, who
+        // cannot enter this private directory.
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let user = if root { "user root;" } else { "" };
+        let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+            .iter()
+            .map(|t| format!("  {t}_temp_path {};\n", prefix.join(t).display()))
+            .collect();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\n{user}\nworker_processes 1;\npid {pid};\nerror_log stderr error;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n{temp}\
+                   server {{\n\
+                     listen 127.0.0.1:{port};\n\
+                     listen 127.0.0.1:{tls_port} ssl http2;\n\
+                     ssl_certificate {cert};\n  ssl_certificate_key {key};\n\
+                     location /hook {{\n\
+                       default_type application/json;\n\
+                       return 200 '{{\"proto\": \"$server_protocol\", \"conn\": $connection, \"n\": $connection_requests}}';\n\
+                     }}\n\
+                   }}\n}}\n",
+                pid = prefix.join("nginx.pid").display(),
+                cert = cert.display(),
+                key = key.display(),
+            ),
+        )
+        .expect("nginx.conf written");
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("Debian's nginx (/usr/sbin/nginx; scripts/test installs it)");
+        let mut nginx = Self {
+            child,
+            port,
+            tls_port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx does not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, so that the master stops its worker too (a SIGKILLed master
+    /// leaves it running).
+    fn drop(&mut self) {
+        crate::common::signal(&self.child, 15);
+        let _reaped = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

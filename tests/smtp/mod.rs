@@ -178,38 +178,7 @@ impl Drop for SmtpServer {
     }
 }
 
-/// A CA and a certificate for `localhost` and `127.0.0.1` that it signed.
-pub struct TestCa {
-    dir: tempfile::TempDir,
-    /// The CA's certificate: what the client trusts (`[email] ca_file`).
-    pub ca: PathBuf,
-    /// The server's certificate and key.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TestCa {
-    pub fn generate() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-ca");
-        let out = Command::new(script)
-            .arg(dir.path())
-            .output()
-            .expect("scripts/test-ca runs (it needs the openssl CLI)");
-        assert!(
-            out.status.success(),
-            "scripts/test-ca failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let p = |name: &str| dir.path().join(name);
-        Self {
-            ca: p("ca.pem"),
-            cert: p("server.pem"),
-            key: p("server.key"),
-            dir,
-        }
-    }
-}
+pub use crate::common::TestCa;
 
 /// A python that can run the server, found once.
 pub fn python() -> &'static Path {
