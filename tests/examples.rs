@@ -1,5 +1,6 @@
 //! The shipped examples work as the README shows them: the Python and Node
-//! workers of `examples/` under the `exec` handler, and
+//! workers of `examples/` under the `exec` handler, the Flask endpoint
+//! `examples/receiver.py` under the `http` handler, and
 //! `examples/custom_handler.rs` running its own job kinds through the whole
 //! command line.
 
@@ -105,8 +106,17 @@ fn custom_handler_binary() -> PathBuf {
     let conveyor = Path::new(env!("CARGO_BIN_EXE_conveyor"));
     let bin = conveyor.with_file_name("examples").join("custom_handler");
     if !bin.exists() {
+        // Built with the profile of the binary under test, so it lands beside it.
+        let release = conveyor
+            .parent()
+            .is_some_and(|dir| dir.ends_with("release"));
+        let profile = if release {
+            "--release"
+        } else {
+            "--profile=dev"
+        };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "custom_handler"])
+            .args(["build", profile, "--example", "custom_handler"])
             .current_dir(repo())
             .status()
             .unwrap();
@@ -171,4 +181,99 @@ async fn the_custom_handler_example_runs_its_own_jobs_through_the_whole_cli() {
     );
     signal(&daemon, 15);
     assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
+}
+
+/// `examples/receiver.py` served on a free port (werkzeug, under Flask);
+/// killed when dropped. Returns it with its port.
+fn flask_receiver(secret: &str) -> (KillOnDrop, u16) {
+    use std::io::BufRead as _;
+    let serve = "import sys\nfrom werkzeug.serving import make_server\nfrom receiver import app\n\
+                 s = make_server('127.0.0.1', 0, app)\nprint('ready', s.port, flush=True)\n\
+                 s.serve_forever()\n";
+    let path = format!(
+        "{}:{}",
+        repo().join("examples").display(),
+        repo().join("target/pydeps").display()
+    );
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", serve])
+            .env("PYTHONPATH", path)
+            .env("WEBHOOK_SECRET", secret)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with Flask (scripts/test installs it)"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("examples/receiver.py did not start: {line:?}"));
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flask_receiver_verifies_each_job_and_answers_with_its_result() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_receiver, port) = flask_receiver(SECRET);
+    let url = format!("http://127.0.0.1:{port}/jobs/greet");
+    let queue = format!(
+        "[queues.greet]\nhandler = \"http\"\ntrack = true\n[queues.greet.http]\nurl = \"{url}\"\n"
+    );
+    let cfg = config_file(dir.path(), &redis, &queue);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_conveyor"));
+    let mut daemon = KillOnDrop(
+        conveyor()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("CONVEYOR_HTTP_SECRET_GREET", SECRET)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ok = run_one(&bin, &cfg, &redis, "greet", r#"{"name": "Ada"}"#).await;
+    assert_eq!(ok["state"], "succeeded", "{ok:?}");
+    let result: serde_json::Value = serde_json::from_str(&ok["result"]).unwrap();
+    assert_eq!(result["greeting"], "Hello, Ada!");
+    assert_eq!(
+        result["job"].as_str().map(str::len),
+        Some(32),
+        "the job id: {result}"
+    );
+    let bad = run_one(&bin, &cfg, &redis, "greet", r#"{"nom": "Ada"}"#).await;
+    assert_eq!(bad["state"], "dead", "{bad:?}");
+    assert!(
+        bad["last_error"].starts_with("HTTP 422") && bad["last_error"].contains("missing name"),
+        "{bad:?}"
+    );
+    // What it refuses: the same body unsigned, or signed with another key.
+    let client = reqwest::Client::new();
+    let unsigned = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "Eve"}"#)
+        .send();
+    assert_eq!(unsigned.await.unwrap().status(), 401);
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
+
+    let mut forged = KillOnDrop(
+        conveyor()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("CONVEYOR_HTTP_SECRET_GREET", "whsec_c2VjcmV0")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let refused = run_one(&bin, &cfg, &redis, "greet", r#"{"name": "Mallory"}"#).await;
+    assert_eq!(refused["state"], "dead", "{refused:?}");
+    assert!(refused["last_error"].starts_with("HTTP 401"), "{refused:?}");
+    signal(&forged, 15);
+    assert_eq!(wait_exit(&mut forged, WAIT), Some(0));
 }
