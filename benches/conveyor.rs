@@ -8,7 +8,9 @@
 //!   seconds of the daemon and of redis-server, the daemon's peak RSS;
 //! - latency: a daemon run in this process, idle, fed 1,000 jobs one at a time;
 //!   the time from sending `RPUSH` to the handler starting (p50, p99, p999);
-//! - enqueue: `conveyor enqueue --file` loading N jobs.
+//! - enqueue: `conveyor enqueue --file` loading N jobs;
+//! - exec, email, http: the handlers against a reference measured in the
+//!   same run (see `conveyor/exec.rs`, `email.rs`, `http.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ struct Args {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure: all, throughput, latency, enqueue, exec, email.
+    /// What to measure: all, throughput, latency, enqueue, exec, email, http.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -66,6 +68,12 @@ struct Args {
     /// Sequential emails in the email latency measurement.
     #[arg(long, default_value_t = 300)]
     email_latency_jobs: usize,
+    /// Jobs per run of the http measurement.
+    #[arg(long, default_value_t = 50_000)]
+    http_jobs: usize,
+    /// Concurrency of the http queue, and connections of wrk.
+    #[arg(long, default_value_t = 50)]
+    http_concurrency: u32,
     /// Jobs loaded by the enqueue measurement.
     #[arg(long, default_value_t = 300_000)]
     enqueue_jobs: usize,
@@ -88,6 +96,8 @@ struct Args {
 mod email;
 #[path = "conveyor/exec.rs"]
 mod exec;
+#[path = "conveyor/http.rs"]
+mod http;
 
 const QUEUE: &str = "bench";
 const LIST: &str = "jobs:bench";
@@ -143,6 +153,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "email" {
         email::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "http" {
+        http::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;

@@ -217,7 +217,7 @@ fn wire_speed(
 
 /// The run counts outcomes; a failed send would count as fast as a sent
 /// one, so a run with any failure is not a figure.
-fn all_sent(conn: &mut redis::Connection) -> anyhow::Result<()> {
+pub(super) fn all_sent(conn: &mut redis::Connection) -> anyhow::Result<()> {
     let failed: Option<u64> = redis::cmd("HGET")
         .arg(format!("{{{LIST}}}:stats"))
         .arg("failed")
@@ -357,14 +357,14 @@ fn session(
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
+pub(super) fn wait_for_port(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "smtp-sink did not start");
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
