@@ -156,9 +156,22 @@ pub struct RedisConfig {
     /// retried). Blocking pops get their block time on top of this.
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// `rediss://`: trust this CA (PEM) instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `rediss://` with mutual TLS: this client's certificate (PEM), with `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client_cert` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
     /// Where `url` came from when not from the file (`REDIS_URL`), for errors.
     #[serde(skip)]
     pub url_from: Option<&'static str>,
+    /// From `REDIS_PASSWORD`, `REDIS_PASSWORD_FILE` or the systemd credential
+    /// `redis_password`; it overrides a password in the URL.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 /// `[daemon]`
@@ -424,6 +437,37 @@ fn default_track_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
+impl RedisConfig {
+    /// Whether the URL asks for TLS.
+    pub fn is_tls(&self) -> bool {
+        self.url.expose().starts_with("rediss://")
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = [
+            ("ca_file", &self.ca_file),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ];
+        if let Some((name, _)) = set
+            .iter()
+            .find(|(_, v)| v.is_some())
+            .filter(|_| !self.is_tls())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "redis.{name} applies to TLS: the URL must begin with rediss://, not {}",
+                self.url.masked()
+            )));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "redis.client_cert and redis.client_key go together (mutual TLS)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
@@ -431,7 +475,11 @@ impl Default for RedisConfig {
             pool_size: default_pool_size(),
             key_prefix: default_key_prefix(),
             response_timeout: default_response_timeout(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             url_from: None,
+            password: None,
         }
     }
 }
@@ -499,6 +547,30 @@ impl MaskedUrl {
     pub fn masked(&self) -> String {
         mask_url(&self.0)
     }
+
+    /// The text the mask hides, for scrubbing it from other messages.
+    pub fn hidden(&self) -> Vec<&str> {
+        let masked = self.masked();
+        // What the URL has where the masked form has `***`: the two agree
+        // before the first mask and after the userinfo's.
+        let mut hidden = Vec::new();
+        let mut rest = self.0.as_str();
+        let mut shown = masked.as_str();
+        while let Some(star) = shown.find("***") {
+            let after = &shown[star + 3..];
+            let tail = after.find("***").map_or(after, |i| &after[..i]);
+            let start = star.min(rest.len());
+            let end = if tail.is_empty() {
+                rest.len()
+            } else {
+                rest[start..].rfind(tail).map_or(rest.len(), |i| start + i)
+            };
+            hidden.push(&rest[start..end]);
+            rest = &rest[end..];
+            shown = after;
+        }
+        hidden
+    }
 }
 
 impl fmt::Display for MaskedUrl {
@@ -522,23 +594,32 @@ impl Serialize for MaskedUrl {
 /// Replaces the password of `scheme://user:password@host...` with `***`,
 /// and the value of a `pass` or `password` query parameter, the form
 /// redis-rs takes for unix sockets (`redis+unix:///run/redis.sock?pass=...`).
+///
+/// A password written unencoded may hold any character, `/`, `?`, `#`, `@`
+/// and `&` included, so the mask errs on the side of hiding: the userinfo
+/// ends at the last `@`, and a query password runs to the end of the URL.
 pub fn mask_url(url: &str) -> String {
     mask_query_password(&mask_userinfo(url))
 }
 
 fn mask_query_password(url: &str) -> String {
-    let Some(start) = url.find('?').map(|i| i + 1) else {
+    let Some(query) = url.find('?') else {
         return url.to_owned();
     };
-    let end = url[start..].find('#').map_or(url.len(), |i| start + i);
-    let query: Vec<String> = url[start..end]
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{}{}{}", &url[..start], query.join("&"), &url[end..])
+    let mut at = query + 1;
+    while at < url.len() {
+        let param = &url[at..];
+        for key in ["pass=", "password="] {
+            if param.starts_with(key) {
+                return format!("{}{key}***", &url[..at]);
+            }
+        }
+        match param.find('&') {
+            Some(amp) => at += amp + 1,
+            None => break,
+        }
+    }
+    url.to_owned()
 }
 
 fn mask_userinfo(url: &str) -> String {
@@ -546,22 +627,19 @@ fn mask_userinfo(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let userinfo = &authority[..at];
-    let masked_userinfo = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_owned(),
+    let userinfo = &rest[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
     };
-    format!(
-        "{}{}{}",
-        &url[..scheme_end],
-        masked_userinfo,
-        &rest[at..] // '@host...' and everything after the authority
-    )
+    let user = &userinfo[..colon];
+    if user.contains(['/', '?', '#']) {
+        // Not a userinfo: an '@' further on, in a path or a query.
+        return url.to_owned();
+    }
+    format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
 }
 
 /// A secret string: never printed, logged or serialized.
@@ -672,6 +750,15 @@ impl Config {
         if let Some(ca_file) = &config.email.ca_file {
             config.email.ca_file = Some(base.join(ca_file));
         }
+        let redis = &mut config.redis;
+        let files = [
+            &mut redis.ca_file,
+            &mut redis.client_cert,
+            &mut redis.client_key,
+        ];
+        for path in files.into_iter().flatten() {
+            *path = base.join(&path);
+        }
         Ok(config)
     }
 
@@ -680,7 +767,7 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
-    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL` and the SMTP password sources.
+    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL`, and the Redis and SMTP password sources.
     /// `env` looks a variable up; tests pass their own.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
@@ -690,7 +777,8 @@ impl Config {
         if let Some(url) = env("CONVEYOR_SMTP_URL").filter(|s| !s.is_empty()) {
             self.email.smtp_url = MaskedUrl(url);
         }
-        self.email.password = smtp_password(&env)?;
+        self.email.password = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password")?;
+        self.redis.password = secret(&env, "REDIS_PASSWORD", "redis_password")?;
         Ok(())
     }
 
@@ -723,6 +811,7 @@ impl Config {
         if self.redis.response_timeout < Duration::from_millis(10) {
             return invalid("redis.response_timeout must be at least 10ms".into());
         }
+        self.redis.validate_tls()?;
         if self.email.smtp_url.has_password() {
             return invalid(
                 "email.smtp_url must not carry a password: set CONVEYOR_SMTP_PASSWORD \
@@ -832,7 +921,7 @@ mod queues {
     use serde::de::Error as _;
     use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
 
-    use super::QueueConfig;
+    use super::{QueueConfig, mask_options};
 
     /// Settings of every queue that are tables themselves, not a handler's.
     const OWN_TABLES: &[&str] = &["backoff", "rate_limit"];
@@ -902,11 +991,38 @@ mod queues {
         for (name, q) in queues {
             let mut table = toml::Table::try_from(q).map_err(S::Error::custom)?;
             if let Some(options) = &q.options {
-                table.insert(q.handler.clone(), toml::Value::Table(options.clone()));
+                let mut shown = toml::Value::Table(options.clone());
+                mask_options(&mut shown);
+                table.insert(q.handler.clone(), shown);
             }
             out.insert(name, table);
         }
         out.serialize(s)
+    }
+}
+
+/// A handler's options as the startup log shows them: passwords in URLs
+/// masked, and header values masked unless they only name a variable
+/// (`env:NAME`).
+fn mask_options(value: &mut toml::Value) {
+    match value {
+        toml::Value::String(s) if s.contains("://") => *s = mask_url(s),
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                match (key.as_str(), v) {
+                    ("headers", toml::Value::Table(headers)) => {
+                        for (_, h) in headers.iter_mut() {
+                            if !h.as_str().is_some_and(|s| s.starts_with("env:")) {
+                                *h = toml::Value::String("***".into());
+                            }
+                        }
+                    }
+                    (_, v) => mask_options(v),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_options),
+        _ => {}
     }
 }
 
@@ -924,21 +1040,25 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The SMTP password from, in order: `CONVEYOR_SMTP_PASSWORD`,
-/// `CONVEYOR_SMTP_PASSWORD_FILE`, `$CREDENTIALS_DIRECTORY/smtp_password`
-/// (systemd's `LoadCredential=`). A trailing newline in a file is not part of it,
-/// and an empty file means no password, as an empty variable does: the
-/// service unit needs its credential file to exist even when SMTP is unused.
-fn smtp_password(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, ConfigError> {
-    if let Some(pw) = env("CONVEYOR_SMTP_PASSWORD").filter(|s| !s.is_empty()) {
+/// A password from, in order: the variable `var`, the file `<var>_FILE`
+/// names, `$CREDENTIALS_DIRECTORY/<credential>` (systemd's `LoadCredential=`).
+/// A trailing newline in a file is not part of it, and an empty file means no
+/// password, as an empty variable does: the service unit needs its
+/// credential file to exist even when the password is unused.
+fn secret(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    credential: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Some(pw) = env(var).filter(|s| !s.is_empty()) {
         return Ok(Some(Secret(pw)));
     }
-    let file = env("CONVEYOR_SMTP_PASSWORD_FILE")
+    let file = env(&format!("{var}_FILE"))
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
             env("CREDENTIALS_DIRECTORY")
-                .map(|dir| Path::new(&dir).join("smtp_password"))
+                .map(|dir| Path::new(&dir).join(credential))
                 .filter(|p| p.exists())
         });
     let Some(file) = file else { return Ok(None) };
@@ -1159,12 +1279,104 @@ mod tests {
         assert_eq!(mask_url("redis://u:p@ss@h/0"), "redis://u:***@h/0");
         assert_eq!(
             mask_url("redis+unix:///r.sock?db=1&pass=pw&user=u#x"),
-            "redis+unix:///r.sock?db=1&pass=***&user=u#x"
+            "redis+unix:///r.sock?db=1&pass=***"
         );
         assert_eq!(
             mask_url("redis://:pw@h/0?password=pw"),
             "redis://:***@h/0?password=***"
         );
+    }
+
+    #[test]
+    fn mask_url_hides_any_password_text() {
+        for pw in [
+            "a/b", "a?b", "a#b", "a@b", "a&b", "a:b", "/?#@&:", "é€ ", "a%2Fb",
+        ] {
+            for url in [
+                format!("redis://user:{pw}@h:6379/0"),
+                format!("rediss://:{pw}@h/0?protocol=resp3"),
+                format!("redis+unix:///r.sock?db=1&pass={pw}"),
+                format!("redis+unix:///r.sock?password={pw}&db=2"),
+            ] {
+                let shown = mask_url(&url);
+                let rest = shown.replace("***", "");
+                assert!(!rest.contains(pw), "{url} shown as {shown}");
+                assert!(shown.contains("***"), "{url} shown as {shown}");
+                // What the mask hid, to scrub from other messages.
+                let masked = MaskedUrl::new(url.clone());
+                assert!(
+                    masked.hidden().iter().any(|h| h.contains(pw)),
+                    "{url}: {:?}",
+                    masked.hidden()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn redis_tls_files_are_relative_to_the_config_file_and_need_rediss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conveyor.toml");
+        let text = "[redis]\nurl = \"rediss://h:6380/0\"\nca_file = \"ca.pem\"\n\
+                    client_cert = \"c.pem\"\nclient_key = \"/k.pem\"\n";
+        std::fs::write(&path, text).expect("write");
+        let c = Config::from_file(&path).expect("parses");
+        assert_eq!(c.redis.ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(c.redis.client_cert, Some(dir.path().join("c.pem")));
+        assert_eq!(c.redis.client_key, Some(PathBuf::from("/k.pem")));
+        c.redis.validate_tls().expect("valid");
+        let plain = parse("[redis]\nurl = \"redis://h/0\"\nca_file = \"ca.pem\"\n");
+        let err = plain.redis.validate_tls().unwrap_err().to_string();
+        assert!(
+            err.contains("redis.ca_file") && err.contains("rediss://"),
+            "{err}"
+        );
+        let half = parse("[redis]\nurl = \"rediss://h/0\"\nclient_cert = \"c.pem\"\n");
+        let err = half.redis.validate_tls().unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn handler_options_are_masked_in_the_startup_log() {
+        let c = parse(
+            "[queues.hooks]\nhandler = \"http\"\n[queues.hooks.http]\n\
+             url = \"https://user:url-secret@h/x\"\n\
+             headers = { Authorization = \"Bearer literal-secret\", X-Key = \"env:KEY\" }\n",
+        );
+        let shown = c.masked_toml();
+        assert!(
+            !shown.contains("url-secret") && !shown.contains("literal-secret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("https://user:***@h/x") && shown.contains("env:KEY"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn redis_password_comes_from_its_channels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("redis_password"), "from/credential\n").expect("write");
+        let creds = dir.path().to_str().expect("utf-8").to_owned();
+        let mut c = parse("[queues.q]\nhandler = \"noop\"\n");
+        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
+            .expect("applies");
+        assert_eq!(
+            c.redis.password.as_ref().map(Secret::expose),
+            Some("from/credential")
+        );
+        c.apply_env(|k| match k {
+            "REDIS_PASSWORD" => Some("from-env".into()),
+            "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
+            _ => None,
+        })
+        .expect("applies");
+        assert_eq!(
+            c.redis.password.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert!(!format!("{:?}{}", c.redis, c.masked_toml()).contains("from-env"));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use bb8_redis::bb8;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture,
+    Value,
+};
 
 use crate::config::{MaskedUrl, RedisConfig};
 
@@ -51,12 +54,29 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
-    /// A command failed.
+    /// Redis refused the credentials, or the user lacks a permission
+    /// (`WRONGPASS`, `NOAUTH`, `NOPERM`). Retrying will not help until an
+    /// operator acts; the CLI exits 77 (EX_NOPERM).
+    #[error("Redis at {url} refused: {reason}")]
+    Denied {
+        /// The URL, password masked.
+        url: String,
+        /// Redis's words.
+        reason: String,
+    },
+    /// A command failed. Not the error's source: its text is already in
+    /// this one's, and a chain would print it twice.
     #[error("Redis: {0}")]
-    Redis(#[from] RedisError),
+    Redis(RedisError),
     /// A reply did not have the expected shape.
     #[error("unexpected reply from Redis: {0}")]
     Protocol(String),
+}
+
+impl From<RedisError> for BrokerError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
 }
 
 impl From<redis::ParsingError> for BrokerError {
@@ -72,9 +92,35 @@ impl BrokerError {
         match self {
             Self::Unreachable { .. } => true,
             Self::Redis(e) => is_transport_error(e),
-            Self::BadUrl { .. } | Self::Protocol(_) => false,
+            Self::BadUrl { .. } | Self::Protocol(_) | Self::Denied { .. } => false,
         }
     }
+
+    /// Whether Redis refused the credentials or a permission.
+    pub fn is_denied(&self) -> bool {
+        match self {
+            Self::Denied { .. } => true,
+            Self::Redis(e) => is_denial(e),
+            _ => false,
+        }
+    }
+}
+
+/// Why a `maxmemory-policy` may lose jobs, if it may: any policy but
+/// `noeviction` lets Redis evict keys, queued jobs among them.
+pub fn eviction_risk(policy: &str) -> Option<String> {
+    (policy != "noeviction").then(|| {
+        format!(
+            "maxmemory-policy is {policy}: when memory runs out Redis may evict queued jobs; \
+             set maxmemory-policy noeviction"
+        )
+    })
+}
+
+/// Whether Redis refused the credentials or a permission.
+pub fn is_denial(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOPERM" | "WRONGPASS" | "NOAUTH"))
 }
 
 /// Whether an error means the connection itself is unusable.
@@ -83,6 +129,74 @@ fn is_transport_error(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
+}
+
+/// The client for the configured Redis: the URL, the password from its own
+/// channel (overriding the URL's), and for `rediss://` the CA and client
+/// certificate files.
+fn client(config: &RedisConfig) -> Result<Client, BrokerError> {
+    let bad = |reason: String| BrokerError::BadUrl {
+        url: match config.url_from {
+            Some(var) => format!("{} (from {var})", config.url.masked()),
+            None => config.url.masked(),
+        },
+        reason,
+    };
+    let mut info = config.url.expose().into_connection_info().map_err(|e| {
+        // redis-rs's words, never the URL itself: it may hold the password.
+        let mut reason = mask_secret(&e.to_string(), config);
+        if !config.url.expose().contains("://") {
+            reason.push_str(
+                " (a Redis URL begins with its scheme: redis://127.0.0.1:6379/0, \
+                 rediss:// for TLS, or redis+unix:///run/redis/redis.sock)",
+            );
+        }
+        if config.url.has_password() {
+            reason.push_str(
+                " (a password holding / ? # @ or spaces must be percent-encoded in the URL; \
+                 better, give it in REDIS_PASSWORD or REDIS_PASSWORD_FILE)",
+            );
+        }
+        reason
+    });
+    if let (Ok(_), Some(password)) = (&info, &config.password) {
+        info = info.map(|i| {
+            let settings = i.redis_settings().clone().set_password(password.expose());
+            i.set_redis_settings(settings)
+        });
+    }
+    let info = info.map_err(bad)?;
+    if config.ca_file.is_none() && config.client_cert.is_none() {
+        return Client::open(info).map_err(|e| bad(mask_secret(&e.to_string(), config)));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))
+    };
+    let root_cert = config.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Client::build_with_tls(info, certificates).map_err(|e| bad(mask_secret(&e.to_string(), config)))
+}
+
+/// `text` with any password the configuration holds replaced by `***`.
+fn mask_secret(text: &str, config: &RedisConfig) -> String {
+    let mut text = text.replace(config.url.expose(), &config.url.masked());
+    let password = config.password.iter().map(|p| p.expose());
+    for secret in password.chain(config.url.hidden()) {
+        if !secret.is_empty() {
+            text = text.replace(secret, "***");
+        }
+    }
+    text
 }
 
 /// A handle on Redis; cheap to clone.
@@ -110,22 +224,7 @@ impl Broker {
     /// A broker for the configured Redis. Connects lazily: this does no I/O,
     /// but must run inside a tokio runtime (the pool starts a reaper task).
     pub fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
-        let client = Client::open(config.url.expose()).map_err(|e| {
-            let mut reason = e.to_string();
-            if !config.url.expose().contains("://") {
-                reason.push_str(
-                    " (a Redis URL begins with its scheme: redis://127.0.0.1:6379/0, \
-                     rediss:// for TLS, or redis+unix:///run/redis/redis.sock)",
-                );
-            }
-            BrokerError::BadUrl {
-                url: match config.url_from {
-                    Some(var) => format!("{} (from {var})", config.url.masked()),
-                    None => config.url.masked(),
-                },
-                reason,
-            }
-        })?;
+        let client = client(config)?;
         let timeout = config.response_timeout;
         let manager = Manager {
             client: client.clone(),
@@ -156,24 +255,79 @@ impl Broker {
     /// Redis is unreachable.
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let timeout = self.inner.response_timeout.max(Duration::from_secs(1));
-        let unreachable = |reason: String| BrokerError::Unreachable {
-            url: self.url(),
-            reason,
+        let unreachable = |e: RedisError| match is_denial(&e) {
+            true => BrokerError::Denied {
+                url: self.url(),
+                reason: e.to_string(),
+            },
+            false => BrokerError::Unreachable {
+                url: self.url(),
+                reason: e.to_string(),
+            },
         };
         let mut conn = self
             .inner
             .client
             .get_multiplexed_async_connection_with_config(&connection_config(timeout, timeout))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(unreachable)?;
         let pong: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(unreachable)?;
         if pong != "PONG" {
             return Err(BrokerError::Protocol(format!("PING answered {pong:?}")));
         }
         Ok(())
+    }
+
+    /// Redis's `maxmemory-policy`, if this user may read it (managed
+    /// services often refuse or rename `CONFIG`).
+    pub async fn maxmemory_policy(&self) -> Option<String> {
+        let mut conn = self.conn().await.ok()?;
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        reply.into_iter().nth(1)
+    }
+
+    /// Refuses a Redis Sentinel or a Cluster node given as the plain `url`,
+    /// which would otherwise answer PING and then fail every job command.
+    pub async fn standalone(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let info: String = match redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(info) => info,
+            // A least-privilege user may not run INFO; then we cannot tell.
+            Err(e) if is_denial(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mode = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_mode:"))
+            .map(str::trim);
+        let reason = match mode {
+            Some("sentinel") => {
+                "this is a Redis Sentinel, not a Redis: give the address of the master it \
+                 watches (SENTINEL get-master-addr-by-name <master>); conveyor does not \
+                 follow Sentinel failovers yet"
+            }
+            Some("cluster") => {
+                "this is a node of a Redis Cluster, which conveyor does not support yet: \
+                 give a standalone Redis"
+            }
+            _ => return Ok(()),
+        };
+        Err(BrokerError::BadUrl {
+            url: self.url(),
+            reason: reason.into(),
+        })
     }
 
     /// A pooled connection for short commands.

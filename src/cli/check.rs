@@ -48,6 +48,15 @@ pub async fn run(
     }
     let broker = connect(&config).await?;
     println!("redis: ok ({})", broker.url());
+    match broker.maxmemory_policy().await {
+        Some(policy) => match crate::broker::eviction_risk(&policy) {
+            Some(risk) => println!("redis: warning: {risk}"),
+            None => println!("redis: maxmemory-policy noeviction: ok"),
+        },
+        None => {
+            println!("redis: maxmemory-policy unknown (CONFIG GET refused); noeviction is needed")
+        }
+    }
     for handler in &handlers {
         handler.check(&mut |line| println!("{line}")).await?;
     }

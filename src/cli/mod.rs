@@ -27,6 +27,8 @@ pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 /// EX_UNAVAILABLE: Redis or SMTP could not be reached.
 pub const EX_UNAVAILABLE: u8 = 69;
+/// EX_NOPERM: Redis refused the credentials or a permission.
+pub const EX_NOPERM: u8 = 77;
 /// EX_SOFTWARE: an internal error.
 pub const EX_SOFTWARE: u8 = 70;
 /// EX_OSERR: the operating system refused something.
@@ -181,6 +183,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<DaemonError>() {
             return match e {
                 DaemonError::Config(_) => EX_CONFIG,
+                DaemonError::Broker(b) if b.is_denied() => EX_NOPERM,
                 DaemonError::Broker(b) if b.is_unavailable() => EX_UNAVAILABLE,
                 DaemonError::Broker(_) => EX_SOFTWARE,
             };
@@ -194,6 +197,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<BrokerError>() {
             return match e {
                 BrokerError::BadUrl { .. } => EX_CONFIG,
+                e if e.is_denied() => EX_NOPERM,
                 e if e.is_unavailable() => EX_UNAVAILABLE,
                 _ => EX_SOFTWARE,
             };
@@ -212,6 +216,7 @@ pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Conf
 pub(crate) async fn connect(config: &Config) -> anyhow::Result<crate::broker::Broker> {
     let broker = crate::broker::Broker::new(&config.redis)?;
     broker.ping().await?;
+    broker.standalone().await?;
     Ok(broker)
 }
 

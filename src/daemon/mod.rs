@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::events::EventSink;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, eviction_risk};
 use crate::config::{Config, ConfigError, human};
 use crate::event::{Draft, EventType};
 use crate::handlers::Registry;
@@ -197,6 +197,14 @@ pub async fn run_with(
         notify::stopping("stopped before Redis was reachable", FINAL_GRACE);
         return Ok(());
     }
+    match broker.standalone().await {
+        Err(e @ BrokerError::BadUrl { .. }) => {
+            return Err(ConfigError::Invalid(e.to_string()).into());
+        }
+        // Anything else is Redis being briefly unwell: the workers' retries handle it.
+        Err(e) => tracing::debug!(error = %e, "the server's mode could not be read"),
+        Ok(()) => {}
+    }
     let stop_writer = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(stop_writer.clone(), give_up.clone()));
     let heartbeat = Heartbeat {
@@ -365,10 +373,19 @@ async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken) -> bool {
         match broker.ping().await {
             Ok(()) => {
                 retry.succeeded();
+                if let Some(risk) = broker
+                    .maxmemory_policy()
+                    .await
+                    .as_deref()
+                    .and_then(eviction_risk)
+                {
+                    tracing::warn!("{risk}");
+                }
                 return true;
             }
             Err(e) => {
-                if retry.failures() == 0 {
+                // A refusal is logged by the retry, as what it is.
+                if retry.failures() == 0 && !e.is_denied() {
                     tracing::warn!(error = %e, "Redis is not reachable yet; waiting for it");
                     notify::status(&format!("waiting for Redis: {e}"));
                 }

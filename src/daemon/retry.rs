@@ -9,6 +9,15 @@ use tokio_util::sync::CancellationToken;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
+/// Whether an error's text is Redis refusing the credentials or a
+/// permission: the protocol's own error codes.
+fn is_denial(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["noperm", "wrongpass", "noauth", "authenticationfailed"]
+        .iter()
+        .any(|code| text.contains(code))
+}
+
 /// Retry state of one component's Redis calls.
 #[derive(Debug)]
 pub(crate) struct Retry {
@@ -40,7 +49,16 @@ impl Retry {
         let delay = self.delay.mul_f64(0.75 + fastrand::f64() / 2.0);
         if self.failures == 1 {
             self.since = Some(Instant::now());
-            tracing::warn!(%error, "{} failed; retrying (Redis unreachable?)", self.what);
+            if is_denial(&error.to_string()) {
+                tracing::error!(
+                    %error,
+                    "{} refused by Redis: the credentials or the ACL user's permissions \
+                     (conveyor check names what is missing); retrying",
+                    self.what
+                );
+            } else {
+                tracing::warn!(%error, "{} failed; retrying (Redis unreachable?)", self.what);
+            }
         } else {
             tracing::debug!(%error, failures = self.failures, "{} failed again", self.what);
         }

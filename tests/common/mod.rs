@@ -417,6 +417,9 @@ pub struct TestCa {
     /// The server's certificate and key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A client's certificate and key, for mutual TLS.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl TestCa {
@@ -437,6 +440,8 @@ impl TestCa {
             ca: p("ca.pem"),
             cert: p("server.pem"),
             key: p("server.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
             dir,
         }
     }

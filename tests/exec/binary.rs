@@ -73,6 +73,15 @@ async fn a_worker_sees_its_environment_and_none_of_the_daemons_secrets() {
         &queue(&worker, "persistent", "concurrency = 1", exec),
     );
     let mut conn = redis.conn().await;
+    // The daemon's Redis password is real: it must authenticate with it,
+    // and still not hand it on. (This connection stays authenticated.)
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("redis-secret-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let mut cmd = conveyor();
     cmd.args(["run", "--config", cfg.to_str().unwrap()])
         .env("REDIS_PASSWORD", "redis-secret-1")

@@ -40,7 +40,8 @@ in_box dpkg -i /root/conveyor.deb >/dev/null
 [ "$(in_box systemctl is-enabled conveyor || true)" = disabled ] || fail "the package enabled the service by itself"
 [ "$(in_box systemctl is-active conveyor || true)" = inactive ] || fail "the package started the service by itself"
 in_box id conveyor >/dev/null || fail "no system user conveyor"
-in_box test -f /etc/conveyor/smtp_password || fail "no credential file"
+in_box test -f /etc/conveyor/smtp_password || fail "no SMTP credential file"
+in_box test -f /etc/conveyor/redis_password || fail "no Redis credential file"
 in_box conveyor --version | grep -q '^conveyor ' || fail "conveyor is not on the PATH"
 in_box test -s /usr/share/bash-completion/completions/conveyor || fail "no bash completion"
 in_box man -w conveyor-run >/dev/null 2>&1 || in_box test -s /usr/share/man/man1/conveyor-run.1.gz ||
@@ -87,5 +88,6 @@ in_box dpkg -r conveyor >/dev/null
 [ "$(in_box journalctl -u conveyor --no-pager | grep -c 'stopped node=')" -ge 2 ] || fail "removal did not stop it cleanly"
 in_box test -f /etc/conveyor/conveyor.toml || fail "removal took the configuration (a conffile stays until purge)"
 in_box dpkg -P conveyor >/dev/null
-in_box test ! -e /etc/conveyor/smtp_password || fail "purge left the credential file"
+in_box test ! -e /etc/conveyor/smtp_password || fail "purge left the SMTP credential file"
+in_box test ! -e /etc/conveyor/redis_password || fail "purge left the Redis credential file"
 say "ok"

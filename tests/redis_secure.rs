@@ -1,0 +1,497 @@
+//! Redis as production runs it: TLS with a private CA and a client
+//! certificate, a password from its own channel, and passwords that no
+//! output ever shows, whatever characters they hold. Each test starts its
+//! own redis-server on a free loopback port.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Passwords a URL cannot hold unencoded, and one it can.
+const HOSTILE: &[&str] = &["p/a?s#s@w&o:r%d", "s p a c e é€", "x@y/z"];
+
+const QUEUE: &str = "[queues.work]\nhandler = \"noop\"\n";
+
+/// A redis-server on a loopback port; with TLS, on its TLS port only.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(password: &str, tls: Option<&TestCa>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--requirepass", password]);
+        match tls {
+            Some(ca) => {
+                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&ca.cert)
+                    .arg("--tls-key-file")
+                    .arg(&ca.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&ca.ca)
+                    .args(["--tls-auth-clients", "yes"]);
+            }
+            None => {
+                cmd.args(["--port", &port.to_string()]);
+            }
+        }
+        Self::spawn(&mut cmd, port)
+    }
+
+    /// Starts `cmd` and waits until it listens on `port`.
+    fn spawn(cmd: &mut Command, port: u16) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server does not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, redis: &str, queues: &str) -> String {
+    let path = dir.join("conveyor.toml");
+    let text = format!(
+        "[redis]\n{redis}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{queues}"
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Runs the CLI with `env`; exit code and both outputs together.
+fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = conveyor()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn tls_with_a_private_ca_a_client_certificate_and_the_password_from_its_file() {
+    let ca = TestCa::generate();
+    let password = HOSTILE[0];
+    let server = Server::start(password, Some(&ca));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("redis_password");
+    std::fs::write(&secret, format!("{password}\n")).unwrap();
+    let redis = format!(
+        "url = \"rediss://localhost:{}/0\"\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        server.port,
+        ca.ca.display(),
+        ca.client_cert.display(),
+        ca.client_key.display()
+    );
+    let cfg = write_config(dir.path(), &redis, &format!("{QUEUE}track = true\n"));
+    let env = [("REDIS_PASSWORD_FILE", secret.to_str().unwrap())];
+    let mut seen = String::new();
+
+    let (code, out) = cli(&["check", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{out}");
+    seen.push_str(&out);
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (code, out) = cli(&["enqueue", "work", "{}", "--config", &cfg], &env);
+        assert_eq!(code, 0, "{out}");
+        last = out.trim().to_owned();
+        seen.push_str(&out);
+    }
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", &cfg])
+        .env("REDIS_PASSWORD_FILE", &secret)
+        .env("CONVEYOR_LOG", "debug")
+        .stdout(Stdio::null());
+    let (mut daemon, logs) = spawn_logged(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = cli(&["status", &last, "--config", &cfg], &env);
+        if out.contains("succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{last} never succeeded: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out) = cli(&["stats", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{out}");
+    seen.push_str(&out);
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
+    seen.push_str(&logs.lines().join("\n"));
+    assert!(!seen.contains(password), "the password was shown:\n{seen}");
+
+    // Without the CA the server is not trusted; without the client
+    // certificate it refuses us. Both say so, and exit 69 (unavailable).
+    let untrusted = write_config(
+        dir.path(),
+        &format!("url = \"rediss://localhost:{}/0\"", server.port),
+        QUEUE,
+    );
+    let (code, out) = cli(&["check", "--config", &untrusted], &env);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.to_lowercase().contains("certificate"), "{out}");
+    let anonymous = write_config(
+        dir.path(),
+        &format!(
+            "url = \"rediss://localhost:{}/0\"\nca_file = \"{}\"",
+            server.port,
+            ca.ca.display()
+        ),
+        QUEUE,
+    );
+    let (code, out) = cli(&["check", "--config", &anonymous], &env);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains(password), "{out}");
+
+    // TLS settings on a plain URL are a configuration error.
+    let plain = write_config(
+        dir.path(),
+        &format!(
+            "url = \"redis://localhost:{}/0\"\nca_file = \"ca.pem\"",
+            server.port
+        ),
+        "",
+    );
+    let (code, out) = cli(&["check", "--config", &plain], &env);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("rediss://"), "{out}");
+}
+
+#[test]
+fn no_output_shows_a_password_whatever_it_holds() {
+    for password in HOSTILE {
+        let server = Server::start(password, None);
+        let dir = tempfile::tempdir().unwrap();
+        let queues = QUEUE;
+        let mut seen = String::new();
+        // In the URL, unencoded: whatever the URL then means, no output
+        // shows the password, from the parse error to the startup log.
+        let in_url = write_config(
+            dir.path(),
+            &format!("url = \"redis://:{password}@127.0.0.1:{}/0\"", server.port),
+            queues,
+        );
+        for args in [
+            vec!["check"],
+            vec!["stats"],
+            vec!["enqueue", "work", "{}"],
+            vec!["run"],
+        ] {
+            let mut full = args.clone();
+            full.extend(["--config", in_url.as_str()]);
+            let out = conveyor()
+                .args(&full)
+                .env("CONVEYOR_LOG", "debug")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = bounded_output(out, Duration::from_secs(3));
+            assert!(
+                !out.contains(password),
+                "{args:?} showed {password:?}:\n{out}"
+            );
+            seen.push_str(&out);
+        }
+        // From REDIS_PASSWORD, right and wrong.
+        let plain = write_config(
+            dir.path(),
+            &format!("url = \"redis://127.0.0.1:{}/0\"", server.port),
+            queues,
+        );
+        let (code, out) = cli(
+            &["check", "--config", &plain],
+            &[("REDIS_PASSWORD", password)],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(!out.contains(password), "{out}");
+        let (code, out) = cli(
+            &["enqueue", "work", "{}", "--config", &plain],
+            &[("REDIS_PASSWORD", password)],
+        );
+        assert_eq!(code, 0, "{out}");
+        let wrong = format!("{password}-wrong");
+        for args in [vec!["check"], vec!["stats"], vec!["enqueue", "work", "{}"]] {
+            let mut full = args.clone();
+            full.extend(["--config", plain.as_str()]);
+            let (code, out) = cli(&full, &[("REDIS_PASSWORD", &wrong)]);
+            assert_eq!(code, 77, "{args:?} with a wrong password: {out}");
+            assert!(out.contains("refused"), "{out}");
+            assert!(!out.contains(password), "{args:?} showed it:\n{out}");
+        }
+        assert!(!seen.is_empty());
+    }
+}
+
+/// Everything a command printed within `limit`; it is killed at the limit
+/// (a daemon that keeps retrying a Redis it cannot use).
+fn bounded_output(mut child: Child, limit: Duration) -> String {
+    use std::io::Read as _;
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _killed = child.kill();
+    let _reaped = child.wait();
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+#[test]
+fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
+    let server = Server::start("admin-pw", None);
+    let acl = Command::new("redis-cli")
+        .args([
+            "-p",
+            &server.port.to_string(),
+            "-a",
+            "admin-pw",
+            "--no-auth-warning",
+        ])
+        .args([
+            "ACL",
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-pw",
+            "~*",
+            "&*",
+            "+@read",
+            "+@connection",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&acl.stdout).trim(), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("url = \"redis://reader@127.0.0.1:{}/0\"", server.port),
+        QUEUE,
+    );
+    let env = [("REDIS_PASSWORD", "reader-pw")];
+    let (code, out) = cli(&["enqueue", "work", "{}", "--config", &cfg], &env);
+    assert_eq!(code, 77, "{out}");
+    assert!(
+        out.contains("no permissions to run the 'evalsha' command"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("Pipeline failure").count(),
+        1,
+        "said once: {out}"
+    );
+
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", &cfg])
+        .env("REDIS_PASSWORD", "reader-pw")
+        .stdout(Stdio::null());
+    let (daemon, logs) = spawn_logged(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs.contains("refused by Redis") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            logs.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refusal = logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("refused by Redis"))
+        .unwrap();
+    assert!(
+        refusal.contains("ERROR") && refusal.contains("no permissions"),
+        "{refusal}"
+    );
+    assert!(
+        !logs.contains("Redis unreachable?"),
+        "{}",
+        logs.lines().join("\n")
+    );
+    drop(daemon);
+}
+
+#[test]
+fn a_policy_that_can_evict_jobs_is_reported_by_check_and_at_start() {
+    let server = Server::start("pw", None);
+    let set_policy = |policy: &str| {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &server.port.to_string(),
+                "-a",
+                "pw",
+                "--no-auth-warning",
+            ])
+            .args(["CONFIG", "SET", "maxmemory-policy", policy])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("url = \"redis://127.0.0.1:{}/0\"", server.port),
+        QUEUE,
+    );
+    let env = [("REDIS_PASSWORD", "pw")];
+    set_policy("allkeys-lru");
+    let (code, out) = cli(&["check", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("redis: warning: maxmemory-policy is allkeys-lru")
+            && out.contains("set maxmemory-policy noeviction"),
+        "{out}"
+    );
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", &cfg])
+        .env("REDIS_PASSWORD", "pw")
+        .stdout(Stdio::null());
+    let (daemon, logs) = spawn_logged(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs.contains("maxmemory-policy is allkeys-lru") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning:\n{}",
+            logs.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        logs.lines()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("allkeys-lru"))
+    );
+    drop(daemon);
+    set_policy("noeviction");
+    let (code, out) = cli(&["check", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("maxmemory-policy noeviction: ok"), "{out}");
+}
+
+#[test]
+fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
+    let master = Server::start("pw", None);
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    // A sentinel watching the master; it rewrites its file, so it gets its own.
+    let sentinel_port = free();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor mymaster 127.0.0.1 {} 1\nsentinel auth-pass mymaster pw\n",
+            dir.path().display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    let sentinel = Server::spawn(
+        Command::new("redis-server").arg(&conf).arg("--sentinel"),
+        sentinel_port,
+    );
+    // One node with cluster mode on is enough to be recognised.
+    let node_port = free();
+    let node = Server::spawn(
+        Command::new("redis-server")
+            .args(["--port", &node_port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--cluster-config-file")
+            .arg(dir.path().join("nodes.conf")),
+        node_port,
+    );
+    for (port, words) in [
+        (sentinel.port, "this is a Redis Sentinel"),
+        (node.port, "a node of a Redis Cluster"),
+    ] {
+        let cfg = write_config(
+            dir.path(),
+            &format!("url = \"redis://127.0.0.1:{port}/0\""),
+            QUEUE,
+        );
+        for command in ["check", "run"] {
+            let out = conveyor()
+                .args([command, "--config", &cfg])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (code, text) = exit_and_output(out, Duration::from_secs(20));
+            assert_eq!(code, Some(78), "{command} against {words}: {text}");
+            assert!(text.contains(words), "{command}: {text}");
+        }
+    }
+}
+
+/// The exit code of a command that must end by itself within `limit`
+/// (None if it did not), and all it printed.
+fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + limit;
+    let mut code = None;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            code = status.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (code, bounded_output(child, Duration::ZERO))
+}
