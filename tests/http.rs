@@ -36,23 +36,12 @@ async fn push(conn: &mut redis::aio::MultiplexedConnection, id: &str, payload: s
     let _: () = conn.rpush(Q, env.to_string()).await.unwrap();
 }
 
-async fn record(conn: &redis::aio::MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    conn.clone()
-        .hgetall(format!("conveyor:job:{id}"))
-        .await
-        .unwrap()
-}
-
 async fn wait_state(
     conn: &redis::aio::MultiplexedConnection,
     id: &str,
     state: &str,
 ) -> HashMap<String, String> {
-    wait_until(&format!("{id} {state}"), WAIT, || async {
-        record(conn, id).await.get("state").map(String::as_str) == Some(state)
-    })
-    .await;
-    record(conn, id).await
+    wait_job_state(conn, id, state, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,13 +23,6 @@ use redis::aio::MultiplexedConnection;
 const Q: &str = "jobs:work";
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn record(conn: &MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    conn.clone()
-        .hgetall(format!("conveyor:job:{id}"))
-        .await
-        .unwrap()
-}
-
 fn envelope(id: &str, payload: &str, deliveries: u32) -> String {
     format!(r#"{{"id":"{id}","payload":{payload},"attempt":0,"deliveries":{deliveries}}}"#)
 }
@@ -91,7 +84,7 @@ async fn no_record_says_running_after_redis_is_killed_and_restarted() {
     );
     let mut states: HashMap<String, usize> = HashMap::new();
     for i in 0..JOBS {
-        let r = record(&conn, &format!("s-{i}")).await;
+        let r = job_record(&conn, &format!("s-{i}")).await;
         *states
             .entry(r.get("state").cloned().unwrap_or_default())
             .or_default() += 1;
@@ -156,7 +149,7 @@ async fn recovery_quarantine_and_shutdown_requeue_update_the_records() {
     // With one slot, the long job runs and the next waits behind it.
     let long = wait_for_state(&conn, "long", "running").await;
     assert_eq!(long["node"], node);
-    let next = record(&conn, "next").await;
+    let next = job_record(&conn, "next").await;
     assert_eq!(
         (next["state"].as_str(), next["node"].as_str()),
         ("waiting", node.as_str())
@@ -165,7 +158,7 @@ async fn recovery_quarantine_and_shutdown_requeue_update_the_records() {
 
     // Shut down: the long job outlives the timeout and goes back.
     daemon.stop().await.unwrap();
-    let long = record(&conn, "long").await;
+    let long = job_record(&conn, "long").await;
     assert_eq!(
         (long["state"].as_str(), long["attempt"].as_str()),
         ("waiting", "0")
@@ -186,9 +179,5 @@ async fn wait_for_state(
     id: &str,
     state: &str,
 ) -> HashMap<String, String> {
-    wait_until(&format!("{id} {state}"), WAIT, || async {
-        record(conn, id).await.get("state").map(String::as_str) == Some(state)
-    })
-    .await;
-    record(conn, id).await
+    wait_job_state(conn, id, state, WAIT).await
 }

@@ -277,6 +277,31 @@ pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
 }
 
 /// Queue helpers over a test connection.
+/// A job's status record (`conveyor:job:<id>`); empty if it has none.
+pub async fn job_record(
+    conn: &MultiplexedConnection,
+    id: &str,
+) -> std::collections::HashMap<String, String> {
+    conn.clone()
+        .hgetall(format!("conveyor:job:{id}"))
+        .await
+        .unwrap()
+}
+
+/// Waits until a job's status record says `state`; returns the record.
+pub async fn wait_job_state(
+    conn: &MultiplexedConnection,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> std::collections::HashMap<String, String> {
+    wait_until(&format!("job {id} {state}"), timeout, || async {
+        job_record(conn, id).await.get("state").map(String::as_str) == Some(state)
+    })
+    .await;
+    job_record(conn, id).await
+}
+
 pub async fn llen(conn: &mut MultiplexedConnection, key: &str) -> usize {
     conn.llen(key).await.expect("LLEN")
 }

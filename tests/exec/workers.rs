@@ -113,26 +113,13 @@ pub(crate) async fn push(conn: &mut MultiplexedConnection, id: &str, payload: se
     let _: () = conn.rpush(Q, env.to_string()).await.unwrap();
 }
 
-/// The status record of a job.
-pub(crate) async fn status(
-    conn: &mut MultiplexedConnection,
-    id: &str,
-) -> std::collections::HashMap<String, String> {
-    conn.hgetall(format!("conveyor:job:{id}")).await.unwrap()
-}
-
 /// Waits until a job's status record says `state`; returns the record.
 pub(crate) async fn wait_state(
     conn: &MultiplexedConnection,
     id: &str,
     state: &str,
 ) -> std::collections::HashMap<String, String> {
-    wait_until(&format!("job {id} {state}"), WAIT, || {
-        let mut c = conn.clone();
-        async move { status(&mut c, id).await.get("state").map(String::as_str) == Some(state) }
-    })
-    .await;
-    status(&mut conn.clone(), id).await
+    wait_job_state(conn, id, state, WAIT).await
 }
 
 /// The result of a succeeded job, parsed.
