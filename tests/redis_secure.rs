@@ -495,3 +495,109 @@ fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     }
     (code, bounded_output(child, Duration::ZERO))
 }
+
+/// The README's ACL line for a worker user, less the password.
+const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* resetchannels \
+    &conveyor:* -@all +@connection +info +config|get +client|unblock +eval +evalsha \
+    +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
+    +hincrby +pexpire +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
+    +sadd +srem +smembers +xadd +xrange +publish +pubsub|numsub +subscribe";
+
+#[test]
+fn the_readme_acl_line_is_enough_for_everything_a_worker_does() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented = WORKER_ACL.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        readme
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(&documented),
+        "the README does not give this ACL line: {documented}"
+    );
+    let server = Server::start("admin-pw", None);
+    let mut acl = Command::new("redis-cli");
+    acl.args([
+        "-p",
+        &server.port.to_string(),
+        "-a",
+        "admin-pw",
+        "--no-auth-warning",
+    ])
+    .args(["ACL", "SETUSER", "worker", ">worker-pw"])
+    .args(WORKER_ACL.split_whitespace());
+    assert_eq!(
+        String::from_utf8_lossy(&acl.output().unwrap().stdout).trim(),
+        "OK"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("url = \"redis://worker@127.0.0.1:{}/0\"", server.port),
+        &format!(
+            "{QUEUE}track = true\nmax_attempts = 2\nbackoff = {{ base = \"10ms\", max = \"10ms\" }}\n"
+        ),
+    );
+    let env = [("REDIS_PASSWORD", "worker-pw")];
+    let (code, out) = cli(&["check", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("maxmemory-policy noeviction: ok"), "{out}");
+    let mut ids = Vec::new();
+    for args in [
+        vec!["enqueue", "work", "{}"],
+        vec!["enqueue", "work", "{}", "--delay", "1s"],
+        vec!["enqueue", "work", "{\"k\": 1}", "--unique-for", "1m"],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--config", cfg.as_str()]);
+        let (code, out) = cli(&full, &env);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        ids.push(out.trim().to_owned());
+    }
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", &cfg])
+        .env("REDIS_PASSWORD", "worker-pw")
+        .env("CONVEYOR_LOG", "debug")
+        .stdout(Stdio::null());
+    let (mut daemon, logs) = spawn_logged(cmd);
+    let monitor = conveyor()
+        .args(["monitor", "--config", &cfg])
+        .env("REDIS_PASSWORD", "worker-pw")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in &ids {
+        loop {
+            let (_, out) = cli(&["status", id, "--config", &cfg], &env);
+            if out.contains("succeeded") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never succeeded: {out}\n{}",
+                logs.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for args in [
+        vec!["stats"],
+        vec!["dead", "list", "work"],
+        vec!["schedules"],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--config", cfg.as_str()]);
+        let (code, out) = cli(&full, &env);
+        assert_eq!(code, 0, "{args:?}: {out}");
+    }
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
+    let watched = bounded_output(monitor, Duration::ZERO);
+    let all = format!("{}\n{watched}", logs.lines().join("\n"));
+    for refusal in ["NoPerm", "NOPERM", "no permissions", "refused"] {
+        assert!(!all.contains(refusal), "{refusal}:\n{all}");
+    }
+}
