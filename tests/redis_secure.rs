@@ -312,6 +312,19 @@ fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
         QUEUE,
     );
     let env = [("REDIS_PASSWORD", "reader-pw")];
+    // check proves it first, naming what is missing.
+    let (code, out) = cli(&["check", "--config", &cfg], &env);
+    assert_eq!(code, 77, "{out}");
+    for command in ["rpush", "blmove", "hset", "xadd", "evalsha", "eval", "subscribe"] {
+        assert!(
+            out.contains(&format!("redis: queue work: refused {command}")),
+            "{command}: {out}"
+        );
+    }
+    assert!(
+        !out.contains("refused llen") && !out.contains("refused lrange"),
+        "{out}"
+    );
     let (code, out) = cli(&["enqueue", "work", "{}", "--config", &cfg], &env);
     assert_eq!(code, 77, "{out}");
     assert!(
@@ -543,6 +556,7 @@ fn the_readme_acl_line_is_enough_for_everything_a_worker_does() {
     let (code, out) = cli(&["check", "--config", &cfg], &env);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("maxmemory-policy noeviction: ok"), "{out}");
+    assert!(out.contains("redis: permissions: ok"), "{out}");
     let mut ids = Vec::new();
     for args in [
         vec!["enqueue", "work", "{}"],

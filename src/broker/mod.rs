@@ -27,6 +27,7 @@ pub mod cache;
 pub mod events;
 pub mod keys;
 pub mod nodes;
+mod probe;
 pub mod queue;
 mod scripts;
 pub mod sent;

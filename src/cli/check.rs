@@ -57,6 +57,29 @@ pub async fn run(
             println!("redis: maxmemory-policy unknown (CONFIG GET refused); noeviction is needed")
         }
     }
+    let mut refused = Vec::new();
+    for name in config.queues.keys() {
+        let list = config.queue_key(name);
+        for refusal in broker
+            .refused_commands(&list, &config.events.channel)
+            .await?
+        {
+            println!("redis: queue {name}: refused {refusal}");
+            refused.push(refusal);
+        }
+    }
+    if !refused.is_empty() {
+        return Err(crate::broker::BrokerError::Denied {
+            url: broker.url(),
+            reason: format!(
+                "{} command(s) the daemon needs; the README's \"Least privilege\" gives a \
+                 user line that is enough",
+                refused.len()
+            ),
+        }
+        .into());
+    }
+    println!("redis: permissions: ok (every command the daemon runs, on each queue's keys)");
     for handler in &handlers {
         handler.check(&mut |line| println!("{line}")).await?;
     }
