@@ -315,7 +315,15 @@ fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
     // check proves it first, naming what is missing.
     let (code, out) = cli(&["check", "--config", &cfg], &env);
     assert_eq!(code, 77, "{out}");
-    for command in ["rpush", "blmove", "hset", "xadd", "evalsha", "eval", "subscribe"] {
+    for command in [
+        "rpush",
+        "blmove",
+        "hset",
+        "xadd",
+        "evalsha",
+        "eval",
+        "subscribe",
+    ] {
         assert!(
             out.contains(&format!("redis: queue work: refused {command}")),
             "{command}: {out}"
