@@ -550,26 +550,10 @@ impl MaskedUrl {
 
     /// The text the mask hides, for scrubbing it from other messages.
     pub fn hidden(&self) -> Vec<&str> {
-        let masked = self.masked();
-        // What the URL has where the masked form has `***`: the two agree
-        // before the first mask and after the userinfo's.
-        let mut hidden = Vec::new();
-        let mut rest = self.0.as_str();
-        let mut shown = masked.as_str();
-        while let Some(star) = shown.find("***") {
-            let after = &shown[star + 3..];
-            let tail = after.find("***").map_or(after, |i| &after[..i]);
-            let start = star.min(rest.len());
-            let end = if tail.is_empty() {
-                rest.len()
-            } else {
-                rest[start..].rfind(tail).map_or(rest.len(), |i| start + i)
-            };
-            hidden.push(&rest[start..end]);
-            rest = &rest[end..];
-            shown = after;
-        }
-        hidden
+        password_spans(&self.0)
+            .into_iter()
+            .map(|span| &self.0[span])
+            .collect()
     }
 }
 
@@ -599,47 +583,53 @@ impl Serialize for MaskedUrl {
 /// and `&` included, so the mask errs on the side of hiding: the userinfo
 /// ends at the last `@`, and a query password runs to the end of the URL.
 pub fn mask_url(url: &str) -> String {
-    mask_query_password(&mask_userinfo(url))
+    let mut shown = url.to_owned();
+    // From the end, so that the first span's offsets still hold.
+    for span in password_spans(url).into_iter().rev() {
+        shown.replace_range(span, "***");
+    }
+    shown
 }
 
-fn mask_query_password(url: &str) -> String {
-    let Some(query) = url.find('?') else {
-        return url.to_owned();
-    };
-    let mut at = query + 1;
+/// Where a URL holds passwords: the userinfo's, then a query's (which
+/// runs to the end of the URL).
+fn password_spans(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans: Vec<_> = userinfo_password(url).into_iter().collect();
+    if let Some(query) = query_password(url) {
+        if spans.last().is_none_or(|s| s.end <= query.start) {
+            spans.push(query);
+        }
+    }
+    spans
+}
+
+/// `scheme://user:<this>@host`: the userinfo ends at the last `@`.
+fn userinfo_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let scheme_end = url.find("://")? + 3;
+    let rest = &url[scheme_end..];
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    // A '/', '?' or '#' before the colon: not a userinfo, but an '@'
+    // further on, in a path or a query.
+    if rest[..colon].contains(['/', '?', '#']) {
+        return None;
+    }
+    Some(scheme_end + colon + 1..scheme_end + at)
+}
+
+/// `?pass=<this>` or `?password=<this>`, to the end of the URL.
+fn query_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let mut at = url.find('?')? + 1;
     while at < url.len() {
         let param = &url[at..];
         for key in ["pass=", "password="] {
             if param.starts_with(key) {
-                return format!("{}{key}***", &url[..at]);
+                return Some(at + key.len()..url.len());
             }
         }
-        match param.find('&') {
-            Some(amp) => at += amp + 1,
-            None => break,
-        }
+        at += param.find('&')? + 1;
     }
-    url.to_owned()
-}
-
-fn mask_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
-    };
-    let user = &userinfo[..colon];
-    if user.contains(['/', '?', '#']) {
-        // Not a userinfo: an '@' further on, in a path or a query.
-        return url.to_owned();
-    }
-    format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+    None
 }
 
 /// A secret string: never printed, logged or serialized.

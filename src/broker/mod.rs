@@ -149,24 +149,24 @@ fn client(config: &RedisConfig) -> Result<Client, BrokerError> {
         if !config.url.expose().contains("://") {
             reason.push_str(
                 " (a Redis URL begins with its scheme: redis://127.0.0.1:6379/0, \
-                 rediss:// for TLS, or redis+unix:///run/redis/redis.sock)",
+                     rediss:// for TLS, or redis+unix:///run/redis/redis.sock)",
             );
         }
         if config.url.has_password() {
             reason.push_str(
                 " (a password holding / ? # @ or spaces must be percent-encoded in the URL; \
-                 better, give it in REDIS_PASSWORD or REDIS_PASSWORD_FILE)",
+                     better, give it in REDIS_PASSWORD or REDIS_PASSWORD_FILE)",
             );
         }
-        reason
-    });
-    if let (Ok(_), Some(password)) = (&info, &config.password) {
-        info = info.map(|i| {
-            let settings = i.redis_settings().clone().set_password(password.expose());
-            i.set_redis_settings(settings)
-        });
+        bad(reason)
+    })?;
+    if let Some(password) = &config.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
     }
-    let info = info.map_err(bad)?;
     if config.ca_file.is_none() && config.client_cert.is_none() {
         return Client::open(info).map_err(|e| bad(mask_secret(&e.to_string(), config)));
     }
