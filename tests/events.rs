@@ -748,13 +748,7 @@ async fn a_subscriber_that_arrives_later_misses_nothing_after_it_subscribed() {
     })
     .await;
     // ...but the replay stream has its events all the same,
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(CHANNEL)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let entries = stream_entries(&mut conn, CHANNEL).await;
     let stored: Vec<&str> = entries
         .iter()
         .flat_map(|(_, f)| f.iter().map(|(_, v)| v.as_str()))

@@ -346,13 +346,7 @@ async fn secrets_stay_out_of_logs_events_and_errors() {
     let request = server.to("/bad").remove(0);
     assert_eq!(request.headers["authorization"], "Bearer s3cr3t-t0ken");
     verify(&request, SECRET).unwrap();
-    let events: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg("conveyor:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let events = stream_entries(&mut conn, "conveyor:events").await;
     let everything = format!("{:?}\n{dead:?}\n{events:?}", logs.lines());
     for secret in ["s3cr3t-t0ken", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!everything.contains(secret), "{secret} leaked");

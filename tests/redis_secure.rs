@@ -86,17 +86,8 @@ fn write_config(dir: &Path, redis: &str, queues: &str) -> String {
 
 /// Runs the CLI with `env`; exit code and both outputs together.
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = conveyor()
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let (code, out, err) = run_cli_env(args, env);
+    (code, out + &err)
 }
 
 #[test]

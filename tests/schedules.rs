@@ -235,13 +235,7 @@ async fn job_enqueued_events_name_the_schedule() {
     daemon.stop().await.unwrap();
     let id = recorder.ids()[0].clone();
     let mut conn = redis.conn().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg("conveyor:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let entries = stream_entries(&mut conn, "conveyor:events").await;
     let enqueued: Vec<serde_json::Value> = entries
         .iter()
         .flat_map(|(_, fields)| fields.iter())

@@ -244,7 +244,16 @@ pub fn conveyor() -> Command {
 
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = conveyor().args(args).output().expect("run conveyor");
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with variables added to the environment.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = conveyor()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run conveyor");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -277,6 +286,21 @@ pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
 }
 
 /// Queue helpers over a test connection.
+/// Every entry of an events replay stream (`stream` is the channel's name):
+/// id, then field and value pairs.
+pub async fn stream_entries(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+) -> Vec<(String, Vec<(String, String)>)> {
+    redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 /// A job's status record (`conveyor:job:<id>`); empty if it has none.
 pub async fn job_record(
     conn: &MultiplexedConnection,
