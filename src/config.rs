@@ -172,6 +172,41 @@ pub struct RedisConfig {
     /// `redis_password`; it overrides a password in the URL.
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// Instead of `url`: the master that these sentinels watch, followed
+    /// through failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelConfig>,
+    /// Instead of `url`: a Redis Cluster (refused: not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[redis] sentinel = { master = "mymaster", nodes = ["redis://10.0.0.1:26379"] }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels know the master by (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The sentinels: `redis://host:26379`, or `rediss://` when they and
+    /// the master speak TLS. A password in these URLs is the sentinels' own
+    /// (`requirepass` in sentinel.conf); the master's comes from
+    /// `REDIS_PASSWORD` and its kin.
+    pub nodes: Vec<MaskedUrl>,
+    /// The ACL user on the master, if not `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The database number on the master.
+    #[serde(default)]
+    pub db: i64,
+}
+
+/// `[redis] cluster = { nodes = [...] }`: read so that it can be refused
+/// with a clear word.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Some of the cluster's nodes.
+    pub nodes: Vec<MaskedUrl>,
 }
 
 /// `[daemon]`
@@ -438,9 +473,76 @@ fn default_track_ttl() -> Duration {
 }
 
 impl RedisConfig {
-    /// Whether the URL asks for TLS.
+    /// Whether the URL (or the sentinels' URLs) ask for TLS.
     pub fn is_tls(&self) -> bool {
-        self.url.expose().starts_with("rediss://")
+        match &self.sentinel {
+            Some(s) => s.nodes.iter().any(|n| n.expose().starts_with("rediss://")),
+            None => self.url.expose().starts_with("rediss://"),
+        }
+    }
+
+    /// What the configuration points at, for messages: the URL, or the
+    /// sentinels and the master's name; passwords masked.
+    pub fn target(&self) -> String {
+        match &self.sentinel {
+            Some(s) => s.describe(),
+            None => match self.url_from {
+                Some(var) => format!("{} (from {var})", self.url.masked()),
+                None => self.url.masked(),
+            },
+        }
+    }
+
+    /// Exactly one of `url`, `sentinel` and `cluster`, and a sentinel
+    /// setting that can work.
+    fn validate_target(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.cluster.is_some() {
+            return invalid(
+                "redis.cluster: conveyor does not support Redis Cluster yet; give a standalone \
+                 Redis in redis.url, or a master watched by sentinels in redis.sentinel"
+                    .into(),
+            );
+        }
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(());
+        };
+        if let Some(var) = self.url_from {
+            return invalid(format!(
+                "{var} is set but redis.sentinel is configured: give one of them"
+            ));
+        }
+        if self.url != default_redis_url() {
+            return invalid(
+                "give one of redis.url and redis.sentinel, not both: with sentinel, \
+                 conveyor asks the sentinels for the master's address"
+                    .into(),
+            );
+        }
+        if sentinel.master.trim().is_empty() {
+            return invalid(
+                "redis.sentinel.master must name the master the sentinels watch".into(),
+            );
+        }
+        if sentinel.nodes.is_empty() {
+            return invalid("redis.sentinel.nodes must list at least one sentinel".into());
+        }
+        let tls = sentinel.nodes[0].expose().starts_with("rediss://");
+        for node in &sentinel.nodes {
+            let scheme = node.expose().split("://").next().unwrap_or_default();
+            if !matches!(scheme, "redis" | "rediss") || !node.expose().contains("://") {
+                return invalid(format!(
+                    "redis.sentinel.nodes: {} is not a redis:// or rediss:// URL",
+                    node.masked()
+                ));
+            }
+            if (scheme == "rediss") != tls {
+                return invalid(
+                    "redis.sentinel.nodes: either all sentinels use TLS (rediss://) or none".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {
@@ -456,7 +558,7 @@ impl RedisConfig {
         {
             return Err(ConfigError::Invalid(format!(
                 "redis.{name} applies to TLS: the URL must begin with rediss://, not {}",
-                self.url.masked()
+                self.target()
             )));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
@@ -480,7 +582,17 @@ impl Default for RedisConfig {
             client_key: None,
             url_from: None,
             password: None,
+            sentinel: None,
+            cluster: None,
         }
+    }
+}
+
+impl SentinelConfig {
+    /// The master's name and the sentinels, passwords masked.
+    pub fn describe(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(MaskedUrl::masked).collect();
+        format!("master {:?} of sentinels {}", self.master, nodes.join(", "))
     }
 }
 
@@ -801,6 +913,7 @@ impl Config {
         if self.redis.response_timeout < Duration::from_millis(10) {
             return invalid("redis.response_timeout must be at least 10ms".into());
         }
+        self.redis.validate_target()?;
         self.redis.validate_tls()?;
         if self.email.smtp_url.has_password() {
             return invalid(
@@ -1098,6 +1211,60 @@ mod tests {
         let err =
             Config::from_toml("[queues.q]\nhandler = \"noop\"\nconcurency = 3\n").unwrap_err();
         assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn exactly_one_redis_target() {
+        let nodes = r#"nodes = ["redis://:s3cret@10.0.0.1:26379", "redis://10.0.0.2:26379"]"#;
+        let sentinel = format!("[redis]\nsentinel = {{ master = \"mymaster\", {nodes} }}\n");
+        let c = parse(&sentinel);
+        c.validate().expect("a sentinel table alone is valid");
+        assert_eq!(
+            c.redis.target(),
+            "master \"mymaster\" of sentinels redis://:***@10.0.0.1:26379, redis://10.0.0.2:26379"
+        );
+        assert!(!c.masked_toml().contains("s3cret"), "{}", c.masked_toml());
+
+        let both = sentinel.replace("[redis]\n", "[redis]\nurl = \"redis://10.0.0.9/0\"\n");
+        let err = parse(&both).validate().unwrap_err().to_string();
+        assert!(err.contains("one of redis.url and redis.sentinel"), "{err}");
+
+        let mut c = parse(&sentinel);
+        c.apply_env(|name| (name == "REDIS_URL").then(|| "redis://10.0.0.9/0".into()))
+            .expect("env");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("REDIS_URL is set but redis.sentinel"), "{err}");
+
+        for (bad, says) in [
+            (
+                r#"{ master = "", nodes = ["redis://a:26379"] }"#,
+                "must name the master",
+            ),
+            (r#"{ master = "m", nodes = [] }"#, "at least one sentinel"),
+            (
+                r#"{ master = "m", nodes = ["a:26379"] }"#,
+                "is not a redis:// or rediss:// URL",
+            ),
+            (
+                r#"{ master = "m", nodes = ["redis://a:26379", "rediss://b:26379"] }"#,
+                "all sentinels use TLS",
+            ),
+        ] {
+            let err = parse(&format!("[redis]\nsentinel = {bad}\n"))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = parse("[redis]\ncluster = { nodes = [\"redis://a:7000\"] }\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not support Redis Cluster yet"), "{err}");
+        let err =
+            Config::from_toml("[redis]\nsentinel = { master = \"m\", nodes = [], port = 1 }\n")
+                .unwrap_err();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

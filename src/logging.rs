@@ -70,7 +70,7 @@ pub(crate) fn effective_config(config: &Config) {
         .collect();
     tracing::info!(
         file = %config.file.as_deref().map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
-        redis = %config.redis.url,
+        redis = %config.redis.target(),
         queues = %queues.join(", "),
         schedules = config.schedules.len(),
         "effective configuration (the whole of it at CONVEYOR_LOG=debug)"

@@ -40,6 +40,8 @@ mod common;
 
 #[path = "faults/crash.rs"]
 mod crash;
+#[path = "faults/failover.rs"]
+mod failover;
 #[path = "faults/handlers.rs"]
 mod handlers;
 #[path = "faults/harness.rs"]

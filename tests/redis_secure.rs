@@ -510,7 +510,7 @@ fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
 
 /// The README's ACL line for a worker user, less the password.
 const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* resetchannels \
-    &conveyor:* -@all +@connection +info +config|get +client|unblock +eval +evalsha \
+    &conveyor:* -@all +@connection +info +role +config|get +client|unblock +eval +evalsha \
     +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
     +hincrby +pexpire +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
     +sadd +srem +smembers +xadd +xrange +publish +pubsub|numsub +subscribe";
@@ -612,5 +612,121 @@ fn the_readme_acl_line_is_enough_for_everything_a_worker_does() {
     let all = format!("{}\n{watched}", logs.lines().join("\n"));
     for refusal in ["NoPerm", "NOPERM", "no permissions", "refused"] {
         assert!(!all.contains(refusal), "{refusal}:\n{all}");
+    }
+}
+
+/// Given the sentinels instead of a URL, `check`, `enqueue`, `stats` and
+/// `run` work on the master they name, with the master's password from
+/// `REDIS_PASSWORD` and the sentinels' own in their URLs; a wrong master
+/// name, a wrong password for either, are each told as what they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_name_the_master_to_every_command() {
+    use common::sentinel::{PASSWORD, SENTINEL_PASSWORD, Sentinels};
+    let set = Sentinels::start().await;
+    let master = set.master_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &set.config_line(), QUEUE);
+    let env = [("REDIS_PASSWORD", PASSWORD)];
+
+    let (code, out) = cli(&["--config", &cfg, "check"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "redis: the sentinels' master is at 127.0.0.1:{master}"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("redis: permissions: ok"), "{out}");
+    let (code, out) = cli(&["--config", &cfg, "enqueue", "work", "{}"], &env);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&["--config", &cfg, "stats"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("work"), "{out}");
+    let mut conn = common::sentinel::data_conn(master).await.unwrap();
+    assert_eq!(
+        llen(&mut conn, "jobs:work").await,
+        1,
+        "the job is on the master"
+    );
+
+    // The daemon takes it from the master.
+    let mut daemon = conveyor();
+    daemon.args(["--config", &cfg, "run"]).envs(env);
+    let (_daemon, logs) = spawn_logged(daemon);
+    wait_until("the daemon runs the job", Duration::from_secs(20), || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, "jobs:work", "processed").await == 1 }
+    })
+    .await;
+    let mut shown = vec![out, logs.lines().join("\n")];
+
+    let other = tempfile::tempdir().unwrap();
+    let wrong_master = write_config(
+        other.path(),
+        &set.config_line()
+            .replace("\"mymaster\"", "\"nosuchmaster\""),
+        QUEUE,
+    );
+    let (code, out) = cli(&["--config", &wrong_master, "check"], &env);
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains("no sentinel watches a master by that name"),
+        "{out}"
+    );
+    shown.push(out);
+    let (code, out) = cli(&["--config", &cfg, "check"], &[("REDIS_PASSWORD", "wrong")]);
+    assert_eq!(code, 77, "{out}");
+    assert!(out.contains("the master refused the credentials"), "{out}");
+    shown.push(out);
+    let other = tempfile::tempdir().unwrap();
+    let wrong_sentinel = write_config(
+        other.path(),
+        &set.config_line().replace(SENTINEL_PASSWORD, "wrong"),
+        QUEUE,
+    );
+    let (code, out) = cli(&["--config", &wrong_sentinel, "check"], &env);
+    assert_eq!(code, 77, "{out}");
+    assert!(
+        out.contains("the sentinels refused the credentials given in their URLs"),
+        "{out}"
+    );
+    shown.push(out);
+    // The README's worker user, on the master, named in the sentinel table.
+    let user_password = "worker-pw";
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("conveyor")
+        .arg(format!(">{user_password}"))
+        .arg(WORKER_ACL.split_whitespace().collect::<Vec<_>>())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let as_user = write_config(
+        other.path(),
+        &set.config_line()
+            .replace(" }", ", username = \"conveyor\" }"),
+        QUEUE,
+    );
+    let (code, out) = cli(
+        &["--config", &as_user, "check"],
+        &[("REDIS_PASSWORD", user_password)],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("redis: permissions: ok"), "{out}");
+    let (code, out) = cli(
+        &["--config", &as_user, "check"],
+        &[("REDIS_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(
+        code, 77,
+        "the user's password, not the default user's: {out}"
+    );
+    shown.push(out);
+    for text in &shown {
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(SENTINEL_PASSWORD),
+            "{text}"
+        );
     }
 }

@@ -106,21 +106,16 @@ impl Broker {
     }
 
     /// Follows a channel on a dedicated connection. The stream ends when the
-    /// connection is lost.
+    /// connection is lost, or (with Sentinel) when its server is no longer
+    /// the master.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
-        let mut pubsub =
-            self.client()
-                .get_async_pubsub()
-                .await
-                .map_err(|e| BrokerError::Unreachable {
-                    url: self.url(),
-                    reason: e.to_string(),
-                })?;
+        let (mut pubsub, ended) = self.pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok(Subscription(Box::pin(
             pubsub
                 .into_on_message()
-                .map(|msg| msg.get_payload_bytes().to_vec()),
+                .map(|msg| msg.get_payload_bytes().to_vec())
+                .take_until(ended),
         )))
     }
 

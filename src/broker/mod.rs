@@ -20,7 +20,8 @@ use redis::{
     Value,
 };
 
-use crate::config::{MaskedUrl, RedisConfig};
+use crate::config::RedisConfig;
+use target::Target;
 
 pub mod admin;
 pub mod cache;
@@ -31,6 +32,7 @@ mod probe;
 pub mod queue;
 mod scripts;
 pub mod sent;
+mod target;
 pub mod ticks;
 pub mod writes;
 
@@ -132,17 +134,20 @@ fn is_transport_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// The client for the configured Redis: the URL, the password from its own
-/// channel (overriding the URL's), and for `rediss://` the CA and client
-/// certificate files.
-fn client(config: &RedisConfig) -> Result<Client, BrokerError> {
+/// Where the configured Redis is: a client for the URL (the password from
+/// its own channel overriding the URL's, and for `rediss://` the CA and
+/// client certificate files), or the sentinels that name the master.
+fn target(config: &RedisConfig) -> Result<Target, BrokerError> {
     let bad = |reason: String| BrokerError::BadUrl {
-        url: match config.url_from {
-            Some(var) => format!("{} (from {var})", config.url.masked()),
-            None => config.url.masked(),
-        },
+        url: config.target(),
         reason,
     };
+    let certificates = certificates(config).map_err(bad)?;
+    if let Some(sentinel) = &config.sentinel {
+        return target::Master::new(config, sentinel, certificates)
+            .map(Target::Sentinel)
+            .map_err(|e| bad(mask_secret(&e.to_string(), config)));
+    }
     let mut info = config.url.expose().into_connection_info().map_err(|e| {
         // redis-rs's words, never the URL itself: it may hold the password.
         let mut reason = mask_secret(&e.to_string(), config);
@@ -167,11 +172,22 @@ fn client(config: &RedisConfig) -> Result<Client, BrokerError> {
             .set_password(password.expose());
         info = info.set_redis_settings(settings);
     }
+    let client = match certificates {
+        None => Client::open(info),
+        Some(certificates) => Client::build_with_tls(info, certificates),
+    };
+    client
+        .map(Target::Fixed)
+        .map_err(|e| bad(mask_secret(&e.to_string(), config)))
+}
+
+/// The CA and client certificate the configuration names, read.
+fn certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, String> {
     if config.ca_file.is_none() && config.client_cert.is_none() {
-        return Client::open(info).map_err(|e| bad(mask_secret(&e.to_string(), config)));
+        return Ok(None);
     }
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     let root_cert = config.ca_file.as_deref().map(read).transpose()?;
     let client_tls = match (&config.client_cert, &config.client_key) {
@@ -181,18 +197,22 @@ fn client(config: &RedisConfig) -> Result<Client, BrokerError> {
         }),
         _ => None,
     };
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls,
         root_cert,
-    };
-    Client::build_with_tls(info, certificates).map_err(|e| bad(mask_secret(&e.to_string(), config)))
+    }))
 }
 
 /// `text` with any password the configuration holds replaced by `***`.
 fn mask_secret(text: &str, config: &RedisConfig) -> String {
     let mut text = text.replace(config.url.expose(), &config.url.masked());
+    let sentinels = config.sentinel.iter().flat_map(|s| &s.nodes);
+    for node in sentinels.clone() {
+        text = text.replace(node.expose(), &node.masked());
+    }
     let password = config.password.iter().map(|p| p.expose());
-    for secret in password.chain(config.url.hidden()) {
+    let hidden = sentinels.flat_map(|n| n.hidden());
+    for secret in password.chain(config.url.hidden()).chain(hidden) {
         if !secret.is_empty() {
             text = text.replace(secret, "***");
         }
@@ -207,16 +227,17 @@ pub struct Broker {
 }
 
 struct Inner {
-    client: Client,
+    target: Arc<Target>,
     pool: bb8::Pool<Manager>,
-    url: MaskedUrl,
+    /// What `target` is, passwords masked, for messages.
+    label: String,
     response_timeout: Duration,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("url", &self.inner.url)
+            .field("redis", &self.inner.label)
             .finish()
     }
 }
@@ -225,10 +246,10 @@ impl Broker {
     /// A broker for the configured Redis. Connects lazily: this does no I/O,
     /// but must run inside a tokio runtime (the pool starts a reaper task).
     pub fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
-        let client = client(config)?;
+        let target = Arc::new(target(config)?);
         let timeout = config.response_timeout;
         let manager = Manager {
-            client: client.clone(),
+            target: target.clone(),
             config: connection_config(timeout, timeout),
         };
         let pool = bb8::Pool::builder()
@@ -239,17 +260,28 @@ impl Broker {
             .build_unchecked(manager);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                target,
                 pool,
-                url: config.url.clone(),
+                label: config.target(),
                 response_timeout: timeout,
             }),
         })
     }
 
-    /// The URL, password masked, for messages.
+    /// The URL (or the sentinels and the master's name), passwords masked,
+    /// for messages.
     pub fn url(&self) -> String {
-        self.inner.url.masked()
+        self.inner.label.clone()
+    }
+
+    /// With Sentinel, follows the sentinels' `+switch-master` announcements
+    /// in a task of its own for as long as the broker lives, so that a
+    /// failover is followed at once (connection errors and `READONLY` are
+    /// followed anyway). Nothing to do for a fixed address.
+    pub fn follow_failovers(&self) {
+        if let Target::Sentinel(_) = &*self.inner.target {
+            tokio::spawn(target::watch_switches(Arc::downgrade(&self.inner.target)));
+        }
     }
 
     /// Connects and PINGs on a fresh connection, to report precisely why
@@ -266,9 +298,8 @@ impl Broker {
                 reason: e.to_string(),
             },
         };
-        let mut conn = self
-            .inner
-            .client
+        let (client, _) = self.inner.target.client().await.map_err(unreachable)?;
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&connection_config(timeout, timeout))
             .await
             .map_err(unreachable)?;
@@ -315,9 +346,10 @@ impl Broker {
             .map(str::trim);
         let reason = match mode {
             Some("sentinel") => {
-                "this is a Redis Sentinel, not a Redis: give the address of the master it \
-                 watches (SENTINEL get-master-addr-by-name <master>); conveyor does not \
-                 follow Sentinel failovers yet"
+                "this is a Redis Sentinel, not a Redis: in place of url, give the sentinels \
+                 and the name of the master they watch, \
+                 sentinel = { master = \"mymaster\", nodes = [\"redis://host:26379\"] }, \
+                 and conveyor follows the master through failovers"
             }
             Some("cluster") => {
                 "this is a node of a Redis Cluster, which conveyor does not support yet: \
@@ -333,28 +365,29 @@ impl Broker {
 
     /// A pooled connection for short commands.
     pub(crate) async fn conn(&self) -> Result<Conn, BrokerError> {
-        let pooled = self.inner.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => BrokerError::Redis(e),
-            bb8::RunError::TimedOut => BrokerError::Unreachable {
-                url: self.url(),
-                reason: "no connection could be made in time".into(),
-            },
-        })?;
-        // A multiplexed connection is shared, not owned: take a handle on it
-        // and give the slot back at once.
-        Ok(pooled.clone())
+        loop {
+            let pooled = self.inner.pool.get().await.map_err(|e| match e {
+                bb8::RunError::User(e) => BrokerError::Redis(e),
+                bb8::RunError::TimedOut => BrokerError::Unreachable {
+                    url: self.url(),
+                    reason: "no connection could be made in time".into(),
+                },
+            })?;
+            // One to a master that is no longer the master goes back to be
+            // dropped (`has_broken`), and another is taken.
+            if !pooled.is_stale() {
+                // A multiplexed connection is shared, not owned: take a
+                // handle on it and give the slot back at once.
+                return Ok(pooled.clone());
+            }
+        }
     }
 
     /// A dedicated connection whose replies may take `block` longer than
     /// usual, for blocking pops.
-    pub(crate) async fn dedicated(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, BrokerError> {
+    pub(crate) async fn dedicated(&self, block: Duration) -> Result<Conn, BrokerError> {
         let t = self.inner.response_timeout;
-        self.inner
-            .client
-            .get_multiplexed_async_connection_with_config(&connection_config(t, t + block))
+        Conn::open(&self.inner.target, &connection_config(t, t + block))
             .await
             .map_err(|e| BrokerError::Unreachable {
                 url: self.url(),
@@ -375,9 +408,41 @@ impl Broker {
         Ok(())
     }
 
-    /// The client, for dedicated connections (SUBSCRIBE).
-    fn client(&self) -> &Client {
-        &self.inner.client
+    /// A pub/sub connection to the current master, and a future that
+    /// resolves when that is no longer the master.
+    async fn pubsub(
+        &self,
+    ) -> Result<
+        (
+            redis::aio::PubSub,
+            impl Future<Output = ()> + Send + 'static,
+        ),
+        BrokerError,
+    > {
+        let target = &self.inner.target;
+        let unreachable = |e: RedisError| BrokerError::Unreachable {
+            url: self.url(),
+            reason: e.to_string(),
+        };
+        let (client, generation) = target.client().await.map_err(unreachable)?;
+        match client.get_async_pubsub().await {
+            Ok(pubsub) => Ok((pubsub, target.ended(generation))),
+            Err(e) => {
+                target.lost(generation);
+                Err(unreachable(e))
+            }
+        }
+    }
+
+    /// With Sentinel, the address of the master the sentinels name.
+    pub async fn master_address(&self) -> Option<String> {
+        match &*self.inner.target {
+            Target::Fixed(_) => None,
+            Target::Sentinel(_) => {
+                let (client, _) = self.inner.target.client().await.ok()?;
+                Some(client.get_connection_info().addr().to_string())
+            }
+        }
     }
 
     /// Publishes `message` on `channel`; returns how many subscribers got it.
@@ -397,19 +462,64 @@ fn connection_config(connect: Duration, response: Duration) -> AsyncConnectionCo
         .set_response_timeout(Some(response))
 }
 
-/// A pooled multiplexed connection that remembers a transport failure, so
-/// the pool replaces it instead of handing it out again.
+/// A multiplexed connection that remembers a transport failure, so the
+/// pool replaces it instead of handing it out again, and the generation of
+/// the master it was made to (see [`target`]).
 #[derive(Clone)]
 pub(crate) struct Conn {
     inner: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    state: Arc<ConnState>,
+}
+
+struct ConnState {
+    broken: AtomicBool,
+    target: Arc<Target>,
+    generation: u64,
 }
 
 impl Conn {
+    /// A new connection to the target's current master.
+    async fn open(
+        target: &Arc<Target>,
+        config: &AsyncConnectionConfig,
+    ) -> Result<Self, RedisError> {
+        let (client, generation) = target.client().await?;
+        let inner = match client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+        {
+            Ok(inner) => inner,
+            Err(e) => {
+                target.lost(generation);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            inner,
+            state: Arc::new(ConnState {
+                broken: AtomicBool::new(false),
+                target: target.clone(),
+                generation,
+            }),
+        })
+    }
+
+    /// Whether it must not be used again: it failed, or the master it
+    /// reaches is no longer the master.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.state.broken.load(Ordering::Relaxed)
+            || self.state.target.generation() != self.state.generation
+    }
+
+    fn broke(&self) {
+        self.state.broken.store(true, Ordering::Relaxed);
+        self.state.target.lost(self.state.generation);
+    }
+
     fn note<T>(&self, result: &Result<T, RedisError>) {
         if let Err(e) = result {
-            if is_transport_error(e) {
-                self.broken.store(true, Ordering::Relaxed);
+            if is_transport_error(e) || target::is_readonly(e) {
+                self.broke();
             }
         }
     }
@@ -420,6 +530,11 @@ impl ConnectionLike for Conn {
         Box::pin(async move {
             let result = self.inner.req_packed_command(cmd).await;
             self.note(&result);
+            if let Ok(value) = &result {
+                if target::holds_readonly(std::slice::from_ref(value)) {
+                    self.broke();
+                }
+            }
             result
         })
     }
@@ -436,6 +551,11 @@ impl ConnectionLike for Conn {
                 .req_packed_commands(pipeline, offset, count)
                 .await;
             self.note(&result);
+            if let Ok(values) = &result {
+                if target::holds_readonly(values) {
+                    self.broke();
+                }
+            }
             result
         })
     }
@@ -446,7 +566,7 @@ impl ConnectionLike for Conn {
 }
 
 struct Manager {
-    client: Client,
+    target: Arc<Target>,
     config: AsyncConnectionConfig,
 }
 
@@ -455,14 +575,7 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        Ok(Conn {
-            inner,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+        Conn::open(&self.target, &self.config).await
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
@@ -470,6 +583,6 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken.load(Ordering::Relaxed)
+        conn.is_stale()
     }
 }

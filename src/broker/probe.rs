@@ -4,8 +4,6 @@
 //! the same ACL as outside, so probing them directly covers the scripts'
 //! work. A refusal names the command in Redis's words.
 
-use redis::aio::MultiplexedConnection;
-
 use super::{Broker, BrokerError, is_denial, keys};
 
 /// Where the probe writes: keys no job ever uses, deleted afterwards.
@@ -101,7 +99,8 @@ impl Broker {
     }
 
     async fn try_subscribe(&self, channel: &str) -> Result<(), redis::RedisError> {
-        let mut pubsub = self.inner.client.get_async_pubsub().await?;
+        let (client, _) = self.inner.target.client().await?;
+        let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await
     }
 }
@@ -121,7 +120,7 @@ fn denial(
 
 /// What a fetcher does to its connection: name it, learn its id, and
 /// unblock a connection (its own: nothing is blocked, nothing happens).
-async fn client(conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
+async fn client(conn: &mut super::Conn) -> Result<(), redis::RedisError> {
     let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
     redis::cmd("CLIENT")
         .arg("SETNAME")

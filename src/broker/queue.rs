@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
 use super::events::{StatusUpdate, TrackArgs};
-use super::{Broker, BrokerError, QueueKeys, keys, scripts};
+use super::{Broker, BrokerError, Conn, QueueKeys, keys, scripts};
 
 /// How a job's run ended, as recorded in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +294,7 @@ impl QueueStore {
 
 /// A dedicated connection that waits for jobs with `BLMOVE`.
 pub struct Fetcher {
-    conn: MultiplexedConnection,
+    conn: Conn,
     client_id: u64,
     keys: Arc<QueueKeys>,
     block: Duration,
@@ -315,6 +313,14 @@ impl Fetcher {
     /// then, it would sit in the in-flight list unseen. Cut the wait short
     /// with [`Broker::unblock`] and let the future finish instead.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, BrokerError> {
+        if self.conn.is_stale() {
+            // The master it waits on is gone or demoted: a new fetcher
+            // connects to the new one.
+            return Err(BrokerError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the Redis master changed; reconnecting",
+            ))));
+        }
         Ok(redis::cmd("BLMOVE")
             .arg(&self.keys.list)
             .arg(&self.keys.inflight)

@@ -57,6 +57,14 @@ pub struct QueueOutcomes<'a> {
     pub entries: Vec<Entry<'a>>,
 }
 
+impl Lane {
+    /// Whether its connection failed or reaches a master that is no longer
+    /// the master (after a Sentinel failover): then take a new lane.
+    pub fn is_stale(&self) -> bool {
+        self.conn.is_stale()
+    }
+}
+
 impl Broker {
     /// A lane for a writer's flushes.
     pub async fn lane(&self) -> Result<Lane, BrokerError> {

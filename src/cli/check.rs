@@ -48,6 +48,9 @@ pub async fn run(
     }
     let broker = connect(&config).await?;
     println!("redis: ok ({})", broker.url());
+    if let Some(address) = broker.master_address().await {
+        println!("redis: the sentinels' master is at {address}");
+    }
     match broker.maxmemory_policy().await {
         Some(policy) => match crate::broker::eviction_risk(&policy) {
             Some(risk) => println!("redis: warning: {risk}"),

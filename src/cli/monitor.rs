@@ -42,6 +42,7 @@ pub struct Args {
 pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let broker = connect(&config).await?;
+    broker.follow_failovers();
     let channel = config.events.channel.clone();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     // Subscribe before replaying, so nothing falls between the two; the
@@ -64,6 +65,7 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                         if let Ok(s) = broker.subscribe(&channel).await {
+                            eprintln!("conveyor: following events again");
                             break s;
                         }
                     };

@@ -157,6 +157,7 @@ pub async fn run_with(
         .into());
     }
     let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    broker.follow_failovers();
     let handlers = registry.build_all_with(&config, &broker)?;
     let wake_scheduler = Arc::new(Notify::new());
     let give_up = CancellationToken::new();

@@ -430,7 +430,8 @@ impl Writer {
             }
             let mut requests = std::mem::take(&mut self.retried);
             requests.append(&mut pending);
-            if self.lane.is_none() {
+            // A lane to a master that is no longer the master is replaced.
+            if self.lane.as_ref().is_none_or(Lane::is_stale) {
                 self.lane = self.broker.lane().await.ok();
             }
             let prepared = self.prepare(
@@ -466,7 +467,7 @@ impl Writer {
         while let Ok(s) = self.statuses.try_recv() {
             statuses.push(s);
         }
-        if self.lane.is_none() {
+        if self.lane.as_ref().is_none_or(Lane::is_stale) {
             self.lane = self.broker.lane().await.ok();
         }
         while !notes.is_empty() || !statuses.is_empty() || !self.republish.is_empty() {

@@ -19,6 +19,8 @@ use conveyor::shutdown::Shutdown;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 
+pub mod sentinel;
+
 /// A private redis-server.
 pub struct Redis {
     child: Option<Child>,
@@ -456,6 +458,25 @@ pub fn spawn_logged(mut cmd: Command) -> (KillOnDrop, Logs) {
         }
     });
     (KillOnDrop(child), logs)
+}
+
+/// [`spawn_logged`], with stdout's lines kept as well (the second [`Logs`]).
+pub fn spawn_logged_out(mut cmd: Command) -> (KillOnDrop, Logs, Logs) {
+    use std::io::BufRead as _;
+    cmd.stdout(Stdio::piped());
+    let (mut child, logs) = spawn_logged(cmd);
+    let stdout = child.stdout.take().expect("stdout");
+    let out = Logs::default();
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => sink.0.lock().expect("logs").push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    (child, logs, out)
 }
 
 /// A CA and a certificate for `localhost` and `127.0.0.1` that it signed.

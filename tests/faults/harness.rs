@@ -53,8 +53,14 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// With these environment variables set.
+    pub(crate) fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = conveyor();
         cmd.args(["run", "--config", config.to_str().unwrap()]);
+        cmd.envs(env.iter().copied());
         let (child, logs) = spawn_logged(cmd);
         Self { child, logs }
     }

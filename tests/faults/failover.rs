@@ -1,0 +1,180 @@
+//! Redis failing over under load: a master, one replica and three
+//! sentinels; the daemon is given the sentinels, not an address, and must
+//! follow the master to the replica without a restart.
+//!
+//! Jobs count as enqueued only once a replica acknowledged them (`WAIT 1`):
+//! replication is asynchronous, so a write the master took but never passed
+//! on is gone with the master, and no worker can keep it. Everything else
+//! the daemon did on the old master and the replica missed (a job taken, an
+//! outcome recorded) comes back as a job waiting or in flight on the new
+//! master: the daemon's periodic in-flight check returns the second kind,
+//! and both run again (duplicates, never losses).
+
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+
+use crate::common::sentinel::{PASSWORD, SENTINEL_PASSWORD, Sentinels, data_conn};
+use crate::common::{conveyor, spawn_logged_out, wait_until};
+use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Outcomes recorded after the failover that count as "working again".
+const RESUMED: u64 = 100;
+
+/// Loads `jobs` jobs onto the master and waits for the replica to have them.
+async fn load_acknowledged(master: &mut MultiplexedConnection, ledger: &mut Ledger, jobs: usize) {
+    let items: Vec<String> = (0..jobs)
+        .map(|_| ledger.job(json!({"sleep_ms": fastrand::u64(0..=4)})))
+        .collect();
+    push_all(master, Q, &items).await;
+    let replicas: u64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query_async(master)
+        .await
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica acknowledged the jobs");
+}
+
+enum Fault {
+    /// The master SIGKILLed; the sentinels notice after
+    /// `down-after-milliseconds` (1 s) and promote the replica.
+    Kill,
+    /// `SENTINEL FAILOVER`: the replica promoted and the master demoted to
+    /// a replica while both stay up, so a connection to the old master
+    /// answers `READONLY` instead of failing.
+    SwitchOver,
+}
+
+/// 10,000 acknowledged jobs, 50 at a time; the fault at 30%. Time to
+/// recover: from the fault until 100 more outcomes are recorded on the new
+/// master (the failover's own time, about 1-3 s for a kill, included).
+async fn failover_under_load(scenario: &str, fault: Fault) {
+    let _serial = serial().await;
+    let jobs = 10_000 * scale();
+    let mut set = Sentinels::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
+            set.config_line()
+        ),
+    )
+    .unwrap();
+    let mut master = set.master().await;
+    let mut ledger = Ledger::new();
+    load_acknowledged(&mut master, &mut ledger, jobs).await;
+
+    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", PASSWORD)]);
+    // Events followed through the failover by `conveyor monitor`.
+    let mut monitor = conveyor();
+    monitor
+        .args(["--config", cfg.to_str().unwrap(), "monitor"])
+        .env("REDIS_PASSWORD", PASSWORD);
+    let (_monitor, monitor_logs, monitor_out) = spawn_logged_out(monitor);
+
+    let at = (jobs * 3 / 10) as u64;
+    wait_until("30% done", WAIT, || {
+        let mut c = master.clone();
+        async move { processed(&mut c).await >= at }
+    })
+    .await;
+    let faulted = Instant::now();
+    let old = match fault {
+        Fault::Kill => set.kill_master().await,
+        Fault::SwitchOver => set.switch_over().await,
+    };
+    let (new, failover) = set.wait_new_master(old, WAIT).await;
+    let mut master = data_conn(new).await.unwrap();
+    let from = processed(&mut master).await;
+    time_until(WAIT, || {
+        let mut c = master.clone();
+        async move { processed(&mut c).await >= from + RESUMED }
+    })
+    .await
+    .expect("processing resumes on the new master");
+    let recover = faulted.elapsed();
+
+    // The monitor's subscription follows the master (it misses what is
+    // published while it moves, and says so): a job enqueued once it
+    // follows again shows.
+    let moved = time_until(WAIT, || {
+        let logs = monitor_logs.clone();
+        async move { logs.contains("following events again") }
+    })
+    .await;
+    assert!(
+        moved.is_some(),
+        "the monitor follows the new master: {:?}",
+        monitor_logs.lines()
+    );
+    let marker = "marker-after-the-failover";
+    let item = json!({"id": marker, "payload": {}, "attempt": 0}).to_string();
+    let _: () = redis::cmd("RPUSH")
+        .arg(Q)
+        .arg(&item)
+        .query_async(&mut master)
+        .await
+        .unwrap();
+    let seen = time_until(WAIT, || {
+        let out = monitor_out.clone();
+        async move { out.contains(marker) }
+    })
+    .await;
+    if seen.is_none() {
+        daemon.dump_log(200);
+    }
+    assert!(
+        seen.is_some(),
+        "the monitor shows a job enqueued after the failover; it printed:\n{}\n{}",
+        monitor_logs.lines().join("\n"),
+        monitor_out
+            .lines()
+            .iter()
+            .rev()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let tally = ledger.drain(&mut master, WAIT * scale() as u32).await;
+    report(
+        scenario,
+        &tally,
+        Some(recover),
+        &format!("failover={:.1}s", failover.as_secs_f64()),
+    );
+    if !tally.settled() {
+        daemon.dump_log(80);
+    }
+    tally.assert_settled();
+    assert_eq!(tally.completed, jobs, "{tally:?}");
+    daemon.assert_healthy();
+    let logs = daemon.logs().lines().join("\n");
+    assert!(
+        logs.contains(&format!("127.0.0.1:{new}")),
+        "the daemon says which master it found: {logs}"
+    );
+    for secret in [PASSWORD, SENTINEL_PASSWORD] {
+        assert!(!logs.contains(secret), "passwords stay out of the log");
+    }
+    let monitor_text = [monitor_logs.lines(), monitor_out.lines()]
+        .concat()
+        .join("\n");
+    assert!(!monitor_text.contains(PASSWORD) && !monitor_text.contains(SENTINEL_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_killed() {
+    failover_under_load("sentinel_master_killed", Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_switchover() {
+    failover_under_load("sentinel_switchover", Fault::SwitchOver).await;
+}
