@@ -176,7 +176,7 @@ pub struct RedisConfig {
     /// through failovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<SentinelConfig>,
-    /// Instead of `url`: a Redis Cluster (refused: not supported yet).
+    /// Instead of `url`: a Redis Cluster, found from some of its nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
 }
@@ -200,13 +200,17 @@ pub struct SentinelConfig {
     pub db: i64,
 }
 
-/// `[redis] cluster = { nodes = [...] }`: read so that it can be refused
-/// with a clear word.
+/// `[redis] cluster = { nodes = ["redis://10.0.0.1:7000", ...] }`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Some of the cluster's nodes.
+    /// Some of the cluster's nodes (any will do; the rest are found from
+    /// them): `redis://host:port`, or `rediss://` for TLS.
     pub nodes: Vec<MaskedUrl>,
+    /// The ACL user, if not `default`; its password comes from
+    /// `REDIS_PASSWORD` and its kin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// `[daemon]`
@@ -473,17 +477,23 @@ fn default_track_ttl() -> Duration {
 }
 
 impl RedisConfig {
-    /// Whether the URL (or the sentinels' URLs) ask for TLS.
+    /// Whether the URL (or the sentinels' or the cluster's) ask for TLS.
     pub fn is_tls(&self) -> bool {
-        match &self.sentinel {
-            Some(s) => s.nodes.iter().any(|n| n.expose().starts_with("rediss://")),
-            None => self.url.expose().starts_with("rediss://"),
+        let tls = |nodes: &[MaskedUrl]| nodes.iter().any(|n| n.expose().starts_with("rediss://"));
+        match (&self.sentinel, &self.cluster) {
+            (Some(s), _) => tls(&s.nodes),
+            (None, Some(c)) => tls(&c.nodes),
+            (None, None) => self.url.expose().starts_with("rediss://"),
         }
     }
 
     /// What the configuration points at, for messages: the URL, or the
     /// sentinels and the master's name; passwords masked.
     pub fn target(&self) -> String {
+        if let Some(c) = &self.cluster {
+            let nodes: Vec<String> = c.nodes.iter().map(MaskedUrl::masked).collect();
+            return format!("cluster of {}", nodes.join(", "));
+        }
         match &self.sentinel {
             Some(s) => s.describe(),
             None => match self.url_from {
@@ -493,53 +503,52 @@ impl RedisConfig {
         }
     }
 
-    /// Exactly one of `url`, `sentinel` and `cluster`, and a sentinel
+    /// Exactly one of `url`, `sentinel` and `cluster`, each of them a
     /// setting that can work.
     fn validate_target(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        if self.cluster.is_some() {
-            return invalid(
-                "redis.cluster: conveyor does not support Redis Cluster yet; give a standalone \
-                 Redis in redis.url, or a master watched by sentinels in redis.sentinel"
-                    .into(),
-            );
-        }
-        let Some(sentinel) = &self.sentinel else {
-            return Ok(());
+        let (name, nodes) = match (&self.sentinel, &self.cluster) {
+            (None, None) => return Ok(()),
+            (Some(_), Some(_)) => {
+                return invalid("give one of redis.sentinel and redis.cluster, not both".into());
+            }
+            (Some(s), None) => ("sentinel", &s.nodes),
+            (None, Some(c)) => ("cluster", &c.nodes),
         };
         if let Some(var) = self.url_from {
             return invalid(format!(
-                "{var} is set but redis.sentinel is configured: give one of them"
+                "{var} is set but redis.{name} is configured: give one of them"
             ));
         }
         if self.url != default_redis_url() {
-            return invalid(
-                "give one of redis.url and redis.sentinel, not both: with sentinel, \
-                 conveyor asks the sentinels for the master's address"
-                    .into(),
-            );
+            return invalid(format!(
+                "give one of redis.url and redis.{name}, not both: with {name}, conveyor finds \
+                 the servers through the nodes it lists"
+            ));
         }
-        if sentinel.master.trim().is_empty() {
-            return invalid(
-                "redis.sentinel.master must name the master the sentinels watch".into(),
-            );
+        if let Some(s) = &self.sentinel {
+            if s.master.trim().is_empty() {
+                return invalid(
+                    "redis.sentinel.master must name the master the sentinels watch".into(),
+                );
+            }
         }
-        if sentinel.nodes.is_empty() {
-            return invalid("redis.sentinel.nodes must list at least one sentinel".into());
-        }
-        let tls = sentinel.nodes[0].expose().starts_with("rediss://");
-        for node in &sentinel.nodes {
+        let Some(first) = nodes.first() else {
+            return invalid(format!("redis.{name}.nodes must list at least one node"));
+        };
+        let tls = first.expose().starts_with("rediss://");
+        for node in nodes {
             let scheme = node.expose().split("://").next().unwrap_or_default();
             if !matches!(scheme, "redis" | "rediss") || !node.expose().contains("://") {
                 return invalid(format!(
-                    "redis.sentinel.nodes: {} is not a redis:// or rediss:// URL",
+                    "redis.{name}.nodes: {} is not a redis:// or rediss:// URL",
                     node.masked()
                 ));
             }
             if (scheme == "rediss") != tls {
-                return invalid(
-                    "redis.sentinel.nodes: either all sentinels use TLS (rediss://) or none".into(),
-                );
+                return invalid(format!(
+                    "redis.{name}.nodes: either all use TLS (rediss://) or none"
+                ));
             }
         }
         Ok(())
@@ -1240,14 +1249,14 @@ mod tests {
                 r#"{ master = "", nodes = ["redis://a:26379"] }"#,
                 "must name the master",
             ),
-            (r#"{ master = "m", nodes = [] }"#, "at least one sentinel"),
+            (r#"{ master = "m", nodes = [] }"#, "at least one node"),
             (
                 r#"{ master = "m", nodes = ["a:26379"] }"#,
                 "is not a redis:// or rediss:// URL",
             ),
             (
                 r#"{ master = "m", nodes = ["redis://a:26379", "rediss://b:26379"] }"#,
-                "all sentinels use TLS",
+                "either all use TLS",
             ),
         ] {
             let err = parse(&format!("[redis]\nsentinel = {bad}\n"))
@@ -1256,11 +1265,27 @@ mod tests {
                 .to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
-        let err = parse("[redis]\ncluster = { nodes = [\"redis://a:7000\"] }\n")
+        let cluster =
+            parse("[redis]\ncluster = { nodes = [\"redis://:pw@a:7000\", \"redis://b:7000\"] }\n");
+        cluster.validate().expect("a cluster table alone is valid");
+        assert_eq!(
+            cluster.redis.target(),
+            "cluster of redis://:***@a:7000, redis://b:7000"
+        );
+        let err = parse("[redis]\ncluster = { nodes = [] }\n")
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("does not support Redis Cluster yet"), "{err}");
+        assert!(
+            err.contains("redis.cluster.nodes must list at least one node"),
+            "{err}"
+        );
+        let both = format!("{sentinel}cluster = {{ nodes = [\"redis://a:7000\"] }}\n");
+        let err = parse(&both).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("one of redis.sentinel and redis.cluster"),
+            "{err}"
+        );
         let err =
             Config::from_toml("[redis]\nsentinel = { master = \"m\", nodes = [], port = 1 }\n")
                 .unwrap_err();

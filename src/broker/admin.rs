@@ -86,6 +86,11 @@ impl Broker {
         let mut pipe = redis::pipe();
         let mut ops = Vec::new();
         let mut i = 0;
+        // On a cluster a script touches the queue's slot only, so a unique
+        // job's event and status record are written after it (and only if
+        // it was enqueued), and events are published whether or not anyone
+        // listens (a subscriber may be on any node).
+        let cluster = self.is_cluster();
         if jobs.iter().any(|j| j.unique.is_some()) {
             pipe.load_script(&scripts::ENQUEUE_UNIQUE).ignore();
         }
@@ -100,10 +105,14 @@ impl Broker {
         let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
         // Published only if anyone listens (checked as they are published);
         // the replay stream gets them all the same.
-        if !events.is_empty() {
-            pipe.load_script(&scripts::PUBLISH_IF_HEARD).ignore();
+        if cluster {
+            super::events::add_publish(&mut pipe, sink, &events);
+        } else {
+            if !events.is_empty() {
+                pipe.load_script(&scripts::PUBLISH_IF_HEARD).ignore();
+            }
+            super::events::add_publish_if_heard(&mut pipe, sink, &events);
         }
-        super::events::add_publish_if_heard(&mut pipe, sink, &events);
         super::events::add_stream(&mut pipe, sink, &events);
         super::events::add_statuses(&mut pipe, &statuses);
         while i < jobs.len() {
@@ -111,22 +120,23 @@ impl Broker {
             if let Some((key, ttl)) = &job.unique {
                 let stream = sink.stream.as_ref();
                 let mut inv = scripts::ENQUEUE_UNIQUE.key(&q.list);
-                inv.key(&q.scheduled)
-                    .key(q.unique(key))
-                    .key(stream.map(|(k, _)| k.as_str()).unwrap_or(&sink.channel))
-                    .key(keys::job(&job.id))
-                    .arg(&job.envelope)
+                inv.key(&q.scheduled).key(q.unique(key));
+                if !cluster {
+                    inv.key(stream.map(|(k, _)| k.as_str()).unwrap_or(&sink.channel))
+                        .key(keys::job(&job.id));
+                }
+                inv.arg(&job.envelope)
                     .arg(&job.id)
                     .arg(job.due_ms.unwrap_or(0))
                     .arg(ttl.as_millis().max(1) as u64)
-                    .arg(if job.event.is_some() {
+                    .arg(if job.event.is_some() && !cluster {
                         sink.channel.as_str()
                     } else {
                         ""
                     })
                     .arg(job.event.as_deref().unwrap_or(""))
                     .arg(stream.map(|(_, n)| *n).unwrap_or(0));
-                match &job.status {
+                match job.status.as_ref().filter(|_| !cluster) {
                     Some(s) => {
                         inv.arg(s.ttl.as_millis().max(1) as u64);
                         for (k, v) in &s.fields {
@@ -177,6 +187,28 @@ impl Broker {
                     }
                     _ => Enqueued::Queued,
                 }),
+            }
+        }
+        if cluster {
+            // The announcements of the unique jobs that were enqueued.
+            let mut events = EventBatch::default();
+            let mut statuses = Vec::new();
+            let enqueued = jobs
+                .iter()
+                .zip(&out)
+                .filter(|(j, e)| j.unique.is_some() && matches!(e, Enqueued::Queued));
+            for (job, _) in enqueued {
+                if let Some(event) = job.event.as_deref() {
+                    events.push_json(event);
+                }
+                statuses.extend(job.status.clone());
+            }
+            if !events.is_empty() || !statuses.is_empty() {
+                let mut pipe = redis::pipe();
+                super::events::add_statuses(&mut pipe, &statuses);
+                super::events::add_publish(&mut pipe, sink, &events);
+                super::events::add_stream(&mut pipe, sink, &events);
+                pipe.query_async::<()>(&mut conn).await?;
             }
         }
         Ok(out)

@@ -25,6 +25,7 @@ use target::Target;
 
 pub mod admin;
 pub mod cache;
+mod cluster;
 pub mod events;
 pub mod keys;
 pub mod nodes;
@@ -148,6 +149,11 @@ fn target(config: &RedisConfig) -> Result<Target, BrokerError> {
             .map(Target::Sentinel)
             .map_err(|e| bad(mask_secret(&e.to_string(), config)));
     }
+    if let Some(cluster) = &config.cluster {
+        return cluster::Cluster::new(config, cluster, certificates)
+            .map(Target::Cluster)
+            .map_err(|e| bad(mask_secret(&e.to_string(), config)));
+    }
     let mut info = config.url.expose().into_connection_info().map_err(|e| {
         // redis-rs's words, never the URL itself: it may hold the password.
         let mut reason = mask_secret(&e.to_string(), config);
@@ -206,7 +212,11 @@ fn certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, 
 /// `text` with any password the configuration holds replaced by `***`.
 fn mask_secret(text: &str, config: &RedisConfig) -> String {
     let mut text = text.replace(config.url.expose(), &config.url.masked());
-    let sentinels = config.sentinel.iter().flat_map(|s| &s.nodes);
+    let sentinels = config
+        .sentinel
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .chain(config.cluster.iter().flat_map(|c| &c.nodes));
     for node in sentinels.clone() {
         text = text.replace(node.expose(), &node.masked());
     }
@@ -250,7 +260,8 @@ impl Broker {
         let timeout = config.response_timeout;
         let manager = Manager {
             target: target.clone(),
-            config: connection_config(timeout, timeout),
+            connect: timeout,
+            response: timeout,
         };
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
@@ -298,9 +309,7 @@ impl Broker {
                 reason: e.to_string(),
             },
         };
-        let (client, _) = self.inner.target.client().await.map_err(unreachable)?;
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&connection_config(timeout, timeout))
+        let mut conn = Conn::open(&self.inner.target, timeout, timeout)
             .await
             .map_err(unreachable)?;
         let pong: String = redis::cmd("PING")
@@ -329,6 +338,9 @@ impl Broker {
     /// Refuses a Redis Sentinel or a Cluster node given as the plain `url`,
     /// which would otherwise answer PING and then fail every job command.
     pub async fn standalone(&self) -> Result<(), BrokerError> {
+        if self.is_cluster() {
+            return Ok(());
+        }
         let mut conn = self.conn().await?;
         let info: String = match redis::cmd("INFO")
             .arg("server")
@@ -352,8 +364,8 @@ impl Broker {
                  and conveyor follows the master through failovers"
             }
             Some("cluster") => {
-                "this is a node of a Redis Cluster, which conveyor does not support yet: \
-                 give a standalone Redis"
+                "this is a node of a Redis Cluster: in place of url, list some of its \
+                 nodes, cluster = { nodes = [\"redis://host:7000\"] }"
             }
             _ => return Ok(()),
         };
@@ -387,7 +399,7 @@ impl Broker {
     /// usual, for blocking pops.
     pub(crate) async fn dedicated(&self, block: Duration) -> Result<Conn, BrokerError> {
         let t = self.inner.response_timeout;
-        Conn::open(&self.inner.target, &connection_config(t, t + block))
+        Conn::open(&self.inner.target, t, t + block)
             .await
             .map_err(|e| BrokerError::Unreachable {
                 url: self.url(),
@@ -398,18 +410,19 @@ impl Broker {
     /// Ends the blocking command of connection `client_id` as if its block
     /// time had run out. Atomic on the server: the command either already
     /// moved a job (and returns it) or returns nothing.
-    pub async fn unblock(&self, client_id: u64) -> Result<(), BrokerError> {
+    /// `key` is the key it blocks on: in a cluster, the node that holds
+    /// it is the one that knows the connection.
+    pub async fn unblock(&self, client_id: u64, key: &str) -> Result<(), BrokerError> {
         let mut conn = self.conn().await?;
-        redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<u8>(&mut conn)
-            .await?;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        conn.query_at::<u8>(key, &cmd).await?;
         Ok(())
     }
 
-    /// A pub/sub connection to the current master, and a future that
-    /// resolves when that is no longer the master.
+    /// A pub/sub connection to the current master (any node of a cluster:
+    /// a PUBLISH reaches them all), and a future that resolves when that is
+    /// no longer the master.
     async fn pubsub(
         &self,
     ) -> Result<
@@ -424,20 +437,32 @@ impl Broker {
             url: self.url(),
             reason: e.to_string(),
         };
-        let (client, generation) = target.client().await.map_err(unreachable)?;
-        match client.get_async_pubsub().await {
-            Ok(pubsub) => Ok((pubsub, target.ended(generation))),
-            Err(e) => {
-                target.lost(generation);
-                Err(unreachable(e))
+        let generation = target.generation();
+        let mut last = None;
+        for client in target.clients().await.map_err(unreachable)? {
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => return Ok((pubsub, target.ended(generation))),
+                Err(e) => last = Some(e),
             }
         }
+        target.lost(generation);
+        Err(last.map_or_else(
+            || BrokerError::Protocol("no node to subscribe on".into()),
+            unreachable,
+        ))
+    }
+
+    /// Whether this broker talks to a Redis Cluster: then a script touches
+    /// one slot only, and status records and events are written in steps
+    /// of their own.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(&*self.inner.target, Target::Cluster(_))
     }
 
     /// With Sentinel, the address of the master the sentinels name.
     pub async fn master_address(&self) -> Option<String> {
         match &*self.inner.target {
-            Target::Fixed(_) => None,
+            Target::Fixed(_) | Target::Cluster(_) => None,
             Target::Sentinel(_) => {
                 let (client, _) = self.inner.target.client().await.ok()?;
                 Some(client.get_connection_info().addr().to_string())
@@ -467,8 +492,15 @@ fn connection_config(connect: Duration, response: Duration) -> AsyncConnectionCo
 /// the master it was made to (see [`target`]).
 #[derive(Clone)]
 pub(crate) struct Conn {
-    inner: MultiplexedConnection,
+    inner: Link,
     state: Arc<ConnState>,
+}
+
+/// One server's connection, or a cluster's.
+#[derive(Clone)]
+enum Link {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 struct ConnState {
@@ -478,20 +510,31 @@ struct ConnState {
 }
 
 impl Conn {
-    /// A new connection to the target's current master.
+    /// A new connection to the target's current master (or its cluster)
+    /// whose requests time out after `connect` and `response`.
     async fn open(
         target: &Arc<Target>,
-        config: &AsyncConnectionConfig,
+        connect: Duration,
+        response: Duration,
     ) -> Result<Self, RedisError> {
-        let (client, generation) = target.client().await?;
-        let inner = match client
-            .get_multiplexed_async_connection_with_config(config)
-            .await
-        {
-            Ok(inner) => inner,
-            Err(e) => {
-                target.lost(generation);
-                return Err(e);
+        let (inner, generation) = match &**target {
+            Target::Cluster(cluster) => {
+                let conn = cluster.connect(connect, response).await?;
+                (Link::Cluster(conn), 0)
+            }
+            _ => {
+                let (client, generation) = target.client().await?;
+                let config = connection_config(connect, response);
+                match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(inner) => (Link::Single(inner), generation),
+                    Err(e) => {
+                        target.lost(generation);
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(Self {
@@ -511,6 +554,25 @@ impl Conn {
             || self.state.target.generation() != self.state.generation
     }
 
+    /// Runs `cmd` where `key` lives: on a cluster, the primary that holds
+    /// `key` (for commands without a key that are about one, such as
+    /// `CLIENT ID` of a connection that will block on `key`).
+    pub(crate) async fn query_at<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: &Cmd,
+    ) -> Result<T, RedisError> {
+        let value = match &mut self.inner {
+            Link::Single(_) => return cmd.query_async(self).await,
+            Link::Cluster(c) => {
+                let result = c.route_command(cmd.clone(), cluster::owner_of(key)).await;
+                self.note(&result);
+                result?
+            }
+        };
+        Ok(redis::from_redis_value(value)?)
+    }
+
     fn broke(&self) {
         self.state.broken.store(true, Ordering::Relaxed);
         self.state.target.lost(self.state.generation);
@@ -528,7 +590,10 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.inner.req_packed_command(cmd).await;
+            let result = match &mut self.inner {
+                Link::Single(c) => c.req_packed_command(cmd).await,
+                Link::Cluster(c) => c.req_packed_command(cmd).await,
+            };
             self.note(&result);
             if let Ok(value) = &result {
                 if target::holds_readonly(std::slice::from_ref(value)) {
@@ -546,10 +611,10 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self
-                .inner
-                .req_packed_commands(pipeline, offset, count)
-                .await;
+            let result = match &mut self.inner {
+                Link::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
+                Link::Cluster(c) => cluster::query_runs(c, pipeline, offset, count).await,
+            };
             self.note(&result);
             if let Ok(values) = &result {
                 if target::holds_readonly(values) {
@@ -561,13 +626,17 @@ impl ConnectionLike for Conn {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        match &self.inner {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
     }
 }
 
 struct Manager {
     target: Arc<Target>,
-    config: AsyncConnectionConfig,
+    connect: Duration,
+    response: Duration,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -575,7 +644,7 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        Conn::open(&self.target, &self.config).await
+        Conn::open(&self.target, self.connect, self.response).await
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {

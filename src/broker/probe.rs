@@ -85,23 +85,25 @@ impl Broker {
             let result = cmd.query_async::<redis::Value>(&mut conn).await.map(drop);
             refused.extend(denial(&probe[0].to_lowercase(), result)?);
         }
-        let _ignored = redis::cmd("DEL")
-            .arg(&plist)
-            .arg(&pkey)
-            .arg(&job)
-            .arg(&node)
-            .query_async::<redis::Value>(&mut conn)
-            .await;
+        // One at a time: on a cluster they live in different slots.
+        for key in [&plist, &pkey, &job, &node] {
+            let _ignored = redis::cmd("DEL")
+                .arg(key)
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+        }
         let mut own = self.dedicated(std::time::Duration::ZERO).await?;
         refused.extend(denial("client", client(&mut own).await)?);
-        refused.extend(denial("subscribe", self.try_subscribe(channel).await)?);
+        match self.try_subscribe(channel).await {
+            Err(BrokerError::Redis(e)) => refused.extend(denial("subscribe", Err(e))?),
+            other => other?,
+        }
         Ok(refused)
     }
 
-    async fn try_subscribe(&self, channel: &str) -> Result<(), redis::RedisError> {
-        let (client, _) = self.inner.target.client().await?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await
+    async fn try_subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let (mut pubsub, _) = self.pubsub().await?;
+        Ok(pubsub.subscribe(channel).await?)
     }
 }
 

@@ -142,14 +142,15 @@ impl QueueStore {
         let mut conn = self.broker.dedicated(block).await?;
         // Named for CLIENT LIST; its id lets a stop cut a pop short.
         let name = format!("conveyor:{}:{}", self.keys.node, self.keys.name);
-        let (_ok, client_id): ((), u64) = redis::pipe()
-            .cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(&name)
-            .cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await?;
+        // On a cluster, asked of the node that holds the queue, the one
+        // the pops block on.
+        let list = &self.keys.list;
+        let mut setname = redis::cmd("CLIENT");
+        setname.arg("SETNAME").arg(&name);
+        conn.query_at::<()>(list, &setname).await?;
+        let mut id = redis::cmd("CLIENT");
+        id.arg("ID");
+        let client_id: u64 = conn.query_at(list, &id).await?;
         Ok(Fetcher {
             conn,
             client_id,
@@ -246,12 +247,14 @@ impl QueueStore {
             .key(&k.stats)
             .arg(self.dead_cap);
         let mut tracked = 0;
+        // On a cluster a status record lives in another slot: written after.
+        let cluster = self.broker.is_cluster();
         for m in moves {
             let to = match m.to {
                 RecoverTo::Queue => "queue",
                 RecoverTo::Dead => "dead",
             };
-            let track = m.status.as_ref().map(|s| {
+            let track = m.status.as_ref().filter(|_| !cluster).map(|s| {
                 inv.key(keys::job(&s.id));
                 tracked += 1;
                 (4 + tracked, s)
@@ -263,14 +266,28 @@ impl QueueStore {
         }
         let mut conn = self.broker.conn().await?;
         let codes: Vec<u8> = inv.invoke_async(&mut conn).await?;
-        Ok(codes
+        let recovered: Vec<Recovered> = codes
             .into_iter()
             .map(|c| match c {
                 1 => Recovered::Requeued,
                 2 => Recovered::Dead,
                 _ => Recovered::Gone,
             })
-            .collect())
+            .collect();
+        if cluster {
+            let statuses: Vec<StatusUpdate> = moves
+                .iter()
+                .zip(&recovered)
+                .filter(|(_, r)| !matches!(r, Recovered::Gone))
+                .filter_map(|(m, _)| m.status.clone())
+                .collect();
+            if !statuses.is_empty() {
+                let mut pipe = redis::pipe();
+                super::events::add_statuses(&mut pipe, &statuses);
+                pipe.query_async::<()>(&mut conn).await?;
+            }
+        }
+        Ok(recovered)
     }
 
     /// Forgets a node whose in-flight list is empty; keeps it listed otherwise.

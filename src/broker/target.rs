@@ -30,21 +30,36 @@ pub(crate) enum Target {
     Fixed(Client),
     /// The master the sentinels name.
     Sentinel(Master),
+    /// A Redis Cluster.
+    Cluster(super::cluster::Cluster),
 }
 
 impl Target {
-    /// A client for the current master, and its generation.
+    /// A client for the current master, and its generation; for a
+    /// cluster, one of its listed nodes.
     pub(crate) async fn client(&self) -> Result<(Client, u64), RedisError> {
         match self {
             Self::Fixed(client) => Ok((client.clone(), 0)),
             Self::Sentinel(master) => master.client().await,
+            Self::Cluster(cluster) => Ok((cluster.node_clients()?.remove(0), 0)),
+        }
+    }
+
+    /// Clients for a connection of its own (SUBSCRIBE, PING), to try in
+    /// order: the master, or each listed node of a cluster (a PUBLISH
+    /// reaches every node).
+    pub(crate) async fn clients(&self) -> Result<Vec<Client>, RedisError> {
+        match self {
+            Self::Fixed(client) => Ok(vec![client.clone()]),
+            Self::Sentinel(master) => Ok(vec![master.client().await?.0]),
+            Self::Cluster(cluster) => cluster.node_clients(),
         }
     }
 
     /// The current generation; connections of older ones are stale.
     pub(crate) fn generation(&self) -> u64 {
         match self {
-            Self::Fixed(_) => 0,
+            Self::Fixed(_) | Self::Cluster(_) => 0,
             Self::Sentinel(master) => master.generation.load(Ordering::Acquire),
         }
     }
@@ -61,7 +76,7 @@ impl Target {
     /// a subscription.
     pub(crate) fn ended(&self, generation: u64) -> impl Future<Output = ()> + Send + 'static {
         let changes = match self {
-            Self::Fixed(_) => None,
+            Self::Fixed(_) | Self::Cluster(_) => None,
             Self::Sentinel(master) => Some(master.changes.subscribe()),
         };
         async move {

@@ -191,7 +191,13 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
             .and_then(|u| locks.iter().position(|l| *l == u))
             .map_or(0, |at| at + 6)
     };
-    let tracked = entries.iter().filter(|e| e.2.is_some()).count();
+    // On a cluster a status record lives in another slot than the queue, so
+    // it is written in a step of its own, right after the outcome.
+    let cluster = store.broker().is_cluster();
+    let tracked = match cluster {
+        true => 0,
+        false => entries.iter().filter(|e| e.2.is_some()).count(),
+    };
     let cmd = pipe.cmd("EVALSHA");
     cmd.arg(scripts::FINISH.get_hash())
         .arg(5 + locks.len() + tracked);
@@ -203,7 +209,7 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
     for lock in &locks {
         cmd.arg(k.unique(lock));
     }
-    for (_, _, status) in entries {
+    for (_, _, status) in entries.iter().filter(|_| !cluster) {
         if let Some(s) = status {
             cmd.arg(keys::job(&s.id));
         }
@@ -238,10 +244,14 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
             }
             Outcome::GiveBack => cmd.arg("").arg(0).arg(""),
         };
-        let track = status.map(|s| {
+        let track = status.filter(|_| !cluster).map(|s| {
             record += 1;
             (record, s)
         });
         cmd.arg(TrackArgs(track));
+    }
+    if cluster {
+        let statuses: Vec<StatusUpdate> = entries.iter().filter_map(|e| e.2.cloned()).collect();
+        super::events::add_statuses(pipe, &statuses);
     }
 }

@@ -19,6 +19,7 @@ use conveyor::shutdown::Shutdown;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 
+pub mod cluster;
 pub mod sentinel;
 
 /// A private redis-server.

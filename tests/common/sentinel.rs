@@ -269,8 +269,16 @@ async fn sentinel_conn(port: u16) -> redis::RedisResult<MultiplexedConnection> {
 /// A connection to a data server, with the password; patient, as the
 /// server is shared with a busy daemon.
 pub async fn data_conn(port: u16) -> redis::RedisResult<MultiplexedConnection> {
+    data_conn_with(port, PASSWORD).await
+}
+
+/// [`data_conn`] with another password.
+pub async fn data_conn_with(
+    port: u16,
+    password: &str,
+) -> redis::RedisResult<MultiplexedConnection> {
     let info = ("127.0.0.1", port).into_connection_info()?;
-    let settings = info.redis_settings().clone().set_password(PASSWORD);
+    let settings = info.redis_settings().clone().set_password(password);
     let client = redis::Client::open(info.set_redis_settings(settings))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     conn.set_response_timeout(Duration::from_secs(10));

@@ -178,3 +178,66 @@ async fn sentinel_master_killed() {
 async fn sentinel_switchover() {
     failover_under_load("sentinel_switchover", Fault::SwitchOver).await;
 }
+
+/// A cluster of three primaries and three replicas
+/// (`cluster-node-timeout` 2 s); the primary that holds the queue SIGKILLed
+/// at 30%, its replica promoted by the cluster itself. 10,000 jobs
+/// acknowledged by the replica (`WAIT 1`), 50 at a time. Time to recover:
+/// from the kill until 100 more outcomes are recorded on the new primary
+/// (the cluster's failover included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_primary_killed() {
+    use crate::common::cluster::{self, Cluster};
+    let _serial = serial().await;
+    let jobs = 10_000 * scale();
+    let mut set = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
+            set.config_line()
+        ),
+    )
+    .unwrap();
+    let mut primary = set.conn_for(Q).await;
+    let mut ledger = Ledger::new();
+    load_acknowledged(&mut primary, &mut ledger, jobs).await;
+    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", cluster::PASSWORD)]);
+    let at = (jobs * 3 / 10) as u64;
+    wait_until("30% done", WAIT, || {
+        let mut c = primary.clone();
+        async move { processed(&mut c).await >= at }
+    })
+    .await;
+    let old = set.primary_of(Q).await;
+    let killed = Instant::now();
+    set.kill(old);
+    let (new, failover) = set.wait_failover(Q, old, WAIT).await;
+    let mut primary = crate::common::sentinel::data_conn_with(new, cluster::PASSWORD)
+        .await
+        .unwrap();
+    let from = processed(&mut primary).await;
+    time_until(WAIT, || {
+        let mut c = primary.clone();
+        async move { processed(&mut c).await >= from + RESUMED }
+    })
+    .await
+    .expect("processing resumes on the new primary");
+    let recover = killed.elapsed();
+    let tally = ledger.drain(&mut primary, WAIT * scale() as u32).await;
+    report(
+        "cluster_primary_killed",
+        &tally,
+        Some(recover),
+        &format!("failover={:.1}s", failover.as_secs_f64()),
+    );
+    if !tally.settled() {
+        daemon.dump_log(80);
+    }
+    tally.assert_settled();
+    assert_eq!(tally.completed, jobs, "{tally:?}");
+    daemon.assert_healthy();
+    assert!(!daemon.logs().contains(cluster::PASSWORD));
+}

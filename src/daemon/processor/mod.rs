@@ -507,7 +507,7 @@ impl Processor {
             biased;
             result = &mut pop => result,
             _ = stop.cancelled() => {
-                if let Err(e) = self.store.broker().unblock(client_id).await {
+                if let Err(e) = self.store.broker().unblock(client_id, &self.store.keys().list).await {
                     tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
                 }
                 pop.await

@@ -1,0 +1,155 @@
+//! Redis Cluster: three primaries with a replica each, started by the
+//! test; queues on three different primaries, every command the CLI and
+//! the daemon run, and no password in any output.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{Cluster, PASSWORD};
+use common::*;
+
+/// Three queues whose lists hash to slots of three different primaries
+/// (1782, 7589 and 15533 of 0-5460, 5461-10922 and 10923-16383), the
+/// second with status records.
+const QUEUES: &str = "[queues.work]\nhandler = \"noop\"\n\
+    [queues.orders]\nhandler = \"noop\"\ntrack = true\n\
+    [queues.webhooks]\nhandler = \"noop\"\n";
+
+fn cli(cfg: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--config", cfg];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli_env(&all, &[("REDIS_PASSWORD", PASSWORD)]);
+    (code, out + &err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_on_three_primaries_run_from_one_daemon() {
+    let cluster = Cluster::start().await;
+    let mut primaries = Vec::new();
+    for q in ["work", "orders", "webhooks"] {
+        primaries.push(cluster.primary_of(&format!("jobs:{q}")).await);
+    }
+    primaries.sort_unstable();
+    primaries.dedup();
+    assert_eq!(
+        primaries.len(),
+        3,
+        "the queues are spread over the primaries"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\n{}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{QUEUES}",
+            cluster.config_line()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let mut shown = Vec::new();
+
+    let (code, out) = cli(cfg, &["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("redis: permissions: ok"), "{out}");
+    shown.push(out);
+
+    // Before the daemon: plain, delayed, unique (twice) and tracked jobs.
+    for q in ["work", "orders", "webhooks"] {
+        for i in 0..20 {
+            let (code, out) = cli(cfg, &["enqueue", q, &format!("{{\"n\":{i}}}"), "--quiet"]);
+            assert_eq!(code, 0, "{out}");
+        }
+    }
+    let (code, out) = cli(cfg, &["enqueue", "work", "{}", "--delay", "1s"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, first) = cli(
+        cfg,
+        &["enqueue", "webhooks", "{\"u\":1}", "--unique-for", "1h"],
+    );
+    assert_eq!(code, 0, "{first}");
+    let (code, second) = cli(
+        cfg,
+        &["enqueue", "webhooks", "{\"u\":1}", "--unique-for", "1h"],
+    );
+    assert!(
+        second.contains(first.trim()),
+        "the second unique job names the first ({code}): {second}"
+    );
+    let (code, tracked) = cli(cfg, &["enqueue", "orders", "{\"tracked\":true}"]);
+    assert_eq!(code, 0, "{tracked}");
+    let tracked = tracked.trim().to_owned();
+    shown.extend([first, second]);
+
+    let mut monitor = conveyor();
+    monitor
+        .args(["--config", cfg, "monitor"])
+        .env("REDIS_PASSWORD", PASSWORD);
+    let (_monitor, monitor_err, monitor_out) = spawn_logged_out(monitor);
+    let mut daemon = conveyor();
+    daemon
+        .args(["--config", cfg, "run"])
+        .env("REDIS_PASSWORD", PASSWORD)
+        .env("CONVEYOR_LOG", "debug");
+    let (mut daemon, logs) = spawn_logged(daemon);
+
+    // Every job runs: 20 + 1 delayed, 20 + 1 tracked, 20 + 1 unique.
+    for (q, n) in [("work", 21), ("orders", 21), ("webhooks", 21)] {
+        let key = format!("jobs:{q}");
+        let conn = cluster.conn_for(&key).await;
+        wait_until(
+            &format!("{q}: {n} jobs processed"),
+            Duration::from_secs(30),
+            || {
+                let (mut c, key) = (conn.clone(), key.clone());
+                async move { stat(&mut c, &key, "processed").await == n }
+            },
+        )
+        .await;
+    }
+    let (code, out) = cli(cfg, &["status", &tracked]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    // A job enqueued while the monitor listens shows in it.
+    let (code, late) = cli(cfg, &["enqueue", "webhooks", "{\"late\":true}"]);
+    assert_eq!(code, 0, "{late}");
+    let late = late.trim().to_owned();
+    wait_until(
+        "the monitor shows the late job",
+        Duration::from_secs(20),
+        || {
+            let (out, late) = (monitor_out.clone(), late.clone());
+            async move {
+                out.lines()
+                    .iter()
+                    .any(|l| l.contains(&late) && l.contains("job.succeeded"))
+            }
+        },
+    )
+    .await;
+    let (code, out) = cli(cfg, &["stats"]);
+    assert_eq!(code, 0, "{out}");
+    for q in ["work", "orders", "webhooks"] {
+        assert!(out.contains(q), "{out}");
+    }
+    shown.push(out);
+    // A stop ends cleanly, its CLIENT UNBLOCKs routed to the primaries
+    // that hold the queues.
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(10)), Some(0));
+    assert!(
+        !logs.contains("could not cut a blocking pop short"),
+        "{}",
+        logs.lines().join("\n")
+    );
+    shown.push(logs.lines().join("\n"));
+    shown.push(monitor_err.lines().join("\n"));
+    assert!(!logs.contains("ERROR"), "{}", logs.lines().join("\n"));
+    for text in &shown {
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
+}
