@@ -10,7 +10,9 @@
 //!   the time from sending `RPUSH` to the handler starting (p50, p99, p999);
 //! - enqueue: `conveyor enqueue --file` loading N jobs;
 //! - exec, email, http: the handlers against a reference measured in the
-//!   same run (see `conveyor/exec.rs`, `email.rs`, `http.rs`).
+//!   same run (see `conveyor/exec.rs`, `email.rs`, `http.rs`);
+//! - scaleout: 1, 2 and 4 daemons on one Redis, and a 3-primary cluster
+//!   against one Redis (`conveyor/scaleout.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,7 +45,8 @@ struct Args {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure: all, throughput, latency, enqueue, exec, email, http.
+    /// What to measure: all, throughput, latency, enqueue, exec, email, http,
+    /// scaleout.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -98,6 +101,8 @@ mod email;
 mod exec;
 #[path = "conveyor/http.rs"]
 mod http;
+#[path = "conveyor/scaleout.rs"]
+mod scaleout;
 
 const QUEUE: &str = "bench";
 const LIST: &str = "jobs:bench";
@@ -156,6 +161,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "http" {
         http::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "scaleout" {
+        scaleout::bench(&args, &url, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;
