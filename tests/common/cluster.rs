@@ -148,6 +148,100 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Moves the slot of `key` from its primary to the primary `to`, key by
+    /// key as `redis-cli --cluster reshard` does (IMPORTING, MIGRATING,
+    /// MIGRATE in batches, then the new owner told to every node), while
+    /// clients keep working: they meet ASK, TRYAGAIN and then MOVED.
+    pub async fn move_slot(&self, key: &str, to: u16) {
+        let from = self.primary_of(key).await;
+        let mut src = data_conn_with(from, PASSWORD).await.unwrap();
+        let mut dst = data_conn_with(to, PASSWORD).await.unwrap();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        let src_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        let dst_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut dst)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&src_id)
+            .query_async(&mut dst)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&dst_id)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(2)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(10_000)
+                .arg("AUTH")
+                .arg(PASSWORD)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            // Give the clients time to meet the half-moved slot.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for port in self.ports() {
+            let Ok(mut conn) = data_conn_with(port, PASSWORD).await else {
+                continue;
+            };
+            let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&dst_id)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+
+    /// The ports of the primaries.
+    pub async fn primaries(&self) -> Vec<u16> {
+        let mut out = Vec::new();
+        for port in self.ports() {
+            let mut conn = data_conn_with(port, PASSWORD).await.unwrap();
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.unwrap();
+            if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                out.push(port);
+            }
+        }
+        out
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();

@@ -241,3 +241,66 @@ async fn cluster_primary_killed() {
     daemon.assert_healthy();
     assert!(!daemon.logs().contains(cluster::PASSWORD));
 }
+
+/// The slot of the queue moved to another primary at 30%, key by key,
+/// while the daemon works (the clients meet ASK, TRYAGAIN and MOVED).
+/// 10,000 jobs, 50 at a time. Time to recover: from the end of the move
+/// until 100 more outcomes are recorded on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_moved() {
+    use crate::common::cluster::{self, Cluster};
+    let _serial = serial().await;
+    let jobs = 10_000 * scale();
+    let set = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
+            set.config_line()
+        ),
+    )
+    .unwrap();
+    let mut primary = set.conn_for(Q).await;
+    let mut ledger = Ledger::new();
+    load_acknowledged(&mut primary, &mut ledger, jobs).await;
+    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", cluster::PASSWORD)]);
+    let at = (jobs * 3 / 10) as u64;
+    wait_until("30% done", WAIT, || {
+        let mut c = primary.clone();
+        async move { processed(&mut c).await >= at }
+    })
+    .await;
+    let old = set.primary_of(Q).await;
+    let to = *set.primaries().await.iter().find(|p| **p != old).unwrap();
+    let started = Instant::now();
+    set.move_slot(Q, to).await;
+    let moved = started.elapsed();
+    assert_eq!(set.primary_of(Q).await, to);
+    let mut primary = crate::common::sentinel::data_conn_with(to, cluster::PASSWORD)
+        .await
+        .unwrap();
+    let from = processed(&mut primary).await;
+    let ended = Instant::now();
+    time_until(WAIT, || {
+        let mut c = primary.clone();
+        async move { processed(&mut c).await >= from + RESUMED.min(jobs as u64 - from) }
+    })
+    .await
+    .expect("processing goes on at the new primary");
+    let recover = ended.elapsed();
+    let tally = ledger.drain(&mut primary, WAIT * scale() as u32).await;
+    report(
+        "cluster_slot_moved",
+        &tally,
+        Some(recover),
+        &format!("move={:.1}s", moved.as_secs_f64()),
+    );
+    if !tally.settled() {
+        daemon.dump_log(80);
+    }
+    tally.assert_settled();
+    assert_eq!(tally.completed, jobs, "{tally:?}");
+    daemon.assert_healthy();
+}
