@@ -153,3 +153,58 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
         assert!(!text.contains(PASSWORD), "{text}");
     }
 }
+
+/// A TLS-only cluster (clients, bus and replication) with a private CA: the
+/// daemon and the CLI reach every node through `rediss://` and `ca_file`,
+/// and are refused without the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_with_a_private_ca() {
+    let ca = TestCa::generate();
+    let cluster = Cluster::start_with(Some(&ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ca_line: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[redis]\n{}\n{ca_line}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{QUEUES}",
+                cluster.config_line()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let cfg = write("tls.toml", &format!("ca_file = \"{}\"", ca.ca.display()));
+    let (code, out) = cli(&cfg, &["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("redis: permissions: ok"), "{out}");
+    for q in ["work", "orders", "webhooks"] {
+        let (code, out) = cli(&cfg, &["enqueue", q, "{}"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let mut daemon = conveyor();
+    daemon
+        .args(["--config", &cfg, "run"])
+        .env("REDIS_PASSWORD", PASSWORD);
+    let (_daemon, logs) = spawn_logged(daemon);
+    for q in ["work", "orders", "webhooks"] {
+        let key = format!("jobs:{q}");
+        let conn = cluster.conn_for(&key).await;
+        wait_until(
+            &format!("{q}: its job processed"),
+            Duration::from_secs(30),
+            || {
+                let (mut c, key) = (conn.clone(), key.clone());
+                async move { stat(&mut c, &key, "processed").await == 1 }
+            },
+        )
+        .await;
+    }
+    assert!(!logs.contains(PASSWORD));
+
+    let untrusted = write("untrusted.toml", "");
+    let (code, out) = cli(&untrusted, &["check"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.to_lowercase().contains("certificate"), "{out}");
+    assert!(!out.contains(PASSWORD), "{out}");
+}

@@ -307,6 +307,8 @@ impl Cluster {
                     "--cluster-enabled",
                     "yes",
                 ])
+                // Its own bus port: port + 10000, the default, may not exist.
+                .args(["--cluster-port", &super::email::free_port()?.to_string()])
                 .arg("--cluster-config-file")
                 .arg(node_dir.join("nodes.conf"))
                 .arg("--dir")
@@ -322,8 +324,9 @@ impl Cluster {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
+        // It waits for the nodes to join without end if they cannot.
+        let created = Command::new("timeout")
+            .args(["60", "redis-cli", "--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())

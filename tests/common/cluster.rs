@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use super::sentinel::{data_conn_with, free_port};
+use super::TestCa;
+use super::sentinel::free_port;
 
 /// Every node's password; characters a URL would need encoded.
 pub const PASSWORD: &str = "clu/st?er#pw@x";
@@ -30,6 +31,8 @@ impl Node {
 /// Six nodes: three primaries, three replicas.
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// The CA the nodes' certificate is signed by, when they speak TLS.
+    tls: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -37,13 +40,25 @@ impl Cluster {
     /// Starts the nodes, joins them (`redis-cli --cluster create`) and
     /// waits until every node says the cluster is ok.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With TLS only (clients, the cluster bus and replication), the
+    /// servers' certificate signed by `tls`.
+    pub async fn start_with(tls: Option<&TestCa>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<Node> = (0..6).map(|i| node(dir.path(), i)).collect();
+        let nodes: Vec<Node> = (0..6).map(|i| node(dir.path(), i, tls)).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new("redis-cli")
+        // It waits for the nodes to join without end if they cannot.
+        let mut create = Command::new("timeout");
+        create.args(["60", "redis-cli"]);
+        if let Some(ca) = tls {
+            create.arg("--tls").arg("--cacert").arg(&ca.ca);
+        }
+        let created = create
             .args(["--no-auth-warning", "-a", PASSWORD, "--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -52,13 +67,17 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(created.success(), "redis-cli --cluster create");
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self {
+            nodes,
+            tls: tls.map(|ca| ca.ca.clone()),
+            _dir: dir,
+        };
         super::wait_until(
             "the cluster is ok on every node",
             Duration::from_secs(30),
             || async {
                 for port in cluster.ports() {
-                    let Ok(mut conn) = data_conn_with(port, PASSWORD).await else {
+                    let Ok(mut conn) = cluster.conn_to(port).await else {
                         return false;
                     };
                     let info: String = redis::cmd("CLUSTER")
@@ -74,7 +93,7 @@ impl Cluster {
                 }
                 // Each replica has synchronized with its primary.
                 for port in cluster.ports() {
-                    let mut conn = data_conn_with(port, PASSWORD).await.unwrap();
+                    let mut conn = cluster.conn_to(port).await.unwrap();
                     let info: String = redis::cmd("INFO")
                         .arg("replication")
                         .query_async(&mut conn)
@@ -103,15 +122,38 @@ impl Cluster {
     /// The `[redis]` line that points conveyor at the cluster (two of its
     /// nodes, as a user would list some).
     pub fn config_line(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!(
-            "cluster = {{ nodes = [\"redis://127.0.0.1:{}\", \"redis://127.0.0.1:{}\"] }}",
+            "cluster = {{ nodes = [\"{scheme}://127.0.0.1:{}\", \"{scheme}://127.0.0.1:{}\"] }}",
             self.nodes[0].port, self.nodes[1].port
         )
     }
 
+    /// A connection to the node on `port`, with the password (and the CA).
+    pub async fn conn_to(&self, port: u16) -> redis::RedisResult<MultiplexedConnection> {
+        match &self.tls {
+            None => super::sentinel::data_conn_with(port, PASSWORD).await,
+            Some(ca) => {
+                let info = format!("rediss://:{}@127.0.0.1:{port}", urlencode(PASSWORD));
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).unwrap()),
+                };
+                let client = redis::Client::build_with_tls(info, certificates)?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                conn.set_response_timeout(Duration::from_secs(10));
+                Ok(conn)
+            }
+        }
+    }
+
     /// The port of the primary that holds `key` now.
     pub async fn primary_of(&self, key: &str) -> u16 {
-        let mut conn = data_conn_with(self.ports()[0], PASSWORD).await.unwrap();
+        let mut conn = self.conn_to(self.ports()[0]).await.unwrap();
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -143,9 +185,7 @@ impl Cluster {
 
     /// A connection to the primary that holds `key` now.
     pub async fn conn_for(&self, key: &str) -> MultiplexedConnection {
-        data_conn_with(self.primary_of(key).await, PASSWORD)
-            .await
-            .unwrap()
+        self.conn_to(self.primary_of(key).await).await.unwrap()
     }
 
     /// Moves the slot of `key` from its primary to the primary `to`, key by
@@ -154,8 +194,8 @@ impl Cluster {
     /// clients keep working: they meet ASK, TRYAGAIN and then MOVED.
     pub async fn move_slot(&self, key: &str, to: u16) {
         let from = self.primary_of(key).await;
-        let mut src = data_conn_with(from, PASSWORD).await.unwrap();
-        let mut dst = data_conn_with(to, PASSWORD).await.unwrap();
+        let mut src = self.conn_to(from).await.unwrap();
+        let mut dst = self.conn_to(to).await.unwrap();
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -216,7 +256,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for port in self.ports() {
-            let Ok(mut conn) = data_conn_with(port, PASSWORD).await else {
+            let Ok(mut conn) = self.conn_to(port).await else {
                 continue;
             };
             let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
@@ -233,7 +273,7 @@ impl Cluster {
     pub async fn primaries(&self) -> Vec<u16> {
         let mut out = Vec::new();
         for port in self.ports() {
-            let mut conn = data_conn_with(port, PASSWORD).await.unwrap();
+            let mut conn = self.conn_to(port).await.unwrap();
             let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.unwrap();
             if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
                 out.push(port);
@@ -255,7 +295,7 @@ impl Cluster {
         loop {
             let port = self.primary_of(key).await;
             if port != old {
-                if let Ok(mut conn) = data_conn_with(port, PASSWORD).await {
+                if let Ok(mut conn) = self.conn_to(port).await {
                     let info: String = redis::cmd("CLUSTER")
                         .arg("INFO")
                         .query_async(&mut conn)
@@ -283,19 +323,48 @@ impl Drop for Cluster {
     }
 }
 
-fn node(dir: &Path, i: usize) -> Node {
+fn node(dir: &Path, i: usize, tls: Option<&TestCa>) -> Node {
     let port = free_port();
     let dir = dir.join(format!("node-{i}"));
     std::fs::create_dir(&dir).unwrap();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        // Its own bus port: port + 10000, the default, may not exist.
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &free_port().to_string(),
+        ])
+        .args(["--cluster-node-timeout", "2000"])
         .arg("--cluster-config-file")
         .arg(dir.join("nodes.conf"))
         .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
         .arg("--dir")
-        .arg(&dir)
+        .arg(&dir);
+    match tls {
+        Some(ca) => {
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&ca.cert)
+                .arg("--tls-key-file")
+                .arg(&ca.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&ca.ca)
+                // The bus always asks a peer for its certificate, and the
+                // server's is for servers only.
+                .arg("--tls-client-cert-file")
+                .arg(&ca.client_cert)
+                .arg("--tls-client-key-file")
+                .arg(&ca.client_key)
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(["--tls-auth-clients", "no"]);
+        }
+        None => {
+            cmd.args(["--port", &port.to_string()]);
+        }
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -309,4 +378,16 @@ fn node(dir: &Path, i: usize) -> Node {
         child: Some(child),
         port,
     }
+}
+
+/// `text` percent-encoded for a URL's userinfo.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
