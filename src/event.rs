@@ -43,6 +43,12 @@ pub enum EventType {
     /// A daemon finished shutting down.
     #[serde(rename = "node.stopped")]
     NodeStopped,
+    /// `conveyor pause`: no daemon takes the queue's jobs until resumed.
+    #[serde(rename = "queue.paused")]
+    QueuePaused,
+    /// `conveyor resume`: the daemons take the queue's jobs again.
+    #[serde(rename = "queue.resumed")]
+    QueueResumed,
     /// A type this version does not know (from a newer publisher).
     #[serde(other)]
     Unknown,
@@ -61,6 +67,8 @@ impl EventType {
             EventType::NodeStarted => "node.started",
             EventType::NodeStopping => "node.stopping",
             EventType::NodeStopped => "node.stopped",
+            EventType::QueuePaused => "queue.paused",
+            EventType::QueueResumed => "queue.resumed",
             EventType::Unknown => "unknown",
         }
     }
@@ -148,6 +156,14 @@ impl<'a> Draft<'a> {
             queue: Some(queue.into()),
             id: Some(id.into()),
             attempt: Some(attempt),
+            ..Self::node(kind)
+        }
+    }
+
+    /// A queue's event (no job).
+    pub fn queue(kind: EventType, queue: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            queue: Some(queue.into()),
             ..Self::node(kind)
         }
     }

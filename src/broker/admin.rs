@@ -65,6 +65,8 @@ pub struct QueueCounts {
     /// The item at the head of the queue (the oldest waiting), if any.
     #[serde(skip)]
     pub head: Option<Vec<u8>>,
+    /// Whether the queue is paused (`conveyor pause`).
+    pub paused: bool,
 }
 
 impl Broker {
@@ -286,6 +288,50 @@ impl Broker {
         Ok(len)
     }
 
+    /// Pauses (`true`) or resumes a queue: sets or deletes `{K}:paused` and
+    /// announces it with `event` (already numbered, JSON). Whether it
+    /// changed anything.
+    pub async fn set_paused(
+        &self,
+        q: &QueueKeys,
+        paused: bool,
+        since: &str,
+        sink: &EventSink,
+        event: Option<&str>,
+    ) -> Result<bool, BrokerError> {
+        let mut pipe = redis::pipe();
+        match paused {
+            true => pipe.cmd("SET").arg(&q.paused).arg(since).arg("NX"),
+            false => pipe.cmd("DEL").arg(&q.paused),
+        };
+        let mut conn = self.conn().await?;
+        let changed: Value = pipe.query_async::<Vec<Value>>(&mut conn).await?.remove(0);
+        let changed = !matches!(changed, Value::Nil | Value::Int(0));
+        if let Some(event) = event.filter(|_| changed) {
+            let mut events = EventBatch::default();
+            events.push_json(event);
+            let mut pipe = redis::pipe();
+            super::events::add_publish(&mut pipe, sink, &events);
+            super::events::add_stream(&mut pipe, sink, &events);
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Which of `queues` are paused, in one round trip (one per slot on a
+    /// cluster).
+    pub async fn paused(&self, queues: &[&QueueKeys]) -> Result<Vec<bool>, BrokerError> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            pipe.cmd("EXISTS").arg(&q.paused);
+        }
+        let mut conn = self.conn().await?;
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
     /// Sizes and counters of each queue, in two round trips.
     /// The stats hash may hold only counters; `LINDEX` reads one item.
     pub async fn queue_counts(
@@ -304,6 +350,7 @@ impl Broker {
             pipe.cmd("HGETALL").arg(&q.stats);
             pipe.cmd("SMEMBERS").arg(&q.nodes);
             pipe.cmd("LINDEX").arg(&q.list).arg(0);
+            pipe.cmd("EXISTS").arg(&q.paused);
         }
         let mut conn = self.conn().await?;
         type Row = (
@@ -313,13 +360,14 @@ impl Broker {
             HashMap<String, u64>,
             Vec<String>,
             Option<Vec<u8>>,
+            bool,
         );
         let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut counts = Vec::with_capacity(queues.len());
         let mut rows = rows.into_iter();
         for _ in queues {
-            let row: Vec<Value> = rows.by_ref().take(6).collect();
-            let (waiting, scheduled, dead, stats, nodes, head): Row =
+            let row: Vec<Value> = rows.by_ref().take(7).collect();
+            let (waiting, scheduled, dead, stats, nodes, head, paused): Row =
                 redis::from_redis_value(Value::Array(row))?;
             let get = |k: &str| stats.get(k).copied().unwrap_or(0);
             counts.push(QueueCounts {
@@ -334,6 +382,7 @@ impl Broker {
                 recovered: get("recovered"),
                 nodes,
                 head,
+                paused,
             });
         }
         let mut pipe = redis::pipe();

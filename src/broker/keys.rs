@@ -26,6 +26,8 @@ pub struct QueueKeys {
     pub stats: String,
     /// `{K}:ratelimit`: the sliding-window log.
     pub ratelimit: String,
+    /// `{K}:paused`: present while the queue is paused.
+    pub paused: String,
 }
 
 impl QueueKeys {
@@ -41,6 +43,7 @@ impl QueueKeys {
             dead: format!("{{{list}}}:dead"),
             stats: format!("{{{list}}}:stats"),
             ratelimit: format!("{{{list}}}:ratelimit"),
+            paused: format!("{{{list}}}:paused"),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod completions;
 pub mod dead;
 pub mod enqueue;
 pub mod monitor;
+pub mod pause;
 pub mod run;
 pub mod schedules;
 pub mod stats;
@@ -93,6 +94,10 @@ pub enum Command {
     Stats(stats::Args),
     /// Show a tracked job's status record.
     Status(status::Args),
+    /// Stop every daemon taking a queue's jobs (running ones finish).
+    Pause(pause::Args),
+    /// Let the daemons take a paused queue's jobs again.
+    Resume(pause::Args),
     /// Validate the configuration, reach Redis and the SMTP server.
     Check(check::Args),
     /// Show each schedule's last and next tick.
@@ -126,6 +131,8 @@ pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Monitor(args) => block_on(monitor::run(config, args)),
         Command::Stats(args) => block_on(stats::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
+        Command::Pause(args) => block_on(pause::run(config, args, true)),
+        Command::Resume(args) => block_on(pause::run(config, args, false)),
         Command::Check(args) => block_on(check::run(config, args, registry)),
         Command::Schedules(args) => block_on(schedules::run(config, args)),
         Command::Completions(args) => completions::run(args),

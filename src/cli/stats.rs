@@ -178,7 +178,7 @@ fn print(s: &Snapshot, json: bool, in_place: bool) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}",
+            "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  state",
             "queue",
             "waiting",
             "in_flight",
@@ -193,7 +193,7 @@ fn print(s: &Snapshot, json: bool, in_place: bool) -> anyhow::Result<()> {
             let c = &q.counts;
             writeln!(
                 out,
-                "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}",
+                "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  {}",
                 q.name,
                 c.waiting,
                 c.in_flight,
@@ -202,7 +202,8 @@ fn print(s: &Snapshot, json: bool, in_place: bool) -> anyhow::Result<()> {
                 c.processed,
                 c.failed,
                 q.rate_1m,
-                q.oldest_age_s.map(age).unwrap_or_else(|| "-".into())
+                q.oldest_age_s.map(age).unwrap_or_else(|| "-".into()),
+                if c.paused { "paused" } else { "running" }
             )?;
         }
     }

@@ -19,6 +19,7 @@ use crate::shutdown::Shutdown;
 mod heartbeat;
 mod isolation;
 mod notify;
+mod pause;
 mod periodic;
 mod processor;
 mod queues;
@@ -238,8 +239,17 @@ pub async fn run_with(
     if let Err(e) = reaper.sweep().await {
         tracing::warn!(error = %e, "reaper: first look for dead nodes failed; will look again");
     }
+    // A queue paused before the start is not taken from at all.
+    if let Err(e) = pause::look(&broker, &queues.processors()).await {
+        tracing::warn!(error = %e, "could not read which queues are paused; will look again");
+    }
     queues.launch();
     let mut background = JoinSet::new();
+    background.spawn(pause::watch(
+        broker.clone(),
+        queues.processors(),
+        stop_background.clone(),
+    ));
     background.spawn(
         Scheduler {
             processors: queues.processors(),

@@ -191,6 +191,10 @@ async fn apply(
     if !register(cx.heartbeat, cx.terminate).await {
         return Err("a shutdown began".into());
     }
+    // A new or changed queue that is paused takes nothing from its start.
+    if let Err(e) = super::pause::look(cx.broker, &queues.processors()).await {
+        tracing::warn!(error = %e, "could not read which queues are paused; will look again");
+    }
     queues.launch();
     let old = std::mem::replace(
         periodic,

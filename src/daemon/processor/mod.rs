@@ -139,6 +139,9 @@ pub(crate) struct Processor {
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
     /// against an unreachable Redis (the jobs stay in flight for a reaper).
     give_up: CancellationToken,
+    /// Whether the queue is paused (`conveyor pause`): the fetcher takes
+    /// nothing while it is.
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 /// What every processor of a node shares.
@@ -192,7 +195,26 @@ impl Processor {
             outcomes,
             completions: Throughput::default(),
             give_up,
+            paused: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Pauses or resumes taking jobs.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        let changed = self
+            .paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+        if changed {
+            match paused {
+                true => tracing::info!(queue = %self.name, "queue paused: taking no new jobs"),
+                false => tracing::info!(queue = %self.name, "queue resumed"),
+            }
+        }
+    }
+
+    /// Whether the queue is paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.paused.borrow()
     }
 
     /// The queue's name.
@@ -308,11 +330,18 @@ impl Processor {
                     }
                 }
             }
-            // Nothing is taken while a suspect has the node to itself.
+            // Nothing is taken while a suspect has the node to itself, nor
+            // while the queue is paused.
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = self.isolation.open() => {}
+            }
+            let mut paused = self.paused.subscribe();
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = paused.wait_for(|p| !*p) => {}
             }
             // A slot first, then a job: a job is never taken that no slot can run.
             let first = tokio::select! {
@@ -320,6 +349,11 @@ impl Processor {
                 _ = stop.cancelled() => break,
                 reserved = self.reserve() => reserved,
             };
+            // Paused while it waited for a slot: wait for the resume.
+            if self.is_paused() {
+                drop(first);
+                continue;
+            }
             let mut permits = vec![first];
             let taken = if backlog {
                 while permits.len() < MAX_BATCH {
@@ -501,11 +535,21 @@ impl Processor {
             None => fetcher.insert(self.store.fetcher(BLOCK).await?),
         };
         let client_id = f.client_id();
+        let mut paused = self.paused.subscribe();
         let pop = f.next();
         tokio::pin!(pop);
         tokio::select! {
             biased;
             result = &mut pop => result,
+            _ = async { paused.wait_for(|p| *p).await.map(drop) }, if !self.is_paused() => {
+                // Paused while waiting: the pop ends now, not at its block
+                // time. A job it moved just then still runs (it was taken
+                // before the pause was seen).
+                if let Err(e) = self.store.broker().unblock(client_id, &self.store.keys().list).await {
+                    tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
+                }
+                pop.await
+            }
             _ = stop.cancelled() => {
                 if let Err(e) = self.store.broker().unblock(client_id, &self.store.keys().list).await {
                     tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");

@@ -1,0 +1,40 @@
+//! Paused queues (`conveyor pause`): each daemon looks at every queue's
+//! `{K}:paused` key several times a second and tells the queue's fetcher,
+//! which stops taking jobs (cutting a blocking pop short) until the key is
+//! gone. Jobs already taken run to their end.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::queues::Processors;
+use crate::broker::{Broker, BrokerError};
+
+/// How often the keys are read: a pause takes hold within this and a round
+/// trip, well within the second the contract allows.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads every queue's pause key once and tells its processor.
+pub(crate) async fn look(broker: &Broker, processors: &Processors) -> Result<(), BrokerError> {
+    let processors = processors.snapshot();
+    let keys: Vec<_> = processors.iter().map(|p| p.store().keys()).collect();
+    let paused = broker.paused(&keys).await?;
+    for (p, paused) in processors.iter().zip(paused) {
+        p.set_paused(paused);
+    }
+    Ok(())
+}
+
+/// Looks every [`LOOK_EVERY`] until `stop`. A failed look keeps what the
+/// last one saw.
+pub(crate) async fn watch(broker: Broker, processors: Processors, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        if let Err(e) = look(&broker, &processors).await {
+            tracing::debug!(error = %e, "could not read which queues are paused; will look again");
+        }
+    }
+}
