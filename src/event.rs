@@ -43,6 +43,10 @@ pub enum EventType {
     /// A daemon finished shutting down.
     #[serde(rename = "node.stopped")]
     NodeStopped,
+    /// `conveyor cancel`: a job ended as dead, `reason` what it was doing
+    /// (`waiting`, `scheduled`, `running`).
+    #[serde(rename = "job.cancelled")]
+    Cancelled,
     /// `conveyor pause`: no daemon takes the queue's jobs until resumed.
     #[serde(rename = "queue.paused")]
     QueuePaused,
@@ -67,6 +71,7 @@ impl EventType {
             EventType::NodeStarted => "node.started",
             EventType::NodeStopping => "node.stopping",
             EventType::NodeStopped => "node.stopped",
+            EventType::Cancelled => "job.cancelled",
             EventType::QueuePaused => "queue.paused",
             EventType::QueueResumed => "queue.resumed",
             EventType::Unknown => "unknown",

@@ -318,18 +318,32 @@ impl Broker {
         Ok(changed)
     }
 
-    /// Which of `queues` are paused, in one round trip (one per slot on a
-    /// cluster).
-    pub async fn paused(&self, queues: &[&QueueKeys]) -> Result<Vec<bool>, BrokerError> {
+    /// For each of `queues`: whether it is paused, and the ids of running
+    /// jobs `conveyor cancel` asks to stop; one round trip (one per slot on
+    /// a cluster).
+    pub async fn steering(
+        &self,
+        queues: &[&QueueKeys],
+    ) -> Result<Vec<(bool, Vec<String>)>, BrokerError> {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for q in queues {
             pipe.cmd("EXISTS").arg(&q.paused);
+            pipe.cmd("SMEMBERS").arg(&q.cancel);
         }
         let mut conn = self.conn().await?;
-        Ok(pipe.query_async(&mut conn).await?)
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(queues.len());
+        let mut replies = replies.into_iter();
+        while let (Some(paused), Some(cancel)) = (replies.next(), replies.next()) {
+            out.push((
+                redis::from_redis_value(paused)?,
+                redis::from_redis_value(cancel)?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Sizes and counters of each queue, in two round trips.
@@ -401,5 +415,131 @@ impl Broker {
             }
         }
         Ok(counts)
+    }
+}
+
+/// Where `conveyor cancel` found a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// In the queue list, as this item.
+    Waiting(Vec<u8>),
+    /// In the scheduled set, as this item.
+    Scheduled(Vec<u8>),
+    /// In the in-flight list of this node: a daemon runs it.
+    Running(String),
+}
+
+/// Items read per round trip while looking for a job.
+const SEARCH_CHUNK: isize = 1000;
+
+impl Broker {
+    /// Where the job with id `id` is: waiting, scheduled or running; `None`
+    /// when in none of them. A waiting job is looked for through the whole
+    /// list, a thousand items a round trip.
+    pub async fn find_job(&self, q: &QueueKeys, id: &str) -> Result<Option<Found>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let has_id = |item: &[u8]| {
+            crate::envelope::parse_item(item, usize::MAX).is_ok_and(|p| p.envelope.id == id)
+        };
+        let mut start = 0;
+        loop {
+            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(&q.list)
+                .arg(start)
+                .arg(start + SEARCH_CHUNK - 1)
+                .query_async(&mut conn)
+                .await?;
+            if let Some(item) = items.iter().find(|i| has_id(i)) {
+                return Ok(Some(Found::Waiting(item.clone())));
+            }
+            if (items.len() as isize) < SEARCH_CHUNK {
+                break;
+            }
+            start += SEARCH_CHUNK;
+        }
+        let scheduled: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(&q.scheduled)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if let Some(item) = scheduled.into_iter().find(|i| has_id(i)) {
+            return Ok(Some(Found::Scheduled(item)));
+        }
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&q.nodes)
+            .query_async(&mut conn)
+            .await?;
+        for node in nodes {
+            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(q.inflight_of(&node))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            if items.iter().any(|i| has_id(i)) {
+                return Ok(Some(Found::Running(node)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves a waiting or scheduled job (`found`) to the dead letter list as
+    /// `dead_entry`, releasing its unique lock; false if it was no longer
+    /// there.
+    pub async fn cancel_waiting(
+        &self,
+        q: &QueueKeys,
+        found: &Found,
+        dead_entry: &str,
+        dead_cap: u32,
+        unique: Option<(&str, &str)>,
+    ) -> Result<bool, BrokerError> {
+        let (source, kind, item) = match found {
+            Found::Waiting(item) => (&q.list, "list", item),
+            Found::Scheduled(item) => (&q.scheduled, "zset", item),
+            Found::Running(_) => return Ok(false),
+        };
+        let lock = unique.map(|(key, _)| q.unique(key));
+        let mut conn = self.conn().await?;
+        let moved: u8 = scripts::CANCEL
+            .key(source)
+            .key(&q.dead)
+            .key(lock.as_deref().unwrap_or(&q.dead))
+            .arg(kind)
+            .arg(item)
+            .arg(dead_entry)
+            .arg(dead_cap)
+            .arg(unique.map_or("", |(_, id)| id))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Asks the daemons to stop the running job `id` (they look four times
+    /// a second), or withdraws the request.
+    pub async fn request_cancel(
+        &self,
+        q: &QueueKeys,
+        id: &str,
+        on: bool,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd(if on { "SADD" } else { "SREM" });
+        cmd.arg(&q.cancel).arg(id);
+        cmd.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Publishes (and keeps in the replay stream) one event, already JSON.
+    pub async fn announce(&self, sink: &EventSink, event: &str) -> Result<(), BrokerError> {
+        let mut events = EventBatch::default();
+        events.push_json(event);
+        let mut pipe = redis::pipe();
+        super::events::add_publish(&mut pipe, sink, &events);
+        super::events::add_stream(&mut pipe, sink, &events);
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
     }
 }

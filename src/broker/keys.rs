@@ -28,6 +28,9 @@ pub struct QueueKeys {
     pub ratelimit: String,
     /// `{K}:paused`: present while the queue is paused.
     pub paused: String,
+    /// `{K}:cancel`: ids of running jobs that `conveyor cancel` asks their
+    /// daemon to stop.
+    pub cancel: String,
 }
 
 impl QueueKeys {
@@ -44,6 +47,7 @@ impl QueueKeys {
             stats: format!("{{{list}}}:stats"),
             ratelimit: format!("{{{list}}}:ratelimit"),
             paused: format!("{{{list}}}:paused"),
+            cancel: format!("{{{list}}}:cancel"),
         }
     }
 

@@ -26,3 +26,4 @@ script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");
 script!(DEAD_RETRY, "dead_retry.lua");
 script!(RATELIMIT, "ratelimit.lua");
 script!(TICK, "tick.lua");
+script!(CANCEL, "cancel.lua");

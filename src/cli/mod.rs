@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::daemon::DaemonError;
 use crate::handlers::{CheckError, Registry};
 
+pub mod cancel;
 pub mod check;
 pub mod completions;
 pub mod dead;
@@ -98,6 +99,8 @@ pub enum Command {
     Pause(pause::Args),
     /// Let the daemons take a paused queue's jobs again.
     Resume(pause::Args),
+    /// End a waiting, scheduled or running job as dead, reason "cancelled".
+    Cancel(cancel::Args),
     /// Validate the configuration, reach Redis and the SMTP server.
     Check(check::Args),
     /// Show each schedule's last and next tick.
@@ -133,6 +136,7 @@ pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Pause(args) => block_on(pause::run(config, args, true)),
         Command::Resume(args) => block_on(pause::run(config, args, false)),
+        Command::Cancel(args) => block_on(cancel::run(config, args)),
         Command::Check(args) => block_on(check::run(config, args, registry)),
         Command::Schedules(args) => block_on(schedules::run(config, args)),
         Command::Completions(args) => completions::run(args),

@@ -1,7 +1,8 @@
-//! Paused queues (`conveyor pause`): each daemon looks at every queue's
-//! `{K}:paused` key several times a second and tells the queue's fetcher,
-//! which stops taking jobs (cutting a blocking pop short) until the key is
-//! gone. Jobs already taken run to their end.
+//! Paused queues (`conveyor pause`) and cancelled jobs (`conveyor cancel`):
+//! each daemon looks at every queue's `{K}:paused` key and `{K}:cancel` set
+//! several times a second. A paused queue's fetcher stops taking jobs
+//! (cutting a blocking pop short) until the key is gone; jobs already taken
+//! run to their end. A running job whose id is in the set is stopped.
 
 use std::time::Duration;
 
@@ -18,9 +19,12 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 pub(crate) async fn look(broker: &Broker, processors: &Processors) -> Result<(), BrokerError> {
     let processors = processors.snapshot();
     let keys: Vec<_> = processors.iter().map(|p| p.store().keys()).collect();
-    let paused = broker.paused(&keys).await?;
-    for (p, paused) in processors.iter().zip(paused) {
+    let steering = broker.steering(&keys).await?;
+    for (p, (paused, cancel)) in processors.iter().zip(steering) {
         p.set_paused(paused);
+        if !cancel.is_empty() {
+            p.cancel_running(&cancel);
+        }
     }
     Ok(())
 }

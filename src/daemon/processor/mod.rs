@@ -142,6 +142,27 @@ pub(crate) struct Processor {
     /// Whether the queue is paused (`conveyor pause`): the fetcher takes
     /// nothing while it is.
     paused: tokio::sync::watch::Sender<bool>,
+    /// The running jobs `conveyor cancel` can stop, by id.
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// A running job's registration for `conveyor cancel`, withdrawn on drop.
+pub(super) struct Cancellable<'a> {
+    processor: &'a Processor,
+    id: String,
+    /// Cancelled when the job is to stop.
+    pub(super) token: CancellationToken,
+}
+
+impl Drop for Cancellable<'_> {
+    fn drop(&mut self) {
+        let mut cancels = self
+            .processor
+            .cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cancels.remove(&self.id);
+    }
 }
 
 /// What every processor of a node shares.
@@ -196,6 +217,30 @@ impl Processor {
             completions: Throughput::default(),
             give_up,
             paused: tokio::sync::watch::Sender::new(false),
+            cancels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a running job so that `conveyor cancel` can stop it.
+    pub(super) fn cancellable(&self, id: &str) -> Cancellable<'_> {
+        let token = CancellationToken::new();
+        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        cancels.insert(id.to_owned(), token.clone());
+        Cancellable {
+            processor: self,
+            id: id.to_owned(),
+            token,
+        }
+    }
+
+    /// Stops those of `ids` that run here.
+    pub(crate) fn cancel_running(&self, ids: &[String]) {
+        let cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if let Some(token) = cancels.get(id) {
+                tracing::info!(queue = %self.name, %id, "cancel asked; stopping the job");
+                token.cancel();
+            }
         }
     }
 

@@ -108,6 +108,7 @@ impl Processor {
             self.events.status(running);
         }
         let started = Instant::now();
+        let cancel = self.cancellable(job.id());
         let run = AssertUnwindSafe(self.handler.handle(&job)).catch_unwind();
         let result = tokio::select! {
             biased;
@@ -117,7 +118,13 @@ impl Processor {
                 tracing::info!("still running at the end of the shutdown timeout; requeued at the head of its queue");
                 return self.requeue(&job).await;
             }
+            _ = cancel.token.cancelled() => {
+                job.cancel();
+                drop(busy);
+                return self.cancelled(&job).await;
+            }
         };
+        drop(cancel);
         let took = started.elapsed().as_millis() as u64;
         drop(busy);
         let error = match result {
@@ -224,6 +231,31 @@ impl Processor {
             self.emit(EventType::Recovered, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("shutdown")
             });
+        }
+    }
+
+    /// `conveyor cancel` stopped the job: dead, its reason "cancelled".
+    async fn cancelled(&self, job: &Job) {
+        tracing::info!("cancelled while running; dead-lettered");
+        let reason = "cancelled";
+        let status = self.dead_status(job, reason, job.attempt());
+        if self
+            .record(job.item_bytes(), self.dead(job, reason, false), status)
+            .await
+        {
+            self.emit(EventType::Cancelled, |kind| {
+                Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("running")
+            });
+            self.died(job, reason, "cancelled", job.attempt());
+        }
+        let keys = self.store.keys();
+        if let Err(e) = self
+            .store
+            .broker()
+            .request_cancel(keys, job.id(), false)
+            .await
+        {
+            tracing::debug!(error = %e, "could not clear the cancel request; conveyor cancel clears it");
         }
     }
 
