@@ -38,6 +38,83 @@ async fn load_acknowledged(master: &mut MultiplexedConnection, ledger: &mut Ledg
     assert_eq!(replicas, 1, "the replica acknowledged the jobs");
 }
 
+/// A daemon given `redis` (a `[redis]` line) working through 10,000
+/// acknowledged jobs loaded through `conn`, 50 at a time, caught at 30%.
+struct UnderLoad {
+    daemon: Daemon,
+    ledger: Ledger,
+    jobs: usize,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn thirty_percent_in(
+    redis: &str,
+    password: &str,
+    conn: &mut MultiplexedConnection,
+) -> UnderLoad {
+    let jobs = 10_000 * scale();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\n{redis}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n"
+        ),
+    )
+    .unwrap();
+    let mut ledger = Ledger::new();
+    load_acknowledged(conn, &mut ledger, jobs).await;
+    let daemon = Daemon::start_with_env(&config, &[("REDIS_PASSWORD", password)]);
+    let at = (jobs * 3 / 10) as u64;
+    wait_until("30% done", WAIT, || {
+        let mut c = conn.clone();
+        async move { processed(&mut c).await >= at }
+    })
+    .await;
+    UnderLoad {
+        daemon,
+        ledger,
+        jobs,
+        config,
+        _dir: dir,
+    }
+}
+
+/// Waits until `RESUMED` more outcomes are recorded through `conn` (the
+/// new master); the time since `fault`.
+async fn resumed(conn: &MultiplexedConnection, fault: Instant) -> Duration {
+    let from = processed(&mut conn.clone()).await;
+    time_until(WAIT, || {
+        let mut c = conn.clone();
+        async move { processed(&mut c).await >= from + RESUMED }
+    })
+    .await
+    .expect("processing resumes on the new master");
+    fault.elapsed()
+}
+
+impl UnderLoad {
+    /// Drains through `conn`, prints the scenario's line, and checks that
+    /// every job completed and the daemon is healthy.
+    async fn all_complete(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        scenario: &str,
+        recover: Duration,
+        more: &str,
+    ) {
+        let tally = self.ledger.drain(conn, WAIT * scale() as u32).await;
+        report(scenario, &tally, Some(recover), more);
+        if !tally.settled() {
+            self.daemon.dump_log(80);
+        }
+        tally.assert_settled();
+        assert_eq!(tally.completed, self.jobs, "{tally:?}");
+        self.daemon.assert_healthy();
+    }
+}
+
 enum Fault {
     /// The master SIGKILLed; the sentinels notice after
     /// `down-after-milliseconds` (1 s) and promote the replica.
@@ -53,36 +130,21 @@ enum Fault {
 /// master (the failover's own time, about 1-3 s for a kill, included).
 async fn failover_under_load(scenario: &str, fault: Fault) {
     let _serial = serial().await;
-    let jobs = 10_000 * scale();
     let mut set = Sentinels::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
-            set.config_line()
-        ),
-    )
-    .unwrap();
     let mut master = set.master().await;
-    let mut ledger = Ledger::new();
-    load_acknowledged(&mut master, &mut ledger, jobs).await;
-
-    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", PASSWORD)]);
+    let mut run = thirty_percent_in(&set.config_line(), PASSWORD, &mut master).await;
     // Events followed through the failover by `conveyor monitor`.
     let mut monitor = conveyor();
     monitor
-        .args(["--config", cfg.to_str().unwrap(), "monitor"])
+        .args(["--config", run.config.to_str().unwrap(), "monitor"])
         .env("REDIS_PASSWORD", PASSWORD);
     let (_monitor, monitor_logs, monitor_out) = spawn_logged_out(monitor);
-
-    let at = (jobs * 3 / 10) as u64;
-    wait_until("30% done", WAIT, || {
-        let mut c = master.clone();
-        async move { processed(&mut c).await >= at }
+    wait_until("the monitor shows events", WAIT, || {
+        let out = monitor_out.clone();
+        async move { !out.lines().is_empty() }
     })
     .await;
+
     let faulted = Instant::now();
     let old = match fault {
         Fault::Kill => set.kill_master().await,
@@ -90,14 +152,7 @@ async fn failover_under_load(scenario: &str, fault: Fault) {
     };
     let (new, failover) = set.wait_new_master(old, WAIT).await;
     let mut master = data_conn(new).await.unwrap();
-    let from = processed(&mut master).await;
-    time_until(WAIT, || {
-        let mut c = master.clone();
-        async move { processed(&mut c).await >= from + RESUMED }
-    })
-    .await
-    .expect("processing resumes on the new master");
-    let recover = faulted.elapsed();
+    let recover = resumed(&master, faulted).await;
 
     // The monitor's subscription follows the master (it misses what is
     // published while it moves, and says so): a job enqueued once it
@@ -126,7 +181,7 @@ async fn failover_under_load(scenario: &str, fault: Fault) {
     })
     .await;
     if seen.is_none() {
-        daemon.dump_log(200);
+        run.daemon.dump_log(200);
     }
     assert!(
         seen.is_some(),
@@ -142,20 +197,10 @@ async fn failover_under_load(scenario: &str, fault: Fault) {
             .join("\n")
     );
 
-    let tally = ledger.drain(&mut master, WAIT * scale() as u32).await;
-    report(
-        scenario,
-        &tally,
-        Some(recover),
-        &format!("failover={:.1}s", failover.as_secs_f64()),
-    );
-    if !tally.settled() {
-        daemon.dump_log(80);
-    }
-    tally.assert_settled();
-    assert_eq!(tally.completed, jobs, "{tally:?}");
-    daemon.assert_healthy();
-    let logs = daemon.logs().lines().join("\n");
+    let more = format!("failover={:.1}s", failover.as_secs_f64());
+    run.all_complete(&mut master, scenario, recover, &more)
+        .await;
+    let logs = run.daemon.logs().lines().join("\n");
     assert!(
         logs.contains(&format!("127.0.0.1:{new}")),
         "the daemon says which master it found: {logs}"
@@ -189,57 +234,19 @@ async fn sentinel_switchover() {
 async fn cluster_primary_killed() {
     use crate::common::cluster::{self, Cluster};
     let _serial = serial().await;
-    let jobs = 10_000 * scale();
     let mut set = Cluster::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
-            set.config_line()
-        ),
-    )
-    .unwrap();
     let mut primary = set.conn_for(Q).await;
-    let mut ledger = Ledger::new();
-    load_acknowledged(&mut primary, &mut ledger, jobs).await;
-    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", cluster::PASSWORD)]);
-    let at = (jobs * 3 / 10) as u64;
-    wait_until("30% done", WAIT, || {
-        let mut c = primary.clone();
-        async move { processed(&mut c).await >= at }
-    })
-    .await;
+    let mut run = thirty_percent_in(&set.config_line(), cluster::PASSWORD, &mut primary).await;
     let old = set.primary_of(Q).await;
     let killed = Instant::now();
     set.kill(old);
     let (new, failover) = set.wait_failover(Q, old, WAIT).await;
-    let mut primary = crate::common::sentinel::data_conn_with(new, cluster::PASSWORD)
-        .await
-        .unwrap();
-    let from = processed(&mut primary).await;
-    time_until(WAIT, || {
-        let mut c = primary.clone();
-        async move { processed(&mut c).await >= from + RESUMED }
-    })
-    .await
-    .expect("processing resumes on the new primary");
-    let recover = killed.elapsed();
-    let tally = ledger.drain(&mut primary, WAIT * scale() as u32).await;
-    report(
-        "cluster_primary_killed",
-        &tally,
-        Some(recover),
-        &format!("failover={:.1}s", failover.as_secs_f64()),
-    );
-    if !tally.settled() {
-        daemon.dump_log(80);
-    }
-    tally.assert_settled();
-    assert_eq!(tally.completed, jobs, "{tally:?}");
-    daemon.assert_healthy();
-    assert!(!daemon.logs().contains(cluster::PASSWORD));
+    let mut primary = set.conn_to(new).await.unwrap();
+    let recover = resumed(&primary, killed).await;
+    let more = format!("failover={:.1}s", failover.as_secs_f64());
+    run.all_complete(&mut primary, "cluster_primary_killed", recover, &more)
+        .await;
+    assert!(!run.daemon.logs().contains(cluster::PASSWORD));
 }
 
 /// The slot of the queue moved to another primary at 30%, key by key,
@@ -250,57 +257,18 @@ async fn cluster_primary_killed() {
 async fn cluster_slot_moved() {
     use crate::common::cluster::{self, Cluster};
     let _serial = serial().await;
-    let jobs = 10_000 * scale();
     let set = Cluster::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[redis]\n{}\n[daemon]\n{FAST}\n[queues.work]\nhandler = \"fault\"\nconcurrency = 50\n",
-            set.config_line()
-        ),
-    )
-    .unwrap();
     let mut primary = set.conn_for(Q).await;
-    let mut ledger = Ledger::new();
-    load_acknowledged(&mut primary, &mut ledger, jobs).await;
-    let mut daemon = Daemon::start_with_env(&cfg, &[("REDIS_PASSWORD", cluster::PASSWORD)]);
-    let at = (jobs * 3 / 10) as u64;
-    wait_until("30% done", WAIT, || {
-        let mut c = primary.clone();
-        async move { processed(&mut c).await >= at }
-    })
-    .await;
+    let mut run = thirty_percent_in(&set.config_line(), cluster::PASSWORD, &mut primary).await;
     let old = set.primary_of(Q).await;
     let to = *set.primaries().await.iter().find(|p| **p != old).unwrap();
     let started = Instant::now();
     set.move_slot(Q, to).await;
     let moved = started.elapsed();
     assert_eq!(set.primary_of(Q).await, to);
-    let mut primary = crate::common::sentinel::data_conn_with(to, cluster::PASSWORD)
-        .await
-        .unwrap();
-    let from = processed(&mut primary).await;
-    let ended = Instant::now();
-    time_until(WAIT, || {
-        let mut c = primary.clone();
-        async move { processed(&mut c).await >= from + RESUMED.min(jobs as u64 - from) }
-    })
-    .await
-    .expect("processing goes on at the new primary");
-    let recover = ended.elapsed();
-    let tally = ledger.drain(&mut primary, WAIT * scale() as u32).await;
-    report(
-        "cluster_slot_moved",
-        &tally,
-        Some(recover),
-        &format!("move={:.1}s", moved.as_secs_f64()),
-    );
-    if !tally.settled() {
-        daemon.dump_log(80);
-    }
-    tally.assert_settled();
-    assert_eq!(tally.completed, jobs, "{tally:?}");
-    daemon.assert_healthy();
+    let mut primary = set.conn_to(to).await.unwrap();
+    let recover = resumed(&primary, Instant::now()).await;
+    let more = format!("move={:.1}s", moved.as_secs_f64());
+    run.all_complete(&mut primary, "cluster_slot_moved", recover, &more)
+        .await;
 }
