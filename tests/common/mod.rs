@@ -445,39 +445,33 @@ impl Drop for KillOnDrop {
 /// Spawns `cmd` with stderr collected into [`Logs`]; the child dies with
 /// the returned guard.
 pub fn spawn_logged(mut cmd: Command) -> (KillOnDrop, Logs) {
-    use std::io::BufRead as _;
     let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let logs = Logs::default();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            match line {
-                Ok(l) => sink.0.lock().expect("logs").push(l),
-                Err(_) => break,
-            }
-        }
-    });
+    let logs = lines_of(child.stderr.take().expect("stderr"));
     (KillOnDrop(child), logs)
 }
 
 /// [`spawn_logged`], with stdout's lines kept as well (the second [`Logs`]).
 pub fn spawn_logged_out(mut cmd: Command) -> (KillOnDrop, Logs, Logs) {
-    use std::io::BufRead as _;
     cmd.stdout(Stdio::piped());
     let (mut child, logs) = spawn_logged(cmd);
-    let stdout = child.stdout.take().expect("stdout");
-    let out = Logs::default();
-    let sink = out.clone();
+    let out = lines_of(child.stdout.take().expect("stdout"));
+    (child, logs, out)
+}
+
+/// The lines `reader` gives, collected by a thread of their own as they come.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> Logs {
+    use std::io::BufRead as _;
+    let logs = Logs::default();
+    let sink = logs.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
+        for line in std::io::BufReader::new(reader).lines() {
             match line {
                 Ok(l) => sink.0.lock().expect("logs").push(l),
                 Err(_) => break,
             }
         }
     });
-    (child, logs, out)
+    logs
 }
 
 /// A CA and a certificate for `localhost` and `127.0.0.1` that it signed.
