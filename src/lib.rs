@@ -61,6 +61,7 @@
 //! - [`config`]: the one configuration, its defaults and its rules.
 //! - [`cli`]: one module per subcommand, and the exit codes.
 
+pub mod api;
 #[doc(hidden)]
 pub mod broker;
 pub mod cli;
@@ -72,6 +73,7 @@ pub mod event;
 pub mod handlers;
 pub mod job;
 pub(crate) mod logging;
+pub mod metrics;
 pub mod schedule;
 pub mod shutdown;
 

@@ -543,3 +543,84 @@ impl Broker {
         Ok(())
     }
 }
+
+impl Broker {
+    /// The first `limit` scheduled items with their due time (ms), soonest first.
+    pub async fn scheduled_entries(
+        &self,
+        q: &QueueKeys,
+        limit: u64,
+    ) -> Result<Vec<(Vec<u8>, i64)>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let items: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+            .arg(&q.scheduled)
+            .arg(0)
+            .arg(limit - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(items.into_iter().map(|(i, s)| (i, s as i64)).collect())
+    }
+
+    /// Up to `limit` in-flight items of the queue, with the node holding each.
+    pub async fn inflight_entries(
+        &self,
+        q: &QueueKeys,
+        limit: u64,
+    ) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&q.nodes)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        for node in nodes {
+            let left = limit.saturating_sub(out.len() as u64);
+            if left == 0 {
+                break;
+            }
+            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(q.inflight_of(&node))
+                .arg(0)
+                .arg(left - 1)
+                .query_async(&mut conn)
+                .await?;
+            out.extend(items.into_iter().map(|i| (node.clone(), i)));
+        }
+        Ok(out)
+    }
+
+    /// The scheduled item of the job `id`, if it is scheduled.
+    pub async fn find_scheduled(
+        &self,
+        q: &QueueKeys,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let scheduled: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(&q.scheduled)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(scheduled.into_iter().find(|item| {
+            crate::envelope::parse_item(item, usize::MAX).is_ok_and(|p| p.envelope.id == id)
+        }))
+    }
+
+    /// Moves a scheduled item to the head of its queue; false if it was no
+    /// longer scheduled.
+    pub async fn run_now(&self, q: &QueueKeys, item: &[u8]) -> Result<bool, BrokerError> {
+        let mut conn = self.conn().await?;
+        let moved: u8 = scripts::RUN_NOW
+            .key(&q.scheduled)
+            .key(&q.list)
+            .arg(item)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved == 1)
+    }
+}

@@ -27,3 +27,4 @@ script!(DEAD_RETRY, "dead_retry.lua");
 script!(RATELIMIT, "ratelimit.lua");
 script!(TICK, "tick.lua");
 script!(CANCEL, "cancel.lua");
+script!(RUN_NOW, "run_now.lua");

@@ -2,12 +2,9 @@
 
 use std::path::Path;
 
-use super::{InputError, UsageError, connect, load_config};
-use crate::broker::{Broker, QueueKeys};
-use crate::envelope::{Envelope, parse_item};
-
-/// Entries read per round trip when searching or moving.
-const PAGE: u64 = 500;
+use super::{UsageError, connect, load_config};
+use crate::api::Client;
+use crate::broker::QueueKeys;
 
 /// Options of `conveyor dead`.
 #[derive(Debug, clap::Args)]
@@ -60,33 +57,42 @@ pub enum Action {
 /// Runs one dead letter operation.
 pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
-    let queue = match &args.action {
-        Action::List { queue, .. } | Action::Retry { queue, .. } | Action::Purge { queue, .. } => {
-            queue.clone()
-        }
-    };
-    let keys = QueueKeys::new(&queue, &config.queue_key(&queue), "cli");
-    let broker = connect(&config).await?;
+    let client = Client::with_broker(connect(&config).await?, &config, "cli");
+    let key = |queue: &str| config.queue_key(queue);
     match args.action {
-        Action::List { json, limit, .. } => list(&broker, &keys, json, limit).await,
-        Action::Retry { id: Some(id), .. } => {
-            let entry = find(&broker, &keys, &id).await?;
-            broker
-                .dead_retry(&keys, &[(entry.clone(), retried_item(&entry))])
-                .await?;
+        Action::List {
+            queue, json, limit, ..
+        } => list(&client, &queue, &key(&queue), json, limit).await,
+        Action::Retry {
+            queue,
+            id: Some(id),
+            ..
+        } => {
+            client.retry_dead(&queue, &id).await?;
             println!("{id}");
             Ok(())
         }
-        Action::Retry { all: true, .. } => retry_all(&broker, &keys).await,
-        Action::Purge { id: Some(id), .. } => {
-            let entry = find(&broker, &keys, &id).await?;
-            broker.dead_remove(&keys, &entry).await?;
+        Action::Retry {
+            queue, all: true, ..
+        } => {
+            let moved = client.retry_all_dead(&queue).await?;
+            eprintln!("conveyor: moved {moved} dead jobs back to {}", key(&queue));
+            Ok(())
+        }
+        Action::Purge {
+            queue,
+            id: Some(id),
+            ..
+        } => {
+            client.purge_dead(&queue, &id).await?;
             println!("{id}");
             Ok(())
         }
-        Action::Purge { all: true, .. } => {
-            let n = broker.dead_clear(&keys).await?;
-            eprintln!("conveyor: purged {n} dead jobs of {}", keys.list);
+        Action::Purge {
+            queue, all: true, ..
+        } => {
+            let n = client.purge_all_dead(&queue).await?;
+            eprintln!("conveyor: purged {n} dead jobs of {}", key(&queue));
             Ok(())
         }
         Action::Retry { .. } | Action::Purge { .. } => {
@@ -95,98 +101,36 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn list(broker: &Broker, keys: &QueueKeys, json: bool, limit: u64) -> anyhow::Result<()> {
-    let entries = broker.dead_entries(keys, 0, limit).await?;
+async fn list(
+    client: &Client,
+    queue: &str,
+    key: &str,
+    json: bool,
+    limit: u64,
+) -> anyhow::Result<()> {
     if json {
-        for e in &entries {
-            println!("{}", String::from_utf8_lossy(e));
+        // Each entry as stored.
+        let keys = QueueKeys::new(queue, key, "cli");
+        for e in client.broker().dead_entries(&keys, 0, limit).await? {
+            println!("{}", String::from_utf8_lossy(&e));
         }
         return Ok(());
     }
-    if entries.is_empty() {
-        eprintln!("conveyor: no dead jobs in {}", keys.list);
+    let jobs = client.dead_jobs(queue, 0, limit).await?;
+    if jobs.is_empty() {
+        eprintln!("conveyor: no dead jobs in {key}");
         return Ok(());
     }
     println!("{:<24}  {:<32}  {:>7}  error", "died_at", "id", "attempt");
-    for e in &entries {
-        match parse_item(e, usize::MAX) {
-            Ok(p) => {
-                let env = p.envelope;
-                let error = env.last_error.as_deref().unwrap_or("-").replace('\n', " ");
-                println!(
-                    "{:<24}  {:<32}  {:>7}  {}",
-                    env.died_at.as_deref().unwrap_or("-"),
-                    env.id,
-                    env.attempt,
-                    error
-                );
-            }
-            Err(err) => println!(
-                "{:<24}  {:<32}  {:>7}  unreadable entry: {err}",
-                "-", "-", "-"
-            ),
-        }
+    for job in &jobs {
+        let error = job.last_error.as_deref().unwrap_or("-").replace('\n', " ");
+        println!(
+            "{:<24}  {:<32}  {:>7}  {}",
+            job.died_at.as_deref().unwrap_or("-"),
+            job.id,
+            job.attempt,
+            error
+        );
     }
-    Ok(())
-}
-
-/// The stored entry of the dead job `id`.
-async fn find(broker: &Broker, keys: &QueueKeys, id: &str) -> anyhow::Result<Vec<u8>> {
-    let mut start = 0;
-    loop {
-        let page = broker.dead_entries(keys, start, PAGE).await?;
-        if let Some(entry) = page
-            .iter()
-            .find(|e| parse_item(e, usize::MAX).is_ok_and(|p| p.envelope.id == id))
-        {
-            return Ok(entry.clone());
-        }
-        if (page.len() as u64) < PAGE {
-            return Err(InputError(format!("no dead job with id {id} in {}", keys.dead)).into());
-        }
-        start += PAGE;
-    }
-}
-
-/// What to enqueue for a dead entry: the original bytes of an item that was
-/// never a valid job, else the envelope with a fresh set of attempts.
-fn retried_item(entry: &[u8]) -> Vec<u8> {
-    match parse_item(entry, usize::MAX) {
-        Ok(p) => match p.envelope.raw {
-            Some(raw) => raw.to_bytes(),
-            None => {
-                let mut env: Envelope = p.envelope;
-                env.attempt = 0;
-                env.deliveries = 0;
-                env.died_at = None;
-                env.to_json().into_bytes()
-            }
-        },
-        Err(_) => entry.to_vec(),
-    }
-}
-
-/// Retries every entry present when it starts, oldest first; jobs that die
-/// again meanwhile are not picked up a second time.
-async fn retry_all(broker: &Broker, keys: &QueueKeys) -> anyhow::Result<()> {
-    let total = broker.dead_len(keys).await?;
-    let (mut seen, mut moved) = (0, 0);
-    while seen < total {
-        // The oldest entries are at the tail; new deaths arrive at the head.
-        let len = broker.dead_len(keys).await?;
-        if len == 0 {
-            break;
-        }
-        let want = PAGE.min(total - seen).min(len);
-        let page = broker.dead_entries(keys, len - want, want).await?;
-        let moves: Vec<_> = page
-            .iter()
-            .rev()
-            .map(|e| (e.clone(), retried_item(e)))
-            .collect();
-        moved += broker.dead_retry(keys, &moves).await?;
-        seen += want;
-    }
-    eprintln!("conveyor: moved {moved} dead jobs back to {}", keys.list);
     Ok(())
 }

@@ -191,6 +191,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<ConfigError>() {
             return EX_CONFIG;
         }
+        if let Some(e) = cause.downcast_ref::<crate::api::ApiError>() {
+            return match e {
+                crate::api::ApiError::NotFound(_) => EX_DATAERR,
+                crate::api::ApiError::Unfinished(_) => EX_SOFTWARE,
+                crate::api::ApiError::Broker(b) => broker_code(b),
+            };
+        }
         if let Some(e) = cause.downcast_ref::<DaemonError>() {
             return match e {
                 DaemonError::Config(_) => EX_CONFIG,
@@ -206,15 +213,19 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             };
         }
         if let Some(e) = cause.downcast_ref::<BrokerError>() {
-            return match e {
-                BrokerError::BadUrl { .. } => EX_CONFIG,
-                e if e.is_denied() => EX_NOPERM,
-                e if e.is_unavailable() => EX_UNAVAILABLE,
-                _ => EX_SOFTWARE,
-            };
+            return broker_code(e);
         }
     }
     EX_SOFTWARE
+}
+
+fn broker_code(e: &BrokerError) -> u8 {
+    match e {
+        BrokerError::BadUrl { .. } => EX_CONFIG,
+        e if e.is_denied() => EX_NOPERM,
+        e if e.is_unavailable() => EX_UNAVAILABLE,
+        _ => EX_SOFTWARE,
+    }
 }
 
 /// Loads the configuration for a command.

@@ -5,10 +5,7 @@
 use std::path::Path;
 
 use super::{UsageError, connect, load_config};
-use crate::broker::QueueKeys;
-use crate::broker::events::EventSink;
-use crate::clock::now_rfc3339;
-use crate::event::{Draft, EventType};
+use crate::api::Client;
 
 /// Options of `conveyor pause` and `conveyor resume`.
 #[derive(Debug, clap::Args)]
@@ -33,26 +30,17 @@ pub async fn run(config_path: Option<&Path>, args: Args, pause: bool) -> anyhow:
         ))
         .into());
     }
-    let keys = QueueKeys::new(&args.queue, &config.queue_key(&args.queue), "cli");
-    let broker = connect(&config).await?;
-    let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
-    let now = now_rfc3339();
-    let (kind, done, already) = match pause {
-        true => (EventType::QueuePaused, "paused", "was paused already"),
-        false => (EventType::QueueResumed, "resumed", "was not paused"),
+    let client = Client::with_broker(connect(&config).await?, &config, "cli");
+    let changed = match pause {
+        true => client.pause(&args.queue).await?,
+        false => client.resume(&args.queue).await?,
     };
-    let node = format!(
-        "cli-{}-{}",
-        hostname::get().map_or_else(|_| "host".into(), |h| h.to_string_lossy().into_owned()),
-        std::process::id()
-    );
-    let event = Draft::queue(kind, args.queue.as_str()).to_json(&node, &now, 1);
-    let changed = broker
-        .set_paused(&keys, pause, &now, &sink, Some(&event))
-        .await?;
-    match changed {
-        true => println!("{}: {done}", args.queue),
-        false => println!("{}: {already}", args.queue),
-    }
+    let said = match (pause, changed) {
+        (true, true) => "paused",
+        (true, false) => "was paused already",
+        (false, true) => "resumed",
+        (false, false) => "was not paused",
+    };
+    println!("{}: {said}", args.queue);
     Ok(())
 }

@@ -3,12 +3,8 @@
 
 use std::path::Path;
 
-use jiff::Timestamp;
-
 use super::{connect, load_config};
-use crate::broker::QueueKeys;
-use crate::broker::queue::QueueStore;
-use crate::config::Config;
+use crate::api::Client;
 
 /// Options of `conveyor schedules`.
 #[derive(Debug, clap::Args)]
@@ -16,25 +12,6 @@ pub struct Args {
     /// One JSON object per schedule and line.
     #[arg(long)]
     pub json: bool,
-}
-
-/// What is known of one schedule.
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    name: String,
-    queue: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cron: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    every: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timezone: Option<String>,
-    /// Unix seconds.
-    last_tick: Option<i64>,
-    last_tick_at: Option<String>,
-    /// Unix seconds.
-    next_tick: Option<i64>,
-    next_tick_at: Option<String>,
 }
 
 /// Prints every configured schedule.
@@ -46,34 +23,14 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let broker = connect(&config).await?;
-    let now = Timestamp::now();
-    let mut rows = Vec::new();
+    // Every expression parses, or this is a configuration error.
     for (name, schedule) in &config.schedules {
-        let spec = schedule
+        schedule
             .spec()
             .map_err(|e| crate::config::ConfigError::Invalid(e.at(name)))?;
-        let store = store(&config, broker.clone(), &schedule.queue);
-        let last = store.last_tick(name).await?;
-        let next = spec.next_after(now);
-        let zone = schedule.cron.as_ref().map(|_| {
-            schedule
-                .timezone
-                .clone()
-                .unwrap_or_else(|| "UTC".to_owned())
-        });
-        rows.push(Row {
-            name: name.clone(),
-            queue: schedule.queue.clone(),
-            cron: schedule.cron.clone(),
-            every: schedule.every.map(|d| crate::config::human(d).to_string()),
-            last_tick: last,
-            last_tick_at: last.and_then(|t| at(t, zone.as_deref())),
-            next_tick: next.map(|t| t.as_second()),
-            next_tick_at: next.and_then(|t| at(t.as_second(), zone.as_deref())),
-            timezone: zone,
-        });
     }
+    let client = Client::with_broker(connect(&config).await?, &config, "cli");
+    let rows = client.schedules().await?;
     if args.json {
         for row in &rows {
             println!("{}", serde_json::to_string(row)?);
@@ -100,21 +57,4 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn store(config: &Config, broker: crate::broker::Broker, queue: &str) -> QueueStore {
-    let keys = QueueKeys::new(queue, &config.queue_key(queue), "cli");
-    let cap = config.queues.get(queue).map_or(1, |q| q.dead_max_jobs);
-    QueueStore::new(broker, keys, cap)
-}
-
-/// A tick as the schedule's local time with its offset (UTC for intervals).
-fn at(seconds: i64, zone: Option<&str>) -> Option<String> {
-    let t = Timestamp::from_second(seconds).ok()?;
-    let tz = jiff::tz::TimeZone::get(zone.unwrap_or("UTC")).ok()?;
-    Some(
-        t.to_zoned_datetime(tz)
-            .strftime("%Y-%m-%dT%H:%M:%S%:z")
-            .to_string(),
-    )
 }

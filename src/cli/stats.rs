@@ -2,22 +2,16 @@
 //! the counters, the rate over the last minute and the oldest waiting job's
 //! age; the live nodes. `--watch` refreshes in place like `top`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use super::{UsageError, connect, load_config};
-use crate::broker::admin::QueueCounts;
-use crate::broker::{Broker, QueueKeys};
-use crate::clock::{now_ms, now_rfc3339};
-use crate::config::Config;
-use crate::envelope::parse_item;
+use crate::api::{Client, Overview};
 
 /// Options of `conveyor stats`.
 #[derive(Debug, clap::Args)]
@@ -33,52 +27,20 @@ pub struct Args {
     pub interval: Duration,
 }
 
-#[derive(Serialize)]
-struct QueueRow {
-    name: String,
-    key: String,
-    #[serde(flatten)]
-    counts: QueueCounts,
-    /// Runs finished in the last minute, over all live nodes.
-    rate_1m: u64,
-    /// Age of the oldest waiting job, when its envelope says when it was made.
-    oldest_age_s: Option<f64>,
-}
-
-#[derive(Serialize)]
-struct NodeRow {
-    id: String,
-    host: String,
-    pid: String,
-    version: String,
-    started_at: String,
-    uptime_s: Option<u64>,
-    queues: String,
-    busy: u64,
-    events_dropped: u64,
-}
-
-#[derive(Serialize)]
-struct Snapshot {
-    at: String,
-    queues: Vec<QueueRow>,
-    nodes: Vec<NodeRow>,
-}
-
 /// Prints one snapshot, or refreshes until interrupted.
 pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     if args.interval < Duration::from_millis(100) {
         return Err(UsageError("--interval must be at least 100ms".into()).into());
     }
     let config = load_config(config_path)?;
-    let broker = connect(&config).await?;
+    let client = Client::with_broker(connect(&config).await?, &config, "cli");
     if !args.watch {
-        return print(&snapshot(&broker, &config).await?, args.json, false);
+        return print(&client.overview().await?, args.json, false);
     }
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let in_place = !args.json && std::io::stdout().is_terminal();
     loop {
-        print(&snapshot(&broker, &config).await?, args.json, in_place)?;
+        print(&client.overview().await?, args.json, in_place)?;
         tokio::select! {
             _ = signals.next() => return Ok(()),
             _ = tokio::time::sleep(args.interval) => {}
@@ -86,82 +48,7 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn snapshot(broker: &Broker, config: &Config) -> anyhow::Result<Snapshot> {
-    let keys: Vec<QueueKeys> = config
-        .queues
-        .keys()
-        .map(|name| QueueKeys::new(name, &config.queue_key(name), "cli"))
-        .collect();
-    let counts = broker.queue_counts(&keys).await?;
-    let node_ids: Vec<String> = counts
-        .iter()
-        .flat_map(|c| c.nodes.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let infos = broker.node_infos(&node_ids).await?;
-    let live: Vec<(String, BTreeMap<String, String>)> = node_ids
-        .into_iter()
-        .zip(infos)
-        .filter_map(|(id, info)| info.map(|i| (id, i.into_iter().collect())))
-        .collect();
-    let now = now_ms();
-    let queues = keys
-        .iter()
-        .zip(counts)
-        .map(|(k, mut c)| {
-            let rate_1m = live
-                .iter()
-                .filter_map(|(_, info)| {
-                    info.get(&format!("rate_1m:{}", k.name))?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum();
-            let oldest_age_s = c.head.take().and_then(|item| {
-                let created = parse_item(&item, usize::MAX).ok()?.envelope.created_at?;
-                let at = created.parse::<jiff::Timestamp>().ok()?;
-                Some(((now - at.as_millisecond()).max(0) as f64) / 1000.0)
-            });
-            QueueRow {
-                name: k.name.clone(),
-                key: k.list.clone(),
-                counts: c,
-                rate_1m,
-                oldest_age_s,
-            }
-        })
-        .collect();
-    let nodes = live
-        .into_iter()
-        .map(|(id, info)| {
-            let get = |k: &str| info.get(k).cloned().unwrap_or_default();
-            let number = |k: &str| info.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let uptime_s = info
-                .get("started_at")
-                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-                .map(|t| ((now - t.as_millisecond()).max(0) / 1000) as u64);
-            NodeRow {
-                host: get("host"),
-                pid: get("pid"),
-                version: get("version"),
-                started_at: get("started_at"),
-                uptime_s,
-                queues: get("queues"),
-                busy: number("busy"),
-                events_dropped: number("events_dropped"),
-                id,
-            }
-        })
-        .collect();
-    Ok(Snapshot {
-        at: now_rfc3339(),
-        queues,
-        nodes,
-    })
-}
-
-fn print(s: &Snapshot, json: bool, in_place: bool) -> anyhow::Result<()> {
+fn print(s: &Overview, json: bool, in_place: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(s)?)?;
@@ -221,15 +108,15 @@ fn print(s: &Snapshot, json: bool, in_place: bool) -> anyhow::Result<()> {
                 out,
                 "{:<32} {:<16} {:>7} {:>8} {:>9} {:>5} {:>8}  {}",
                 n.id,
-                n.host,
-                n.pid,
-                n.version,
+                n.info.host,
+                n.info.pid,
+                n.info.version,
                 n.uptime_s
                     .map(|u| age(u as f64))
                     .unwrap_or_else(|| "-".into()),
-                n.busy,
-                n.events_dropped,
-                n.queues
+                n.info.busy,
+                n.info.events_dropped,
+                n.info.queues.join(",")
             )?;
         }
     }

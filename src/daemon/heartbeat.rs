@@ -13,6 +13,7 @@ use super::Node;
 use super::processor::Processor;
 use super::queues::Processors;
 use super::writer::Events;
+use crate::api::{NodeInfo, QueueLoad};
 use crate::broker::{Broker, BrokerError, QueueKeys};
 
 /// Refreshes this node's liveness.
@@ -61,27 +62,29 @@ impl Heartbeat {
         if !stuck.is_empty() {
             tracing::error!(queues = %stuck.join(","), "fetcher stuck in a Redis call");
         }
-        let busy: usize = processors.iter().map(|p| p.busy()).sum();
-        let queues: Vec<&str> = processors.iter().map(|p| p.name()).collect();
         let keys: Vec<&QueueKeys> = processors.iter().map(|p| p.store().keys()).collect();
-        let mut fields = vec![
-            ("host".to_owned(), self.node.host.clone()),
-            ("pid".to_owned(), std::process::id().to_string()),
-            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-            ("started_at".to_owned(), self.node.started_at.clone()),
-            ("queues".to_owned(), queues.join(",")),
-            ("busy".to_owned(), busy.to_string()),
-            (
-                "events_dropped".to_owned(),
-                self.events.dropped().to_string(),
-            ),
-        ];
         // Per queue, for `conveyor stats`: jobs running, and runs finished
         // in the last minute (summed over nodes it is the queue's rate).
-        for p in &processors {
-            fields.push((format!("busy:{}", p.name()), p.busy().to_string()));
-            fields.push((format!("rate_1m:{}", p.name()), p.last_minute().to_string()));
-        }
+        let info = NodeInfo {
+            host: self.node.host.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.node.started_at.clone(),
+            queues: processors.iter().map(|p| p.name().to_owned()).collect(),
+            busy: processors.iter().map(|p| p.busy() as u64).sum(),
+            events_dropped: self.events.dropped(),
+            load: processors
+                .iter()
+                .map(|p| {
+                    let load = QueueLoad {
+                        busy: p.busy() as u64,
+                        rate_1m: p.last_minute(),
+                    };
+                    (p.name().to_owned(), load)
+                })
+                .collect(),
+        };
+        let fields = info.to_fields();
         self.broker
             .heartbeat(&self.node.id, &fields, self.ttl, &keys)
             .await

@@ -14,6 +14,7 @@ use crate::broker::{Broker, BrokerError, eviction_risk};
 use crate::config::{Config, ConfigError, human};
 use crate::event::{Draft, EventType};
 use crate::handlers::Registry;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 mod heartbeat;
@@ -164,6 +165,11 @@ pub async fn run_with(
     let give_up = CancellationToken::new();
     let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
     let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink);
+    let metrics = Arc::new(Metrics::new());
+    {
+        let events = events.clone();
+        metrics.count_dropped_events(move || events.dropped());
+    }
     let stop_fetching = CancellationToken::new();
     let abandon = CancellationToken::new();
     let shared = NodeShared {
@@ -172,6 +178,7 @@ pub async fn run_with(
         events: events.clone(),
         outcomes,
         give_up: give_up.clone(),
+        metrics: metrics.clone(),
     };
     let mut queues = Queues::new(
         broker.clone(),

@@ -100,6 +100,10 @@ impl Reaper {
                 }
                 p.emit(event.kind, |_| event);
             }
+            p.metrics.recovered(requeued);
+            for _ in 0..dead {
+                p.metrics.dead();
+            }
             tracing::info!(%queue, %node, requeued, dead, "recovered in-flight jobs of a dead node");
         }
     }

@@ -161,6 +161,7 @@ mod tests {
                 events,
                 outcomes,
                 give_up: CancellationToken::new(),
+                metrics: Default::default(),
             },
         ))
     }

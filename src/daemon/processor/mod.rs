@@ -32,6 +32,7 @@ use crate::config::QueueConfig;
 use crate::envelope::{is_suspect, parse_item};
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
+use crate::metrics::{Metrics, QueueMetrics};
 
 mod run;
 
@@ -136,6 +137,8 @@ pub(crate) struct Processor {
     outcomes: Outcomes,
     /// Runs finished in the last minute.
     completions: Throughput,
+    /// This queue's counters on `/metrics`.
+    pub(crate) metrics: QueueMetrics,
     /// Tripped at the very end of a shutdown: stop retrying outcome writes
     /// against an unreachable Redis (the jobs stay in flight for a reaper).
     give_up: CancellationToken,
@@ -178,6 +181,8 @@ pub(crate) struct NodeShared {
     pub(crate) outcomes: Outcomes,
     /// Ends outcome retries at the very end of a shutdown.
     pub(crate) give_up: CancellationToken,
+    /// The counters of `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Processor {
@@ -194,6 +199,7 @@ impl Processor {
             events,
             outcomes,
             give_up,
+            metrics,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
@@ -215,6 +221,7 @@ impl Processor {
             events,
             outcomes,
             completions: Throughput::default(),
+            metrics: metrics.queue(name),
             give_up,
             paused: tokio::sync::watch::Sender::new(false),
             cancels: Mutex::new(HashMap::new()),
@@ -557,6 +564,7 @@ impl Processor {
         for (result, id) in done.into_iter().zip(ids) {
             if result == Recovered::Requeued {
                 requeued += 1;
+                self.metrics.recovered(1);
                 if let Some((id, attempt)) = id {
                     self.emit(EventType::Recovered, |kind| {
                         Draft::job(kind, &*self.name, &id, attempt).reason(reason)

@@ -125,7 +125,7 @@ impl Processor {
             }
         };
         drop(cancel);
-        let took = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
         drop(busy);
         let error = match result {
             Ok(Ok(Ok(()))) => return self.succeed(&job, took).await,
@@ -141,7 +141,9 @@ impl Processor {
         self.fail(&job, error, took, max_attempts).await;
     }
 
-    async fn succeed(&self, job: &Job, took: u64) {
+    async fn succeed(&self, job: &Job, took: Duration) {
+        self.metrics.succeeded(took);
+        let took = took.as_millis() as u64;
         tracing::debug!(ms = took, "succeeded");
         self.completions.record();
         let unique_key = job.envelope().unique_key.clone();
@@ -165,7 +167,10 @@ impl Processor {
         }
     }
 
-    async fn fail(&self, job: &Job, error: HandlerError, took: u64, max_attempts: u32) {
+    async fn fail(&self, job: &Job, error: HandlerError, took: Duration, max_attempts: u32) {
+        let last = error.is_permanent() || job.attempt() >= max_attempts;
+        self.metrics.failed(took, !last);
+        let took = took.as_millis() as u64;
         self.completions.record();
         let message = error.to_string();
         let failed = |kind| {
@@ -173,7 +178,7 @@ impl Processor {
                 .took(took)
                 .error(message.clone())
         };
-        if error.is_permanent() || job.attempt() >= max_attempts {
+        if last {
             let (reason, why) = if error.is_permanent() {
                 tracing::warn!(error = %message, "failed permanently; dead-lettered");
                 (message.clone(), "permanent")
@@ -228,6 +233,7 @@ impl Processor {
             .record(job.item_bytes(), Outcome::Requeue { replacement }, status)
             .await
         {
+            self.metrics.recovered(1);
             self.emit(EventType::Recovered, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("shutdown")
             });
@@ -260,6 +266,7 @@ impl Processor {
     }
 
     fn died(&self, job: &Job, error: &str, reason: &str, attempt: u32) {
+        self.metrics.dead();
         self.emit(EventType::Dead, |kind| {
             Draft::job(kind, &*self.name, job.id(), attempt)
                 .error(error)
@@ -326,6 +333,7 @@ impl Processor {
             unique_key: None,
         };
         if self.record(item, outcome, None).await {
+            self.metrics.dead();
             self.emit(EventType::Dead, |kind| {
                 Draft::job(kind, &*self.name, &env.id, 0)
                     .error(error)
