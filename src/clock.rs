@@ -32,3 +32,27 @@ pub fn rfc3339_ms(ms: i64) -> String {
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
+
+/// An age or uptime as people read it: `42s`, `3m05s`, `2h10m`, `3d04h`.
+pub fn age(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..60 => format!("{secs:.0}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_read_like_uptime() {
+        assert_eq!(age(4.2), "4s");
+        assert_eq!(age(185.0), "3m05s");
+        assert_eq!(age(7800.0), "2h10m");
+        assert_eq!(age(273_600.0), "3d04h");
+    }
+}

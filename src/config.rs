@@ -46,6 +46,9 @@ pub struct Config {
     /// Periodic jobs, by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// The dashboard, `/metrics` and the web API.
+    #[serde(default)]
+    pub web: WebConfig,
     /// The directory relative paths are relative to: the config file's, or
     /// the working directory when there is no file.
     #[serde(skip)]
@@ -236,6 +239,21 @@ pub struct DaemonConfig {
     /// of handing work between them; raise it for handlers that compute.
     #[serde(default = "default_threads")]
     pub threads: usize,
+}
+
+/// `[web]`: the dashboard, `/metrics`, `/healthz`, `/readyz` and the web API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where to listen (`127.0.0.1:9740`); unset, no web server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// From `CONVEYOR_WEB_TOKEN`, the file named by `CONVEYOR_WEB_TOKEN_FILE`,
+    /// or `$CREDENTIALS_DIRECTORY/web_token`. Required for a listen address
+    /// that is not loopback; when set, every route but `/healthz` and
+    /// `/readyz` asks for it.
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 /// `[events]`
@@ -890,6 +908,7 @@ impl Config {
         }
         self.email.password = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password")?;
         self.redis.password = secret(&env, "REDIS_PASSWORD", "redis_password")?;
+        self.web.token = secret(&env, "CONVEYOR_WEB_TOKEN", "web_token")?;
         Ok(())
     }
 
@@ -933,6 +952,24 @@ impl Config {
         }
         if self.events.channel.is_empty() {
             return invalid("events.channel must not be empty".into());
+        }
+        if let Some(listen) = self.web.listen {
+            // Anyone who reaches the port could pause queues and purge jobs.
+            if !listen.ip().is_loopback() && self.web.token.is_none() {
+                return invalid(format!(
+                    "web.listen {listen} is reachable from other machines: set a token in \
+                     CONVEYOR_WEB_TOKEN, CONVEYOR_WEB_TOKEN_FILE or the credential web_token, \
+                     or listen on 127.0.0.1"
+                ));
+            }
+            if self
+                .web
+                .token
+                .as_ref()
+                .is_some_and(|t| t.expose().len() < 16)
+            {
+                return invalid("the web token must be at least 16 characters long".into());
+            }
         }
         let mut keys = BTreeSet::new();
         for (name, q) in &self.queues {

@@ -76,6 +76,7 @@ pub(crate) mod logging;
 pub mod metrics;
 pub mod schedule;
 pub mod shutdown;
+pub mod web;
 
 pub use async_trait::async_trait;
 pub use handlers::{Handler, Registry};

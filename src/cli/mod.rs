@@ -22,6 +22,7 @@ pub mod run;
 pub mod schedules;
 pub mod stats;
 pub mod status;
+pub mod web;
 
 /// EX_USAGE: the command was used wrongly.
 pub const EX_USAGE: u8 = 64;
@@ -56,6 +57,11 @@ Watch:
   stats        Queues, counters and live nodes (--watch to follow)
   monitor      Follow lifecycle events as they happen
   schedules    Each schedule's last and next tick
+  web          The dashboard, /metrics and the web API, without workers
+Steer:
+  pause        Stop every daemon taking a queue's jobs (running ones finish)
+  resume       Let the daemons take a paused queue's jobs again
+  cancel       End a waiting, scheduled or running job as dead
 Set up:
   completions  Completion scripts for bash, zsh, fish, elvish, PowerShell
 
@@ -105,6 +111,8 @@ pub enum Command {
     Check(check::Args),
     /// Show each schedule's last and next tick.
     Schedules(schedules::Args),
+    /// Serve the dashboard, /metrics and the web API, without workers.
+    Web(web::Args),
     /// Print a completion script for a shell.
     Completions(completions::Args),
     /// Write the man pages into a directory.
@@ -116,7 +124,7 @@ impl Command {
     /// The daemon logs what it does; the other commands only warnings.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Run(_) => "info",
+            Command::Run(_) | Command::Web(_) => "info",
             _ => "warn",
         }
     }
@@ -139,6 +147,7 @@ pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Cancel(args) => block_on(cancel::run(config, args)),
         Command::Check(args) => block_on(check::run(config, args, registry)),
         Command::Schedules(args) => block_on(schedules::run(config, args)),
+        Command::Web(args) => block_on(web::run(config, args)),
         Command::Completions(args) => completions::run(args),
         Command::Manpages(args) => completions::manpages(args),
     }

@@ -51,6 +51,9 @@ const FINAL_GRACE: Duration = Duration::from_secs(5);
 /// took all of `shutdown_timeout`.
 const HANDLER_GRACE: Duration = Duration::from_secs(1);
 
+/// How long open web requests may finish once the daemon has stopped.
+const WEB_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a stop may outlast `shutdown_timeout`: `FINAL_GRACE` for
 /// requeueing, then removing the heartbeat, with room to spare. systemd is
 /// told (`EXTEND_TIMEOUT_USEC`), so that a `TimeoutStopSec` left below
@@ -170,6 +173,20 @@ pub async fn run_with(
         let events = events.clone();
         metrics.count_dropped_events(move || events.dropped());
     }
+    // The web server answers /healthz (and /readyz with 503) while Redis
+    // is still awaited; it stops when this function returns, however.
+    let stop_web = CancellationToken::new();
+    let _stop_web_on_return = stop_web.clone().drop_guard();
+    let web_task = match config.web.listen {
+        Some(addr) => {
+            let listener = crate::web::bind(addr).await?;
+            let client = crate::api::Client::with_broker(broker.clone(), &config, "web");
+            let serve =
+                crate::web::serve(listener, client, Some(metrics.clone()), stop_web.clone());
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let stop_fetching = CancellationToken::new();
     let abandon = CancellationToken::new();
     let shared = NodeShared {
@@ -379,6 +396,13 @@ pub async fn run_with(
     stop_writer.cancel();
     if let Err(e) = writer_task.await {
         tracing::error!(error = %e, "writer failed");
+    }
+    // 9. The web server: /healthz answered until the very end.
+    stop_web.cancel();
+    if let Some(task) = web_task {
+        if tokio::time::timeout(WEB_GRACE, task).await.is_err() {
+            tracing::warn!("web: requests still open at exit were cut short");
+        }
     }
     tracing::info!(node = %node.id, "stopped");
     Ok(())

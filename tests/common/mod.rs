@@ -238,6 +238,8 @@ pub fn conveyor() -> Command {
         .env_remove("CONVEYOR_CONFIG")
         .env_remove("CONVEYOR_LOG")
         .env_remove("CONVEYOR_SMTP_PASSWORD")
+        .env_remove("CONVEYOR_WEB_TOKEN")
+        .env_remove("CONVEYOR_WEB_TOKEN_FILE")
         .env_remove("CONVEYOR_LOG_FORMAT")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")

@@ -80,7 +80,7 @@ mod message;
 mod privacy;
 mod probe;
 mod smtp;
-mod template;
+pub(crate) mod template;
 mod transport;
 
 use message::{Body, Content, Request};

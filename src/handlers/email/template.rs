@@ -134,7 +134,7 @@ fn check_name(name: &str) -> Result<(), TemplateError> {
 
 /// JSON to a template value. serde_json refuses input nested deeper than 128
 /// levels, so the recursion is bounded.
-fn to_value(v: &serde_json::Value) -> Value {
+pub(crate) fn to_value(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
     match v {
         J::Null => Value::from(()),

@@ -1,0 +1,30 @@
+// The dashboard's live parts: the page's content is fetched again every two
+// seconds (rendered and escaped by the server), and lifecycle events are
+// appended as text. Off with ?live=0.
+(function () {
+  "use strict";
+  if (!document.body.dataset.live) return;
+  var content = document.getElementById("content");
+  function refresh() {
+    fetch("/?partial=1", { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null) content.innerHTML = html; })
+      .catch(function () {})
+      .finally(function () { setTimeout(refresh, 2000); });
+  }
+  setTimeout(refresh, 2000);
+
+  var list = document.getElementById("events");
+  var stream = new EventSource("/api/events");
+  stream.onmessage = function (message) {
+    var text = message.data;
+    try {
+      var e = JSON.parse(message.data);
+      text = [e.at, e.type, e.queue, e.id, e.reason, e.error].filter(Boolean).join("  ");
+    } catch (_) { /* shown as it came */ }
+    var item = document.createElement("li");
+    item.textContent = text;
+    list.insertBefore(item, list.firstChild);
+    while (list.children.length > 100) list.removeChild(list.lastChild);
+  };
+})();

@@ -1,0 +1,514 @@
+//! The web server of `[web] listen`: the dashboard (`/`), `/metrics`,
+//! `/healthz`, `/readyz`, and the web API (`/api/stats`, `/api/events`,
+//! the queues' jobs and the actions), all on [`crate::api`]. `conveyor run`
+//! serves it beside the workers; `conveyor web` serves it alone.
+//!
+//! Routes:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the dashboard, or its login form |
+//! | `POST /login`, `POST /logout` | the dashboard's session |
+//! | `GET /healthz` | 200 while the process runs (no token) |
+//! | `GET /readyz` | 200 while Redis answers, else 503 (no token) |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/stats` | the JSON of `conveyor stats --json` |
+//! | `GET /api/events` | lifecycle events as server-sent events |
+//! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
+//! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
+//! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
+//! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
+//! | `POST /api/queues/{q}/scheduled/run` | `?id=ID`: run a scheduled job now |
+//! | `POST /api/queues/{q}/cancel` | `?id=ID`: cancel a waiting, scheduled or running job |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt as _;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Client};
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+
+mod auth;
+mod page;
+
+use auth::{Auth, COOKIE_NAME};
+
+/// Event streams open at once, at most: each holds a Redis connection.
+const MAX_EVENT_STREAMS: usize = 64;
+
+/// Jobs of each list the dashboard and the API show at most by default.
+const DEFAULT_LIMIT: u64 = 20;
+
+/// How long `/readyz` waits for Redis.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct Web {
+    client: Client,
+    metrics: Option<Arc<Metrics>>,
+    auth: Auth,
+    channel: String,
+    streams: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+/// Binds `[web] listen`; a port in use or not ours is a configuration error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}")))
+}
+
+/// Serves until `stop`, then lets open requests end (event streams end
+/// at once). The token and the events' channel are `client`'s
+/// configuration's. `metrics` are the daemon's counters (`None` for `conveyor web`).
+pub async fn serve(
+    listener: TcpListener,
+    client: Client,
+    metrics: Option<Arc<Metrics>>,
+    stop: CancellationToken,
+) {
+    let web = Web {
+        auth: Auth::new(client.config().web.token.clone()),
+        channel: client.config().events.channel.clone(),
+        client,
+        metrics,
+        streams: Arc::new(AtomicUsize::new(0)),
+        stop: stop.clone(),
+    };
+    let app = router(web);
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    tracing::info!(%addr, "web: dashboard and /metrics at http://{addr}/");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "web server failed");
+    }
+}
+
+fn router(web: Web) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/assets/dashboard.css", get(page::css))
+        .route("/assets/dashboard.js", get(page::js))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/stats", get(stats))
+        .route("/api/events", get(events))
+        .route("/api/schedules", get(schedules))
+        .route("/api/queues/{queue}/{list}", get(jobs))
+        .route("/api/queues/{queue}/pause", post(pause))
+        .route("/api/queues/{queue}/resume", post(resume))
+        .route("/api/queues/{queue}/dead/retry", post(retry))
+        .route("/api/queues/{queue}/dead/purge", post(purge))
+        .route("/api/queues/{queue}/scheduled/run", post(run_now))
+        .route("/api/queues/{queue}/cancel", post(cancel))
+        .layer(axum::middleware::map_response(secure))
+        .with_state(web)
+}
+
+/// Headers on every answer: no sniffing, no framing, no inline script,
+/// no caching of pages that show jobs.
+async fn secure(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    h.entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A refusal or failure, as JSON `{"error": ...}` with its status.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1 });
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        match &e {
+            ApiError::NotFound(_) => Failure(StatusCode::NOT_FOUND, e.to_string()),
+            ApiError::Unfinished(_) => Failure(StatusCode::CONFLICT, e.to_string()),
+            ApiError::Broker(b) if b.is_unavailable() => {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            ApiError::Broker(_) => Failure(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    }
+}
+
+fn unauthorized() -> Failure {
+    Failure(
+        StatusCode::UNAUTHORIZED,
+        "a token is required: Authorization: Bearer <token>".into(),
+    )
+}
+
+impl Web {
+    fn admit(&self, headers: &HeaderMap) -> Result<(), Failure> {
+        match self.auth.admits(headers) {
+            true => Ok(()),
+            false => Err(unauthorized()),
+        }
+    }
+
+    /// Admits an action: the token, the same origin, a configured queue.
+    fn admit_action(&self, headers: &HeaderMap, queue: &str) -> Result<(), Failure> {
+        self.admit(headers)?;
+        if !self.auth.same_origin(headers) {
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "refused: the request comes from another origin".into(),
+            ));
+        }
+        self.configured(queue)
+    }
+
+    fn configured(&self, queue: &str) -> Result<(), Failure> {
+        match self.client.is_configured(queue) {
+            true => Ok(()),
+            false => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no queue {queue:?} in the configuration"),
+            )),
+        }
+    }
+}
+
+async fn readyz(State(web): State<Web>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, web.client.ping()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Redis does not answer: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis does not answer: no reply within 2s\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    let overview = web.client.overview().await?;
+    let text = crate::metrics::render(web.metrics.as_deref(), &overview);
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+async fn stats(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    Ok(axum::Json(web.client.overview().await?).into_response())
+}
+
+async fn schedules(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    Ok(axum::Json(web.client.schedules().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    limit: Option<u64>,
+}
+
+async fn jobs(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path((queue, list)): Path<(String, String)>,
+    Query(q): Query<Listing>,
+) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    web.configured(&queue)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(1000);
+    let c = &web.client;
+    Ok(match list.as_str() {
+        "dead" => axum::Json(c.dead_jobs(&queue, 0, limit).await?).into_response(),
+        "scheduled" => axum::Json(c.scheduled_jobs(&queue, limit).await?).into_response(),
+        "running" => axum::Json(c.running_jobs(&queue, limit).await?).into_response(),
+        _ => {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                "lists are dead, scheduled and running".into(),
+            ));
+        }
+    })
+}
+
+/// The lifecycle events, one server-sent event each (its data the event's
+/// JSON), until the client leaves, Redis is lost (the browser reconnects)
+/// or the server stops.
+async fn events(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    if web.streams.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
+        web.streams.fetch_sub(1, Ordering::Relaxed);
+        return Err(Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+        ));
+    }
+    let held = StreamSlot(web.streams.clone());
+    let subscription = match web.client.broker().subscribe(&web.channel).await {
+        Ok(s) => s,
+        Err(e) => return Err(ApiError::from(e).into()),
+    };
+    let messages = futures::stream::unfold(
+        (subscription, held),
+        |(mut subscription, held)| async move {
+            let message = subscription.next().await?;
+            let event = Event::default().data(String::from_utf8_lossy(&message));
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (subscription, held),
+            ))
+        },
+    )
+    .take_until(web.stop.clone().cancelled_owned());
+    Ok(Sse::new(messages)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// One of the open event streams; counted down when it ends.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The target of an action: one job, or all.
+#[derive(Deserialize, Default)]
+struct Target {
+    id: Option<String>,
+    all: Option<String>,
+}
+
+impl Target {
+    fn all(&self) -> bool {
+        matches!(self.all.as_deref(), Some("1" | "true" | "yes"))
+    }
+
+    fn id(&self) -> Result<&str, Failure> {
+        self.id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Failure(StatusCode::BAD_REQUEST, "give ?id=<job id>".into()))
+    }
+}
+
+/// An action's answer: JSON for a program, back to the dashboard for a
+/// browser's form (which asks for HTML).
+fn done(headers: &HeaderMap, queue: &str, said: String) -> Response {
+    let wants_html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html {
+        let to = format!(
+            "/?done={}#queue-{}",
+            percent_encoding::utf8_percent_encode(&said, percent_encoding::NON_ALPHANUMERIC),
+            percent_encoding::utf8_percent_encode(queue, percent_encoding::NON_ALPHANUMERIC)
+        );
+        return (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
+    }
+    axum::Json(serde_json::json!({ "ok": true, "queue": queue, "done": said })).into_response()
+}
+
+async fn pause(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let said = match web.client.pause(&queue).await? {
+        true => format!("{queue}: paused"),
+        false => format!("{queue}: was paused already"),
+    };
+    Ok(done(&headers, &queue, said))
+}
+
+async fn resume(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let said = match web.client.resume(&queue).await? {
+        true => format!("{queue}: resumed"),
+        false => format!("{queue}: was not paused"),
+    };
+    Ok(done(&headers, &queue, said))
+}
+
+async fn retry(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+    Query(target): Query<Target>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let said = if target.all() {
+        let n = web.client.retry_all_dead(&queue).await?;
+        format!("{queue}: {n} dead jobs back in the queue")
+    } else {
+        let id = target.id()?;
+        web.client.retry_dead(&queue, id).await?;
+        format!("{id}: back in the queue")
+    };
+    Ok(done(&headers, &queue, said))
+}
+
+async fn purge(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+    Query(target): Query<Target>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let said = if target.all() {
+        let n = web.client.purge_all_dead(&queue).await?;
+        format!("{queue}: {n} dead jobs purged")
+    } else {
+        let id = target.id()?;
+        web.client.purge_dead(&queue, id).await?;
+        format!("{id}: purged")
+    };
+    Ok(done(&headers, &queue, said))
+}
+
+async fn run_now(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+    Query(target): Query<Target>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let id = target.id()?;
+    web.client.run_now(&queue, id).await?;
+    Ok(done(&headers, &queue, format!("{id}: runs next")))
+}
+
+/// How long a cancel waits for a running job's daemon to stop it.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+async fn cancel(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+    Query(target): Query<Target>,
+) -> Result<Response, Failure> {
+    web.admit_action(&headers, &queue)?;
+    let id = target.id()?;
+    let was = web.client.cancel(&queue, id, CANCEL_WAIT).await?;
+    Ok(done(
+        &headers,
+        &queue,
+        format!("{id}: cancelled (it was {})", was.as_str()),
+    ))
+}
+
+async fn dashboard(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<page::PageQuery>,
+) -> Response {
+    if !web.auth.admits(&headers) {
+        if !web.auth.required() {
+            // No token, and a name that is not loopback: a rebound name.
+            return Failure(
+                StatusCode::FORBIDDEN,
+                "this dashboard answers to a loopback address only".into(),
+            )
+            .into_response();
+        }
+        return page::login(false, StatusCode::OK);
+    }
+    page::dashboard(&web, &q).await
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !web.auth.same_origin(&headers) {
+        return Failure(
+            StatusCode::FORBIDDEN,
+            "refused: the request comes from another origin".into(),
+        )
+        .into_response();
+    }
+    let Some(session) = web.auth.session() else {
+        return (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
+    };
+    if !web.auth.is_token(&form.token) {
+        tracing::warn!("web: a login with a wrong token");
+        return page::login(true, StatusCode::UNAUTHORIZED);
+    }
+    let cookie = format!("{COOKIE_NAME}={session}; Path=/; HttpOnly; SameSite=Strict");
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],
+    )
+        .into_response()
+}
+
+async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if !web.auth.same_origin(&headers) {
+        return Failure(
+            StatusCode::FORBIDDEN,
+            "refused: the request comes from another origin".into(),
+        )
+        .into_response();
+    }
+    let cookie = format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],
+    )
+        .into_response()
+}
