@@ -12,7 +12,9 @@
 //! - exec, email, http: the handlers against a reference measured in the
 //!   same run (see `conveyor/exec.rs`, `email.rs`, `http.rs`);
 //! - scaleout: 1, 2 and 4 daemons on one Redis, and a 3-primary cluster
-//!   against one Redis (`conveyor/scaleout.rs`).
+//!   against one Redis (`conveyor/scaleout.rs`);
+//! - web: the throughput run with `/metrics` scraped every second and an
+//!   event stream open, against without (`conveyor/web.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure: all, throughput, latency, enqueue, exec, email, http,
-    /// scaleout.
+    /// scaleout, web.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -103,6 +105,8 @@ mod exec;
 mod http;
 #[path = "conveyor/scaleout.rs"]
 mod scaleout;
+#[path = "conveyor/web.rs"]
+mod web;
 
 const QUEUE: &str = "bench";
 const LIST: &str = "jobs:bench";
@@ -164,6 +168,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "scaleout" {
         scaleout::bench(&args, &url, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "web" {
+        web::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;

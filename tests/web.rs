@@ -529,6 +529,47 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(stream);
+    // A browser that reconnects with the last id it saw misses nothing.
+    let last_id = seen
+        .split("\n\n")
+        .filter(|m| m.contains("job.succeeded") && m.contains(&live))
+        .find_map(|m| m.lines().find_map(|l| l.strip_prefix("id: ")))
+        .expect("messages carry ids")
+        .to_owned();
+    let (code, out) = cli(cfg, &["enqueue", "work", "{\"missed\":true}"]);
+    assert_eq!(code, 0, "{out}");
+    let missed = out.trim().to_owned();
+    wait_until("the missed job is done", Duration::from_secs(10), || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, "jobs:work", "processed").await == 23 }
+    })
+    .await;
+    let mut stream = get("/api/events")
+        .bearer_auth(TOKEN)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    let mut again = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !again.contains(&format!(
+        "\"job.succeeded\",\"queue\":\"work\",\"id\":\"{missed}\""
+    )) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .expect("the missed events arrive")
+            .unwrap()
+            .unwrap();
+        again.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !again.contains(&format!(
+            "\"job.succeeded\",\"queue\":\"work\",\"id\":\"{live}\""
+        )),
+        "nothing before the last id: {again}"
+    );
+    drop(stream);
 
     // The dashboard's login: a wrong token is refused, the right one gives a
     // session cookie that is not the token; the cookie acts only from here.

@@ -88,21 +88,43 @@ impl Broker {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        Ok(entries
+        Ok(entries.into_iter().map(entry_events).collect())
+    }
+
+    /// The newest `count` entries after `after` (exclusive), newest first.
+    pub async fn stream_tail(
+        &self,
+        stream: &str,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
+        let mut conn = self.conn().await?;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg(format!("({after}"))
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(entries.into_iter().map(entry_events).collect())
+    }
+
+    /// The id of the stream's newest entry; `0-0` when it is empty.
+    pub async fn stream_last_id(&self, stream: &str) -> Result<String, BrokerError> {
+        let mut conn = self.conn().await?;
+        let last: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(last
             .into_iter()
-            .map(|(id, fields)| {
-                let events = fields
-                    .into_iter()
-                    .flat_map(|(k, v)| match k.as_str() {
-                        "events" => v.lines().map(str::to_owned).collect(),
-                        // A field per event: entries of earlier versions.
-                        "event" => vec![v],
-                        _ => Vec::new(),
-                    })
-                    .collect();
-                (id, events)
-            })
-            .collect())
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
     }
 
     /// Follows a channel on a dedicated connection. The stream ends when the
@@ -126,6 +148,81 @@ impl Broker {
             .arg(keys::job(id))
             .query_async(&mut conn)
             .await?)
+    }
+}
+
+/// An entry's events, in order: one per line of its field `events` (a
+/// field `event` per event in entries of earlier versions).
+fn entry_events((id, fields): (String, Vec<(String, String)>)) -> (String, Vec<String>) {
+    let events = fields
+        .into_iter()
+        .flat_map(|(k, v)| match k.as_str() {
+            "events" => v.lines().map(str::to_owned).collect(),
+            "event" => vec![v],
+            _ => Vec::new(),
+        })
+        .collect();
+    (id, events)
+}
+
+/// How long [`StreamReader::next`] waits for a new entry.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// Follows a stream as it grows, on a connection of its own (`XREAD BLOCK`).
+pub struct StreamReader {
+    conn: super::Conn,
+    stream: String,
+    after: String,
+}
+
+impl Broker {
+    /// A reader of `stream`'s entries after `after` (exclusive).
+    pub async fn stream_reader(
+        &self,
+        stream: &str,
+        after: &str,
+    ) -> Result<StreamReader, BrokerError> {
+        Ok(StreamReader {
+            conn: self.dedicated(READ_BLOCK).await?,
+            stream: stream.to_owned(),
+            after: after.to_owned(),
+        })
+    }
+}
+
+impl StreamReader {
+    /// Up to `count` entries after the last one read: the id of the last,
+    /// and their events, one JSON object a line. Waits up to a second for
+    /// one; `None` when none came.
+    pub async fn next(&mut self, count: usize) -> Result<Option<(String, String)>, BrokerError> {
+        type Reply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+        let reply: Reply = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(&self.after)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut events = String::new();
+        let mut last = None;
+        for (id, fields) in reply.into_iter().flatten().flat_map(|(_, entries)| entries) {
+            for (field, value) in fields {
+                if field == "events" || field == "event" {
+                    if !events.is_empty() {
+                        events.push('\n');
+                    }
+                    events.push_str(value.trim_end_matches('\n'));
+                }
+            }
+            last = Some(id);
+        }
+        Ok(last.map(|id| {
+            self.after.clone_from(&id);
+            (id, events)
+        }))
     }
 }
 

@@ -13,7 +13,7 @@
 //! | `GET /readyz` | 200 while Redis answers, else 503 (no token) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /api/stats` | the JSON of `conveyor stats --json` |
-//! | `GET /api/events` | lifecycle events as server-sent events |
+//! | `GET /api/events` | lifecycle events as server-sent events (one JSON a line of each message's data) |
 //! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
@@ -21,6 +21,7 @@
 //! | `POST /api/queues/{q}/scheduled/run` | `?id=ID`: run a scheduled job now |
 //! | `POST /api/queues/{q}/cancel` | `?id=ID`: cancel a waiting, scheduled or running job |
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client};
+use crate::broker::events::EventSink;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
@@ -66,6 +68,8 @@ struct Web {
     metrics: Option<Arc<Metrics>>,
     auth: Auth,
     channel: String,
+    /// The replay stream's key, if it is on.
+    stream: Option<String>,
     streams: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
@@ -89,6 +93,12 @@ pub async fn serve(
     let web = Web {
         auth: Auth::new(client.config().web.token.clone()),
         channel: client.config().events.channel.clone(),
+        stream: EventSink::new(
+            &client.config().events.channel,
+            client.config().events.stream_maxlen,
+        )
+        .stream
+        .map(|(key, _)| key),
         client,
         metrics,
         streams: Arc::new(AtomicUsize::new(0)),
@@ -272,10 +282,24 @@ async fn jobs(
     })
 }
 
-/// The lifecycle events, one server-sent event each (its data the event's
-/// JSON), until the client leaves, Redis is lost (the browser reconnects)
-/// or the server stops.
-async fn events(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
+/// The lifecycle events as server-sent events until the client leaves or
+/// the server stops. They are read from the replay stream, which the
+/// daemons write anyway, so that an open dashboard costs the workers
+/// nothing: each message holds the entries of one read (one event's JSON a
+/// line of its data) with the last entry's id as its id, so that a
+/// reconnecting browser (`Last-Event-ID`) misses nothing. With the
+/// replay stream off (`stream_maxlen = 0`) they come from the pub/sub
+/// channel, one event a message, which makes the daemons publish.
+///
+/// `?latest=N` (the dashboard's) sends at most N events a second, the
+/// newest, read from the stream's end twice a second: a person watching
+/// sees every event of a quiet queue and a sample of a busy one, and a
+/// busy daemon does not pay for copying its whole event stream.
+async fn events(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, Failure> {
     web.admit(&headers)?;
     if web.streams.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
         web.streams.fetch_sub(1, Ordering::Relaxed);
@@ -285,25 +309,154 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Result<Response, 
         ));
     }
     let held = StreamSlot(web.streams.clone());
-    let subscription = match web.client.broker().subscribe(&web.channel).await {
-        Ok(s) => s,
-        Err(e) => return Err(ApiError::from(e).into()),
+    let stop = web.stop.clone().cancelled_owned();
+    let Some(stream) = web.stream.clone() else {
+        let subscription = match web.client.broker().subscribe(&web.channel).await {
+            Ok(s) => s,
+            Err(e) => return Err(ApiError::from(e).into()),
+        };
+        let messages = futures::stream::unfold(
+            (subscription, held),
+            |(mut subscription, held)| async move {
+                let message = subscription.next().await?;
+                let event = Event::default().data(String::from_utf8_lossy(&message));
+                Some((Ok::<_, Infallible>(event), (subscription, held)))
+            },
+        );
+        return Ok(sse(messages.take_until(stop)));
     };
-    let messages = futures::stream::unfold(
-        (subscription, held),
-        |(mut subscription, held)| async move {
-            let message = subscription.next().await?;
-            let event = Event::default().data(String::from_utf8_lossy(&message));
-            Some((
-                Ok::<_, std::convert::Infallible>(event),
-                (subscription, held),
-            ))
-        },
-    )
-    .take_until(web.stop.clone().cancelled_owned());
-    Ok(Sse::new(messages)
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_stream_id(id))
+        .map(str::to_owned);
+    let after = match resume {
+        Some(id) => id,
+        None => web
+            .client
+            .broker()
+            .stream_last_id(&stream)
+            .await
+            .map_err(ApiError::from)?,
+    };
+    let follow = Follow {
+        broker: web.client.broker().clone(),
+        stream,
+        after,
+        reader: None,
+        latest: q.latest.map(|n| n.clamp(1, 1000)),
+        _held: held,
+    };
+    let messages = futures::stream::unfold(follow, |mut follow| async move {
+        let event = follow.next().await;
+        Some((Ok::<_, Infallible>(event), follow))
+    });
+    Ok(sse(messages.take_until(stop)))
+}
+
+fn sse(
+    messages: impl futures::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(messages)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    latest: Option<usize>,
+}
+
+/// A stream entry id, `<ms>-<seq>`.
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Reads the replay stream as it grows (`XREAD BLOCK` on a connection of
+/// its own: the stream keeps only the last `stream_maxlen` events, which a
+/// busy daemon writes in a fraction of a second).
+struct Follow {
+    broker: crate::broker::Broker,
+    stream: String,
+    after: String,
+    reader: Option<crate::broker::events::StreamReader>,
+    /// At most this many events a second, the newest (`?latest=`).
+    latest: Option<usize>,
+    _held: StreamSlot,
+}
+
+impl Follow {
+    /// Entries read per round trip.
+    const BATCH: usize = 100;
+
+    /// How often `?latest=` looks at the stream's end.
+    const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+    async fn next(&mut self) -> Event {
+        if let Some(per_second) = self.latest {
+            return self.sample(per_second.div_ceil(2)).await;
+        }
+        loop {
+            let reader = match &mut self.reader {
+                Some(reader) => reader,
+                None => match self.broker.stream_reader(&self.stream, &self.after).await {
+                    Ok(reader) => self.reader.insert(reader),
+                    Err(_) => {
+                        // Redis away: the browser sees only the keep-alive
+                        // comments meanwhile.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            match reader.next(Self::BATCH).await {
+                Ok(Some((id, events))) => {
+                    let event = Event::default().id(id.as_str()).data(events);
+                    self.after = id;
+                    return event;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    self.reader = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Follow {
+    /// The newest `most` events written since the last look, waiting for one.
+    async fn sample(&mut self, most: usize) -> Event {
+        loop {
+            tokio::time::sleep(Self::SAMPLE_EVERY).await;
+            // An entry holds at least one event: `most` entries are enough.
+            let Ok(entries) = self
+                .broker
+                .stream_tail(&self.stream, &self.after, most)
+                .await
+            else {
+                continue;
+            };
+            let Some((newest, _)) = entries.first() else {
+                continue;
+            };
+            let id = newest.clone();
+            let mut events: Vec<String> = entries
+                .into_iter()
+                .flat_map(|(_, events)| events.into_iter().rev())
+                .take(most)
+                .collect();
+            events.reverse();
+            self.after.clone_from(&id);
+            return Event::default().id(id).data(events.join("\n"));
+        }
+    }
 }
 
 /// One of the open event streams; counted down when it ends.

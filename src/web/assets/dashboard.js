@@ -15,16 +15,21 @@
   setTimeout(refresh, 2000);
 
   var list = document.getElementById("events");
-  var stream = new EventSource("/api/events");
+  // At most 20 events a second, the newest: all of a quiet queue's.
+  var stream = new EventSource("/api/events?latest=20");
+  // A message holds the events of one write, one JSON object a line; only
+  // the last hundred are kept.
   stream.onmessage = function (message) {
-    var text = message.data;
-    try {
-      var e = JSON.parse(message.data);
-      text = [e.at, e.type, e.queue, e.id, e.reason, e.error].filter(Boolean).join("  ");
-    } catch (_) { /* shown as it came */ }
-    var item = document.createElement("li");
-    item.textContent = text;
-    list.insertBefore(item, list.firstChild);
+    message.data.split("\n").slice(-100).forEach(function (line) {
+      var text = line;
+      try {
+        var e = JSON.parse(line);
+        text = [e.at, e.type, e.queue, e.id, e.reason, e.error].filter(Boolean).join("  ");
+      } catch (_) { /* shown as it came */ }
+      var item = document.createElement("li");
+      item.textContent = text;
+      list.insertBefore(item, list.firstChild);
+    });
     while (list.children.length > 100) list.removeChild(list.lastChild);
   };
 })();
