@@ -896,7 +896,8 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
-    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL`, and the Redis and SMTP password sources.
+    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL`, `CONVEYOR_WEB_LISTEN`, and
+    /// the Redis, SMTP and web token sources.
     /// `env` looks a variable up; tests pass their own.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
@@ -909,6 +910,17 @@ impl Config {
         self.email.password = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password")?;
         self.redis.password = secret(&env, "REDIS_PASSWORD", "redis_password")?;
         self.web.token = secret(&env, "CONVEYOR_WEB_TOKEN", "web_token")?;
+        if let Some(listen) = env("CONVEYOR_WEB_LISTEN") {
+            self.web.listen = match listen.trim() {
+                "" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "CONVEYOR_WEB_LISTEN={addr:?} is not an address and port such as \
+                         127.0.0.1:9740 (empty for no web server)"
+                    ))
+                })?),
+            };
+        }
         Ok(())
     }
 
@@ -1471,6 +1483,38 @@ mod tests {
         c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
             .expect("applies");
         assert!(c.email.password.is_none());
+    }
+
+    #[test]
+    fn the_web_listen_address_and_its_token_rule() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut c = parse("[web]\nlisten = \"127.0.0.1:9740\"\n");
+        c.apply_env(env(&[("CONVEYOR_WEB_LISTEN", "")]))
+            .expect("empty turns it off");
+        assert_eq!(c.web.listen, None);
+        c.apply_env(env(&[("CONVEYOR_WEB_LISTEN", "[::1]:0")]))
+            .expect("an address");
+        assert_eq!(c.web.listen, Some("[::1]:0".parse().expect("addr")));
+        c.validate().expect("loopback needs no token");
+        let bad = c.apply_env(env(&[("CONVEYOR_WEB_LISTEN", "localhost:80")]));
+        assert!(bad.is_err_and(|e| e.to_string().contains("CONVEYOR_WEB_LISTEN")));
+        let mut c = parse("[web]\nlisten = \"0.0.0.0:9740\"\n");
+        let refused = c.validate().expect_err("needs a token");
+        assert!(
+            refused.to_string().contains("CONVEYOR_WEB_TOKEN"),
+            "{refused}"
+        );
+        c.apply_env(env(&[("CONVEYOR_WEB_TOKEN", "0123456789abcdef")]))
+            .expect("env");
+        c.validate().expect("with a token");
+        assert!(!format!("{c:?}{}", c.masked_toml()).contains("0123456789abcdef"));
     }
 
     #[test]

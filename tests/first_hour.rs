@@ -51,15 +51,13 @@ async fn the_readme_examples_work_with_the_shipped_config() {
     let config = shipped_config(dir.path());
     let (code, out, err) = cli(&config, &redis, &["check"]);
     assert_eq!(code, 0, "{out}{err}");
-    let mut daemon = KillOnDrop(
-        conveyor()
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("REDIS_URL", redis.url())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = conveyor();
+    daemon
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("REDIS_URL", redis.url())
+        .env("CONVEYOR_WEB_LISTEN", "127.0.0.1:0");
+    let (mut daemon, logs) = spawn_logged(daemon);
     let enqueue = |args: &[&str]| {
         let mut all = vec!["enqueue"];
         all.extend_from_slice(args);
@@ -99,6 +97,20 @@ async fn the_readme_examples_work_with_the_shipped_config() {
     for args in [&["stats"][..], &["dead", "list", "email"], &["schedules"]] {
         let (code, _, err) = cli(&config, &redis, args);
         assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // The shipped configuration's dashboard shows its queues.
+    let address = web_address(&logs).await;
+    let page = reqwest::get(format!("{address}/?live=0"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for queue in ["email", "orders", "default"] {
+        assert!(
+            page.contains(&format!("<tr id=\"queue-{queue}\">")),
+            "{page}"
+        );
     }
     signal(&daemon, 15);
     assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
@@ -221,6 +233,7 @@ fn run_local_keeps_the_jobs_across_a_ctrl_c() {
             .env("CONVEYOR_LOCAL_DATA", data.path())
             .env("CONVEYOR_LOCAL_PORT", port.to_string())
             .env("CONVEYOR_BIN", env!("CARGO_BIN_EXE_conveyor"))
+            .env("CONVEYOR_WEB_LISTEN", "127.0.0.1:0")
             .env_remove("REDIS_URL")
             .env_remove("CONVEYOR_CONFIG")
             .stdout(Stdio::null())

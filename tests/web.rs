@@ -18,27 +18,6 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "web-token-with /?#@&= in it";
 
-/// A daemon's or `conveyor web`'s web address, from its log line.
-async fn web_address(logs: &Logs) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = logs.lines().iter().find_map(|line| {
-            let at = line.find("at http://")? + "at http://".len();
-            let rest = &line[at..];
-            Some(format!("http://{}", &rest[..rest.find('/')?]))
-        });
-        if let Some(address) = found {
-            return address;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no web address logged: {:?}",
-            logs.lines()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

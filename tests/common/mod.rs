@@ -240,6 +240,9 @@ pub fn conveyor() -> Command {
         .env_remove("CONVEYOR_SMTP_PASSWORD")
         .env_remove("CONVEYOR_WEB_TOKEN")
         .env_remove("CONVEYOR_WEB_TOKEN_FILE")
+        // The shipped configuration listens on 127.0.0.1:9740; tests that
+        // run it choose a free port.
+        .env_remove("CONVEYOR_WEB_LISTEN")
         .env_remove("CONVEYOR_LOG_FORMAT")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
@@ -511,5 +514,26 @@ impl TestCa {
             client_key: p("client.key"),
             dir,
         }
+    }
+}
+
+/// A daemon's or `conveyor web`'s web address, from its log line.
+pub async fn web_address(logs: &Logs) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = logs.lines().iter().find_map(|line| {
+            let at = line.find("at http://")? + "at http://".len();
+            let rest = &line[at..];
+            Some(format!("http://{}", &rest[..rest.find('/')?]))
+        });
+        if let Some(address) = found {
+            return address;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no web address logged: {:?}",
+            logs.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

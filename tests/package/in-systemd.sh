@@ -42,6 +42,7 @@ in_box dpkg -i /root/conveyor.deb >/dev/null
 in_box id conveyor >/dev/null || fail "no system user conveyor"
 in_box test -f /etc/conveyor/smtp_password || fail "no SMTP credential file"
 in_box test -f /etc/conveyor/redis_password || fail "no Redis credential file"
+in_box test -f /etc/conveyor/web_token || fail "no web token credential file"
 in_box conveyor --version | grep -q '^conveyor ' || fail "conveyor is not on the PATH"
 in_box test -s /usr/share/bash-completion/completions/conveyor || fail "no bash completion"
 in_box man -w conveyor-run >/dev/null 2>&1 || in_box test -s /usr/share/man/man1/conveyor-run.1.gz ||
@@ -57,6 +58,11 @@ id=$(in_box conveyor enqueue email '{"to": "a@example.com", "subject": "Welcome"
 until_true "the email is written to the outbox" "grep -q 'Hello Alice' /var/lib/conveyor/outbox/$id.eml"
 until_true "the default jobs ran" "$(processed default 3)"
 until_true "the email job's status says succeeded" "conveyor status $id | grep -q succeeded"
+# The packaged configuration's web server, on loopback.
+get() { printf '%s' "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9740$1\").read().decode())'"; }
+until_true "/healthz answers" "$(get /healthz) | grep -q ok"
+in_box sh -c "$(get /metrics)" | grep -q '^conveyor_jobs_total{outcome="succeeded",queue="default"} 3$' ||
+  fail "/metrics does not count the default queue's jobs"
 
 say "reload with a queue added"
 in_box sh -c 'printf "\n[queues.extra]\nhandler = \"noop\"\n" >> /etc/conveyor/conveyor.toml'
@@ -90,4 +96,5 @@ in_box test -f /etc/conveyor/conveyor.toml || fail "removal took the configurati
 in_box dpkg -P conveyor >/dev/null
 in_box test ! -e /etc/conveyor/smtp_password || fail "purge left the SMTP credential file"
 in_box test ! -e /etc/conveyor/redis_password || fail "purge left the Redis credential file"
+in_box test ! -e /etc/conveyor/web_token || fail "purge left the web token file"
 say "ok"
