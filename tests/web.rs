@@ -613,6 +613,23 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     );
     assert!(paused(&mut conn).await);
 
+    // A queue a reload adds shows, and can be acted on.
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    text.push_str("[queues.added]\nhandler = \"noop\"\n");
+    std::fs::write(cfg, text).unwrap();
+    signal(&daemon, 1);
+    wait_until("the added queue shows", Duration::from_secs(10), || async {
+        let stats = get("/api/stats").bearer_auth(TOKEN).send().await.unwrap();
+        stats.text().await.unwrap().contains("\"name\":\"added\"")
+    })
+    .await;
+    let r = post("/api/queues/added/pause")
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
     // Nothing printed the token.
     signal(&daemon, 15);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));

@@ -14,7 +14,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -54,7 +54,8 @@ pub enum ApiError {
 #[derive(Clone)]
 pub struct Client {
     broker: Broker,
-    config: Arc<Config>,
+    /// Replaced by [`Client::set_config`] (a daemon's reload).
+    config: Arc<RwLock<Arc<Config>>>,
     sink: EventSink,
     /// Who acts, as events name it (`node`).
     actor: String,
@@ -209,7 +210,7 @@ impl Client {
         Self {
             broker,
             sink: EventSink::new(&config.events.channel, config.events.stream_maxlen),
-            config: Arc::new(config.clone()),
+            config: Arc::new(RwLock::new(Arc::new(config.clone()))),
             actor: format!("{actor}-{host}-{}", std::process::id()),
         }
     }
@@ -219,23 +220,32 @@ impl Client {
         &self.broker
     }
 
-    /// The configuration it reads.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration it reads now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads `config`'s queues and schedules from now on (every clone of
+    /// this client does); the Redis connection stays as it is.
+    pub fn set_config(&self, config: &Config) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config.clone());
     }
 
     /// Whether `name` is a configured queue.
     pub fn is_configured(&self, name: &str) -> bool {
-        self.config.queues.contains_key(name)
+        self.config().queues.contains_key(name)
     }
 
     fn keys(&self, queue: &str) -> QueueKeys {
-        QueueKeys::new(queue, &self.config.queue_key(queue), "api")
+        QueueKeys::new(queue, &self.config().queue_key(queue), "api")
     }
 
     /// Every configured queue and the live nodes, in three round trips.
     pub async fn overview(&self) -> Result<Overview, ApiError> {
-        let keys: Vec<QueueKeys> = self.config.queues.keys().map(|n| self.keys(n)).collect();
+        let keys: Vec<QueueKeys> = self.config().queues.keys().map(|n| self.keys(n)).collect();
         let counts = self.broker.queue_counts(&keys).await?;
         let node_ids: Vec<String> = counts
             .iter()
@@ -357,7 +367,8 @@ impl Client {
         use crate::broker::queue::QueueStore;
         let now = jiff::Timestamp::now();
         let mut rows = Vec::new();
-        for (name, schedule) in &self.config.schedules {
+        let config = self.config();
+        for (name, schedule) in &config.schedules {
             // The configuration was validated: the expression parses.
             let Ok(spec) = schedule.spec() else { continue };
             let store = QueueStore::new(self.broker.clone(), self.keys(&schedule.queue), 1);
@@ -493,7 +504,7 @@ impl Client {
     ) -> Result<Cancelled, ApiError> {
         let keys = self.keys(queue);
         let dead_cap = self
-            .config
+            .config()
             .queues
             .get(queue)
             .map_or(10_000, |q| q.dead_max_jobs);

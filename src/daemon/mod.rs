@@ -177,15 +177,19 @@ pub async fn run_with(
     // is still awaited; it stops when this function returns, however.
     let stop_web = CancellationToken::new();
     let _stop_web_on_return = stop_web.clone().drop_guard();
-    let web_task = match config.web.listen {
+    let (web_task, web_client) = match config.web.listen {
         Some(addr) => {
             let listener = crate::web::bind(addr).await?;
             let client = crate::api::Client::with_broker(broker.clone(), &config, "web");
-            let serve =
-                crate::web::serve(listener, client, Some(metrics.clone()), stop_web.clone());
-            Some(tokio::spawn(serve))
+            let serve = crate::web::serve(
+                listener,
+                client.clone(),
+                Some(metrics.clone()),
+                stop_web.clone(),
+            );
+            (Some(tokio::spawn(serve)), Some(client))
         }
-        None => None,
+        None => (None, None),
     };
     let stop_fetching = CancellationToken::new();
     let abandon = CancellationToken::new();
@@ -316,6 +320,10 @@ pub async fn run_with(
                     terminate: &shutdown.terminate,
                 };
                 reload::reload(&mut config, reloader.as_ref(), &mut queues, &mut periodic, &context).await;
+                // The dashboard shows the queues and schedules now run.
+                if let Some(client) = &web_client {
+                    client.set_config(&config);
+                }
             }
         }
     }

@@ -9,7 +9,7 @@
 //! queues that are new or changed start, after the node is listed in them;
 //! the schedules start again from the new configuration. Queues that did
 //! not change run on untouched. Settings of the whole node (`[redis]`,
-//! `[daemon]`, `[events]`) take a restart; a reload that changes them says
+//! `[daemon]`, `[events]`, `[web]`) take a restart; a reload that changes them says
 //! so and applies the rest.
 
 use tokio::task::JoinHandle;
@@ -132,6 +132,7 @@ async fn apply(
         ("[redis]", new.redis == config.redis),
         ("[daemon]", new.daemon == config.daemon),
         ("[events]", new.events == config.events),
+        ("[web]", new.web == config.web),
     ] {
         if !same {
             tracing::warn!(
@@ -144,6 +145,7 @@ async fn apply(
     new.redis = config.redis.clone();
     new.daemon = config.daemon.clone();
     new.events = config.events.clone();
+    new.web = config.web.clone();
 
     let running = queues.names();
     let removed: Vec<String> = running
