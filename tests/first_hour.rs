@@ -192,7 +192,7 @@ fn help_groups_the_commands_for_a_newcomer() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for group in ["Run the daemon:", "Jobs:", "Watch:", "Set up:"] {
+    for group in ["Run the daemon:", "Jobs:", "Watch:", "Steer:", "Set up:"] {
         assert!(help.contains(group), "{group} missing from:\n{help}");
     }
     for command in [
@@ -204,6 +204,10 @@ fn help_groups_the_commands_for_a_newcomer() {
         "stats",
         "monitor",
         "schedules",
+        "web",
+        "pause",
+        "resume",
+        "cancel",
         "completions",
     ] {
         assert!(
