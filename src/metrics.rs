@@ -9,6 +9,8 @@
 //! - `conveyor_queue_jobs{queue,state}`, `conveyor_queue_oldest_seconds{queue}`,
 //!   `conveyor_queue_paused{queue}`, `conveyor_nodes`: from Redis.
 //! - `conveyor_events_dropped_total`: events this daemon could not publish.
+//! - `conveyor_redis_up`: whether Redis answered the scrape (the daemon's
+//!   counters are served either way).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -143,10 +145,20 @@ impl QueueMetrics {
 }
 
 /// The text of `/metrics`: this daemon's counters (`None` for `conveyor
-/// web` alone) and the gauges of `overview`.
-pub fn render(daemon: Option<&Metrics>, overview: &Overview) -> String {
+/// web` alone), `conveyor_redis_up`, and the gauges of `overview` (`None`
+/// while Redis does not answer: the counters are still served).
+pub fn render(daemon: Option<&Metrics>, overview: Option<&Overview>) -> String {
     let mut families = daemon.map(Metrics::families).unwrap_or_default();
-    families.extend(gauges(overview));
+    let up = IntGauge::new(
+        "conveyor_redis_up",
+        "1 when Redis answered this scrape's questions, else 0.",
+    )
+    .expect("the metric's name is valid");
+    up.set(i64::from(overview.is_some()));
+    families.extend(up.collect());
+    if let Some(overview) = overview {
+        families.extend(gauges(overview));
+    }
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     TextEncoder::new()

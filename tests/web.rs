@@ -272,6 +272,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         Some(0.0)
     );
     assert_eq!(sample(&text, "conveyor_nodes"), Some(1.0));
+    assert_eq!(sample(&text, "conveyor_redis_up"), Some(1.0));
     assert_eq!(sample(&text, "conveyor_events_dropped_total"), Some(0.0));
     assert!(
         text.contains("# TYPE conveyor_jobs_total counter"),
@@ -749,7 +750,19 @@ async fn conveyor_web_alone_is_ready_while_redis_answers() {
     redis.kill();
     assert_eq!(status("/healthz").await, StatusCode::OK);
     assert_eq!(status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(status("/metrics").await, StatusCode::SERVICE_UNAVAILABLE);
+    // /metrics still answers, saying Redis is away.
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, "conveyor_redis_up"), Some(0.0), "{text}");
+    assert!(!text.contains("conveyor_queue_jobs"), "{text}");
+    let (clean, said) = promtool_check(&text);
+    assert!(clean, "promtool: {said}");
     redis.restart();
     wait_until("ready again", Duration::from_secs(20), || async {
         client

@@ -239,8 +239,14 @@ async fn readyz(State(web): State<Web>) -> Response {
 
 async fn metrics(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
     web.admit(&headers)?;
-    let overview = web.client.overview().await?;
-    let text = crate::metrics::render(web.metrics.as_deref(), &overview);
+    let overview = match web.client.overview().await {
+        Ok(overview) => Some(overview),
+        Err(e) => {
+            tracing::debug!(error = %e, "web: /metrics without Redis's gauges");
+            None
+        }
+    };
+    let text = crate::metrics::render(web.metrics.as_deref(), overview.as_ref());
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
