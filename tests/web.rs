@@ -151,6 +151,9 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     let page = get("/").send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"type="password""#), "a login form: {page}");
     assert!(!page.contains("Queues"), "{page}");
+    // The page's refresh is told to reload (and so show the login form).
+    let refresh = get("/?partial=1").send().await.unwrap();
+    assert_eq!(refresh.status(), StatusCode::UNAUTHORIZED);
 
     // Work done: 20 successes, one hostile payload dead.
     for i in 0..20 {
@@ -666,6 +669,18 @@ async fn a_listen_address_other_machines_reach_needs_a_token() {
     assert_eq!(code, 78, "{out}{err}");
     assert!(err.contains("at least 16 characters"), "{err}");
     assert!(!err.contains("short"), "{err}");
+
+    // `check` says where the pages are and who may see them.
+    let (code, out, err) = run_cli_env(
+        &["--config", cfg, "check"],
+        &[("CONVEYOR_WEB_TOKEN", TOKEN)],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("web: ok (http://0.0.0.0:0/, a token is asked for)"),
+        "{out}"
+    );
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN), "{out}{err}");
 
     // With a token from a file it serves, and asks for it.
     let token_file = dir.path().join("token");

@@ -46,6 +46,13 @@ pub async fn run(
                 .join(", ")
         );
     }
+    if let Some(listen) = config.web.listen {
+        let who = match config.web.token {
+            Some(_) => "a token is asked for",
+            None => "no token: loopback only",
+        };
+        println!("web: ok (http://{listen}/, {who})");
+    }
     let broker = connect(&config).await?;
     println!("redis: ok ({})", broker.url());
     if let Some(address) = broker.master_address().await {

@@ -420,6 +420,11 @@ async fn dashboard(
     Query(q): Query<page::PageQuery>,
 ) -> Response {
     if !web.auth.admits(&headers) {
+        if q.is_partial() {
+            // The page's refresh after the session ended: the script reloads
+            // the page, which then shows the login form.
+            return unauthorized().into_response();
+        }
         if !web.auth.required() {
             // No token, and a name that is not loopback: a rebound name.
             return Failure(

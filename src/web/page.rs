@@ -50,6 +50,13 @@ pub(super) struct PageQuery {
     done: Option<String>,
 }
 
+impl PageQuery {
+    /// Whether only the content is asked for (the page's refresh).
+    pub(super) fn is_partial(&self) -> bool {
+        self.partial.as_deref() == Some("1")
+    }
+}
+
 #[derive(Serialize)]
 struct Page {
     at: String,
@@ -124,9 +131,9 @@ pub(super) async fn dashboard(web: &Web, q: &PageQuery) -> Response {
         done: q.done.clone(),
         ..page
     };
-    let name = match q.partial.as_deref() {
-        Some("1") => "content.html",
-        _ => "dashboard.html",
+    let name = match q.is_partial() {
+        true => "content.html",
+        false => "dashboard.html",
     };
     let context = serde_json::to_value(&page).map(|page| to_value(&page));
     let rendered = match context {

@@ -7,7 +7,11 @@
   var content = document.getElementById("content");
   function refresh() {
     fetch("/?partial=1", { credentials: "same-origin", headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (r) {
+        // Signed out meanwhile (a new token): the page shows the login form.
+        if (r.status === 401) location.reload();
+        return r.ok ? r.text() : null;
+      })
       .then(function (html) { if (html !== null) content.innerHTML = html; })
       .catch(function () {})
       .finally(function () { setTimeout(refresh, 2000); });
