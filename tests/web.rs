@@ -990,3 +990,67 @@ async fn the_dashboard_in_a_browser() {
     signal(&daemon, 15);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_to_the_dashboard_in_a_browser() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), &redis, &queues(34));
+    let cfg = cfg.to_str().unwrap();
+    let mut conn = redis.conn().await;
+    let mut daemon = conveyor();
+    daemon
+        .args(["--config", cfg, "run"])
+        .env("CONVEYOR_WEB_TOKEN", TOKEN);
+    let (mut daemon, logs) = spawn_logged(daemon);
+    let base = web_address(&logs).await;
+
+    let mut browser = Browser::start();
+    browser.send(json!({ "go": format!("{base}/") }));
+    assert_eq!(
+        browser.eval("!!document.querySelector('input[type=password]')"),
+        true
+    );
+    browser.eval("document.querySelector('#token').value = 'not the token'");
+    browser.send(json!({ "click": "form[action='/login'] button" }));
+    browser.wait("document.querySelector('.error')?.textContent === 'That is not the token.'");
+    browser.eval(&format!(
+        "document.querySelector('#token').value = {}",
+        json!(TOKEN)
+    ));
+    browser.send(json!({ "click": "form[action='/login'] button" }));
+    browser.wait("!!document.querySelector('#queues')");
+    assert_eq!(
+        browser.eval("document.cookie"),
+        "",
+        "the session cookie is HttpOnly"
+    );
+
+    // The browser's own requests carry the session: a form's POST (with the
+    // page's origin), the refresh and the event stream.
+    browser.send(json!({ "click": "#queue-work form[action$='/pause'] button" }));
+    browser.wait("document.querySelector('#queue-work td:nth-child(2)')?.textContent === 'paused'");
+    let paused: u8 = redis::cmd("EXISTS")
+        .arg("{jobs:work}:paused")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(paused, 1);
+    let (code, out) = cli(cfg, &["enqueue", "fail", "{\"fail\":\"permanent\"}"]);
+    assert_eq!(code, 0, "{out}");
+    let id = out.trim().to_owned();
+    browser.wait(&format!(
+        "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('job.dead') && li.textContent.includes('{id}'))"
+    ));
+    browser.wait(&format!(
+        "!!document.querySelector('table.dead') && document.querySelector('table.dead td.id').textContent === '{id}'"
+    ));
+
+    // Signing out ends it: the page asks for the token again.
+    browser.send(json!({ "click": "form[action='/logout'] button" }));
+    browser.wait("!!document.querySelector('input[type=password]')");
+    drop(browser);
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
+    assert!(!logs.contains(TOKEN), "{:?}", logs.lines());
+}
