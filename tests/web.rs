@@ -18,6 +18,11 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "web-token-with /?#@&= in it";
 
+/// Sends `request` with the token.
+async fn authed(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.bearer_auth(TOKEN).send().await.unwrap()
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -174,11 +179,8 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     .await;
 
     // /api/stats is `conveyor stats --json`.
-    let api: Value = get("/api/stats")
-        .bearer_auth(TOKEN)
-        .send()
+    let api: Value = authed(get("/api/stats"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap()
@@ -210,7 +212,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
 
     // /metrics: this daemon's counters and histogram, Redis's gauges, and
     // promtool finds nothing to say.
-    let metrics = get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
+    let metrics = authed(get("/metrics")).await;
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(
         metrics.headers()["content-type"]
@@ -292,11 +294,8 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     assert!(!clean);
 
     // The queue's jobs, typed.
-    let listed: Value = get("/api/queues/fail/dead")
-        .bearer_auth(TOKEN)
-        .send()
+    let listed: Value = authed(get("/api/queues/fail/dead"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap()
@@ -307,11 +306,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         serde_json::from_str::<Value>(listed[0]["payload"].as_str().unwrap()).unwrap(),
         hostile
     );
-    let unknown = get("/api/queues/nope/dead")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let unknown = authed(get("/api/queues/nope/dead")).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 
     // Actions: the token and the same origin, or nothing happens.
@@ -343,49 +338,26 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         }
     };
     assert!(!paused(&mut conn).await, "refused actions changed nothing");
-    let r = post("/api/queues/work/pause")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/work/pause")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.text().await.unwrap().parse::<Value>().unwrap()["done"],
         "work: paused"
     );
     assert!(paused(&mut conn).await);
-    let text = get("/metrics")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = authed(get("/metrics")).await.text().await.unwrap();
     assert_eq!(
         sample(&text, r#"conveyor_queue_paused{queue="work"}"#),
         Some(1.0)
     );
-    let r = post("/api/queues/work/resume")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/work/resume")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!paused(&mut conn).await);
-    let r = post("/api/queues/nope/pause")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/nope/pause")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Retry a dead job (it dies again: its payload fails for good), then purge all.
-    let r = post(&format!("/api/queues/fail/dead/retry?id={dead_id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post(&format!("/api/queues/fail/dead/retry?id={dead_id}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     wait_until("the retried job ran again", Duration::from_secs(20), || {
         let mut c = conn.clone();
@@ -395,23 +367,11 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         }
     })
     .await;
-    let r = post("/api/queues/fail/dead/retry?id=no-such-job")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/fail/dead/retry?id=no-such-job")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = post("/api/queues/fail/dead/retry")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/fail/dead/retry")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "neither an id nor all");
-    let r = post("/api/queues/fail/dead/purge?all=1")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/fail/dead/purge?all=1")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(llen(&mut conn, "{jobs:fail}:dead").await, 0);
 
@@ -422,22 +382,15 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     );
     assert_eq!(code, 0, "{out}");
     let later = out.trim().to_owned();
-    let scheduled: Value = get("/api/queues/work/scheduled")
-        .bearer_auth(TOKEN)
-        .send()
+    let scheduled: Value = authed(get("/api/queues/work/scheduled"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap()
         .parse::<Value>()
         .unwrap();
     assert_eq!(scheduled[0]["id"], later.as_str());
-    let r = post(&format!("/api/queues/work/scheduled/run?id={later}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post(&format!("/api/queues/work/scheduled/run?id={later}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     wait_until("the scheduled job ran now", Duration::from_secs(10), || {
         let mut c = conn.clone();
@@ -453,11 +406,8 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     assert_eq!(code, 0, "{out}");
     let slow = out.trim().to_owned();
     wait_until("the slow job runs", Duration::from_secs(20), || async {
-        let running: Value = get("/api/queues/slow/running")
-            .bearer_auth(TOKEN)
-            .send()
+        let running: Value = authed(get("/api/queues/slow/running"))
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()
@@ -468,11 +418,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     .await;
     // The pool starts another worker process once one is killed.
     let before = sleepers(32);
-    let r = post(&format!("/api/queues/slow/cancel?id={slow}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post(&format!("/api/queues/slow/cancel?id={slow}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.text().await.unwrap().parse::<Value>().unwrap()["done"],
@@ -491,7 +437,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     );
 
     // Live events as server-sent events.
-    let mut stream = get("/api/events").bearer_auth(TOKEN).send().await.unwrap();
+    let mut stream = authed(get("/api/events")).await;
     assert_eq!(stream.status(), StatusCode::OK);
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let (code, out) = cli(cfg, &["enqueue", "work", "{\"live\":true}"]);
@@ -623,15 +569,11 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     std::fs::write(cfg, text).unwrap();
     signal(&daemon, 1);
     wait_until("the added queue shows", Duration::from_secs(10), || async {
-        let stats = get("/api/stats").bearer_auth(TOKEN).send().await.unwrap();
+        let stats = authed(get("/api/stats")).await;
         stats.text().await.unwrap().contains("\"name\":\"added\"")
     })
     .await;
-    let r = post("/api/queues/added/pause")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(post("/api/queues/added/pause")).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Nothing printed the token.
@@ -697,12 +639,7 @@ async fn a_listen_address_other_machines_reach_needs_a_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = client
-        .get(format!("{base}/api/stats"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = authed(client.get(format!("{base}/api/stats"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     // A bad listen address or a port in use: exit 78, saying which.
     let taken = base.trim_start_matches("http://127.0.0.1:").to_owned();

@@ -125,13 +125,8 @@ fn router(web: Web) -> Router {
         .route("/api/stats", get(stats))
         .route("/api/events", get(events::events))
         .route("/api/schedules", get(schedules))
-        .route("/api/queues/{queue}/{list}", get(jobs))
-        .route("/api/queues/{queue}/pause", post(pause))
-        .route("/api/queues/{queue}/resume", post(resume))
-        .route("/api/queues/{queue}/dead/retry", post(retry))
-        .route("/api/queues/{queue}/dead/purge", post(purge))
-        .route("/api/queues/{queue}/scheduled/run", post(run_now))
-        .route("/api/queues/{queue}/cancel", post(cancel))
+        .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
+        .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))
         .with_state(web)
 }
@@ -321,97 +316,85 @@ fn done(headers: &HeaderMap, queue: &str, said: String) -> Response {
     axum::Json(serde_json::json!({ "ok": true, "queue": queue, "done": said })).into_response()
 }
 
-async fn pause(
+/// `POST /api/queues/<q>/pause`, `resume` and `cancel`.
+async fn queue_action(
     State(web): State<Web>,
     headers: HeaderMap,
-    Path(queue): Path<String>,
-) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let said = match web.client.pause(&queue).await? {
-        true => format!("{queue}: paused"),
-        false => format!("{queue}: was paused already"),
-    };
-    Ok(done(&headers, &queue, said))
-}
-
-async fn resume(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let said = match web.client.resume(&queue).await? {
-        true => format!("{queue}: resumed"),
-        false => format!("{queue}: was not paused"),
-    };
-    Ok(done(&headers, &queue, said))
-}
-
-async fn retry(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
+    Path((queue, action)): Path<(String, String)>,
     Query(target): Query<Target>,
 ) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let said = if target.all() {
-        let n = web.client.retry_all_dead(&queue).await?;
-        format!("{queue}: {n} dead jobs back in the queue")
-    } else {
-        let id = target.id()?;
-        web.client.retry_dead(&queue, id).await?;
-        format!("{id}: back in the queue")
-    };
-    Ok(done(&headers, &queue, said))
+    act(&web, &headers, &queue, &action, &target).await
 }
 
-async fn purge(
+/// `POST /api/queues/<q>/dead/retry`, `dead/purge` and `scheduled/run`.
+async fn list_action(
     State(web): State<Web>,
     headers: HeaderMap,
-    Path(queue): Path<String>,
+    Path((queue, list, action)): Path<(String, String, String)>,
     Query(target): Query<Target>,
 ) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let said = if target.all() {
-        let n = web.client.purge_all_dead(&queue).await?;
-        format!("{queue}: {n} dead jobs purged")
-    } else {
-        let id = target.id()?;
-        web.client.purge_dead(&queue, id).await?;
-        format!("{id}: purged")
-    };
-    Ok(done(&headers, &queue, said))
-}
-
-async fn run_now(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Query(target): Query<Target>,
-) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let id = target.id()?;
-    web.client.run_now(&queue, id).await?;
-    Ok(done(&headers, &queue, format!("{id}: runs next")))
+    act(&web, &headers, &queue, &format!("{list}/{action}"), &target).await
 }
 
 /// How long a cancel waits for a running job's daemon to stop it.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
-async fn cancel(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Query(target): Query<Target>,
+/// Does `action` on `queue`: the token, the same origin and a configured
+/// queue first; then what it did, as a sentence.
+async fn act(
+    web: &Web,
+    headers: &HeaderMap,
+    queue: &str,
+    action: &str,
+    target: &Target,
 ) -> Result<Response, Failure> {
-    web.admit_action(&headers, &queue)?;
-    let id = target.id()?;
-    let was = web.client.cancel(&queue, id, CANCEL_WAIT).await?;
-    Ok(done(
-        &headers,
-        &queue,
-        format!("{id}: cancelled (it was {})", was.as_str()),
-    ))
+    web.admit_action(headers, queue)?;
+    let c = &web.client;
+    let said = match action {
+        "pause" => match c.pause(queue).await? {
+            true => format!("{queue}: paused"),
+            false => format!("{queue}: was paused already"),
+        },
+        "resume" => match c.resume(queue).await? {
+            true => format!("{queue}: resumed"),
+            false => format!("{queue}: was not paused"),
+        },
+        "cancel" => {
+            let id = target.id()?;
+            let was = c.cancel(queue, id, CANCEL_WAIT).await?;
+            format!("{id}: cancelled (it was {})", was.as_str())
+        }
+        "dead/retry" if target.all() => {
+            let n = c.retry_all_dead(queue).await?;
+            format!("{queue}: {n} dead jobs back in the queue")
+        }
+        "dead/retry" => {
+            let id = target.id()?;
+            c.retry_dead(queue, id).await?;
+            format!("{id}: back in the queue")
+        }
+        "dead/purge" if target.all() => {
+            let n = c.purge_all_dead(queue).await?;
+            format!("{queue}: {n} dead jobs purged")
+        }
+        "dead/purge" => {
+            let id = target.id()?;
+            c.purge_dead(queue, id).await?;
+            format!("{id}: purged")
+        }
+        "scheduled/run" => {
+            let id = target.id()?;
+            c.run_now(queue, id).await?;
+            format!("{id}: runs next")
+        }
+        _ => {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}"),
+            ));
+        }
+    };
+    Ok(done(headers, queue, said))
 }
 
 async fn dashboard(
