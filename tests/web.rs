@@ -18,6 +18,17 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "web-token-with /?#@&= in it";
 
+/// `conveyor run` on `cfg` with the token; its logs and web address.
+async fn daemon_with_token(cfg: &str) -> (KillOnDrop, Logs, String) {
+    let mut daemon = conveyor();
+    daemon
+        .args(["--config", cfg, "run"])
+        .env("CONVEYOR_WEB_TOKEN", TOKEN);
+    let (daemon, logs) = spawn_logged(daemon);
+    let base = web_address(&logs).await;
+    (daemon, logs, base)
+}
+
 /// Sends `request` with the token.
 async fn authed(request: reqwest::RequestBuilder) -> reqwest::Response {
     request.bearer_auth(TOKEN).send().await.unwrap()
@@ -118,12 +129,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     let cfg = config_file(dir.path(), &redis, &queues(32));
     let cfg = cfg.to_str().unwrap();
     let mut conn = redis.conn().await;
-    let mut daemon = conveyor();
-    daemon
-        .args(["--config", cfg, "run"])
-        .env("CONVEYOR_WEB_TOKEN", TOKEN);
-    let (mut daemon, logs) = spawn_logged(daemon);
-    let base = web_address(&logs).await;
+    let (mut daemon, logs, base) = daemon_with_token(cfg).await;
     let web = http();
     let get = |path: &str| web.get(format!("{base}{path}"));
     let post = |path: &str| web.post(format!("{base}{path}"));
@@ -935,12 +941,7 @@ async fn signing_in_to_the_dashboard_in_a_browser() {
     let cfg = config_file(dir.path(), &redis, &queues(34));
     let cfg = cfg.to_str().unwrap();
     let mut conn = redis.conn().await;
-    let mut daemon = conveyor();
-    daemon
-        .args(["--config", cfg, "run"])
-        .env("CONVEYOR_WEB_TOKEN", TOKEN);
-    let (mut daemon, logs) = spawn_logged(daemon);
-    let base = web_address(&logs).await;
+    let (mut daemon, logs, base) = daemon_with_token(cfg).await;
 
     let mut browser = Browser::start();
     browser.send(json!({ "go": format!("{base}/") }));

@@ -308,12 +308,7 @@ impl Broker {
         let changed: Value = pipe.query_async::<Vec<Value>>(&mut conn).await?.remove(0);
         let changed = !matches!(changed, Value::Nil | Value::Int(0));
         if let Some(event) = event.filter(|_| changed) {
-            let mut events = EventBatch::default();
-            events.push_json(event);
-            let mut pipe = redis::pipe();
-            super::events::add_publish(&mut pipe, sink, &events);
-            super::events::add_stream(&mut pipe, sink, &events);
-            pipe.query_async::<()>(&mut conn).await?;
+            self.announce(sink, event).await?;
         }
         Ok(changed)
     }

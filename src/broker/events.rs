@@ -79,16 +79,8 @@ impl Broker {
         after: &str,
         count: usize,
     ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        Ok(entries.into_iter().map(entry_events).collect())
+        self.entries("XRANGE", stream, &format!("({after}"), "+", count)
+            .await
     }
 
     /// The newest `count` entries after `after` (exclusive), newest first.
@@ -98,11 +90,24 @@ impl Broker {
         after: &str,
         count: usize,
     ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
+        self.entries("XREVRANGE", stream, "+", &format!("({after}"), count)
+            .await
+    }
+
+    /// `XRANGE` or `XREVRANGE` from `start` to `end`, as `(id, events)`.
+    async fn entries(
+        &self,
+        command: &str,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
         let mut conn = self.conn().await?;
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd(command)
             .arg(stream)
-            .arg("+")
-            .arg(format!("({after}"))
+            .arg(start)
+            .arg(end)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut conn)
