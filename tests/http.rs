@@ -112,6 +112,37 @@ async fn a_job_is_posted_with_its_headers_signed_and_its_answer_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_kept_and_one_the_server_closed_is_not_used() {
+    let redis = Redis::start();
+    let server = HttpServer::start_with(&["--idle-timeout", "0.5"]);
+    let mut conn = redis.conn().await;
+    // One attempt: a request lost on a closed connection would be dead.
+    let http = format!("url = \"{}\"", server.url("/ok"));
+    let _daemon = TestDaemon::start(config(&redis, &queue("max_attempts = 1", &http)), builtin());
+    for n in 1..=3 {
+        push(&mut conn, &format!("kept-{n}"), json!({"n": n})).await;
+        wait_state(&conn, &format!("kept-{n}"), "succeeded").await;
+    }
+    let ports: Vec<u16> = server.to("/ok").iter().map(|r| r.port).collect();
+    assert_eq!(ports.len(), 3);
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "one connection, kept: {ports:?}"
+    );
+    // The server closes it after 0.5 s idle; the next job goes out on a
+    // new connection, at its first attempt.
+    wait_until("the server closes the idle connection", WAIT, || async {
+        server.closed().contains(&ports[0])
+    })
+    .await;
+    push(&mut conn, "after-close", json!({"n": 4})).await;
+    let done = wait_state(&conn, "after-close", "succeeded").await;
+    assert_eq!(done["attempt"], "1", "{done:?}");
+    let last = server.to("/ok").pop().expect("a request");
+    assert_ne!(last.port, ports[0], "a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_decide_retry_dead_and_the_delay_asked_for() {
     let redis = Redis::start();
     let server = HttpServer::start();

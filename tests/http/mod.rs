@@ -15,6 +15,8 @@ pub struct Request {
     pub method: String,
     pub headers: std::collections::HashMap<String, String>,
     pub body: String,
+    /// The client's port: one per connection.
+    pub port: u16,
 }
 
 /// A running server; killed when dropped.
@@ -27,6 +29,11 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With server.py's options, such as `--idle-timeout 0.2`.
+    pub fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let out = dir.path().join("requests.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/http/server.py");
@@ -34,6 +41,7 @@ impl HttpServer {
             .arg(script)
             .arg("--out")
             .arg(&out)
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -68,6 +76,23 @@ impl HttpServer {
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.get("closed").is_none())
+            .map(|r| serde_json::from_value(r).expect("a request"))
+            .collect()
+    }
+
+    /// The client ports of the connections the server closed for idling.
+    pub fn closed(&self) -> Vec<u16> {
+        self.records()
+            .iter()
+            .filter_map(|r| r.get("closed")?.as_u64())
+            .map(|p| u16::try_from(p).expect("a port"))
+            .collect()
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()

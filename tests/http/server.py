@@ -4,7 +4,9 @@
 
 It listens on 127.0.0.1 on a free port, prints `ready <port>`, and appends
 one JSON object per request to --out: {"path", "method", "headers" (names in
-lower case), "body"}. The path decides the answer:
+lower case), "body", "port" (the client's)}. With --idle-timeout SECONDS it
+closes a keep-alive connection that idle that long, as servers do, and then
+appends {"closed": <the client's port>}. The path decides the answer:
 
   /ok            200 {"ok": true, "n": <requests to /ok so far>}
   /text          200 text/plain
@@ -59,6 +61,7 @@ class Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body,
+            "port": self.client_address[1],
         }
         with LOCK:
             with open(self.server.out, "a", encoding="utf-8") as f:
@@ -109,11 +112,24 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = handle_any
 
 
+class Server(ThreadingHTTPServer):
+    def shutdown_request(self, request):
+        port = request.getpeername()[1]
+        super().shutdown_request(request)
+        if Handler.timeout is not None:
+            with LOCK:
+                with open(self.out, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"closed": port}) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--idle-timeout", type=float)
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # The socket's timeout: a connection idle that long is closed.
+    Handler.timeout = args.idle_timeout
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.out = args.out
     print("ready %d" % server.server_address[1], flush=True)

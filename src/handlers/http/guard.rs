@@ -7,9 +7,12 @@
 //! refused too, and no second lookup can differ from the checked one), and a
 //! check of hosts written as IP addresses, which reach no resolver.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 /// Why a URL may not be requested.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +87,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
 
 /// Refuses a URL whose host is written as a forbidden IP address (such a
 /// host reaches no resolver).
-pub(crate) fn check_literal(url: &reqwest::Url) -> Result<(), Refused> {
+pub(crate) fn check_literal(url: &url::Url) -> Result<(), Refused> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
@@ -100,13 +103,27 @@ pub(crate) fn check_literal(url: &reqwest::Url) -> Result<(), Refused> {
     }
 }
 
-/// The system's resolver, refusing a name any of whose addresses is
+/// The system's resolver (`getaddrinfo`, on tokio's blocking threads),
+/// which, when `refuse_private`, refuses a name any of whose addresses is
 /// forbidden: the connection is made to exactly the addresses returned.
-#[derive(Debug, Default)]
-pub(crate) struct GuardedResolver;
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resolver {
+    pub(crate) refuse_private: bool,
+}
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type Resolved = Result<std::vec::IntoIter<SocketAddr>, Box<dyn std::error::Error + Send + Sync>>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Resolved> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let refuse_private = self.refuse_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> =
@@ -114,10 +131,11 @@ impl Resolve for GuardedResolver {
             if let Some((addr, what)) = addrs
                 .iter()
                 .find_map(|a| forbidden(a.ip()).map(|what| (a.ip(), what)))
+                .filter(|_| refuse_private)
             {
                 return Err(Box::new(Refused { host, addr, what }) as _);
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }
@@ -168,21 +186,28 @@ mod tests {
             "http://0x7f.1/",
             "https://169.254.169.254/latest/meta-data/",
         ] {
-            let url: reqwest::Url = url.parse().expect("a URL");
+            let url: url::Url = url.parse().expect("a URL");
             assert!(check_literal(&url).is_err(), "{url} must be refused");
         }
-        let url: reqwest::Url = "https://example.com/hook".parse().expect("a URL");
+        let url: url::Url = "https://example.com/hook".parse().expect("a URL");
         assert!(check_literal(&url).is_ok());
     }
 
     #[tokio::test]
-    async fn a_name_that_resolves_to_loopback_is_refused() {
+    async fn a_name_that_resolves_to_loopback_is_refused_when_asked() {
+        use tower_service::Service;
         let name: Name = "localhost".parse().expect("a name");
-        let refused = match GuardedResolver.resolve(name).await {
+        let mut guarded = Resolver {
+            refuse_private: true,
+        };
+        let refused = match guarded.call(name.clone()).await {
             Ok(_) => panic!("localhost resolved"),
             Err(e) => e,
         };
         let refused = refused.downcast_ref::<Refused>().expect("our refusal");
         assert_eq!(refused.what, "a loopback address");
+        let mut open = Resolver::default();
+        let addrs: Vec<SocketAddr> = open.call(name).await.expect("resolved").collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
     }
 }

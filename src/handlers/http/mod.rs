@@ -23,26 +23,32 @@
 //! and the start of the body in the error. Header values from `env:` and
 //! the secret are never logged or quoted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use url::Url;
 
 use super::{CheckError, Handler, HandlerContext};
 use crate::broker::Broker;
 use crate::config::{ConfigError, mask_url};
 use crate::job::{HandlerError, Job, MAX_RESULT_BYTES};
 
+mod client;
 mod guard;
 mod sign;
 
-use guard::{GuardedResolver, Refused};
+use guard::Refused;
 use sign::SigningKey;
 
 /// Most of a response body read; the rest is not (the connection is then
@@ -52,15 +58,21 @@ const MAX_RESPONSE: usize = 1024 * 1024;
 /// How much of a failed response's body goes into the error.
 const ERROR_BODY: usize = 200;
 
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const CONVEYOR_QUEUE: HeaderName = HeaderName::from_static("conveyor-queue");
+const CONVEYOR_ATTEMPT: HeaderName = HeaderName::from_static("conveyor-attempt");
+
 /// Headers the handler sets itself.
-const RESERVED: &[&str] = &[
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "conveyor-queue",
-    "conveyor-attempt",
+const RESERVED: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::USER_AGENT,
+    WEBHOOK_ID,
+    WEBHOOK_TIMESTAMP,
+    WEBHOOK_SIGNATURE,
+    CONVEYOR_QUEUE,
+    CONVEYOR_ATTEMPT,
 ];
 
 /// `[queues.<q>.http]`
@@ -103,16 +115,21 @@ struct JobRequest {
 /// Sends each job as an HTTP request.
 pub struct Http {
     queue: String,
-    url: Option<Url>,
+    /// The queue's name as the `conveyor-queue` header.
+    queue_header: HeaderValue,
+    /// The queue's URL, the same as the request's URI, and its key among
+    /// the client's connections.
+    url: Option<(Url, Uri, String)>,
     method: Method,
+    /// The queue's headers and `user-agent`.
     headers: HeaderMap,
     allow_job_url: bool,
     allow_private: bool,
     cache_ttl: Option<Duration>,
     key: Option<SigningKey>,
-    client: reqwest::Client,
-    /// For per-job URLs of a queue that does not allow private ones.
-    guarded: reqwest::Client,
+    /// Per-job URLs of a queue without `allow_private` resolve through
+    /// the SSRF guard.
+    client: client::Client,
     broker: Broker,
 }
 
@@ -139,39 +156,37 @@ pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> 
         ));
     }
     let env = |name: &str| std::env::var(name).ok();
-    let headers = headers(&options.headers, &env).map_err(|e| invalid("headers", e))?;
+    let mut headers = headers(&options.headers, &env).map_err(|e| invalid("headers", e))?;
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("conveyor/", env!("CARGO_PKG_VERSION"))),
+    );
     let mut roots = Vec::new();
     if let Some(file) = &options.ca_file {
         let path = ctx.config().dir.join(file);
         let pem = std::fs::read(&path)
             .map_err(|e| invalid("ca_file", format!("cannot read {}: {e}", path.display())))?;
-        roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            invalid(
-                "ca_file",
-                format!("{} is not PEM certificates: {e}", path.display()),
-            )
-        })?;
+        roots = client::pem_certificates(&pem)
+            .map_err(|e| invalid("ca_file", format!("{} {e}", path.display())))?;
     }
-    let client = |guard: bool| {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy from the environment would carry per-job requests
-            // past the guard, which sees only the proxy's address.
-            .no_proxy()
-            .user_agent(concat!("conveyor/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60));
-        for root in &roots {
-            builder = builder.add_root_certificate(root.clone());
+    // No proxy from the environment is used: it would carry per-job
+    // requests past the guard, which would see only the proxy's address.
+    let refuse_private = options.allow_job_url && !options.allow_private;
+    let client = client::Client::new(&roots, refuse_private).map_err(|e| invalid("ca_file", e))?;
+    let queue_header = HeaderValue::from_str(ctx.queue()).map_err(|_| {
+        ConfigError::Invalid(format!("{at}: the queue's name cannot be a header value"))
+    })?;
+    let url = match url {
+        Some(url) => {
+            let uri = uri(&url).map_err(|e| invalid("url", e))?;
+            let key = client::key(&uri);
+            Some((url, uri, key))
         }
-        if guard {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
-        }
-        builder
-            .build()
-            .map_err(|e| ConfigError::Invalid(format!("{at}: the HTTP client cannot be made: {e}")))
+        None => None,
     };
     Ok(Arc::new(Http {
         queue: ctx.queue().to_owned(),
+        queue_header,
         url,
         method,
         headers,
@@ -179,8 +194,7 @@ pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> 
         allow_private: options.allow_private,
         cache_ttl: options.cache_ttl,
         key: sign::key_of(ctx.queue(), &env)?,
-        client: client(false)?,
-        guarded: client(true)?,
+        client,
         broker: ctx.broker().clone(),
     }))
 }
@@ -195,11 +209,48 @@ fn method(text: &str) -> Result<Method, String> {
 }
 
 fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{:?} is not a URL: {e}", mask_url(text)))?;
+    let mut url =
+        Url::parse(text).map_err(|e| format!("{:?} is not a URL: {e}", mask_url(text)))?;
     match url.scheme() {
-        "http" | "https" => Ok(url),
+        "http" | "https" => {
+            url.set_fragment(None);
+            Ok(url)
+        }
         other => Err(format!("the scheme {other:?} is not http or https")),
     }
+}
+
+/// A URL as a request's URI, without its user and password (they become
+/// the `authorization` header: [`basic_auth`]).
+fn uri(url: &Url) -> Result<Uri, String> {
+    let mut bare = url.clone();
+    // Neither fails on an http or https URL, which has a host.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    bare.as_str()
+        .parse()
+        .map_err(|e| format!("{:?} is not a URL: {e}", mask_url(url.as_str())))
+}
+
+/// The `authorization` header of a URL with a user or password.
+fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or_default())
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Header names and values, `env:NAME` values read from the environment
@@ -212,7 +263,7 @@ fn headers(
     for (name, value) in given {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{name:?} is not a header name"))?;
-        if RESERVED.contains(&header.as_str()) {
+        if RESERVED.contains(&header) {
             return Err(format!("{name} is set by the handler itself"));
         }
         let (text, secret) = match value.strip_prefix("env:") {
@@ -232,31 +283,41 @@ fn headers(
 }
 
 /// What one job asks for.
-struct Target {
-    url: Url,
+struct Target<'a> {
+    url: Cow<'a, Url>,
+    uri: Uri,
+    key: Cow<'a, str>,
     method: Method,
-    headers: HeaderMap,
-    body: Option<Vec<u8>>,
-    guarded: bool,
+    headers: Cow<'a, HeaderMap>,
+    body: Option<Bytes>,
+}
+
+impl Target<'_> {
+    /// The URL as errors and logs show it.
+    fn shown(&self) -> String {
+        mask_url(self.url.as_str())
+    }
 }
 
 impl Http {
-    fn target(&self, job: &Job) -> Result<Target, HandlerError> {
-        let Some(url) = &self.url.as_ref().filter(|_| !self.allow_job_url) else {
+    fn target<'a>(&'a self, job: &Job) -> Result<Target<'a>, HandlerError> {
+        let Some((url, uri, key)) = self.url.as_ref().filter(|_| !self.allow_job_url) else {
             return self.job_target(job);
         };
-        let body = (self.method != Method::GET).then(|| job.payload().get().as_bytes().to_vec());
+        let body = (self.method != Method::GET)
+            .then(|| Bytes::copy_from_slice(job.payload().get().as_bytes()));
         Ok(Target {
-            url: (*url).clone(),
+            url: Cow::Borrowed(url),
+            uri: uri.clone(),
+            key: Cow::Borrowed(key),
             method: self.method.clone(),
-            headers: self.headers.clone(),
+            headers: Cow::Borrowed(&self.headers),
             body,
-            guarded: false,
         })
     }
 
     /// The request a job of an `allow_job_url` queue names.
-    fn job_target(&self, job: &Job) -> Result<Target, HandlerError> {
+    fn job_target(&self, job: &Job) -> Result<Target<'static>, HandlerError> {
         let request: JobRequest = serde_json::from_str(job.payload().get()).map_err(|e| {
             HandlerError::permanent(format!(
                 "the payload must be {{\"url\", \"method\"?, \"headers\"?, \"body\"?}}: {e}"
@@ -275,16 +336,21 @@ impl Http {
         let no_env = |_: &str| None;
         let own = headers_literal(&request.headers, &no_env).map_err(HandlerError::permanent)?;
         headers.extend(own);
+        if let Some(auth) = basic_auth(&url) {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
         let body = match (&method, request.body) {
             (&Method::GET, _) | (_, None) => None,
-            (_, Some(body)) => Some(body.get().as_bytes().to_vec()),
+            (_, Some(body)) => Some(Bytes::copy_from_slice(body.get().as_bytes())),
         };
+        let uri = uri(&url).map_err(HandlerError::permanent)?;
         Ok(Target {
-            url,
+            key: Cow::Owned(client::key(&uri)),
+            uri,
+            url: Cow::Owned(url),
             method,
-            headers,
+            headers: Cow::Owned(headers),
             body,
-            guarded: !self.allow_private,
         })
     }
 }
@@ -310,45 +376,25 @@ fn refused(e: &Refused) -> HandlerError {
 impl Handler for Http {
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
         let target = self.target(job)?;
-        let shown = mask_url(target.url.as_str());
         let cache = self.cache_ttl.filter(|_| target.method == Method::GET);
         if cache.is_some() && self.cached(&target.url).await? {
-            tracing::debug!(url = %shown, "cached response still fresh; no request");
+            tracing::debug!(url = %target.shown(), "cached response still fresh; no request");
             return Ok(());
         }
-        let timestamp = jiff::Timestamp::now().as_second();
-        let client = if target.guarded {
-            &self.guarded
-        } else {
-            &self.client
-        };
-        let mut request = client
-            .request(target.method.clone(), target.url.clone())
-            .headers(target.headers)
-            .header("webhook-id", job.id())
-            .header("webhook-timestamp", timestamp)
-            .header("conveyor-queue", self.queue.as_str())
-            .header("conveyor-attempt", job.attempt());
-        let body = target.body.unwrap_or_default();
-        if let Some(key) = &self.key {
-            request = request.header("webhook-signature", key.sign(job.id(), timestamp, &body));
-        }
-        if target.method != Method::GET {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let response = request.send().await.map_err(|e| send_error(&e, &shown))?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .map(mask_url);
-        let (body, complete) = read_bounded(response)
+        let request = self.request(job, &target)?;
+        let (response, lease) = self
+            .client
+            .send(request, &target.key)
             .await
-            .map_err(|e| send_error(&e, &shown))?;
+            .map_err(|e| send_error(&e, e.is_connect(), &target.shown()))?;
+        let (parts, body) = response.into_parts();
+        let (body, complete) = client::read_bounded(body, MAX_RESPONSE)
+            .await
+            .map_err(|e| send_error(&e, false, &target.shown()))?;
+        if complete {
+            lease.release();
+        }
+        let status = parts.status;
         if status.is_success() {
             if let (Some(ttl), true) = (cache, complete) {
                 if let Err(e) = self.broker.cache(target.url.as_str(), &body, ttl).await {
@@ -359,18 +405,24 @@ impl Handler for Http {
             return Ok(());
         }
         let mut error = format!(
-            "HTTP {} from {shown}: {}",
+            "HTTP {} from {}: {}",
             status_text(status),
+            target.shown(),
             String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY)]).trim()
         );
         if status.is_redirection() {
+            let location = parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(mask_url);
             error.push_str(&format!(
                 " (redirects are not followed; location: {})",
                 location.as_deref().unwrap_or("none")
             ));
         }
         let transient = matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error();
-        Err(match (transient, retry_after) {
+        Err(match (transient, retry_after(&parts.headers)) {
             (true, Some(delay)) => HandlerError::transient(error).retry_in(delay),
             (true, None) => HandlerError::transient(error),
             (false, _) => HandlerError::permanent(error),
@@ -383,7 +435,7 @@ impl Handler for Http {
                 "each job's URL, this network's addresses refused".to_owned()
             }
             (_, true) => "each job's URL".to_owned(),
-            (Some(url), false) => format!("{} {}", self.method, mask_url(url.as_str())),
+            (Some((url, ..)), false) => format!("{} {}", self.method, mask_url(url.as_str())),
             (None, false) => String::new(),
         };
         let signed = if self.key.is_some() { ", signed" } else { "" };
@@ -393,6 +445,43 @@ impl Handler for Http {
 }
 
 impl Http {
+    /// The job's request: the target's headers and ours, the body.
+    fn request(
+        &self,
+        job: &Job,
+        target: &Target<'_>,
+    ) -> Result<Request<Full<Bytes>>, HandlerError> {
+        let id = HeaderValue::from_str(job.id()).map_err(|_| {
+            HandlerError::permanent("the job's id cannot be sent as the webhook-id header")
+        })?;
+        let timestamp = jiff::Timestamp::now().as_second();
+        let body = target.body.clone().unwrap_or_default();
+        let mut headers = HeaderMap::with_capacity(target.headers.len() + RESERVED.len());
+        headers.extend(target.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(key) = &self.key {
+            let signature = key.sign(job.id(), timestamp, &body);
+            headers.insert(
+                WEBHOOK_SIGNATURE,
+                HeaderValue::try_from(signature).expect("base64 is a header value"),
+            );
+        }
+        headers.insert(WEBHOOK_ID, id);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        headers.insert(CONVEYOR_QUEUE, self.queue_header.clone());
+        headers.insert(CONVEYOR_ATTEMPT, HeaderValue::from(job.attempt()));
+        if target.method != Method::GET {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = target.method.clone();
+        *request.uri_mut() = target.uri.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
     async fn cached(&self, url: &Url) -> Result<bool, HandlerError> {
         self.broker.is_cached(url.as_str()).await.map_err(|e| {
             HandlerError::transient(format!("cannot look up the cached response: {e}"))
@@ -408,10 +497,10 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
-/// Why a request failed before a status came back: refused by the guard
+/// Why a request failed before its answer was read: refused by the guard
 /// (permanent, nothing was sent), or anything else (transient).
-fn send_error(e: &reqwest::Error, url: &str) -> HandlerError {
-    let mut source = std::error::Error::source(e);
+fn send_error(e: &(dyn std::error::Error + 'static), connect: bool, url: &str) -> HandlerError {
+    let mut source = Some(e);
     let mut innermost = None;
     while let Some(cause) = source {
         if let Some(refusal) = cause.downcast_ref::<Refused>() {
@@ -421,9 +510,7 @@ fn send_error(e: &reqwest::Error, url: &str) -> HandlerError {
         source = cause.source();
     }
     let why = innermost.unwrap_or_else(|| e.to_string());
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+    let what = if connect {
         "could not connect"
     } else {
         "failed"
@@ -433,11 +520,7 @@ fn send_error(e: &reqwest::Error, url: &str) -> HandlerError {
 
 /// The next attempt's delay a response asks for: seconds, or an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -446,21 +529,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-/// The body, up to [`MAX_RESPONSE`] bytes; whether it was all read.
-async fn read_bounded(mut response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_RESPONSE - body.len();
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            // The rest is not read: the connection is dropped with the response.
-            return Ok((body, false));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, true))
 }
 
 /// A JSON body of up to 64 KiB is the job's result.
