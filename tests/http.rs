@@ -117,7 +117,11 @@ async fn connections_are_kept_and_one_the_server_closed_is_not_used() {
     let server = HttpServer::start_with(&["--idle-timeout", "0.5"]);
     let mut conn = redis.conn().await;
     // One attempt: a request lost on a closed connection would be dead.
-    let http = format!("url = \"{}\"", server.url("/ok"));
+    // A Host the queue sets is sent instead of the URL's.
+    let http = format!(
+        "url = \"{}\"\nheaders = {{ \"Host\" = \"hooks.example\" }}",
+        server.url("/ok")
+    );
     let _daemon = TestDaemon::start(config(&redis, &queue("max_attempts = 1", &http)), builtin());
     for n in 1..=3 {
         push(&mut conn, &format!("kept-{n}"), json!({"n": n})).await;
@@ -140,6 +144,7 @@ async fn connections_are_kept_and_one_the_server_closed_is_not_used() {
     assert_eq!(done["attempt"], "1", "{done:?}");
     let last = server.to("/ok").pop().expect("a request");
     assert_ne!(last.port, ports[0], "a new connection");
+    assert_eq!(last.headers["host"], "hooks.example");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,22 +173,43 @@ impl Client {
             };
             let attempt = match sender {
                 Sender::H1(mut sender) => {
-                    let request = origin_form(request);
-                    match sender.ready().await {
+                    let absolute = request.uri().clone();
+                    let added_host = origin_form(&mut request);
+                    let attempt = match sender.ready().await {
                         Ok(()) => match sender.try_send_request(request).await {
                             Ok(response) => Attempt::Answered(response, Some(sender)),
                             Err(e) => Attempt::from(e),
                         },
                         Err(e) => Attempt::Unsent(request, e),
+                    };
+                    match attempt {
+                        // As it was, for the next connection (maybe HTTP/2).
+                        Attempt::Unsent(mut request, e) => {
+                            *request.uri_mut() = absolute;
+                            if added_host {
+                                request.headers_mut().remove(header::HOST);
+                            }
+                            Attempt::Unsent(request, e)
+                        }
+                        attempt => attempt,
                     }
                 }
-                Sender::H2(mut sender) => match sender.ready().await {
-                    Ok(()) => match sender.try_send_request(request).await {
-                        Ok(response) => Attempt::Answered(response, None),
-                        Err(e) => Attempt::from(e),
-                    },
-                    Err(e) => Attempt::Unsent(request, e),
-                },
+                Sender::H2(mut sender) => {
+                    let attempt = match sender.ready().await {
+                        Ok(()) => match sender.try_send_request(request).await {
+                            Ok(response) => Attempt::Answered(response, None),
+                            Err(e) => Attempt::from(e),
+                        },
+                        Err(e) => Attempt::Unsent(request, e),
+                    };
+                    if matches!(attempt, Attempt::Unsent(..)) {
+                        // Going away: the next request makes a new one
+                        // (and this loop ends, as with HTTP/1.1's, whose
+                        // idle connections are each taken once).
+                        self.lock().shared.remove(key);
+                    }
+                    attempt
+                }
             };
             match attempt {
                 Attempt::Answered(response, sender) => {
@@ -202,7 +223,7 @@ impl Client {
                 // Not sent: the connection had closed (a server's idle
                 // timeout); the next one takes it. A new connection that
                 // fails so is an error.
-                Attempt::Unsent(unsent, _) if !fresh => request = absolute(unsent, key),
+                Attempt::Unsent(unsent, _) if !fresh => request = unsent,
                 Attempt::Unsent(_, e) | Attempt::Failed(e) => return Err(SendError::Exchange(e)),
             }
         }
@@ -289,35 +310,30 @@ pub(super) fn key(uri: &Uri) -> String {
     )
 }
 
-/// A request for an HTTP/1.1 connection: the path in the request line,
-/// the host in `host`.
-fn origin_form(mut request: Request<Body>) -> Request<Body> {
-    let uri = request.uri();
-    if let Some(authority) = uri.authority() {
-        let host = HeaderValue::from_str(authority.as_str());
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if let Ok(host) = host {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        *request.uri_mut() = Uri::from(path);
+/// Makes `request` one for an HTTP/1.1 connection: the path in the
+/// request line, the host in `host` unless the request names one (a
+/// queue's `Host` header); whether `host` was added.
+fn origin_form(request: &mut Request<Body>) -> bool {
+    let Some(authority) = request.uri().authority().cloned() else {
+        return false;
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path);
+    let headers = request.headers_mut();
+    if headers.contains_key(header::HOST) {
+        return false;
     }
-    request
-}
-
-/// A request taken back from a connection, made absolute again for the
-/// next one (which may speak HTTP/2).
-fn absolute(mut request: Request<Body>, key: &str) -> Request<Body> {
-    if request.uri().authority().is_none() {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = format!("{key}{path}").parse() {
-            *request.uri_mut() = uri;
-            request.headers_mut().remove(header::HOST);
+    match HeaderValue::from_str(authority.as_str()) {
+        Ok(host) => {
+            headers.insert(header::HOST, host);
+            true
         }
+        Err(_) => false,
     }
-    request
 }
 
 /// What became of a request on one connection.
