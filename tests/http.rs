@@ -424,7 +424,7 @@ async fn a_schedule_keeps_the_cache_warm_with_one_request_per_lifetime() {
 async fn https_with_a_private_ca_speaks_http2_and_both_protocols_keep_connections() {
     let redis = Redis::start();
     let ca = TestCa::generate();
-    let nginx = http::Nginx::start(&ca.cert, &ca.key);
+    let mut nginx = http::Nginx::start(&ca.cert, &ca.key);
     let mut conn = redis.conn().await;
     let tracked = "concurrency = 4\ntrack = true\nmax_attempts = 1\n";
     let queues = format!(
@@ -440,15 +440,19 @@ async fn https_with_a_private_ca_speaks_http2_and_both_protocols_keep_connection
     );
     let daemon = TestDaemon::start(config(&redis, &queues), builtin());
     const JOBS: usize = 40;
-    for queue in ["tls", "plain"] {
-        for i in 0..JOBS {
-            let env = json!({"id": format!("{queue}-{i}"), "payload": {"i": i}, "attempt": 0});
-            let _: () = conn
-                .rpush(format!("jobs:{queue}"), env.to_string())
-                .await
-                .unwrap();
+    let push_jobs = async |conn: &mut redis::aio::MultiplexedConnection,
+                           ids: std::ops::Range<usize>| {
+        for queue in ["tls", "plain"] {
+            for i in ids.clone() {
+                let env = json!({"id": format!("{queue}-{i}"), "payload": {"i": i}, "attempt": 0});
+                let _: () = conn
+                    .rpush(format!("jobs:{queue}"), env.to_string())
+                    .await
+                    .unwrap();
+            }
         }
-    }
+    };
+    push_jobs(&mut conn, 0..JOBS).await;
     let env = json!({"id": "untrusted", "payload": {}, "attempt": 0});
     let _: () = conn.rpush("jobs:untrusted", env.to_string()).await.unwrap();
 
@@ -475,5 +479,14 @@ async fn https_with_a_private_ca_speaks_http2_and_both_protocols_keep_connection
         "{}",
         refused["last_error"]
     );
+    // The server restarts: the kept connections are gone, and the next
+    // jobs (one attempt each) go out on new ones, on both protocols.
+    nginx.restart();
+    push_jobs(&mut conn, JOBS..JOBS + 10).await;
+    for queue in ["tls", "plain"] {
+        for i in JOBS..JOBS + 10 {
+            wait_state(&conn, &format!("{queue}-{i}"), "succeeded").await;
+        }
+    }
     daemon.stop().await.unwrap();
 }

@@ -158,7 +158,7 @@ pub struct Nginx {
     child: Child,
     pub port: u16,
     pub tls_port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -199,23 +199,41 @@ impl Nginx {
             ),
         )
         .expect("nginx.conf written");
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("Debian's nginx (/usr/sbin/nginx; scripts/test installs it)");
+        let child = Self::spawn(prefix);
         let mut nginx = Self {
             child,
             port,
             tls_port,
-            _dir: dir,
+            dir,
         };
+        nginx.wait_listening();
+        nginx
+    }
+
+    /// Stops nginx (its connections close) and starts it again on the
+    /// same ports.
+    pub fn restart(&mut self) {
+        crate::common::signal(&self.child, 15);
+        let _reaped = self.child.wait();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_listening();
+    }
+
+    fn spawn(prefix: &Path) -> Child {
+        Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("Debian's nginx (/usr/sbin/nginx; scripts/test installs it)")
+    }
+
+    fn wait_listening(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.tls_port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("nginx exited: {status}");
             }
             assert!(
@@ -224,7 +242,6 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        nginx
     }
 }
 
