@@ -34,6 +34,16 @@ async fn authed(request: reqwest::RequestBuilder) -> reqwest::Response {
     request.bearer_auth(TOKEN).send().await.unwrap()
 }
 
+/// The answer's body as JSON.
+async fn json(response: reqwest::Response) -> Value {
+    response.text().await.unwrap().parse().unwrap()
+}
+
+/// Sends `request`; the answer's body.
+async fn body(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -185,13 +195,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     .await;
 
     // /api/stats is `conveyor stats --json`.
-    let api: Value = authed(get("/api/stats"))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let api: Value = json(authed(get("/api/stats")).await).await;
     let (code, out) = cli(cfg, &["stats", "--json"]);
     assert_eq!(code, 0, "{out}");
     let cli_stats: Value = serde_json::from_str(out.trim()).unwrap();
@@ -300,13 +304,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     assert!(!clean);
 
     // The queue's jobs, typed.
-    let listed: Value = authed(get("/api/queues/fail/dead"))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let listed: Value = json(authed(get("/api/queues/fail/dead")).await).await;
     assert_eq!(listed[0]["id"], dead_id.as_str());
     assert_eq!(
         serde_json::from_str::<Value>(listed[0]["payload"].as_str().unwrap()).unwrap(),
@@ -346,10 +344,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     assert!(!paused(&mut conn).await, "refused actions changed nothing");
     let r = authed(post("/api/queues/work/pause")).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.text().await.unwrap().parse::<Value>().unwrap()["done"],
-        "work: paused"
-    );
+    assert_eq!(json(r).await["done"], "work: paused");
     assert!(paused(&mut conn).await);
     let text = authed(get("/metrics")).await.text().await.unwrap();
     assert_eq!(
@@ -388,13 +383,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     );
     assert_eq!(code, 0, "{out}");
     let later = out.trim().to_owned();
-    let scheduled: Value = authed(get("/api/queues/work/scheduled"))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .parse::<Value>()
-        .unwrap();
+    let scheduled: Value = json(authed(get("/api/queues/work/scheduled")).await).await;
     assert_eq!(scheduled[0]["id"], later.as_str());
     let r = authed(post(&format!("/api/queues/work/scheduled/run?id={later}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -412,13 +401,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     assert_eq!(code, 0, "{out}");
     let slow = out.trim().to_owned();
     wait_until("the slow job runs", Duration::from_secs(20), || async {
-        let running: Value = authed(get("/api/queues/slow/running"))
-            .await
-            .text()
-            .await
-            .unwrap()
-            .parse::<Value>()
-            .unwrap();
+        let running: Value = json(authed(get("/api/queues/slow/running")).await).await;
         running[0]["id"] == slow.as_str() && !sleepers(32).is_empty()
     })
     .await;
@@ -427,7 +410,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     let r = authed(post(&format!("/api/queues/slow/cancel?id={slow}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
-        r.text().await.unwrap().parse::<Value>().unwrap()["done"],
+        json(r).await["done"],
         format!("{slow}: cancelled (it was running)")
     );
     wait_until(
@@ -528,14 +511,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     );
     assert!(!cookie.contains("web-token"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
-    let page = get("/")
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = body(get("/").header("cookie", &session)).await;
     assert!(
         page.contains("<h2>Queues</h2>") && page.contains("Sign out"),
         "{page}"
@@ -684,14 +660,7 @@ async fn conveyor_web_alone_is_ready_while_redis_answers() {
     };
     assert_eq!(status("/readyz").await, StatusCode::OK);
     // Without a daemon: the gauges from Redis, no job counters.
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body(client.get(format!("{base}/metrics"))).await;
     assert_eq!(
         sample(
             &text,
@@ -709,14 +678,7 @@ async fn conveyor_web_alone_is_ready_while_redis_answers() {
     assert_eq!(status("/healthz").await, StatusCode::OK);
     assert_eq!(status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
     // /metrics still answers, saying Redis is away.
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body(client.get(format!("{base}/metrics"))).await;
     assert_eq!(sample(&text, "conveyor_redis_up"), Some(0.0), "{text}");
     assert!(!text.contains("conveyor_queue_jobs"), "{text}");
     let (clean, said) = promtool_check(&text);
