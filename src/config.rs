@@ -49,6 +49,10 @@ pub struct Config {
     /// The dashboard, `/metrics` and the web API.
     #[serde(default)]
     pub web: WebConfig,
+    /// `[exec]`: what every `exec` queue's workers default to (the user
+    /// they run as); read and checked by the `exec` handler.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub exec: toml::Table,
     /// The directory relative paths are relative to: the config file's, or
     /// the working directory when there is no file.
     #[serde(skip)]

@@ -90,6 +90,20 @@ use std::process::ExitCode;
 /// `conveyor` binary is `main_with(Registry::builtin())`.
 pub fn main_with(registry: Registry) -> ExitCode {
     use clap::Parser as _;
+    // The same binary supervises each exec worker (handlers/exec/supervisor.rs).
+    if let Some(code) = handlers::exec::supervisor::main_if_asked() {
+        return code;
+    }
+    // Not dumpable: a process of the same user (an exec worker running as
+    // the daemon's user, say) cannot read this one's environment or memory
+    // through /proc, nor trace it, and a crash leaves no core holding the
+    // secrets it read.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("conveyor: cannot protect the process's memory from other processes: {e}");
+        return ExitCode::from(cli::EX_OSERR);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -8,8 +8,12 @@ mod common;
 
 #[path = "exec/binary.rs"]
 mod binary;
+#[path = "exec/isolation.rs"]
+mod isolation;
 #[path = "exec/oneshot.rs"]
 mod oneshot;
+#[path = "exec/orphans.rs"]
+mod orphans;
 #[path = "exec/persistent.rs"]
 mod persistent;
 #[path = "exec/workers.rs"]

@@ -226,9 +226,16 @@ impl TestDaemon {
     }
 }
 
-/// The built-in handlers (including the test-only `fault`).
+/// The built-in handlers (including the test-only `fault`), the exec
+/// workers supervised by the `conveyor` binary (this test program is not
+/// one).
 pub fn builtin() -> Registry {
-    Registry::builtin()
+    let mut registry = Registry::builtin();
+    registry.register(
+        "exec",
+        conveyor::handlers::exec::factory(env!("CARGO_BIN_EXE_conveyor").into()),
+    );
+    registry
 }
 
 /// The `conveyor` binary, with logs as JSON on stderr.

@@ -131,8 +131,19 @@ pub(crate) async fn result(conn: &MultiplexedConnection, id: &str) -> serde_json
     serde_json::from_str(text).expect("the result is JSON")
 }
 
-/// Pids of live processes whose command line mentions `marker`.
+/// Pids of live worker processes whose command line mentions `marker`
+/// (not their supervisors, whose command line names the program too).
 pub(crate) fn processes(marker: &str) -> Vec<u32> {
+    matching(marker, false)
+}
+
+/// Pids of the live supervisors of workers whose command line mentions
+/// `marker`.
+pub(crate) fn supervisors(marker: &str) -> Vec<u32> {
+    matching(marker, true)
+}
+
+fn matching(marker: &str, supervisor: bool) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -142,7 +153,9 @@ pub(crate) fn processes(marker: &str) -> Vec<u32> {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(marker) && cmdline.contains("--conveyor-exec-supervisor") == supervisor
+        {
             pids.push(pid);
         }
     }
@@ -160,12 +173,13 @@ pub(crate) fn alive(pid: u32) -> bool {
     }
 }
 
-/// Waits until exactly `n` processes mention `marker`.
+/// Waits until exactly `n` worker processes mention `marker` (and, for
+/// none, until no supervisor of one is left either).
 pub(crate) async fn wait_processes(marker: &str, n: usize) {
     wait_until(
         &format!("{n} processes running {marker}"),
         WAIT,
-        || async move { processes(marker).len() == n },
+        || async move { processes(marker).len() == n && (n > 0 || supervisors(marker).is_empty()) },
     )
     .await;
 }

@@ -11,7 +11,12 @@
 //! env = { THUMB_DIR = "/var/lib/thumbs" }
 //! pass_env = ["AWS_REGION"]
 //! max_jobs_per_process = 0       # persistent: replace a process after this many jobs
+//! user = "conveyor-worker"       # run as this user (and its group), not the daemon's
+//! group = "conveyor-worker"      # default: the user's own group
 //! ```
+//!
+//! `[exec] user` and `group` (a table of the configuration's own) are the
+//! default of every exec queue; the package sets `conveyor-worker` there.
 //!
 //! Each run gets one request line on stdin: `{"id", "queue", "attempt",
 //! "payload"}` (`attempt` counts this run, from 1). In persistent mode
@@ -25,10 +30,14 @@
 //! stdin, never an argument. The environment is PATH, HOME and LANG, then
 //! `env`, then the `pass_env` names; never the daemon's own secrets, which
 //! `pass_env` refuses to name.
+//!
+//! Every worker runs under a supervisor (`supervisor.rs`, the same binary)
+//! that takes the worker's user and ends every process the program
+//! started when the program exits, the job lets it go, or the daemon dies.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +51,8 @@ mod oneshot;
 mod pool;
 mod process;
 mod protocol;
+pub mod supervisor;
+mod user;
 
 use pool::Pool;
 use process::Spec;
@@ -67,6 +78,12 @@ struct Options {
     pass_env: Vec<String>,
     #[serde(default)]
     max_jobs_per_process: u64,
+    /// Run as this user (a name or a uid), not the daemon's.
+    #[serde(default)]
+    user: Option<String>,
+    /// Run with this group (a name or a gid); default: the user's own.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -88,10 +105,84 @@ enum Kind {
     Oneshot,
 }
 
-/// Builds the `exec` handler of a queue from `[queues.<q>.exec]`.
+/// Builds the `exec` handler of a queue from `[queues.<q>.exec]`, its
+/// workers supervised by this very program (which [`crate::main_with`]
+/// makes able to).
 pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    static THIS_PROGRAM: LazyLock<Result<Supervisor, String>> = LazyLock::new(|| {
+        std::env::current_exe()
+            .map(Supervisor::new)
+            .map_err(|e| format!("cannot find this program to supervise exec workers: {e}"))
+    });
+    match &*THIS_PROGRAM {
+        Ok(supervisor) => build_with(ctx, supervisor),
+        Err(e) => Err(ConfigError::Invalid(format!("{}: {e}", ctx.options_path()))),
+    }
+}
+
+/// The `exec` factory for a program that runs the daemon without
+/// [`crate::main_with`] (through [`crate::daemon::run`]): `program` is a
+/// `conveyor` binary, which supervises the workers.
+///
+/// ```no_run
+/// let mut registry = conveyor::Registry::builtin();
+/// registry.register("exec", conveyor::handlers::exec::factory("/usr/bin/conveyor".into()));
+/// ```
+pub fn factory(
+    program: PathBuf,
+) -> impl Fn(&HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> + Send + Sync + 'static {
+    let supervisor = Supervisor::new(program);
+    move |ctx| build_with(ctx, &supervisor)
+}
+
+/// The binary that supervises the workers, checked once to answer as one.
+struct Supervisor {
+    program: Arc<Path>,
+    checked: OnceLock<Result<(), String>>,
+}
+
+impl Supervisor {
+    fn new(program: PathBuf) -> Self {
+        Self {
+            program: program.into(),
+            checked: OnceLock::new(),
+        }
+    }
+
+    /// Asks the program whether it is a supervisor: anything else would be
+    /// started with arguments it does not understand for every worker.
+    fn check(&self) -> Result<&Arc<Path>, String> {
+        let asked = self.checked.get_or_init(|| {
+            let out = std::process::Command::new(&*self.program)
+                .args([supervisor::FLAG, supervisor::PROBE])
+                .env_clear()
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+            match String::from_utf8_lossy(&out.stdout).trim() == supervisor::PROBE_REPLY {
+                true => Ok(()),
+                false => Err(format!(
+                    "{} does not supervise exec workers: a program that runs the daemon \
+                     without conveyor::main_with registers conveyor::handlers::exec::factory \
+                     with a conveyor binary",
+                    self.program.display()
+                )),
+            }
+        });
+        asked.as_ref().map(|()| &self.program).map_err(Clone::clone)
+    }
+}
+
+fn build_with(
+    ctx: &HandlerContext<'_>,
+    supervisor: &Supervisor,
+) -> Result<Arc<dyn Handler>, ConfigError> {
     let options: Options = ctx.options()?;
-    let spec = spec(ctx, &options, &|name| std::env::var(name).ok())?;
+    let supervisor = supervisor
+        .check()
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", ctx.options_path())))?;
+    let spec = spec(ctx, &options, &|name| std::env::var(name).ok(), supervisor)?;
     let kind = match options.mode {
         Mode::Persistent => Kind::Persistent(Arc::new(Pool::new(
             spec.clone(),
@@ -109,6 +200,7 @@ fn spec(
     ctx: &HandlerContext<'_>,
     options: &Options,
     env: &dyn Fn(&str) -> Option<String>,
+    supervisor: &Arc<Path>,
 ) -> Result<Spec, ConfigError> {
     let at = ctx.options_path();
     let invalid = |field: &str, msg: String| ConfigError::Invalid(format!("{at}.{field}: {msg}"));
@@ -150,12 +242,22 @@ fn spec(
             ));
         }
     }
+    let worker = user::resolve(
+        options.user.as_deref(),
+        options.group.as_deref(),
+        &ctx.config().exec,
+        &at,
+    )?;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     vars.insert(
         "PATH".into(),
         env("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
     );
-    if let Some(home) = env("HOME") {
+    let home = match &worker {
+        Some(worker) => worker.home.clone(),
+        None => env("HOME"),
+    };
+    if let Some(home) = home {
         vars.insert("HOME".into(), home);
     }
     vars.insert(
@@ -176,6 +278,9 @@ fn spec(
         args: args.to_vec(),
         cwd,
         env: vars.into_iter().collect(),
+        supervisor: supervisor.clone(),
+        runs_as: worker.as_ref().map(|w| w.name.clone()),
+        ids: worker.map(|w| w.ids),
     })
 }
 
@@ -228,10 +333,17 @@ impl Handler for Exec {
             .chain(self.spec.args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
+        let user = match &self.spec.runs_as {
+            Some(name) => format!(", as {name}"),
+            None => String::new(),
+        };
         let mode = match &self.kind {
             Kind::Persistent(_) => "persistent",
             Kind::Oneshot => {
-                report(format!("exec {}: ok ({command}, oneshot)", self.spec.queue));
+                report(format!(
+                    "exec {}: ok ({command}, oneshot{user})",
+                    self.spec.queue
+                ));
                 return Ok(());
             }
         };
@@ -251,7 +363,7 @@ impl Handler for Exec {
         }
         process.close(Duration::from_secs(2)).await;
         report(format!(
-            "exec {}: ok ({command}, {mode}, started and stayed up)",
+            "exec {}: ok ({command}, {mode}{user}, started and stayed up)",
             self.spec.queue
         ));
         Ok(())

@@ -56,7 +56,6 @@ pub(super) async fn run(spec: &Spec, job: &Job) -> Result<(), HandlerError> {
         HandlerError::transient(format!("cannot learn how the worker process ended: {e}"))
     })?;
     let tail = process.stderr_tail();
-    process.exited();
     let with_tail = |what: String| match tail.is_empty() {
         true => what,
         false => format!("{what}: {tail}"),

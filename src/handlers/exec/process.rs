@@ -1,7 +1,8 @@
-//! A worker process: started without a shell in a process group of its
-//! own, with a minimal environment, its stderr logged line by line with the
-//! job it is running, and its whole group killed when it is let go of in
-//! any way but a clean exit.
+//! A worker process: started without a shell, under its supervisor
+//! (`supervisor.rs`), in a process group of its own, with a minimal
+//! environment, its stderr logged line by line with the job it is running.
+//! Let go of in any way but a clean exit, its pipes close, and the
+//! supervisor ends the program and everything it started.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::protocol::{Line, read_line};
+use super::supervisor::{self, Ids};
 
 /// Longest stderr line logged; the rest of a longer line is dropped.
 const MAX_STDERR_LINE: usize = 4096;
@@ -23,6 +25,10 @@ const TAIL_LINES: usize = 5;
 /// Stderr lines logged per second and process; a flood beyond this is
 /// counted, not logged.
 const STDERR_LINES_PER_SECOND: u32 = 100;
+
+/// How long a supervisor that was let go of has to end its worker before
+/// the daemon kills its process group itself.
+const LET_GO_GRACE: Duration = Duration::from_secs(5);
 
 /// How to start the queue's program: resolved and checked when the
 /// handler is built.
@@ -38,12 +44,23 @@ pub(super) struct Spec {
     pub(super) cwd: PathBuf,
     /// Its whole environment.
     pub(super) env: Vec<(String, String)>,
+    /// The binary that supervises it (`supervisor.rs`).
+    pub(super) supervisor: Arc<std::path::Path>,
+    /// The user and groups it runs as, if not the daemon's.
+    pub(super) ids: Option<Ids>,
+    /// Who that is, for `check` ("conveyor-worker:conveyor-worker").
+    pub(super) runs_as: Option<String>,
 }
 
 impl Spec {
-    /// Starts the program with piped stdin, stdout and stderr.
+    /// Starts the program, under its supervisor, with piped stdin, stdout
+    /// and stderr.
     pub(super) fn spawn(&self) -> std::io::Result<Process> {
-        let mut child = Command::new(&self.program)
+        let mut child = Command::new(&*self.supervisor)
+            .arg(supervisor::FLAG)
+            .args(self.ids.iter().flat_map(Ids::args))
+            .arg("--")
+            .arg(&self.program)
             .args(&self.args)
             .current_dir(&self.cwd)
             .env_clear()
@@ -51,13 +68,11 @@ impl Spec {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own group: a timeout or a shutdown kills everything it
-            // started, and a Ctrl-C at the daemon's terminal reaches the
+            // Its own group: a Ctrl-C at the daemon's terminal reaches the
             // daemon only, which decides what the workers get.
             .process_group(0)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
-        let group = Group(rustix::process::Pid::from_raw(pid as i32));
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -66,24 +81,27 @@ impl Spec {
         let log = Arc::new(Stderr::default());
         let reader = tokio::spawn(log_stderr(stderr, log.clone(), self.queue.clone(), pid));
         Ok(Process {
-            child,
-            group,
             pid,
             stdin: Some(stdin),
             stdout: BufReader::with_capacity(64 * 1024, stdout),
             stderr: log,
             stderr_reader: Some(reader),
             jobs: 0,
+            child: Guard {
+                child: Some(child),
+                pid,
+                exited: false,
+            },
         })
     }
 }
 
-/// A running worker process. Dropped, it kills its whole process group
-/// (its stderr then ends, and its reader with it).
+/// A running worker process (its supervisor's pid, for logs). Dropped, its
+/// stdin and stdout close first, which tells the supervisor to end the
+/// program and all it started (its stderr then ends, and its reader with
+/// it); then its guard makes sure the supervisor is gone.
 pub(super) struct Process {
-    child: Child,
-    group: Group,
-    /// Its pid, for logs.
+    /// The supervisor's pid, for logs.
     pub(super) pid: u32,
     /// `None` once closed, which asks a persistent worker to exit.
     pub(super) stdin: Option<ChildStdin>,
@@ -92,6 +110,8 @@ pub(super) struct Process {
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
     /// Jobs it finished.
     pub(super) jobs: u64,
+    /// Declared last, so dropped after the pipes above.
+    child: Guard,
 }
 
 impl Process {
@@ -108,6 +128,7 @@ impl Process {
     /// how it ended, as words.
     pub(super) async fn exit_status(&mut self) -> Result<std::process::ExitStatus, String> {
         let status = self.child.wait().await.map_err(|e| e.to_string());
+        self.child.exited = status.is_ok();
         self.stderr_read(Duration::from_millis(500)).await;
         status
     }
@@ -127,12 +148,13 @@ impl Process {
         state.tail.iter().cloned().collect::<Vec<_>>().join(" | ")
     }
 
-    /// Closes stdin and gives it `within` to exit; then kills its group
-    /// (what it leaves behind goes too).
+    /// Closes stdin and gives it `within` to exit; then lets it go (what
+    /// it leaves behind goes too).
     pub(super) async fn close(mut self, within: Duration) {
         self.stdin = None;
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(Ok(status)) => {
+                self.child.exited = true;
                 tracing::debug!(pid = self.pid, %status, "worker process exited");
             }
             Ok(Err(e)) => {
@@ -144,23 +166,57 @@ impl Process {
             ),
         }
         self.stderr_read(Duration::from_millis(100)).await;
-        // `self` drops here, killing the group.
-    }
-
-    /// Lets a process that exited by itself go without a kill.
-    pub(super) fn exited(mut self) {
-        self.group.0 = None;
+        // `self` drops here: the supervisor ends what is left.
     }
 }
 
-/// A process group, killed (SIGKILL) when dropped.
-struct Group(Option<rustix::process::Pid>);
+/// The supervisor's process. Dropped while it runs (the pipes are closed
+/// by then, so it is ending the worker), it is given [`LET_GO_GRACE`] to
+/// exit, then its process group is killed: a supervisor that does not
+/// answer is not left to run.
+struct Guard {
+    child: Option<Child>,
+    pid: u32,
+    /// It was seen to exit.
+    exited: bool,
+}
 
-impl Drop for Group {
+impl Guard {
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self.child.as_mut() {
+            Some(child) => child.wait().await,
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+}
+
+impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // ESRCH: the group is gone already.
-            let _gone = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.exited {
+            return;
+        }
+        let group = rustix::process::Pid::from_raw(self.pid as i32);
+        let kill = move || {
+            if let Some(group) = group {
+                // ESRCH: the group is gone already; EPERM: it runs as
+                // another user, and its supervisor is what ends it.
+                let _gone =
+                    rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if tokio::time::timeout(LET_GO_GRACE, child.wait()).await.is_err() {
+                        tracing::warn!(pid = group.map(|p| p.as_raw_nonzero().get()), "a worker's supervisor did not end it in time; its process group is killed");
+                        kill();
+                    }
+                });
+            }
+            Err(_) => kill(),
         }
     }
 }
