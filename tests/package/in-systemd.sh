@@ -64,6 +64,54 @@ until_true "/healthz answers" "$(get /healthz) | grep -q ok"
 in_box sh -c "$(get /metrics)" | grep -q '^conveyor_jobs_total{outcome="succeeded",queue="default"} 3$' ||
   fail "/metrics does not count the default queue's jobs"
 
+say "exec workers run as conveyor-worker and find none of the daemon's secrets"
+# Known secrets where the daemon keeps them: a credential (read only by the
+# daemon's user) and the environment file (read only by root, then in the
+# daemon's environment and memory).
+in_box id conveyor-worker >/dev/null || fail "no system user conveyor-worker"
+in_box sh -c 'printf box-credential-5e8a1c3f > /etc/conveyor/smtp_password'
+in_box sh -c 'printf "AWS_SECRET_ACCESS_KEY=box-env-secret-9b2d7f4a\n" > /etc/conveyor/env; chmod 600 /etc/conveyor/env'
+in_box mkdir -p /usr/local/lib/conveyor-test
+"$box" copy "$name" tests/exec/snoop.py /usr/local/lib/conveyor-test/snoop.py
+in_box sh -c 'printf box-control-0c4e6a2b > /usr/local/lib/conveyor-test/control; chmod -R a+rX /usr/local/lib/conveyor-test'
+in_box sh -c 'printf "\n[queues.snoop]\nhandler = \"exec\"\nconcurrency = 1\ntrack = true\n[queues.snoop.exec]\ncommand = [\"python3\", \"/usr/local/lib/conveyor-test/snoop.py\"]\n" >> /etc/conveyor/conveyor.toml'
+# A restart, not a reload: the credential and the environment file are read
+# at start.
+in_box systemctl restart conveyor
+until_true "the service is active after the restart" "systemctl is-active conveyor"
+in_box conveyor check | grep -q 'exec snoop: ok (.*as conveyor-worker:conveyor-worker' ||
+  fail "check does not say the snoop queue runs as conveyor-worker"
+main_pid=$(in_box systemctl show -p MainPID --value conveyor)
+snoop=$(in_box conveyor enqueue snoop "{\"needles\": [\"box-credential-5e8a1c3f\", \"box-env-secret-9b2d7f4a\", \"box-control-0c4e6a2b\"], \"paths\": [\"/proc/$main_pid/environ\", \"/proc/$main_pid/mem\", \"/usr/local/lib/conveyor-test/control\"]}")
+until_true "the snoop job succeeded" "conveyor status $snoop | grep -q succeeded"
+in_box conveyor status "$snoop" --json >/tmp/in-systemd-snoop.json || fail "conveyor status --json"
+python3 - "$main_pid" "$(in_box id -u conveyor-worker)" /tmp/in-systemd-snoop.json <<'PY' || fail "a worker reached a secret (above)"
+import json, sys
+main_pid, worker_uid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+record = json.load(open(path))
+result = record["result"]
+result = json.loads(result) if isinstance(result, str) else result
+tried, found = result["tried"], result["found"]
+problems = []
+if result["uid"] != worker_uid:
+    problems.append("the worker runs as uid %s, not conveyor-worker's %s" % (result["uid"], worker_uid))
+if any(v != "0000000000000000" for v in result["caps"].values()):
+    problems.append("the worker holds capabilities: %s" % result["caps"])
+hits = {p: h for p, h in found.items() if h != ["box-control-0c4e6a2b"]}
+if hits:
+    problems.append("secrets found: %s" % hits)
+if not any("box-control-0c4e6a2b" in h for h in found.values()):
+    problems.append("the control file was not found: the search is broken")
+for p in ["/proc/%s/environ" % main_pid, "/proc/%s/mem" % main_pid,
+          "/run/credentials/conveyor.service/", "/etc/conveyor/env", "/etc/conveyor/smtp_password"]:
+    if tried.get(p) not in ("denied", "missing"):
+        problems.append("%s: %s" % (p, tried.get(p)))
+print("in-systemd: the worker tried %d paths; found only the control file" % len(tried))
+for p in problems:
+    print("in-systemd: " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+
 say "reload with a queue added"
 in_box sh -c 'printf "\n[queues.extra]\nhandler = \"noop\"\n" >> /etc/conveyor/conveyor.toml'
 in_box systemctl reload conveyor
