@@ -50,6 +50,8 @@ mod harness;
 mod hostile;
 #[path = "faults/memory.rs"]
 mod memory;
+#[path = "faults/orphans.rs"]
+mod orphans;
 #[path = "faults/outage.rs"]
 mod outage;
 #[path = "faults/parse.rs"]
