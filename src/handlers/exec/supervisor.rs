@@ -18,9 +18,9 @@
 //! - when the supervisor itself is told to stop (SIGTERM, SIGINT, SIGHUP).
 //!
 //! It also switches to the queue's worker user (`[queues.<q>.exec] user`)
-//! before the program starts, clearing the ambient capabilities that let
-//! the daemon do so, and makes itself non-dumpable, so the program (same
-//! user) can neither trace it nor read its memory.
+//! before the program starts, then drops every capability (those that let
+//! the daemon switch included), and makes itself non-dumpable, so the
+//! program (same user) can neither trace it nor read its memory.
 
 use std::ffi::OsString;
 use std::io::Read as _;
@@ -212,11 +212,25 @@ fn prepare(ids: Option<&Ids>) -> Result<(), String> {
         set_thread_res_uid(uid, uid, uid).map_err(|e| format!("cannot take uid {uid:?}: {e}"))?;
     }
     // Capabilities the daemon holds to switch users must not reach the
-    // program: ambient ones would survive its exec. (EINVAL: a kernel
-    // without ambient capabilities, which then has none to pass on.)
+    // program: ambient ones would survive its exec, and inheritable ones
+    // (systemd puts the ambient ones there too) would be granted to a
+    // program file that carries them. The supervisor needs none either.
+    // (EINVAL: a kernel without ambient capabilities, which then has none
+    // to pass on.)
     match clear_ambient_capability_set() {
         Ok(()) | Err(rustix::io::Errno::INVAL) => {}
         Err(e) => return Err(format!("cannot clear the ambient capabilities: {e}")),
+    }
+    let none = rustix::thread::CapabilitySets {
+        effective: rustix::thread::CapabilitySet::empty(),
+        permitted: rustix::thread::CapabilitySet::empty(),
+        inheritable: rustix::thread::CapabilitySet::empty(),
+    };
+    let held = rustix::thread::capabilities(None)
+        .map_err(|e| format!("cannot read the capabilities: {e}"))?;
+    if held != none {
+        rustix::thread::set_capabilities(None, none)
+            .map_err(|e| format!("cannot drop the capabilities: {e}"))?;
     }
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| format!("cannot make the supervisor non-dumpable: {e}"))?;
