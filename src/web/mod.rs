@@ -45,10 +45,15 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
 mod auth;
+mod connections;
+mod descriptors;
 mod events;
+mod notice;
 mod page;
+mod server;
 
-use auth::{Auth, COOKIE_NAME};
+use auth::Auth;
+pub use descriptors::raise_open_files_limit;
 
 /// Jobs of each list the dashboard and the API show at most by default.
 const DEFAULT_LIMIT: u64 = 20;
@@ -66,6 +71,9 @@ struct Web {
     /// The replay stream's key, if it is on.
     stream: Option<String>,
     streams: Arc<AtomicUsize>,
+    /// Event streams open at once, at most (each holds a Redis connection).
+    max_streams: usize,
+    notices: notice::Notices,
     stop: CancellationToken,
 }
 
@@ -78,13 +86,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 
 /// Serves until `stop`, then lets open requests end (event streams end
 /// at once). The token and the events' channel are `client`'s
-/// configuration's. `metrics` are the daemon's counters (`None` for `conveyor web`).
+/// configuration's, and so are the queues whose jobs keep their share of
+/// the open files limit (see [`descriptors`]). `metrics` are the daemon's
+/// counters (`None` for `conveyor web`).
 pub async fn serve(
     listener: TcpListener,
     client: Client,
     metrics: Option<Arc<Metrics>>,
     stop: CancellationToken,
 ) {
+    let budget = descriptors::Budget::new(&client.config(), descriptors::soft_limit());
     let web = Web {
         auth: Auth::new(client.config().web.token.clone()),
         channel: client.config().events.channel.clone(),
@@ -97,6 +108,8 @@ pub async fn serve(
         client,
         metrics,
         streams: Arc::new(AtomicUsize::new(0)),
+        max_streams: budget.streams,
+        notices: notice::Notices::new(),
         stop: stop.clone(),
     };
     let app = router(web);
@@ -104,12 +117,25 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(%addr, "web: dashboard and /metrics at http://{addr}/");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "web server failed");
+    let limit = budget
+        .limit
+        .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    tracing::info!(
+        connections = budget.connections,
+        event_streams = budget.streams,
+        open_files = %limit,
+        kept_for_jobs = budget.kept,
+        "web: connections capped so that the open files limit keeps its share for the jobs"
+    );
+    if budget.short {
+        tracing::warn!(
+            "web: the open files limit ({limit}) is too low for the queues' concurrency: \
+             raise it (LimitNOFILE= in the systemd unit, ulimit -n) to {} or more",
+            budget.kept + (descriptors::MIN_CONNECTIONS + 1) as u64
+        );
     }
+    let connections = connections::Connections::new(budget.connections);
+    server::run(listener, app, connections, stop).await;
 }
 
 fn router(web: Web) -> Router {
@@ -299,16 +325,17 @@ impl Target {
 }
 
 /// An action's answer: JSON for a program, back to the dashboard for a
-/// browser's form (which asks for HTML).
-fn done(headers: &HeaderMap, queue: &str, said: String) -> Response {
+/// browser's form (which asks for HTML), with what it did signed so that
+/// the page shows only what this server wrote.
+fn done(web: &Web, headers: &HeaderMap, queue: &str, said: String) -> Response {
     let wants_html = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     if wants_html {
         let to = format!(
-            "/?done={}#queue-{}",
-            percent_encoding::utf8_percent_encode(&said, percent_encoding::NON_ALPHANUMERIC),
+            "/{}#queue-{}",
+            web.notices.query(&said),
             percent_encoding::utf8_percent_encode(queue, percent_encoding::NON_ALPHANUMERIC)
         );
         return (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
@@ -394,7 +421,7 @@ async fn act(
             ));
         }
     };
-    Ok(done(headers, queue, said))
+    Ok(done(web, headers, queue, said))
 }
 
 async fn dashboard(
@@ -438,14 +465,14 @@ async fn login(
         )
         .into_response();
     }
-    let Some(session) = web.auth.session() else {
+    let Some(session) = web.auth.session(std::time::SystemTime::now()) else {
         return (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
     };
     if !web.auth.is_token(&form.token) {
         tracing::warn!("web: a login with a wrong token");
         return page::login(true, StatusCode::UNAUTHORIZED);
     }
-    let cookie = format!("{COOKIE_NAME}={session}; Path=/; HttpOnly; SameSite=Strict");
+    let cookie = auth::session_cookie(&session, auth::over_https(&headers));
     (
         StatusCode::SEE_OTHER,
         [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],
@@ -461,7 +488,7 @@ async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
         )
         .into_response();
     }
-    let cookie = format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let cookie = auth::ended_cookie(auth::over_https(&headers));
     (
         StatusCode::SEE_OTHER,
         [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],
