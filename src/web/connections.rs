@@ -8,6 +8,10 @@
 //! When every connection is answering a request, the accept loop waits for
 //! one to end, and new connections wait in the kernel's backlog, costing
 //! the daemon no descriptor.
+//!
+//! A connection told to close holds its descriptor until its task has run,
+//! so the cap counts it until then; an eighth of the cap is left for such
+//! connections, so that a new one need not wait for each to be gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +32,8 @@ pub(super) struct Connections {
 struct Open {
     next: u64,
     all: HashMap<u64, Entry>,
+    /// Of those, told to close.
+    closing: usize,
     /// Connections closed to make room, ever.
     displaced: u64,
     /// When that was last logged.
@@ -65,6 +71,11 @@ impl Connections {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Connections told to close that may still be open.
+    fn margin(&self) -> usize {
+        (self.cap / 8).max(1)
+    }
+
     /// Makes room for one more connection and registers it: below the cap
     /// at once; at the cap by closing the connection idle longest, or, when
     /// every one is answering, once one ends or goes idle.
@@ -72,53 +83,66 @@ impl Connections {
         loop {
             {
                 let mut open = self.lock();
-                if open.all.len() < self.cap {
-                    let id = open.next;
-                    open.next += 1;
-                    let close = CancellationToken::new();
-                    open.all.insert(
-                        id,
-                        Entry {
-                            answering: 0,
-                            idle_since: Instant::now(),
-                            close: close.clone(),
-                            closing: false,
-                        },
-                    );
-                    return Slot {
-                        connections: self.clone(),
-                        id,
-                        close,
-                    };
-                }
-                let pending = open.all.values().any(|e| e.closing);
-                if !pending {
-                    let oldest = open
-                        .all
-                        .values_mut()
-                        .filter(|e| e.answering == 0)
-                        .min_by_key(|e| e.idle_since);
-                    if let Some(entry) = oldest {
-                        entry.closing = true;
-                        entry.close.cancel();
-                        open.displaced += 1;
-                        if open.said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
-                            open.said = Some(Instant::now());
-                            tracing::warn!(
-                                cap = self.cap,
-                                closed = open.displaced,
-                                "web: {} connections open, the most: the one idle longest is \
-                                 closed for each new one ({} so far)",
-                                self.cap,
-                                open.displaced
-                            );
-                        }
+                loop {
+                    let live = open.all.len() - open.closing;
+                    if open.all.len() < self.cap && live < self.cap - self.margin() {
+                        return self.register(&mut open);
+                    }
+                    if live < self.cap - self.margin()
+                        || open.closing >= self.margin()
+                        || !self.displace(&mut open)
+                    {
+                        break;
                     }
                 }
             }
             // `notify_one` keeps a wake-up for a waiter that comes late.
             self.freed.notified().await;
         }
+    }
+
+    fn register(self: &Arc<Self>, open: &mut Open) -> Slot {
+        let id = open.next;
+        open.next += 1;
+        let close = CancellationToken::new();
+        let entry = Entry {
+            answering: 0,
+            idle_since: Instant::now(),
+            close: close.clone(),
+            closing: false,
+        };
+        open.all.insert(id, entry);
+        Slot {
+            connections: self.clone(),
+            id,
+            close,
+        }
+    }
+
+    /// Tells the connection idle longest to close; false if every one is
+    /// answering a request.
+    fn displace(&self, open: &mut Open) -> bool {
+        let oldest = open
+            .all
+            .values_mut()
+            .filter(|e| e.answering == 0 && !e.closing)
+            .min_by_key(|e| e.idle_since);
+        let Some(entry) = oldest else {
+            return false;
+        };
+        entry.closing = true;
+        entry.close.cancel();
+        open.closing += 1;
+        open.displaced += 1;
+        if open.said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+            open.said = Some(Instant::now());
+            tracing::warn!(
+                cap = self.cap,
+                closed = open.displaced,
+                "web: at the most connections: the one idle longest is closed for each new one"
+            );
+        }
+        true
     }
 
     /// Connections open now, and closed to make room so far.
@@ -162,7 +186,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.connections.lock().all.remove(&self.id);
+        let mut open = self.connections.lock();
+        if open.all.remove(&self.id).is_some_and(|e| e.closing) {
+            open.closing -= 1;
+        }
+        drop(open);
         self.connections.freed.notify_one();
     }
 }
@@ -189,58 +217,61 @@ impl Drop for Answering {
 mod tests {
     use super::*;
 
+    /// Three descriptors: two connections open and one closing.
+    const CAP: usize = 3;
+
+    async fn admitted(connections: &Arc<Connections>) -> Slot {
+        tokio::time::timeout(Duration::from_secs(5), connections.admit())
+            .await
+            .expect("admitted")
+    }
+
     #[tokio::test]
     async fn at_the_cap_the_connection_idle_longest_makes_room() {
-        let connections = Connections::new(3);
-        let first = connections.admit().await;
-        let second = connections.admit().await;
-        let third = connections.admit().await;
+        let connections = Connections::new(CAP);
+        let first = admitted(&connections).await;
+        let second = admitted(&connections).await;
         let _busy = first.answering();
         // The first answers a request: the second, idle longest, goes.
-        let admitted = {
-            let c = connections.clone();
-            tokio::spawn(async move { c.admit().await })
-        };
-        tokio::time::timeout(Duration::from_secs(5), second.close().cancelled())
-            .await
-            .expect("the idle connection is told to close");
+        let third = admitted(&connections).await;
+        assert!(second.close().is_cancelled());
         assert!(!first.close().is_cancelled() && !third.close().is_cancelled());
-        // It holds its descriptor until its task ends.
-        assert!(!admitted.is_finished());
-        drop(second);
-        let fourth = tokio::time::timeout(Duration::from_secs(5), admitted)
-            .await
-            .expect("room once it closed")
-            .expect("admitted");
+        // It holds its descriptor until its task ends: the next waits.
+        let next = {
+            let c = connections.clone();
+            tokio::spawn(async move { admitted(&c).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished());
         assert_eq!(connections.counts(), (3, 1));
-        drop((third, fourth));
+        drop(second);
+        let fourth = next.await.expect("admitted");
+        assert!(third.close().is_cancelled(), "the third was idle longest");
+        assert!(!first.close().is_cancelled());
+        drop(third);
+        assert_eq!(connections.counts(), (2, 2));
+        drop(fourth);
     }
 
     #[tokio::test]
     async fn when_every_connection_answers_a_new_one_waits() {
-        let connections = Connections::new(2);
-        let first = connections.admit().await;
-        let second = connections.admit().await;
+        let connections = Connections::new(CAP);
+        let first = admitted(&connections).await;
+        let second = admitted(&connections).await;
         let busy = (first.answering(), second.answering());
-        let admitted = {
+        let next = {
             let c = connections.clone();
-            tokio::spawn(async move { c.admit().await })
+            tokio::spawn(async move { admitted(&c).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!admitted.is_finished(), "no room while both answer");
+        assert!(!next.is_finished(), "no room while both answer");
         assert!(!first.close().is_cancelled() && !second.close().is_cancelled());
         // The second's answer ends: it is idle, and makes room.
         drop(busy.1);
-        tokio::time::timeout(Duration::from_secs(5), second.close().cancelled())
-            .await
-            .expect("the connection gone idle is told to close");
-        drop(second);
-        let third = tokio::time::timeout(Duration::from_secs(5), admitted)
-            .await
-            .expect("room")
-            .expect("admitted");
+        let third = next.await.expect("admitted");
+        assert!(second.close().is_cancelled());
         assert!(!first.close().is_cancelled());
-        drop((busy.0, first, third));
+        drop((busy.0, first, second, third));
         assert_eq!(connections.counts(), (0, 1));
     }
 }

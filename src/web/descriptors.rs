@@ -46,7 +46,8 @@ pub(super) struct Budget {
     pub(super) limit: Option<u64>,
     /// Kept for the daemon's jobs, Redis and clients.
     pub(super) kept: u64,
-    /// Connections open at once, at most.
+    /// Connections' descriptors at most (an eighth of them for connections
+    /// being closed: see [`super::connections`]).
     pub(super) connections: usize,
     /// Event streams open at once, at most.
     pub(super) streams: usize,

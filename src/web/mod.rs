@@ -77,11 +77,29 @@ struct Web {
     stop: CancellationToken,
 }
 
+/// Connections the kernel may hold for the web server before it accepts
+/// them: they cost the daemon no descriptor. The usual 128 (std's, mio's)
+/// overflows under a flood, and a client whose connection was dropped for
+/// it waits a second or more before it tries again; Linux caps this at
+/// `net.core.somaxconn` (4096 by default).
+const BACKLOG: u32 = 1024;
+
 /// Binds `[web] listen`; a port in use or not ours is a configuration error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}")))
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio do: a restarted daemon binds while the old
+        // connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e: std::io::Error| {
+        ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}"))
+    })
 }
 
 /// Serves until `stop`, then lets open requests end (event streams end
