@@ -8,6 +8,8 @@
 mod common;
 #[path = "web/deadlines.rs"]
 mod deadlines;
+#[path = "web/open_files.rs"]
+mod open_files;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;

@@ -147,29 +147,24 @@ pub(super) fn ended_cookie(secure: bool) -> String {
 /// session and nothing else, and a proxy that says nothing is still
 /// covered by the browser's `Origin`.
 pub(super) fn over_https(headers: &HeaderMap) -> bool {
-    let value = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let https = |s: &str| s.trim().eq_ignore_ascii_case("https");
-    // The first proxy's, nearest the browser, comes first.
-    let forwarded_proto = value("x-forwarded-proto")
-        .first()
-        .is_some_and(|v| v.split(',').next().is_some_and(https));
-    let forwarded = value("forwarded").iter().any(|v| {
-        v.split([';', ','])
-            .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(k, v)| k.eq_ignore_ascii_case("proto") && https(v.trim_matches('"')))
-    });
-    let origin = value(ORIGIN.as_str()).first().is_some_and(|o| {
-        o.get(..8)
-            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-    });
-    forwarded_proto || forwarded || origin
+    let first = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let https = |s: &str| s.trim().trim_matches('"').eq_ignore_ascii_case("https");
+    // Behind a chain of proxies, the first one's (the browser's side) leads.
+    let proxy = first("x-forwarded-proto")
+        .and_then(|v| v.split(',').next())
+        .is_some_and(https);
+    let forwarded = first("forwarded")
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|element| {
+            element
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .any(|(k, v)| k.trim().eq_ignore_ascii_case("proto") && https(v))
+        });
+    let origin = first(ORIGIN.as_str())
+        .and_then(|o| o.get(..8))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    proxy || forwarded || origin
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {

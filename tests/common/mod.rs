@@ -250,13 +250,13 @@ pub fn conveyor() -> Command {
     cmd
 }
 
-/// [`conveyor`] allowed `n` open files (soft and hard limit), through
+/// [`conveyor`] allowed `soft` open files, and `hard` at most, through
 /// util-linux's `prlimit`, which sets them and then execs the binary (same
 /// process id, same environment).
-pub fn conveyor_with_open_files(n: u64) -> Command {
+pub fn conveyor_with_open_files(soft: u64, hard: u64) -> Command {
     let plain = conveyor();
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={n}:{n}"))
+    cmd.arg(format!("--nofile={soft}:{hard}"))
         .arg("--")
         .arg(plain.get_program());
     for (name, value) in plain.get_envs() {

@@ -63,7 +63,7 @@ async fn a_connection_flood_on_the_web_port() {
     );
     let cfg = write_config(dir.path(), &redis.url(), FAST, &queues);
     let mut conn = patient(&redis).await;
-    let mut daemon = Daemon::start_command(conveyor_with_open_files(OPEN_FILES), &cfg);
+    let mut daemon = Daemon::start_command(conveyor_with_open_files(OPEN_FILES, OPEN_FILES), &cfg);
     let base = web_address(daemon.logs()).await;
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     registered(&conn, daemon.pid()).await;
