@@ -182,6 +182,12 @@ impl Slot {
     pub(super) fn answering(&self) -> Answering {
         self.connections.answering(self.id)
     }
+
+    /// Whether a request is being answered on it now.
+    pub(super) fn is_answering(&self) -> bool {
+        let open = self.connections.lock();
+        open.all.get(&self.id).is_some_and(|e| e.answering > 0)
+    }
 }
 
 impl Drop for Slot {

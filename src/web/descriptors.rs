@@ -83,6 +83,29 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Says at start what was chosen, and whether the limit is too low.
+    pub(super) fn log(&self) {
+        let limit = self
+            .limit
+            .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+        tracing::info!(
+            connections = self.connections,
+            event_streams = self.streams,
+            open_files = %limit,
+            kept_for_jobs = self.kept,
+            "web: connections capped so that the open files limit keeps its share for the jobs"
+        );
+        if self.short {
+            tracing::warn!(
+                "web: the open files limit ({limit}) is too low for the queues' concurrency: \
+                 raise it (LimitNOFILE= in the systemd unit, ulimit -n) to {} or more",
+                self.kept + (MIN_CONNECTIONS + 1) as u64
+            );
+        }
+    }
+}
+
 /// The soft limit on open files (None: unlimited).
 pub(super) fn soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current

@@ -20,8 +20,12 @@
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
 //! | `POST /api/queues/{q}/scheduled/run` | `?id=ID`: run a scheduled job now |
 //! | `POST /api/queues/{q}/cancel` | `?id=ID`: cancel a waiting, scheduled or running job |
+//!
+//! The port cannot starve the daemon (DESIGN section 16): requests must
+//! arrive whole within a deadline and connections are capped
+//! (`server.rs`, `connections.rs`) by what the open files limit leaves
+//! after the jobs' share (`descriptors.rs`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -41,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client};
 use crate::broker::events::EventSink;
-use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
 mod auth;
@@ -54,6 +57,7 @@ mod server;
 
 use auth::Auth;
 pub use descriptors::raise_open_files_limit;
+pub use server::bind;
 
 /// Jobs of each list the dashboard and the API show at most by default.
 const DEFAULT_LIMIT: u64 = 20;
@@ -77,33 +81,8 @@ struct Web {
     stop: CancellationToken,
 }
 
-/// Connections the kernel may hold for the web server before it accepts
-/// them: they cost the daemon no descriptor. The usual 128 (std's, mio's)
-/// overflows under a flood, and a client whose connection was dropped for
-/// it waits a second or more before it tries again; Linux caps this at
-/// `net.core.somaxconn` (4096 by default).
-const BACKLOG: u32 = 1024;
-
-/// Binds `[web] listen`; a port in use or not ours is a configuration error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    let listen = || {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        // As std and tokio do: a restarted daemon binds while the old
-        // connections are in TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(BACKLOG)
-    };
-    listen().map_err(|e: std::io::Error| {
-        ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}"))
-    })
-}
-
-/// Serves until `stop`, then lets open requests end (event streams end
-/// at once). The token and the events' channel are `client`'s
+/// Serves until `stop`, then lets open requests end (event streams and
+/// connections waiting for a request end at once). The token and the events' channel are `client`'s
 /// configuration's, and so are the queues whose jobs keep their share of
 /// the open files limit (see [`descriptors`]). `metrics` are the daemon's
 /// counters (`None` for `conveyor web`).
@@ -135,23 +114,7 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(%addr, "web: dashboard and /metrics at http://{addr}/");
-    let limit = budget
-        .limit
-        .map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
-    tracing::info!(
-        connections = budget.connections,
-        event_streams = budget.streams,
-        open_files = %limit,
-        kept_for_jobs = budget.kept,
-        "web: connections capped so that the open files limit keeps its share for the jobs"
-    );
-    if budget.short {
-        tracing::warn!(
-            "web: the open files limit ({limit}) is too low for the queues' concurrency: \
-             raise it (LimitNOFILE= in the systemd unit, ulimit -n) to {} or more",
-            budget.kept + (descriptors::MIN_CONNECTIONS + 1) as u64
-        );
-    }
+    budget.log();
     let connections = connections::Connections::new(budget.connections);
     server::run(listener, app, connections, stop).await;
 }

@@ -17,6 +17,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,15 +35,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connections::{Connections, Slot};
+use crate::config::ConfigError;
 
 /// How long a request's head may take to arrive, from the connection's
 /// start or the end of its previous answer: a browser or a scraper sends
 /// it at once; a connection that sends nothing, or half a head, for this
 /// long is closed.
-pub(super) const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long a request's body may take to arrive after its head.
-pub(super) const BODY_DEADLINE: Duration = Duration::from_secs(10);
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The largest request body (the login form is the only one with a body).
 const MAX_BODY: usize = 64 * 1024;
@@ -54,6 +56,31 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long the accept loop waits after an accept failed for want of
 /// descriptors or memory.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Connections the kernel may hold for the web server before it accepts
+/// them: they cost the daemon no descriptor. The usual 128 (std's, mio's)
+/// overflows under a flood, and a client whose connection was dropped for
+/// it waits a second or more before it tries again; Linux caps this at
+/// `net.core.somaxconn` (4096 by default).
+const BACKLOG: u32 = 1024;
+
+/// Binds `[web] listen`; a port in use or not ours is a configuration error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio do: a restarted daemon binds while the old
+        // connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e: std::io::Error| {
+        ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}"))
+    })
+}
 
 /// Accepts and serves connections until `stop`, then lets open requests
 /// end (connections that are idle close at once) and returns when every
@@ -156,7 +183,12 @@ async fn serve(stream: TcpStream, slot: Slot, router: Router, stop: Cancellation
                 break;
             }
             () = slot.close().cancelled() => break,
+            // A connection answering nothing has nothing to finish: it
+            // closes at once, even with half a request in.
             () = stop.cancelled(), if !stopping => {
+                if !slot.is_answering() {
+                    break;
+                }
                 connection.as_mut().graceful_shutdown();
                 stopping = true;
             }

@@ -61,7 +61,7 @@ async fn a_request_that_does_not_arrive_whole_is_dropped_after_the_deadline() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let (_web, logs) = spawn_logged(web);
+    let (mut web, logs) = spawn_logged(web);
     let base = web_address(&logs).await;
     let addr = base.trim_start_matches("http://").to_owned();
     let host = format!("Host: {addr}\r\n");
@@ -114,4 +114,17 @@ async fn a_request_that_does_not_arrive_whole_is_dropped_after_the_deadline() {
     let (said, closed) = until_closed(&mut events, idle_at, Duration::from_secs(20)).await;
     assert_eq!(closed, None, "the event stream was closed: {said}");
     assert!(said.contains(":\n\n"), "a keep-alive comment: {said:?}");
+
+    // Stopping does not wait for a request that is still arriving.
+    let (mut half, _) = open(&addr, &format!("GET /healthz HTTP/1.1\r\n{host}")).await;
+    let stopped = Instant::now();
+    signal(&web, 15);
+    assert_eq!(wait_exit(&mut web, Duration::from_secs(10)), Some(0));
+    let (_, closed) = until_closed(&mut half, stopped, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "closed when the server stopped");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "stopped after {:?}",
+        stopped.elapsed()
+    );
 }
