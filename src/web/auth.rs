@@ -6,10 +6,11 @@
 //! keyed by the token, not the token; it is `HttpOnly; SameSite=Strict`,
 //! lasts [`SESSION_MAX_AGE`] (the browser is told, and an older session is
 //! refused whatever the browser sends), and is `Secure` when the dashboard
-//! is reached over HTTPS ([`over_https`]). Actions are POSTs refused when the browser
-//! says they come from another origin (`Origin`, `Sec-Fetch-Site`). Without
-//! a token (loopback only) a request must also name a loopback host, so
-//! that a page whose name was rebound to 127.0.0.1 cannot act either.
+//! is reached over HTTPS ([`over_https`]). Actions are POSTs refused when
+//! the browser says they come from another origin (`Origin`,
+//! `Sec-Fetch-Site`). Without a token (loopback only) a request must also
+//! name a loopback host, so that a page whose name was rebound to
+//! 127.0.0.1 cannot act either.
 
 use std::time::{Duration, SystemTime};
 
@@ -56,10 +57,10 @@ impl Auth {
         }
     }
 
-    /// A new session's cookie value, begun at `now`: `<unix seconds>.<HMAC-SHA256
-    /// of them keyed by the token>`, so that the cookie jar never holds the
-    /// token itself, a new token ends every session, and the start cannot
-    /// be moved without the token.
+    /// A new session's cookie value, begun at `now`: `<unix seconds>.<their
+    /// HMAC-SHA256 keyed by the token>`, so that the cookie jar never holds
+    /// the token itself, a new token ends every session, and the start
+    /// cannot be moved without the token.
     pub(super) fn session(&self, now: SystemTime) -> Option<String> {
         let begun = unix_seconds(now);
         Some(format!("{begun}.{}", self.session_mac(begun)?))

@@ -157,7 +157,8 @@ async fn serve(stream: TcpStream, slot: Slot, router: Router, stop: Cancellation
             async move {
                 let (parts, body) = answer(router, request).await.into_parts();
                 // The guard goes with the body: the connection counts as
-                // answering until the body's last frame has been taken.
+                // answering until hyper drops it, after its last frame (an
+                // event stream's runs as long as the stream).
                 let body = body.map_frame(move |frame| {
                     let _held = &answering;
                     frame
