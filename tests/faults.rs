@@ -58,3 +58,5 @@ mod outage;
 mod parse;
 #[path = "faults/shutdown.rs"]
 mod shutdown;
+#[path = "faults/web_flood.rs"]
+mod web_flood;

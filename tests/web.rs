@@ -6,6 +6,10 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
+#[path = "web/deadlines.rs"]
+mod deadlines;
+#[path = "web/open_files.rs"]
+mod open_files;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
@@ -510,6 +514,24 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         "{cookie}"
     );
     assert!(!cookie.contains("web-token"), "{cookie}");
+    // It lasts a working day, and is Secure when the browser came over
+    // HTTPS (a TLS proxy says so, or the browser's Origin does).
+    assert!(cookie.contains("; Max-Age=43200;"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    for (header, value) in [
+        ("x-forwarded-proto", "https"),
+        ("origin", "https://jobs.example"),
+    ] {
+        let r = post("/login")
+            .header(header, value)
+            .header("host", "jobs.example")
+            .form(&[("token", TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{header}: {cookie}");
+    }
     let session = cookie.split(';').next().unwrap().to_owned();
     let page = body(get("/").header("cookie", &session)).await;
     assert!(
@@ -537,13 +559,31 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
         StatusCode::SEE_OTHER,
         "a form goes back to the page"
     );
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        r.headers()["location"]
-            .to_str()
-            .unwrap()
-            .starts_with("/?done=work%3A%20paused")
+        location.starts_with("/?done=work%3A%20paused&sig="),
+        "{location}"
     );
     assert!(paused(&mut conn).await);
+    // The page shows what the server signed, and nothing a link says.
+    let page = body(get(&location).header("cookie", &session)).await;
+    assert!(
+        page.contains(r#"<p class="done" role="status">work: paused</p>"#),
+        "{page}"
+    );
+    let (_, sig) = location.split_once("&sig=").unwrap();
+    let sig = sig.split('#').next().unwrap();
+    for forged in [
+        "/?done=Your%20session%20expired%3A%20see%20evil.example".to_owned(),
+        format!("/?done=Your%20session%20expired&sig={sig}"),
+    ] {
+        let page = body(get(&forged).header("cookie", &session)).await;
+        assert!(page.contains("<h2>Queues</h2>"), "{page}");
+        assert!(
+            !page.contains("class=\"done\"") && !page.contains("session expired"),
+            "{forged}: {page}"
+        );
+    }
 
     // A queue a reload adds shows, and can be acted on.
     let mut text = std::fs::read_to_string(cfg).unwrap();

@@ -15,9 +15,6 @@ use serde::Deserialize;
 use super::{Failure, Web};
 use crate::api::ApiError;
 
-/// Event streams open at once, at most: each holds a Redis connection.
-const MAX_EVENT_STREAMS: usize = 64;
-
 /// The lifecycle events as server-sent events until the client leaves or
 /// the server stops. They are read from the replay stream, which the
 /// daemons write anyway, so that an open dashboard costs the workers
@@ -37,11 +34,11 @@ pub(super) async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, Failure> {
     web.admit(&headers)?;
-    if web.streams.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
+    if web.streams.fetch_add(1, Ordering::Relaxed) >= web.max_streams {
         web.streams.fetch_sub(1, Ordering::Relaxed);
         return Err(Failure(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+            format!("{} event streams are open already", web.max_streams),
         ));
     }
     let held = StreamSlot(web.streams.clone());

@@ -20,8 +20,12 @@
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
 //! | `POST /api/queues/{q}/scheduled/run` | `?id=ID`: run a scheduled job now |
 //! | `POST /api/queues/{q}/cancel` | `?id=ID`: cancel a waiting, scheduled or running job |
+//!
+//! The port cannot starve the daemon (DESIGN section 16): requests must
+//! arrive whole within a deadline and connections are capped
+//! (`server.rs`, `connections.rs`) by what the open files limit leaves
+//! after the jobs' share (`descriptors.rs`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -41,14 +45,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client};
 use crate::broker::events::EventSink;
-use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
 mod auth;
+mod connections;
+mod descriptors;
 mod events;
+mod notice;
 mod page;
+mod server;
 
-use auth::{Auth, COOKIE_NAME};
+use auth::Auth;
+pub use descriptors::raise_open_files_limit;
+pub use server::bind;
 
 /// Jobs of each list the dashboard and the API show at most by default.
 const DEFAULT_LIMIT: u64 = 20;
@@ -66,25 +75,24 @@ struct Web {
     /// The replay stream's key, if it is on.
     stream: Option<String>,
     streams: Arc<AtomicUsize>,
+    /// Event streams open at once, at most (each holds a Redis connection).
+    max_streams: usize,
+    notices: notice::Notices,
     stop: CancellationToken,
 }
 
-/// Binds `[web] listen`; a port in use or not ours is a configuration error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ConfigError::Invalid(format!("web.listen {addr}: cannot listen: {e}")))
-}
-
-/// Serves until `stop`, then lets open requests end (event streams end
-/// at once). The token and the events' channel are `client`'s
-/// configuration's. `metrics` are the daemon's counters (`None` for `conveyor web`).
+/// Serves until `stop`, then lets open requests end (event streams and
+/// connections waiting for a request end at once). The token and the events' channel are `client`'s
+/// configuration's, and so are the queues whose jobs keep their share of
+/// the open files limit (see [`descriptors`]). `metrics` are the daemon's
+/// counters (`None` for `conveyor web`).
 pub async fn serve(
     listener: TcpListener,
     client: Client,
     metrics: Option<Arc<Metrics>>,
     stop: CancellationToken,
 ) {
+    let budget = descriptors::Budget::new(&client.config(), descriptors::soft_limit());
     let web = Web {
         auth: Auth::new(client.config().web.token.clone()),
         channel: client.config().events.channel.clone(),
@@ -97,6 +105,8 @@ pub async fn serve(
         client,
         metrics,
         streams: Arc::new(AtomicUsize::new(0)),
+        max_streams: budget.streams,
+        notices: notice::Notices::new(),
         stop: stop.clone(),
     };
     let app = router(web);
@@ -104,12 +114,9 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     tracing::info!(%addr, "web: dashboard and /metrics at http://{addr}/");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "web server failed");
-    }
+    budget.log();
+    let connections = connections::Connections::new(budget.connections);
+    server::run(listener, app, connections, stop).await;
 }
 
 fn router(web: Web) -> Router {
@@ -299,16 +306,17 @@ impl Target {
 }
 
 /// An action's answer: JSON for a program, back to the dashboard for a
-/// browser's form (which asks for HTML).
-fn done(headers: &HeaderMap, queue: &str, said: String) -> Response {
+/// browser's form (which asks for HTML), with what it did signed so that
+/// the page shows only what this server wrote.
+fn done(web: &Web, headers: &HeaderMap, queue: &str, said: String) -> Response {
     let wants_html = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     if wants_html {
         let to = format!(
-            "/?done={}#queue-{}",
-            percent_encoding::utf8_percent_encode(&said, percent_encoding::NON_ALPHANUMERIC),
+            "/{}#queue-{}",
+            web.notices.query(&said),
             percent_encoding::utf8_percent_encode(queue, percent_encoding::NON_ALPHANUMERIC)
         );
         return (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response();
@@ -394,7 +402,7 @@ async fn act(
             ));
         }
     };
-    Ok(done(headers, queue, said))
+    Ok(done(web, headers, queue, said))
 }
 
 async fn dashboard(
@@ -438,14 +446,14 @@ async fn login(
         )
         .into_response();
     }
-    let Some(session) = web.auth.session() else {
+    let Some(session) = web.auth.session(std::time::SystemTime::now()) else {
         return (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
     };
     if !web.auth.is_token(&form.token) {
         tracing::warn!("web: a login with a wrong token");
         return page::login(true, StatusCode::UNAUTHORIZED);
     }
-    let cookie = format!("{COOKIE_NAME}={session}; Path=/; HttpOnly; SameSite=Strict");
+    let cookie = auth::session_cookie(&session, auth::over_https(&headers));
     (
         StatusCode::SEE_OTHER,
         [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],
@@ -461,7 +469,7 @@ async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
         )
         .into_response();
     }
-    let cookie = format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let cookie = auth::ended_cookie(auth::over_https(&headers));
     (
         StatusCode::SEE_OTHER,
         [(LOCATION, "/".to_owned()), (SET_COOKIE, cookie)],

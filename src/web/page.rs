@@ -41,13 +41,14 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 });
 
 /// `?live=0`: no refreshing, no event stream (headless browsers, slow links);
-/// `?partial=1`: the content alone, for the refresh; `?done=`: what the last
-/// action did.
+/// `?partial=1`: the content alone, for the refresh; `?done=&sig=`: what
+/// the last action did, shown only with this server's signature.
 #[derive(Deserialize, Default)]
 pub(super) struct PageQuery {
     live: Option<String>,
     partial: Option<String>,
     done: Option<String>,
+    sig: Option<String>,
 }
 
 impl PageQuery {
@@ -128,7 +129,7 @@ pub(super) async fn dashboard(web: &Web, q: &PageQuery) -> Response {
     };
     let page = Page {
         live: q.live.as_deref() != Some("0"),
-        done: q.done.clone(),
+        done: web.notices.verified(q.done.as_deref(), q.sig.as_deref()),
         ..page
     };
     let name = match q.is_partial() {

@@ -257,6 +257,24 @@ pub fn conveyor() -> Command {
     cmd
 }
 
+/// [`conveyor`] allowed `soft` open files, and `hard` at most, through
+/// util-linux's `prlimit`, which sets them and then execs the binary (same
+/// process id, same environment).
+pub fn conveyor_with_open_files(soft: u64, hard: u64) -> Command {
+    let plain = conveyor();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(plain.get_program());
+    for (name, value) in plain.get_envs() {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    cmd
+}
+
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     run_cli_env(args, &[])

@@ -59,8 +59,14 @@ impl Daemon {
     /// With these environment variables set.
     pub(crate) fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = conveyor();
-        cmd.args(["run", "--config", config.to_str().unwrap()]);
         cmd.envs(env.iter().copied());
+        Self::start_command(cmd, config)
+    }
+
+    /// `run` on `config` by this command (the binary as [`conveyor`] makes
+    /// it, or a wrapper that execs it).
+    pub(crate) fn start_command(mut cmd: std::process::Command, config: &Path) -> Self {
+        cmd.args(["run", "--config", config.to_str().unwrap()]);
         let (child, logs) = spawn_logged(cmd);
         Self { child, logs }
     }
