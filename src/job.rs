@@ -25,6 +25,11 @@ pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 /// each run's from its timeout.
 const UNSET_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The longest delay before a next attempt that a handler may ask for
+/// ([`HandlerError::retry_in`]: a worker's `retry_in_ms`, a server's
+/// `Retry-After`): 7 days. A longer ask is cut to it, and the cut logged.
+pub const MAX_RETRY_IN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A job taken from a queue, as the daemon runs it and a handler sees it.
 #[derive(Debug)]
 pub struct Job {
@@ -213,9 +218,11 @@ impl HandlerError {
     }
 
     /// Asks for the next attempt after `delay` instead of the queue's
-    /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`). The
-    /// delay is capped at the queue's `backoff.max`; a permanent error
-    /// ignores it.
+    /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`): the
+    /// handler knows when what it waits for comes back, so the delay is
+    /// honoured as asked, whatever the queue's `backoff.max`, up to
+    /// [`MAX_RETRY_IN`] (7 days; a longer ask is cut to it). A permanent
+    /// error ignores it.
     pub fn retry_in(mut self, delay: Duration) -> Self {
         self.retry_in = Some(delay);
         self
@@ -237,12 +244,17 @@ impl HandlerError {
     }
 
     /// The delay before the attempt after failed run number `attempt`:
-    /// the one asked for, else the queue's backoff; never above its max.
+    /// the one asked for, up to [`MAX_RETRY_IN`], else the queue's backoff.
     pub(crate) fn delay(&self, backoff: &Backoff, attempt: u32) -> Duration {
         match self.retry_in {
-            Some(asked) => asked.min(backoff.max),
+            Some(asked) => asked.min(MAX_RETRY_IN),
             None => backoff.delay(attempt),
         }
+    }
+
+    /// The delay asked for, if it is longer than [`MAX_RETRY_IN`] and so cut.
+    pub(crate) fn cut_delay(&self) -> Option<Duration> {
+        self.retry_in.filter(|asked| *asked > MAX_RETRY_IN)
     }
 }
 
@@ -284,15 +296,26 @@ mod tests {
     }
 
     #[test]
-    fn an_asked_delay_replaces_the_backoff_up_to_its_max() {
+    fn an_asked_delay_is_honoured_whatever_the_backoff_up_to_seven_days() {
         let backoff = Backoff {
             base: Duration::from_secs(10),
             max: Duration::from_secs(60),
         };
         let asked = HandlerError::transient("busy").retry_in(Duration::from_millis(1500));
         assert_eq!(asked.delay(&backoff, 7), Duration::from_millis(1500));
+        assert_eq!(asked.cut_delay(), None);
+        // Above the queue's backoff.max: as asked.
         let long = HandlerError::transient("busy").retry_in(Duration::from_secs(3600));
-        assert_eq!(long.delay(&backoff, 1), Duration::from_secs(60));
+        assert_eq!(long.delay(&backoff, 1), Duration::from_secs(3600));
+        let week = HandlerError::transient("busy").retry_in(MAX_RETRY_IN);
+        assert_eq!(week.delay(&backoff, 1), MAX_RETRY_IN);
+        assert_eq!(week.cut_delay(), None);
+        // Beyond 7 days (up to what no clock holds): cut, and said so.
+        for beyond in [MAX_RETRY_IN + Duration::from_millis(1), Duration::MAX] {
+            let too_long = HandlerError::transient("busy").retry_in(beyond);
+            assert_eq!(too_long.delay(&backoff, 1), MAX_RETRY_IN);
+            assert_eq!(too_long.cut_delay(), Some(beyond));
+        }
         let plain = HandlerError::transient("busy").delay(&backoff, 1);
         assert!(plain >= Duration::from_secs(5) && plain <= Duration::from_secs(10));
     }
