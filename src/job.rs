@@ -25,6 +25,10 @@ pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 /// each run's from its timeout.
 const UNSET_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The longest run a job's own `timeout_ms` may ask for: the longest a
+/// queue's `timeout` may be.
+const MAX_TIMEOUT: Duration = *crate::config::bounds::TIMEOUT.end();
+
 /// The longest delay before a next attempt that a handler may ask for
 /// ([`HandlerError::retry_in`]: a worker's `retry_in_ms`, a server's
 /// `Retry-After`): 7 days. A longer ask is cut to it, and the cut logged.
@@ -141,9 +145,15 @@ impl Job {
             .take()
     }
 
-    /// Sets the deadline of the run about to start.
+    /// Sets the deadline of the run about to start. Saturating: a
+    /// producer's `timeout_ms` is only bounded by [`Job::timeout`], and no
+    /// value may make the daemon panic.
     pub(crate) fn start_run(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        self.deadline = now
+            .checked_add(timeout)
+            .or_else(|| now.checked_add(MAX_TIMEOUT))
+            .unwrap_or(now);
     }
 
     /// Tells whoever watches [`Job::cancelled`] that the run is over.
@@ -171,11 +181,12 @@ impl Job {
         self.envelope.max_attempts.unwrap_or(queue_default)
     }
 
-    /// How long this job's runs may take: the envelope's own limit, else the queue's.
+    /// How long this job's runs may take: the envelope's own limit (at most
+    /// the configuration's longest, 7 days), else the queue's.
     pub(crate) fn timeout(&self, queue_default: Duration) -> Duration {
         self.envelope
             .timeout_ms
-            .map(Duration::from_millis)
+            .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT))
             .unwrap_or(queue_default)
     }
 
@@ -318,6 +329,25 @@ mod tests {
         }
         let plain = HandlerError::transient("busy").delay(&backoff, 1);
         assert!(plain >= Duration::from_secs(5) && plain <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_producers_timeout_of_any_size_runs_without_a_panic() {
+        for ms in [1, 1000, u64::MAX] {
+            let mut j = job(&format!(
+                r#"{{"id":"t","payload":{{}},"attempt":0,"timeout_ms":{ms}}}"#
+            ));
+            let timeout = j.timeout(Duration::from_secs(30));
+            assert_eq!(timeout, Duration::from_millis(ms).min(MAX_TIMEOUT));
+            let before = Instant::now();
+            j.start_run(timeout);
+            assert!(j.deadline() >= before + timeout, "{ms}");
+        }
+        // Beyond what an Instant holds: as far as the longest timeout.
+        let mut j = job("{}");
+        let before = Instant::now();
+        j.start_run(Duration::MAX);
+        assert!(j.deadline() >= before + MAX_TIMEOUT);
     }
 
     #[tokio::test]

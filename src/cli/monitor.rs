@@ -92,7 +92,8 @@ async fn replay(
                 "--since {since:?}: give a stream id (1700000000000-0) or a duration (5m)"
             ))
         })?;
-        format!("{}-0", now_ms() - ago.as_millis() as i64)
+        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        format!("{}-0", now_ms().saturating_sub(ago).max(0))
     };
     loop {
         let page = broker.replay(stream, &after, PAGE).await?;
