@@ -5,8 +5,8 @@
 //! Rust ignores SIGPIPE, so a write to such a pipe fails with EPIPE:
 //! `println!` panics on it, and a `write!` to stdout returns the error.
 //! Both are caught in one place each, in [`crate::main_with`]: the panic
-//! hook asks [`is_closed_stdout_panic`], and a command's error
-//! [`is_closed_stdout`]. Either way the command exits
+//! hook asks `is_closed_stdout_panic`, and a command's error
+//! `is_closed_stdout`. Either way the command exits
 //! [`EX_CLOSED_PIPE`] and prints nothing more.
 //!
 //! The exit code is 141, what a shell reports for a command killed by
