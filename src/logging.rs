@@ -122,6 +122,19 @@ pub(crate) fn fatal(error: &str) {
     }
 }
 
+/// `text` with its control characters escaped as the text logs write them,
+/// for what a command prints of text from outside (an event's job id or
+/// error) on a terminal.
+pub(crate) fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(is_escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    // Writing into a String does not fail.
+    let _ = Escaped(&mut out).write_str(text);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Whether `c` is written escaped: the C0 and C1 controls and DEL (the
 /// Unicode category Cc), and the line and paragraph separators some
 /// viewers break lines at.

@@ -261,3 +261,46 @@ async fn nothing_a_job_a_worker_or_a_receiver_sends_forges_a_text_log_line() {
         assert!(line.contains("\\x1b"), "{line}");
     }
 }
+
+/// `conveyor monitor` prints events from anyone who can publish on the
+/// channel: their ids and errors reach the operator's terminal escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_prints_what_an_event_carries_escaped() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), &redis, "[queues.q]\nhandler = \"noop\"\n");
+    let mut cmd = conveyor();
+    cmd.args(["monitor", "--config", cfg.to_str().unwrap()]);
+    let (mut monitor, _err, out) = spawn_logged_out(cmd);
+    let conn = redis.conn().await;
+    let forged = "\n1999-12-31T23:59:59.999  q  job.succeeded  forged\u{1b}[2J\u{9b}31m";
+    let mut seq = 0u64;
+    wait_until("the event printed", WAIT, || {
+        seq += 1;
+        let event = serde_json::json!({"type": "job.failed", "queue": "q",
+            "id": format!("evil-{seq}{forged}"), "attempt": 1, "node": "n",
+            "at": "2026-01-01T00:00:00.000Z", "seq": seq, "error": format!("bad{forged}")});
+        let mut c = conn.clone();
+        let out = out.clone();
+        async move {
+            let _: () = c
+                .publish("conveyor:events", event.to_string())
+                .await
+                .unwrap();
+            out.contains("evil-")
+        }
+    })
+    .await;
+    signal(&monitor, SIGTERM);
+    assert_eq!(wait_exit(&mut monitor, WAIT), Some(0));
+    let lines = out.lines();
+    let line = lines.iter().find(|l| l.contains("evil-")).unwrap();
+    assert!(
+        line.contains("\\n1999-12-31T23:59:59.999  q  job.succeeded  forged\\x1b[2J\\u{9b}31m"),
+        "{line:?}"
+    );
+    for line in &lines {
+        assert!(!line.starts_with("1999-"), "a forged line: {line:?}");
+        assert!(!line.contains(['\u{1b}', '\u{9b}']), "{line:?}");
+    }
+}
