@@ -87,7 +87,7 @@ pub(crate) fn effective_config(config: &Config) {
         schedules = config.schedules.len(),
         "effective configuration (the whole of it at CONVEYOR_LOG=debug)"
     );
-    for line in toml.lines() {
+    for line in toml.lines().filter(|l| !l.is_empty()) {
         tracing::debug!("effective configuration: {line}");
     }
 }
