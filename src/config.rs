@@ -2,8 +2,11 @@
 //! validated, and never consulted through an `unwrap` afterwards.
 //!
 //! Every default lives in this file, in the `default_*` functions beside the
-//! field it fills. Every rule that ties two settings together is checked in
-//! [`Config::validate`], next to a comment that says why it holds.
+//! field it fills. Every duration and number has bounds ([`bounds`], named
+//! in the field's doc comment), so that a configuration `check` accepts can
+//! never overflow a time later. Every rule that ties two settings together
+//! is checked in [`Config::validate`], next to a comment that says why it
+//! holds; so is every name that would collide with conveyor's own keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+
+pub mod bounds;
 
 /// Where `conveyor` looks for its configuration when `--config` is not given:
 /// `$CONVEYOR_CONFIG`, then the service's path, then the example in a checkout.
@@ -72,7 +77,8 @@ pub struct ScheduleConfig {
     /// A five-field cron expression; or `every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// A fixed interval of whole seconds; or `cron`.
+    /// A fixed interval of whole seconds; or `cron`. 1s to a year
+    /// ([`bounds::EVERY`]).
     #[serde(
         default,
         with = "humantime_serde::option",
@@ -85,11 +91,13 @@ pub struct ScheduleConfig {
     /// The payload of each job.
     #[serde(default = "default_schedule_payload")]
     pub payload: serde_json::Value,
-    /// Overrides the queue's `max_attempts` for these jobs.
+    /// Overrides the queue's `max_attempts` for these jobs
+    /// ([`bounds::MAX_ATTEMPTS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// A tick is skipped while the job of an earlier tick is still waiting or
-    /// running, for at most this long (the lock's lifetime).
+    /// running, for at most this long (the lock's lifetime). 1s to a year
+    /// ([`bounds::UNIQUE_FOR`]).
     #[serde(
         default,
         with = "humantime_serde::option",
@@ -154,13 +162,15 @@ pub struct RedisConfig {
     #[serde(default = "default_redis_url")]
     pub url: MaskedUrl,
     /// Connections kept for short commands; blocking pops have their own.
+    /// 1 to 1024 ([`bounds::POOL_SIZE`]).
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
     /// Prefix of a queue's list when its table sets no `key`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     /// How long one command may take before it counts as failed (and is
-    /// retried). Blocking pops get their block time on top of this.
+    /// retried). Blocking pops get their block time on top of this. 10ms
+    /// to 1h ([`bounds::RESPONSE_TIMEOUT`]).
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
     /// `rediss://`: trust this CA (PEM) instead of the system's roots.
@@ -202,7 +212,7 @@ pub struct SentinelConfig {
     /// The ACL user on the master, if not `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// The database number on the master.
+    /// The database number on the master: 0 to 65535 ([`bounds::DB`]).
     #[serde(default)]
     pub db: i64,
 }
@@ -226,21 +236,26 @@ pub struct ClusterConfig {
 pub struct DaemonConfig {
     /// How long running jobs may finish after SIGTERM before they are put back.
     /// The systemd unit's `TimeoutStopSec` must exceed it (see systemd/conveyor.service).
+    /// 0 to 24h ([`bounds::SHUTDOWN_TIMEOUT`]).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How often the node's heartbeat key is refreshed; also the reaper's period.
+    /// 100ms to 1h ([`bounds::HEARTBEAT_INTERVAL`]).
     #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// TTL of the heartbeat key: a node silent this long is dead and its
-    /// in-flight jobs are recovered. Must exceed 2 x `heartbeat_interval`.
+    /// in-flight jobs are recovered. Must exceed 2 x `heartbeat_interval`;
+    /// at most 24h ([`bounds::NODE_TTL`]).
     #[serde(default = "default_node_ttl", with = "humantime_serde")]
     pub node_ttl: Duration,
-    /// Crash deliveries after which a job is dead-lettered as poison.
+    /// Crash deliveries after which a job is dead-lettered as poison. 1 to
+    /// 1000 ([`bounds::MAX_DELIVERIES`]).
     #[serde(default = "default_max_deliveries")]
     pub max_deliveries: u32,
     /// Threads that run the daemon's tasks. One keeps up with Redis (a job
     /// costs the daemon less CPU than it costs Redis), and more add the cost
     /// of handing work between them; raise it for handlers that compute.
+    /// 1 to 256 ([`bounds::THREADS`]).
     #[serde(default = "default_threads")]
     pub threads: usize,
 }
@@ -264,10 +279,13 @@ pub struct WebConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
-    /// Pub/sub channel of lifecycle events.
+    /// Pub/sub channel of lifecycle events, and the key of their replay
+    /// stream: no queue's key, nor another key conveyor keeps
+    /// ([`crate::broker::keys::refused_as_events_channel`]).
     #[serde(default = "default_events_channel")]
     pub channel: String,
-    /// Approximate length of the replay stream; 0 turns the stream off.
+    /// Approximate length of the replay stream; 0 turns the stream off. At
+    /// most 100,000,000 ([`bounds::STREAM_MAXLEN`]).
     #[serde(default = "default_stream_maxlen")]
     pub stream_maxlen: u64,
 }
@@ -302,7 +320,8 @@ pub struct EmailConfig {
     /// Directory of templates, relative to the config file's directory.
     #[serde(default)]
     pub templates: Option<PathBuf>,
-    /// Upper bound on one send, connection and all.
+    /// Upper bound on one send, connection and all. 100ms to 1h
+    /// ([`bounds::EMAIL_TIMEOUT`]).
     #[serde(default = "default_email_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// A PEM file of root certificates to trust for SMTP over TLS, besides
@@ -332,10 +351,11 @@ pub enum EventLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
-    /// Delay before the first retry; it doubles with every attempt.
+    /// Delay before the first retry; it doubles with every attempt. From
+    /// 1ms, at most `max` ([`bounds::BACKOFF`]).
     #[serde(default = "default_backoff_base", with = "humantime_serde")]
     pub base: Duration,
-    /// Ceiling of the delay.
+    /// Ceiling of the delay: at most 7 days ([`bounds::BACKOFF`]).
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub max: Duration,
 }
@@ -357,9 +377,10 @@ impl Backoff {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    /// Jobs allowed to start within any one window.
+    /// Jobs allowed to start within any one window: 1 to 1,000,000
+    /// ([`bounds::RATE_LIMIT`]).
     pub limit: u32,
-    /// Length of the sliding window.
+    /// Length of the sliding window: 1ms to 7 days ([`bounds::RATE_WINDOW`]).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Optional payload field whose value keys a separate window each
@@ -374,37 +395,45 @@ pub struct RateLimit {
 pub struct QueueConfig {
     /// Name of the handler in the registry (`email`, `publish`, `noop`).
     pub handler: String,
-    /// The Redis list; `<key_prefix><name>` when unset.
+    /// The Redis list; `<key_prefix><name>` when unset. Neither another
+    /// queue's nor in conveyor's own names
+    /// ([`crate::broker::keys::refused_as_queue`]), nor the events channel.
     #[serde(default)]
     pub key: Option<String>,
-    /// Jobs of this queue running at once on one daemon.
+    /// Jobs of this queue running at once on one daemon: 1 to 10,000
+    /// ([`bounds::CONCURRENCY`]).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
-    /// Attempts before a failing job is dead; a job's envelope may override it.
+    /// Attempts before a failing job is dead; a job's envelope may override
+    /// it. 1 to 1,000,000 ([`bounds::MAX_ATTEMPTS`]).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// Retry delays.
     #[serde(default = "default_backoff")]
     pub backoff: Backoff,
     /// Longest one run of the handler may take; it then fails (transiently).
+    /// 1ms to 7 days ([`bounds::TIMEOUT`]).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Which lifecycle events to publish.
     #[serde(default = "default_event_level")]
     pub events: EventLevel,
-    /// Larger list items are dead-lettered unread.
+    /// Larger list items are dead-lettered unread. 1 to 512 MiB
+    /// ([`bounds::MAX_PAYLOAD_BYTES`]).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     /// Sliding-window limit on job starts.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
-    /// Length cap of the dead letter list; the oldest entries go first.
+    /// Length cap of the dead letter list; the oldest entries go first. 1
+    /// to 10,000,000 ([`bounds::DEAD_MAX_JOBS`]).
     #[serde(default = "default_dead_max_jobs")]
     pub dead_max_jobs: u32,
     /// Keep a status record `conveyor:job:<id>` for each job.
     #[serde(default)]
     pub track: bool,
-    /// How long a status record outlives the job's last transition.
+    /// How long a status record outlives the job's last transition. 1s to
+    /// a year ([`bounds::TRACK_TTL`]).
     #[serde(default = "default_track_ttl", with = "humantime_serde")]
     pub track_ttl: Duration,
     /// The handler's own options: the table named after the handler inside
@@ -928,9 +957,12 @@ impl Config {
         Ok(())
     }
 
-    /// Checks ranges and the rules between settings.
+    /// Checks the bounds of every setting ([`bounds`]), the rules between
+    /// settings, and that no name collides with conveyor's own.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        // First: the rules below add and multiply values within them.
+        bounds::check(self)?;
         let d = &self.daemon;
         // A node refreshes its key every heartbeat_interval; the key must
         // survive one missed refresh, or a busy but healthy node is declared
@@ -942,21 +974,6 @@ impl Config {
                 human(d.heartbeat_interval)
             ));
         }
-        if d.heartbeat_interval < Duration::from_millis(100) {
-            return invalid("daemon.heartbeat_interval must be at least 100ms".into());
-        }
-        if d.max_deliveries == 0 {
-            return invalid("daemon.max_deliveries must be at least 1".into());
-        }
-        if d.threads == 0 || d.threads > 256 {
-            return invalid("daemon.threads must be between 1 and 256".into());
-        }
-        if self.redis.pool_size == 0 {
-            return invalid("redis.pool_size must be at least 1".into());
-        }
-        if self.redis.response_timeout < Duration::from_millis(10) {
-            return invalid("redis.response_timeout must be at least 10ms".into());
-        }
         self.redis.validate_target()?;
         self.redis.validate_tls()?;
         if self.email.smtp_url.has_password() {
@@ -966,8 +983,16 @@ impl Config {
                     .into(),
             );
         }
-        if self.events.channel.is_empty() {
+        let channel = &self.events.channel;
+        if channel.is_empty() {
             return invalid("events.channel must not be empty".into());
+        }
+        // The channel's replay stream is a key of the same name.
+        if let Some(taken) = crate::broker::keys::refused_as_events_channel(channel) {
+            return invalid(format!(
+                "events.channel {channel:?} names its replay stream, which would be among the \
+                 keys that {taken}: choose another name"
+            ));
         }
         if let Some(listen) = self.web.listen {
             // Anyone who reaches the port could pause queues and purge jobs.
@@ -997,37 +1022,30 @@ impl Config {
             if !keys.insert(key.clone()) {
                 return invalid(format!("two queues use the Redis list {key:?}"));
             }
-            if q.concurrency == 0 || q.concurrency > 10_000 {
-                return invalid(format!("{} must be between 1 and 10000", at("concurrency")));
-            }
-            if q.max_attempts == 0 {
-                return invalid(format!("{} must be at least 1", at("max_attempts")));
-            }
-            if q.backoff.base.is_zero() || q.backoff.base > q.backoff.max {
+            let from = match q.key {
+                Some(_) => String::new(),
+                None => " (redis.key_prefix and the queue's name)".to_owned(),
+            };
+            if let Some(taken) = crate::broker::keys::refused_as_queue(&key) {
                 return invalid(format!(
-                    "{} must be positive and not above backoff.max",
-                    at("backoff.base")
+                    "{} {key:?}{from} is among the keys that {taken}: choose another key",
+                    at("key")
                 ));
             }
-            if q.timeout.is_zero() {
-                return invalid(format!("{} must be positive", at("timeout")));
-            }
-            if q.max_payload_bytes == 0 || q.max_payload_bytes > 512 * 1024 * 1024 {
+            if key == *channel {
                 return invalid(format!(
-                    "{} must be between 1 and 512 MiB",
-                    at("max_payload_bytes")
+                    "{} {key:?}{from} is the events channel's, whose replay stream is a key \
+                     of that name: choose another key or events.channel",
+                    at("key")
                 ));
             }
-            if q.dead_max_jobs == 0 {
-                return invalid(format!("{} must be at least 1", at("dead_max_jobs")));
-            }
-            if let Some(rl) = &q.rate_limit {
-                if rl.limit == 0 || rl.window.is_zero() {
-                    return invalid(format!(
-                        "{} needs a limit of at least 1 and a positive window",
-                        at("rate_limit")
-                    ));
-                }
+            if q.backoff.base > q.backoff.max {
+                return invalid(format!(
+                    "{} ({}) must not be above backoff.max ({})",
+                    at("backoff.base"),
+                    human(q.backoff.base),
+                    human(q.backoff.max)
+                ));
             }
         }
         for (name, schedule) in &self.schedules {
@@ -1051,15 +1069,6 @@ impl Config {
             schedule
                 .spec()
                 .map_err(|e| ConfigError::Invalid(e.at(name)))?;
-            if schedule.max_attempts == Some(0) {
-                return Err(at("max_attempts", "must be at least 1".into()));
-            }
-            if schedule
-                .unique_for
-                .is_some_and(|d| d < Duration::from_secs(1))
-            {
-                return Err(at("unique_for", "must be at least 1s".into()));
-            }
         }
         Ok(())
     }
@@ -1422,9 +1431,157 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("schedules.e.max_attempts: must be at least 1"),
+            err.contains("schedules.e.max_attempts must be between 1 and 1000000 (it is 0)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_duration_and_number_is_bounded_before_a_rule_uses_it() {
+        let huge = "\"500000000000y\"";
+        let q = "[queues.q]\nhandler = \"noop\"\n";
+        for (toml, says) in [
+            // 2 x heartbeat_interval would overflow in the rule after it.
+            (
+                format!("[daemon]\nheartbeat_interval = {huge}\n"),
+                "daemon.heartbeat_interval",
+            ),
+            (format!("[daemon]\nnode_ttl = {huge}\n"), "daemon.node_ttl"),
+            (
+                format!("[daemon]\nshutdown_timeout = {huge}\n"),
+                "daemon.shutdown_timeout",
+            ),
+            (
+                "[daemon]\nmax_deliveries = 0\n".into(),
+                "daemon.max_deliveries",
+            ),
+            ("[daemon]\nthreads = 257\n".into(), "daemon.threads"),
+            ("[redis]\npool_size = 0\n".into(), "redis.pool_size"),
+            (
+                format!("[redis]\nresponse_timeout = {huge}\n"),
+                "redis.response_timeout",
+            ),
+            (
+                "[redis]\nsentinel = { master = \"m\", nodes = [\"redis://a:1\"], db = -1 }\n"
+                    .into(),
+                "redis.sentinel.db",
+            ),
+            (
+                "[events]\nstream_maxlen = 100000001\n".into(),
+                "events.stream_maxlen",
+            ),
+            (format!("[email]\ntimeout = {huge}\n"), "email.timeout"),
+            (format!("{q}timeout = {huge}\n"), "queues.q.timeout"),
+            (
+                format!("{q}backoff = {{ base = \"1s\", max = {huge} }}\n"),
+                "queues.q.backoff.max",
+            ),
+            (
+                format!("{q}backoff = {{ base = \"0s\", max = \"1s\" }}\n"),
+                "queues.q.backoff.base",
+            ),
+            (format!("{q}concurrency = 0\n"), "queues.q.concurrency"),
+            (
+                format!("{q}max_attempts = 4000000000\n"),
+                "queues.q.max_attempts",
+            ),
+            (
+                format!("{q}max_payload_bytes = 0\n"),
+                "queues.q.max_payload_bytes",
+            ),
+            (format!("{q}dead_max_jobs = 0\n"), "queues.q.dead_max_jobs"),
+            (format!("{q}track_ttl = \"0s\"\n"), "queues.q.track_ttl"),
+            (
+                format!("{q}rate_limit = {{ limit = 0, window = \"1s\" }}\n"),
+                "queues.q.rate_limit.limit",
+            ),
+            (
+                format!("{q}rate_limit = {{ limit = 1, window = {huge} }}\n"),
+                "queues.q.rate_limit.window",
+            ),
+            (
+                format!("{q}[schedules.s]\nqueue = \"q\"\nevery = \"1m\"\nmax_attempts = 0\n"),
+                "schedules.s.max_attempts",
+            ),
+            (
+                format!("{q}[schedules.s]\nqueue = \"q\"\nevery = \"1m\"\nunique_for = {huge}\n"),
+                "schedules.s.unique_for",
+            ),
+        ] {
+            let err = parse(&toml).validate().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{says} must be between")),
+                "{toml}: {err}"
+            );
+        }
+        let err = parse(&format!("{q}backoff = {{ base = \"2s\", max = \"1s\" }}\n"))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queues.q.backoff.base (2s) must not be above backoff.max (1s)"),
+            "{err}"
+        );
+        // The largest values are valid.
+        parse(&format!(
+            "[daemon]\nheartbeat_interval = \"1h\"\nnode_ttl = \"1day\"\nshutdown_timeout = \"1day\"\n\
+             {q}timeout = \"7days\"\nbackoff = {{ base = \"7days\", max = \"7days\" }}\n\
+             max_attempts = 1000000\ntrack_ttl = \"1y\"\n\
+             [schedules.s]\nqueue = \"q\"\nevery = \"1y\"\nunique_for = \"1y\"\n"
+        ))
+        .validate()
+        .expect("the bounds are in");
+    }
+
+    #[test]
+    fn names_that_collide_with_conveyors_own_keys_are_refused() {
+        let q = "[queues.q]\nhandler = \"noop\"\n";
+        for (toml, says) in [
+            (
+                format!("{q}key = \"conveyor:events\"\n"),
+                "queues.q.key \"conveyor:events\" is among",
+            ),
+            (
+                format!("{q}key = \"conveyor:job:x\"\n"),
+                "queues.q.key \"conveyor:job:x\" is among",
+            ),
+            (
+                format!("{q}key = \"cache:x\"\n"),
+                "queues.q.key \"cache:x\" is among",
+            ),
+            (
+                format!("[redis]\nkey_prefix = \"conveyor:\"\n{q}"),
+                "queues.q.key \"conveyor:q\" (redis.key_prefix and the queue's name) is among",
+            ),
+            (
+                format!("[events]\nchannel = \"custom:list\"\n{q}key = \"custom:list\"\n"),
+                "is the events channel's",
+            ),
+            (
+                format!("[events]\nchannel = \"conveyor:node:n\"\n{q}"),
+                "events.channel \"conveyor:node:n\"",
+            ),
+            (
+                format!("[events]\nchannel = \"conveyor:flows\"\n{q}"),
+                "events.channel \"conveyor:flows\"",
+            ),
+            (
+                format!("[events]\nchannel = \"cache:x\"\n{q}"),
+                "events.channel \"cache:x\"",
+            ),
+            (
+                format!("[events]\nchannel = \"{{jobs:q}}:dead\"\n{q}"),
+                "events.channel \"{jobs:q}:dead\"",
+            ),
+        ] {
+            let err = parse(&toml).validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        parse(&format!(
+            "[events]\nchannel = \"conveyor:events:staging\"\n{q}key = \"app:q\"\n"
+        ))
+        .validate()
+        .expect("free names");
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 /// each run's from its timeout.
 const UNSET_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The longest run a job's own `timeout_ms` may ask for: the longest a
+/// queue's `timeout` may be.
+const MAX_TIMEOUT: Duration = *crate::config::bounds::TIMEOUT.end();
+
+/// The longest delay before a next attempt that a handler may ask for
+/// ([`HandlerError::retry_in`]: a worker's `retry_in_ms`, a server's
+/// `Retry-After`): 7 days. A longer ask is cut to it, and the cut logged.
+pub const MAX_RETRY_IN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A job taken from a queue, as the daemon runs it and a handler sees it.
 #[derive(Debug)]
 pub struct Job {
@@ -136,9 +145,15 @@ impl Job {
             .take()
     }
 
-    /// Sets the deadline of the run about to start.
+    /// Sets the deadline of the run about to start. Saturating: a
+    /// producer's `timeout_ms` is only bounded by [`Job::timeout`], and no
+    /// value may make the daemon panic.
     pub(crate) fn start_run(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        self.deadline = now
+            .checked_add(timeout)
+            .or_else(|| now.checked_add(MAX_TIMEOUT))
+            .unwrap_or(now);
     }
 
     /// Tells whoever watches [`Job::cancelled`] that the run is over.
@@ -166,11 +181,12 @@ impl Job {
         self.envelope.max_attempts.unwrap_or(queue_default)
     }
 
-    /// How long this job's runs may take: the envelope's own limit, else the queue's.
+    /// How long this job's runs may take: the envelope's own limit (at most
+    /// the configuration's longest, 7 days), else the queue's.
     pub(crate) fn timeout(&self, queue_default: Duration) -> Duration {
         self.envelope
             .timeout_ms
-            .map(Duration::from_millis)
+            .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT))
             .unwrap_or(queue_default)
     }
 
@@ -213,9 +229,11 @@ impl HandlerError {
     }
 
     /// Asks for the next attempt after `delay` instead of the queue's
-    /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`). The
-    /// delay is capped at the queue's `backoff.max`; a permanent error
-    /// ignores it.
+    /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`): the
+    /// handler knows when what it waits for comes back, so the delay is
+    /// honoured as asked, whatever the queue's `backoff.max`, up to
+    /// [`MAX_RETRY_IN`] (7 days; a longer ask is cut to it). A permanent
+    /// error ignores it.
     pub fn retry_in(mut self, delay: Duration) -> Self {
         self.retry_in = Some(delay);
         self
@@ -237,12 +255,17 @@ impl HandlerError {
     }
 
     /// The delay before the attempt after failed run number `attempt`:
-    /// the one asked for, else the queue's backoff; never above its max.
+    /// the one asked for, up to [`MAX_RETRY_IN`], else the queue's backoff.
     pub(crate) fn delay(&self, backoff: &Backoff, attempt: u32) -> Duration {
         match self.retry_in {
-            Some(asked) => asked.min(backoff.max),
+            Some(asked) => asked.min(MAX_RETRY_IN),
             None => backoff.delay(attempt),
         }
+    }
+
+    /// The delay asked for, if it is longer than [`MAX_RETRY_IN`] and so cut.
+    pub(crate) fn cut_delay(&self) -> Option<Duration> {
+        self.retry_in.filter(|asked| *asked > MAX_RETRY_IN)
     }
 }
 
@@ -284,17 +307,47 @@ mod tests {
     }
 
     #[test]
-    fn an_asked_delay_replaces_the_backoff_up_to_its_max() {
+    fn an_asked_delay_is_honoured_whatever_the_backoff_up_to_seven_days() {
         let backoff = Backoff {
             base: Duration::from_secs(10),
             max: Duration::from_secs(60),
         };
         let asked = HandlerError::transient("busy").retry_in(Duration::from_millis(1500));
         assert_eq!(asked.delay(&backoff, 7), Duration::from_millis(1500));
+        assert_eq!(asked.cut_delay(), None);
+        // Above the queue's backoff.max: as asked.
         let long = HandlerError::transient("busy").retry_in(Duration::from_secs(3600));
-        assert_eq!(long.delay(&backoff, 1), Duration::from_secs(60));
+        assert_eq!(long.delay(&backoff, 1), Duration::from_secs(3600));
+        let week = HandlerError::transient("busy").retry_in(MAX_RETRY_IN);
+        assert_eq!(week.delay(&backoff, 1), MAX_RETRY_IN);
+        assert_eq!(week.cut_delay(), None);
+        // Beyond 7 days (up to what no clock holds): cut, and said so.
+        for beyond in [MAX_RETRY_IN + Duration::from_millis(1), Duration::MAX] {
+            let too_long = HandlerError::transient("busy").retry_in(beyond);
+            assert_eq!(too_long.delay(&backoff, 1), MAX_RETRY_IN);
+            assert_eq!(too_long.cut_delay(), Some(beyond));
+        }
         let plain = HandlerError::transient("busy").delay(&backoff, 1);
         assert!(plain >= Duration::from_secs(5) && plain <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_producers_timeout_of_any_size_runs_without_a_panic() {
+        for ms in [1, 1000, u64::MAX] {
+            let mut j = job(&format!(
+                r#"{{"id":"t","payload":{{}},"attempt":0,"timeout_ms":{ms}}}"#
+            ));
+            let timeout = j.timeout(Duration::from_secs(30));
+            assert_eq!(timeout, Duration::from_millis(ms).min(MAX_TIMEOUT));
+            let before = Instant::now();
+            j.start_run(timeout);
+            assert!(j.deadline() >= before + timeout, "{ms}");
+        }
+        // Beyond what an Instant holds: as far as the longest timeout.
+        let mut j = job("{}");
+        let before = Instant::now();
+        j.start_run(Duration::MAX);
+        assert!(j.deadline() >= before + MAX_TIMEOUT);
     }
 
     #[tokio::test]

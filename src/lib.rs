@@ -86,8 +86,9 @@ use std::process::ExitCode;
 
 /// The `conveyor` command line with the handlers of `registry`: parses the
 /// arguments, sets up logging, runs the command and maps its error to a
-/// sysexits code (64 usage, 65 bad input, 69 unavailable, 78 config). The
-/// `conveyor` binary is `main_with(Registry::builtin())`.
+/// sysexits code (64 usage, 65 bad input, 69 unavailable, 78 config); a
+/// command whose stdout its reader closed exits 141 quietly
+/// ([`cli::pipe`]). The `conveyor` binary is `main_with(Registry::builtin())`.
 pub fn main_with(registry: Registry) -> ExitCode {
     use clap::Parser as _;
     // The same binary supervises each exec worker (handlers/exec/supervisor.rs).
@@ -110,6 +111,9 @@ pub fn main_with(registry: Registry) -> ExitCode {
             // clap picks colours by terminal; --help and --version are not errors.
             let printed = e.print();
             return match (e.use_stderr(), printed) {
+                (false, Err(e)) if cli::pipe::is_epipe(&e) => {
+                    ExitCode::from(cli::pipe::EX_CLOSED_PIPE)
+                }
                 (_, Err(_)) => ExitCode::from(cli::EX_IOERR),
                 (true, Ok(())) => ExitCode::from(cli::EX_USAGE),
                 (false, Ok(())) => ExitCode::SUCCESS,
@@ -118,10 +122,18 @@ pub fn main_with(registry: Registry) -> ExitCode {
     };
     logging::init(cli.command.default_log_level());
     // A handler's panic is caught and fails its job; say so in one log line
-    // rather than a backtrace on stderr.
-    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panicked")));
+    // rather than a backtrace on stderr. A command's println! on a closed
+    // stdout ends the command quietly (cli::pipe).
+    let prints = !cli.command.is_daemon();
+    std::panic::set_hook(Box::new(move |info| {
+        if prints && cli::pipe::is_closed_stdout_panic(info) {
+            cli::pipe::exit();
+        }
+        tracing::error!(panic = %info, "panicked")
+    }));
     match cli::execute(cli, &registry) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli::pipe::is_closed_stdout(&e) => ExitCode::from(cli::pipe::EX_CLOSED_PIPE),
         Err(e) => {
             logging::fatal(&format!("{e:#}"));
             ExitCode::from(cli::exit_code(&e))

@@ -67,12 +67,16 @@ impl Spec {
         Ok(spec)
     }
 
-    /// An interval of whole seconds, at least one.
+    /// An interval of whole seconds, 1s to a year (`1y`)
+    /// ([`crate::config::bounds::EVERY`]).
     pub fn every(interval: Duration) -> Result<Self, String> {
-        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+        let bounds = crate::config::bounds::EVERY;
+        if !bounds.contains(&interval) || interval.subsec_nanos() != 0 {
             return Err(format!(
-                "{} is not a whole number of seconds, at least 1s",
-                crate::config::human(interval)
+                "{} is not a whole number of seconds from {} to {}",
+                crate::config::human(interval),
+                crate::config::human(*bounds.start()),
+                crate::config::human(*bounds.end())
             ));
         }
         Ok(Self::Every(interval))
@@ -100,8 +104,14 @@ impl Spec {
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
             Self::Every(d) => {
-                let step = d.as_secs() as i64;
-                let next = (t.as_second().div_euclid(step) + 1) * step;
+                // Checked: [`Spec::every`] bounds the step, and a time at
+                // the end of jiff's range has no next tick.
+                let step = i64::try_from(d.as_secs()).ok()?;
+                let next = t
+                    .as_second()
+                    .div_euclid(step)
+                    .checked_add(1)?
+                    .checked_mul(step)?;
                 Timestamp::from_second(next).ok()
             }
             Self::Cron { cron, tz, .. } => {
@@ -123,8 +133,8 @@ impl Spec {
     pub fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
             Self::Every(d) => {
-                let step = d.as_secs() as i64;
-                Timestamp::from_second(t.as_second().div_euclid(step) * step).ok()
+                let step = i64::try_from(d.as_secs()).ok()?;
+                Timestamp::from_second(t.as_second().div_euclid(step).checked_mul(step)?).ok()
             }
             Self::Cron { cron, tz, .. } => {
                 let mut tick = cron
@@ -277,6 +287,17 @@ mod tests {
         assert!(err.contains("not a known time zone"), "{err}");
         assert!(Spec::every(Duration::from_millis(1500)).is_err());
         assert!(Spec::every(Duration::ZERO).is_err());
+        // Up to a year; beyond, refused rather than wrapped.
+        let year = Spec::every(Duration::from_secs(31_557_600)).expect("1y");
+        assert!(year.next_after(Timestamp::MAX).is_none());
+        assert!(year.next_after(Timestamp::now()).is_some());
+        for huge in [
+            Duration::from_secs(31_557_601),
+            Duration::from_secs(u64::MAX),
+        ] {
+            let err = Spec::every(huge).map(|_| ()).unwrap_err();
+            assert!(err.contains("from 1s to 1year"), "{err}");
+        }
     }
 
     #[test]

@@ -320,6 +320,98 @@ async fn per_job_urls_to_this_network_are_refused_without_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_disguise_of_a_special_address_is_refused_without_a_connection() {
+    let redis = Redis::start();
+    // Whatever reaches loopback on this port is seen: a connection waits in
+    // the listener's backlog whether or not it is accepted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut conn = redis.conn().await;
+    let daemon = TestDaemon::start(
+        config(&redis, &queue("", "allow_job_url = true")),
+        builtin(),
+    );
+    // (job id, host, what the refusal says)
+    let loopback = "a loopback address, as the IPv4 address 127.0.0.1 its";
+    let hostile = [
+        (
+            "compatible",
+            "[::127.0.0.1]",
+            format!("{loopback} IPv4-compatible form"),
+        ),
+        (
+            "mapped",
+            "[::ffff:127.0.0.1]",
+            format!("{loopback} IPv4-mapped form"),
+        ),
+        (
+            "translated",
+            "[::ffff:0:127.0.0.1]",
+            format!("{loopback} IPv4-translated form"),
+        ),
+        ("6to4", "[2002:7f00:1::1]", format!("{loopback} 6to4 form")),
+        (
+            "nat64",
+            "[64:ff9b::127.0.0.1]",
+            format!("{loopback} NAT64 form"),
+        ),
+        (
+            "nat64-private",
+            "[64:ff9b::10.0.0.1]",
+            "a private address, as the IPv4 address 10.0.0.1 its NAT64 form".to_owned(),
+        ),
+        (
+            "nat64-local",
+            "[64:ff9b:1::7f00:1]",
+            "a local-use IPv4/IPv6 translation address".to_owned(),
+        ),
+        (
+            "teredo",
+            "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+            format!("{loopback} Teredo form"),
+        ),
+        (
+            "ietf",
+            "192.0.0.170",
+            "an IETF protocol assignment".to_owned(),
+        ),
+        ("bench", "198.18.0.1", "a benchmarking address".to_owned()),
+        (
+            "this-network",
+            "0.0.0.0",
+            "a \"this network\" address".to_owned(),
+        ),
+        ("short", "127.1", "a loopback address".to_owned()),
+        ("ula", "[fd00::1]", "a unique-local address".to_owned()),
+    ];
+    for (id, host, _) in &hostile {
+        push(
+            &mut conn,
+            id,
+            json!({"url": format!("http://{host}:{port}/hook"), "body": {}}),
+        )
+        .await;
+    }
+    for (id, _, says) in &hostile {
+        let dead = wait_state(&conn, id, "dead").await;
+        let error = &dead["last_error"];
+        assert_eq!(dead["attempt"], "1", "{id}: refused for good: {error}");
+        assert!(
+            error.starts_with("refused, no request sent:")
+                && error.contains(says.as_str())
+                && error.ends_with("unless the queue sets allow_private = true"),
+            "{id}: {error}"
+        );
+    }
+    daemon.stop().await.unwrap();
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a connection reached the listener: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_get_skips_the_request_until_the_entry_expires() {
     let redis = Redis::start();
     let server = HttpServer::start();

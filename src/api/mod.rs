@@ -565,7 +565,11 @@ impl Client {
         wait: Duration,
     ) -> Result<Cancelled, ApiError> {
         self.broker.request_cancel(keys, id, true).await?;
-        let deadline = Instant::now() + wait;
+        // Saturating: `wait` comes from a command line.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or(now + Duration::from_secs(86_400));
         let ended = loop {
             match self.broker.find_job(keys, id).await? {
                 Some(Found::Running(_)) if Instant::now() < deadline => {

@@ -119,9 +119,81 @@ pub fn job(id: &str) -> String {
     format!("conveyor:job:{id}")
 }
 
+/// Why `name` cannot be a queue's list: it is in a namespace of
+/// conveyor's own keys (a node's heartbeat, a job's status record, the
+/// flows, the default events stream: all `conveyor:*`), the http
+/// handler's cache (`cache:*`), or a queue's or a flow's hash-tagged keys
+/// (`{...}`). `None` if it is free.
+pub fn refused_as_queue(name: &str) -> Option<&'static str> {
+    if name.starts_with("conveyor:") {
+        Some("conveyor keeps for itself (conveyor:*: nodes, job records, flows, events)")
+    } else {
+        shared_refusal(name)
+    }
+}
+
+/// Why `name` cannot be the events channel, whose replay stream is a key
+/// of that name: it would be a node's heartbeat (`conveyor:node:*`), a
+/// job's status record (`conveyor:job:*`), the flows' list, a cache entry
+/// or a queue's or flow's key. (`conveyor:events`, the default, and other
+/// `conveyor:` names are free.) Whether it is a queue's list is the
+/// configuration's to check. `None` if it is free.
+pub fn refused_as_events_channel(name: &str) -> Option<&'static str> {
+    if name.starts_with("conveyor:node:") {
+        Some("hold the nodes' heartbeats (conveyor:node:<node>)")
+    } else if name.starts_with("conveyor:job:") {
+        Some("hold the jobs' status records (conveyor:job:<id>)")
+    } else if name == "conveyor:flows" {
+        Some("hold the submitted flows (conveyor:flows)")
+    } else {
+        shared_refusal(name)
+    }
+}
+
+fn shared_refusal(name: &str) -> Option<&'static str> {
+    if name.starts_with("cache:") {
+        Some("hold the http handler's cached responses (cache:<sha256>)")
+    } else if name.starts_with('{') {
+        Some("belong to a queue or a flow ({K}:..., {flow:<fid>}:..., {conveyor:flows}:dead)")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_of_conveyors_own_keys_are_refused() {
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        for taken in [
+            node("n1"),
+            job("j1"),
+            "conveyor:flows".to_owned(),
+            "{conveyor:flows}:dead".to_owned(),
+            cache("https://example.com/"),
+            k.dead.clone(),
+            k.unique("u"),
+            "{flow:f1}:state".to_owned(),
+        ] {
+            assert!(refused_as_queue(&taken).is_some(), "{taken}");
+            assert!(refused_as_events_channel(&taken).is_some(), "{taken}");
+        }
+        assert!(refused_as_queue("conveyor:events").is_some());
+        assert!(refused_as_queue("conveyor:anything").is_some());
+        for free in [
+            "conveyor:events",
+            "conveyor:events:staging",
+            "events",
+            "jobs:q",
+        ] {
+            assert_eq!(refused_as_events_channel(free), None, "{free}");
+        }
+        for free in ["jobs:q", "email", "app:conveyor:x", "cache-jobs"] {
+            assert_eq!(refused_as_queue(free), None, "{free}");
+        }
+    }
 
     #[test]
     fn keys_follow_the_design_table() {

@@ -2,6 +2,7 @@
 //! hidden `conveyor manpages <dir>` that writes the man pages (the Debian
 //! package is built with both).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory as _;
@@ -20,14 +21,15 @@ pub struct Args {
     pub shell: clap_complete::Shell,
 }
 
-/// Prints the completion script.
+/// Prints the completion script. It is made whole first, then written:
+/// clap_complete panics on a failed write, where a closed stdout must end
+/// the command quietly (see `pipe`).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "conveyor",
-        &mut std::io::stdout(),
-    );
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "conveyor", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)?;
+    out.flush()?;
     Ok(())
 }
 

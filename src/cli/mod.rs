@@ -18,6 +18,7 @@ pub mod dead;
 pub mod enqueue;
 pub mod monitor;
 pub mod pause;
+pub mod pipe;
 pub mod run;
 pub mod schedules;
 pub mod stats;
@@ -123,10 +124,13 @@ pub enum Command {
 impl Command {
     /// The daemon logs what it does; the other commands only warnings.
     pub fn default_log_level(&self) -> &'static str {
-        match self {
-            Command::Run(_) | Command::Web(_) => "info",
-            _ => "warn",
-        }
+        if self.is_daemon() { "info" } else { "warn" }
+    }
+
+    /// Whether it serves until stopped (`run`, `web`) rather than prints
+    /// what was asked for.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Web(_))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::broker::keys;
 use crate::clock::now_ms;
 use crate::event::{Event, EventType};
+use crate::logging::escaped;
 
 /// Stream entries read per round trip when replaying.
 const PAGE: usize = 1000;
@@ -92,7 +93,8 @@ async fn replay(
                 "--since {since:?}: give a stream id (1700000000000-0) or a duration (5m)"
             ))
         })?;
-        format!("{}-0", now_ms() - ago.as_millis() as i64)
+        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        format!("{}-0", now_ms().saturating_sub(ago).max(0))
     };
     loop {
         let page = broker.replay(stream, &after, PAGE).await?;
@@ -133,7 +135,7 @@ impl Printer {
         let Ok(event) = serde_json::from_slice::<Event>(raw) else {
             eprintln!(
                 "conveyor: skipped a message that is not an event: {}",
-                String::from_utf8_lossy(raw)
+                escaped(&String::from_utf8_lossy(raw))
             );
             return Ok(());
         };
@@ -183,6 +185,9 @@ impl Printer {
 }
 
 /// `10:04:05.123  email  job.failed  <id>  #2  31ms  error: ... (retry at 10:04:20)`
+/// One line per event; its text from outside (ids, errors, names) with
+/// its control characters escaped, so that no event can forge a line or
+/// steer the terminal.
 fn human(e: &Event) -> String {
     use console::style;
     let time =
@@ -200,10 +205,12 @@ fn human(e: &Event) -> String {
         EventType::Enqueued => style(kind).cyan(),
         _ => style(kind).blue(),
     };
-    let mut line = format!("{time}  {:<12} {kind}", e.queue.as_deref().unwrap_or("-"));
+    let time = escaped(time);
+    let queue = escaped(e.queue.as_deref().unwrap_or("-"));
+    let mut line = format!("{time}  {queue:<12} {kind}");
     match &e.id {
-        Some(id) => line.push_str(&format!(" {id}")),
-        None => line.push_str(&format!(" {}", e.node)),
+        Some(id) => line.push_str(&format!(" {}", escaped(id))),
+        None => line.push_str(&format!(" {}", escaped(&e.node))),
     }
     if let Some(a) = e.attempt.filter(|a| *a > 0) {
         line.push_str(&format!("  #{a}"));
@@ -212,14 +219,14 @@ fn human(e: &Event) -> String {
         line.push_str(&format!("  {ms}ms"));
     }
     if let Some(reason) = &e.reason {
-        line.push_str(&format!("  ({reason})"));
+        line.push_str(&format!("  ({})", escaped(reason)));
     }
     if let Some(err) = &e.error {
-        line.push_str(&format!("  error: {}", style(err).red()));
+        line.push_str(&format!("  error: {}", style(escaped(err)).red()));
     }
     if let Some(at) = &e.retry_at {
         let at = at.split('T').nth(1).unwrap_or(at).trim_end_matches('Z');
-        line.push_str(&format!("  retry at {at}"));
+        line.push_str(&format!("  retry at {}", escaped(at)));
     }
     line
 }

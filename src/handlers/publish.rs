@@ -43,6 +43,14 @@ impl Publish {
                 )));
             }
         };
+        // Payloads published there would read as conveyor's own events.
+        if channel == ctx.config().events.channel {
+            return Err(ConfigError::Invalid(format!(
+                "queues.{}.channel {channel:?} is the events channel: jobs' payloads would be \
+                 published among conveyor's lifecycle events; choose another channel",
+                ctx.queue()
+            )));
+        }
         Ok(Arc::new(Self {
             broker: ctx.broker().clone(),
             channel,

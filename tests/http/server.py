@@ -18,6 +18,8 @@ appends {"closed": <the client's port>}. The path decides the answer:
   /reset         closes the connection without an answer (a reset)
   /huge          200 announcing 1 GB, sending zeros until the client stops
   /rates         200 {"rate": 1.1} (GET, for the cache)
+  /forge         422 with a body that would forge a log line: a newline, a
+                 line that looks like conveyor's, terminal escapes
 """
 
 import argparse
@@ -106,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/rates":
             self.answer(200, b'{"rate": 1.1}')
+        elif path == "/forge":
+            body = "nope\n1999-12-31T23:59:59.999999Z ERROR forged by the receiver\x1b[2J\u009b31m\r"
+            self.answer(422, body.encode(), "text/plain")
         else:
             self.answer(404, b"not here", "text/plain")
 

@@ -59,7 +59,7 @@ impl Processor {
             return;
         }
         if let Some(wait) = self.over_rate_limit(&job).await {
-            let due_ms = now_ms() + wait.as_millis() as i64;
+            let due_ms = due_in(wait);
             tracing::debug!(
                 wait_ms = wait.as_millis() as u64,
                 "over the rate limit; scheduled for when a slot frees"
@@ -201,7 +201,13 @@ impl Processor {
             return;
         }
         let delay = error.delay(&self.config.backoff, job.attempt());
-        let due_ms = now_ms() + delay.as_millis() as i64;
+        if let Some(asked) = error.cut_delay() {
+            tracing::warn!(
+                asked = %human(asked),
+                "the handler asked for a longer wait than 7 days, the longest; retried in 7 days"
+            );
+        }
+        let due_ms = due_in(delay);
         tracing::warn!(
             error = %message,
             retry_in = %human(Duration::from_millis(delay.as_millis() as u64)),
@@ -412,6 +418,13 @@ impl Processor {
             ttl: self.config.track_ttl,
         })
     }
+}
+
+/// The time `delay` from now, in ms since the epoch, as `{K}:scheduled`
+/// scores it; saturating, though the delays it is given are bounded (the
+/// configuration's and [`crate::job::MAX_RETRY_IN`]).
+fn due_in(delay: Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

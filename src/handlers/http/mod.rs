@@ -89,6 +89,7 @@ struct Options {
     allow_job_url: bool,
     #[serde(default)]
     allow_private: bool,
+    /// 1s to a year ([`crate::config::bounds::CACHE_TTL`]).
     #[serde(default, with = "humantime_serde::option")]
     cache_ttl: Option<Duration>,
     #[serde(default)]
@@ -149,11 +150,18 @@ pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> 
             ));
         }
     };
-    if options.cache_ttl.is_some() && method != Method::GET {
-        return Err(invalid(
-            "cache_ttl",
-            "applies to method = \"GET\" only".into(),
-        ));
+    if let Some(ttl) = options.cache_ttl {
+        if method != Method::GET {
+            return Err(invalid(
+                "cache_ttl",
+                "applies to method = \"GET\" only".into(),
+            ));
+        }
+        crate::config::bounds::duration(
+            &format!("{at}.cache_ttl"),
+            ttl,
+            &crate::config::bounds::CACHE_TTL,
+        )?;
     }
     let env = |name: &str| std::env::var(name).ok();
     let mut headers = headers(&options.headers, &env).map_err(|e| invalid("headers", e))?;
