@@ -72,6 +72,7 @@ pub mod envelope;
 pub mod event;
 pub mod handlers;
 pub mod job;
+pub(crate) mod limits;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod schedule;

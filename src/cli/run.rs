@@ -29,7 +29,7 @@ pub fn run(config_path: Option<&Path>, args: Args, registry: &Registry) -> anyho
     let config = narrow(load_config(config_path)?, &args).map_err(UsageError)?;
     crate::logging::effective_config(&config);
     // Before any worker, connection or listener: they all count against it.
-    crate::web::raise_open_files_limit();
+    crate::limits::raise_open_files_limit();
     // What `systemctl reload` reads: the file found at start, again.
     let file = config.file.clone();
     let reloader: daemon::Reloader = Box::new(move || {

@@ -37,7 +37,7 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         )
         .into());
     };
-    crate::web::raise_open_files_limit();
+    crate::limits::raise_open_files_limit();
     let listener = crate::web::bind(addr).await?;
     // Redis may be away now: /readyz says so, and the pages once it is back.
     let client = Client::new(&config, "web")?;

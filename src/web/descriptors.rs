@@ -111,36 +111,6 @@ pub(super) fn soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// Raises the soft limit on open files to the hard limit, as Go's runtime
-/// does: the soft limit's usual 1,024 is a default kept for programs that
-/// use `select()`, which conveyor does not, and a daemon running hundreds
-/// of workers beside a web port needs more. `conveyor run` and `conveyor
-/// web` call it first. What it did is logged; a failure (a sandbox that
-/// forbids it) leaves the limit as it was.
-pub fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
-    let (Some(soft), Some(hard)) = (current, maximum) else {
-        return;
-    };
-    if soft >= hard {
-        tracing::debug!(limit = soft, "open files: the soft limit is the hard limit");
-        return;
-    }
-    let raised = Rlimit {
-        current: Some(hard),
-        maximum: Some(hard),
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::info!(from = soft, to = hard, "open files: soft limit raised"),
-        Err(e) => tracing::warn!(
-            limit = soft,
-            error = %e,
-            "open files: the soft limit could not be raised to the hard limit ({hard})"
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,7 +56,6 @@ mod page;
 mod server;
 
 use auth::Auth;
-pub use descriptors::raise_open_files_limit;
 pub use server::bind;
 
 /// Jobs of each list the dashboard and the API show at most by default.

@@ -60,6 +60,32 @@ async fn sigterm_lets_the_running_job_finish_and_leaves_no_process() {
     );
 }
 
+/// The daemon raises its own soft limit on open files to the hard one; its
+/// workers get back the one it started with, as a program that uses
+/// `select()` expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gets_the_open_files_limit_the_daemon_started_with() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = script(dir.path(), "limits.py", PERSISTENT);
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        &queue(&worker, "persistent", "concurrency = 1", ""),
+    );
+    let mut conn = redis.conn().await;
+    let mut cmd = conveyor_with_open_files(512, 4096);
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null());
+    let (_daemon, logs) = spawn_logged(cmd);
+    push(&mut conn, "limits", json!({"do": "limits"})).await;
+    assert_eq!(
+        result(&conn, "limits").await["open_files"],
+        json!([512, 4096])
+    );
+    assert!(logs.contains("soft limit raised"), "{:?}", logs.lines());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sees_its_environment_and_none_of_the_daemons_secrets() {
     let redis = Redis::start();

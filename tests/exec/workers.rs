@@ -19,7 +19,8 @@ pub(crate) const WAIT: Duration = Duration::from_secs(20);
 /// exits mid-job; `hang` starts a grandchild (its pid written to
 /// `pidfile`) and never replies; `garbage` writes a line that is not a
 /// reply; `flood` writes `mb` megabytes to stderr first; `env` returns its
-/// environment; `sleep` sleeps `s` seconds first.
+/// environment; `limits` its open files limits; `sleep` sleeps `s` seconds
+/// first.
 pub(crate) const PERSISTENT: &str = r#"
 import hashlib, json, os, subprocess, sys, time
 
@@ -52,6 +53,9 @@ def run(req):
         sys.stderr.flush()
     if do == "env":
         return dict(ok, result=dict(os.environ))
+    if do == "limits":
+        import resource
+        return dict(ok, result={"open_files": resource.getrlimit(resource.RLIMIT_NOFILE)})
     if do == "sleep":
         time.sleep(p["s"])
     return dict(ok, result={"payload": p, "pid": os.getpid(), "attempt": req["attempt"], "queue": req["queue"]})

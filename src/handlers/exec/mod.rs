@@ -60,6 +60,9 @@ use process::Spec;
 /// PATH of a worker when the daemon has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// `max_jobs_per_process`: 0 (never replace), or this many jobs at most.
+const MAX_JOBS_PER_PROCESS: std::ops::RangeInclusive<u64> = 0..=1_000_000_000;
+
 /// How long `conveyor check` watches a persistent worker it started.
 const CHECK_WATCH: Duration = Duration::from_millis(500);
 
@@ -204,6 +207,11 @@ fn spec(
 ) -> Result<Spec, ConfigError> {
     let at = ctx.options_path();
     let invalid = |field: &str, msg: String| ConfigError::Invalid(format!("{at}.{field}: {msg}"));
+    crate::config::bounds::number(
+        &format!("{at}.max_jobs_per_process"),
+        options.max_jobs_per_process,
+        &MAX_JOBS_PER_PROCESS,
+    )?;
     if options.mode == Mode::Oneshot && options.max_jobs_per_process != 0 {
         return Err(invalid(
             "max_jobs_per_process",

@@ -59,6 +59,11 @@ impl Spec {
         let mut child = Command::new(&*self.supervisor)
             .arg(supervisor::FLAG)
             .args(self.ids.iter().flat_map(Ids::args))
+            .args(
+                crate::limits::workers_open_files_limit()
+                    .into_iter()
+                    .flat_map(|n| [supervisor::OPEN_FILES.to_owned(), n.to_string()]),
+            )
             .arg("--")
             .arg(&self.program)
             .args(&self.args)

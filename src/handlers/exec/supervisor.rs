@@ -34,6 +34,9 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
 /// The first argument that makes the binary a supervisor.
 pub(crate) const FLAG: &str = "--conveyor-exec-supervisor";
+/// Gives the program this soft limit on open files (the daemon's own was
+/// raised; the one it started with is the workers').
+pub(crate) const OPEN_FILES: &str = "--open-files";
 /// Asks a binary whether it is one: it prints [`PROBE_REPLY`].
 pub(crate) const PROBE: &str = "--probe";
 pub(crate) const PROBE_REPLY: &str = "conveyor exec supervisor 1";
@@ -88,7 +91,11 @@ pub fn main_if_asked() -> Option<ExitCode> {
             println!("{PROBE_REPLY}");
             ExitCode::SUCCESS
         }
-        Ok(Plan::Run { ids, program }) => supervise(ids.as_ref(), &program),
+        Ok(Plan::Run {
+            ids,
+            open_files,
+            program,
+        }) => supervise(ids.as_ref(), open_files, &program),
         Err(e) => {
             eprintln!("conveyor exec supervisor: {e}");
             ExitCode::from(EX_TEMPFAIL)
@@ -100,14 +107,16 @@ enum Plan {
     Probe,
     Run {
         ids: Option<Ids>,
+        /// The soft limit on open files to give the program.
+        open_files: Option<u64>,
         program: Vec<OsString>,
     },
 }
 
 impl Plan {
     fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Self, String> {
-        let (mut uid, mut gid, mut groups) = (None, None, Vec::new());
-        let number = |v: Option<OsString>, what: &str| -> Result<u32, String> {
+        let (mut uid, mut gid, mut groups, mut open_files) = (None, None, Vec::new(), None);
+        let number = |v: Option<OsString>, what: &str| -> Result<u64, String> {
             v.and_then(|v| v.to_str()?.parse().ok())
                 .ok_or_else(|| format!("{what} needs a number"))
         };
@@ -117,8 +126,9 @@ impl Plan {
             };
             match arg.to_str() {
                 Some(PROBE) => return Ok(Plan::Probe),
-                Some("--uid") => uid = Some(number(args.next(), "--uid")?),
-                Some("--gid") => gid = Some(number(args.next(), "--gid")?),
+                Some("--uid") => uid = Some(id(number(args.next(), "--uid")?)?),
+                Some("--gid") => gid = Some(id(number(args.next(), "--gid")?)?),
+                Some(OPEN_FILES) => open_files = Some(number(args.next(), OPEN_FILES)?),
                 Some("--groups") => {
                     let list = args.next().ok_or("--groups needs a list")?;
                     let list = list.to_str().ok_or("--groups needs numbers")?;
@@ -141,13 +151,21 @@ impl Plan {
             (None, None) => None,
             _ => return Err("--uid and --gid go together".into()),
         };
-        Ok(Plan::Run { ids, program })
+        Ok(Plan::Run {
+            ids,
+            open_files,
+            program,
+        })
     }
 }
 
+fn id(n: u64) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("{n} is not an id"))
+}
+
 /// Takes the worker's credentials, starts the program and watches it.
-fn supervise(ids: Option<&Ids>, program: &[OsString]) -> ExitCode {
-    if let Err(e) = prepare(ids) {
+fn supervise(ids: Option<&Ids>, open_files: Option<u64>, program: &[OsString]) -> ExitCode {
+    if let Err(e) = prepare(ids, open_files) {
         eprintln!("conveyor exec supervisor: {e}");
         return ExitCode::from(EX_TEMPFAIL);
     }
@@ -192,12 +210,19 @@ fn supervise(ids: Option<&Ids>, program: &[OsString]) -> ExitCode {
     }
 }
 
-/// The worker's credentials, taken before the program exists; then the
-/// supervisor is made a subreaper and non-dumpable.
-fn prepare(ids: Option<&Ids>) -> Result<(), String> {
+/// The worker's credentials and limits, taken before the program exists;
+/// then the supervisor is made a subreaper and non-dumpable.
+fn prepare(ids: Option<&Ids>, open_files: Option<u64>) -> Result<(), String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     use rustix::thread::{
         clear_ambient_capability_set, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
     };
+    if let Some(soft) = open_files {
+        let Rlimit { maximum, .. } = getrlimit(Resource::Nofile);
+        let current = Some(maximum.map_or(soft, |hard| soft.min(hard)));
+        setrlimit(Resource::Nofile, Rlimit { current, maximum })
+            .map_err(|e| format!("cannot set the open files limit to {soft}: {e}"))?;
+    }
     if let Some(ids) = ids {
         // One thread here: the per-thread calls are the process's.
         let groups: Vec<_> = ids
@@ -470,6 +495,7 @@ mod tests {
             Ok(Plan::Run {
                 ids: Some(read),
                 program,
+                ..
             }) => {
                 assert_eq!(read, ids);
                 assert_eq!(program, vec![OsString::from("/bin/true"), "-x".into()]);
