@@ -119,7 +119,13 @@ pub struct Head {
 impl Head {
     /// The first bytes of `item`, as `broker/lua/stand_in.lua` keeps them.
     fn of(item: &[u8]) -> Self {
-        let cut = &item[..item.len().min(HEAD_BYTES)];
+        Self::new(item, item.len() as u64)
+    }
+
+    /// What is kept of an item of `size` bytes that begins with `first`
+    /// (of which at most [`HEAD_BYTES`] are kept).
+    pub fn new(first: &[u8], size: u64) -> Self {
+        let cut = &first[..first.len().min(HEAD_BYTES)];
         let first = match std::str::from_utf8(cut) {
             Ok(text) => RawItem::Text(text.to_owned()),
             // Only a character cut in two at the end: dropped.
@@ -128,10 +134,7 @@ impl Head {
             }
             Err(_) => RawItem::from_bytes(cut),
         };
-        Self {
-            first,
-            size: item.len() as u64,
-        }
+        Self { first, size }
     }
 }
 
@@ -375,6 +378,44 @@ pub fn id_in_head(item: &[u8]) -> Option<String> {
     let fits = (1..=200).contains(&id.len()) && rest[end] == b'"';
     (fits && id.iter().all(|b| (32..=126).contains(b)))
         .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// The envelope as far as the first bytes of an item too large to read
+/// show it: the top-level fields complete in `head`, a `null` payload
+/// unless the payload is one of them. `None` when the id is not among them
+/// or a field is wrong. Every envelope conveyor writes begins with its id.
+pub fn glimpse(head: &[u8]) -> Option<Envelope> {
+    struct Collect<'a, 'de>(&'a mut Vec<(Cow<'de, str>, &'de RawValue)>);
+    impl<'de> de::DeserializeSeed<'de> for Collect<'_, 'de> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Collect<'_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                self.0.push((k, v));
+            }
+            Ok(())
+        }
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).ok()?,
+    };
+    let mut fields = Vec::new();
+    let mut reader = serde_json::Deserializer::from_str(text);
+    // The cut ends the object early: the fields before it are what counts.
+    let _cut = de::DeserializeSeed::deserialize(Collect(&mut fields), &mut reader);
+    if !fields.iter().any(|(k, _)| k == "id") {
+        return None;
+    }
+    envelope_from_fields(Fields(fields)).ok()
 }
 
 /// Reads a taken item as a job to run: [`parse_item`], and a stand-in for
@@ -787,6 +828,42 @@ mod tests {
         );
         let back = parse_item(bin.to_json().as_bytes(), MAX).expect("dead entries parse");
         assert_eq!(back.envelope.raw, bin.raw);
+    }
+
+    #[test]
+    fn a_glimpse_reads_the_fields_before_the_cut() {
+        let entry = Envelope::dead_letter(
+            format!(
+                r#"{{"id":"g-1","payload":"{}","attempt":0}}"#,
+                "z".repeat(200_000)
+            )
+            .as_bytes(),
+            &Malformed::TooLarge {
+                what: "item",
+                len: 200_034,
+                max: 10,
+                id: Some("g-1".into()),
+            },
+            "2026-01-01T00:00:00Z".into(),
+        )
+        .to_json();
+        let seen = glimpse(&entry.as_bytes()[..400]).expect("the id is in the first bytes");
+        assert_eq!(seen.id, "g-1");
+        assert_eq!(seen.died_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert!(seen.last_error.is_some_and(|e| e.contains("200034 bytes")));
+        // An old entry that kept a huge payload before its error.
+        let old = format!(
+            r#"{{"id":"old","payload":"{}","attempt":2,"last_error":"x"}}"#,
+            "é".repeat(3000)
+        );
+        let seen = glimpse(&old.as_bytes()[..4001]).expect("cut inside a character");
+        assert_eq!(
+            (seen.id.as_str(), seen.attempt, seen.last_error),
+            ("old", 0, None)
+        );
+        assert!(glimpse(br#"{"payload":1,"id":"la"#).is_none(), "no id yet");
+        assert!(glimpse(b"\xff\xfe").is_none());
+        assert!(glimpse(br#"{"id":7,"payload":1}"#).is_none());
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod scripts;
 pub mod sent;
 mod target;
 pub mod ticks;
+pub mod view;
 pub mod writes;
 
 pub use keys::QueueKeys;

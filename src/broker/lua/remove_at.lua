@@ -12,7 +12,8 @@
 -- ARGV[4] its first bytes, as the caller saw them (at most the whole item)
 -- ARGV[5] a string no item equals (a new id), set in its place then removed
 -- ARGV[6] the replacement: '' for none; else LPUSHed on KEYS[2] ...
--- ARGV[7] ... 'head' to LPUSH it, 'tail' to RPUSH it
+-- ARGV[7] ... 'head' to LPUSH it, 'tail' to RPUSH it; or 'move' to LPUSH
+--         the item itself on KEYS[2] (ARGV[6] unused)
 -- ARGV[8] KEYS[2]'s length cap after an LPUSH, 0 for none
 -- ARGV[9] the job id that holds the lock in KEYS[3], '' for none
 -- Returns 1 when the item was removed, 0 when it was no longer there.
@@ -31,6 +32,9 @@ if ARGV[1] == 'zset' then
 else
   redis.call('LSET', KEYS[1], index, ARGV[5])
   redis.call('LREM', KEYS[1], 1, ARGV[5])
+end
+if ARGV[7] == 'move' then
+  redis.call('LPUSH', KEYS[2], item)
 end
 item = nil
 if ARGV[6] ~= '' then
