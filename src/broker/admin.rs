@@ -413,8 +413,10 @@ pub enum Found {
 }
 
 /// Items read per round trip while looking for a job: at most their first
-/// 4 KiB each (see [`Bounds::heads`]).
-const SEARCH_CHUNK: u64 = 1000;
+/// 4 KiB each (see [`Bounds::heads`]). The first look is shorter: the job
+/// looked for is often near the head (a recent death), and each item a look
+/// passes costs Redis a copy of it.
+const SEARCH_CHUNKS: [u64; 2] = [100, 1000];
 
 /// Whether `item` (whole, or its first bytes) is the job `id`.
 fn names(item: &Viewed, id: &str) -> bool {
@@ -464,19 +466,22 @@ impl Broker {
         store: Store,
         id: &str,
     ) -> Result<Option<Viewed>, BrokerError> {
-        let mut start = 0;
+        // Stops at the item that begins as conveyor writes the job's.
+        let prefix = format!("{{\"id\":{}", serde_json::Value::from(id));
+        let (mut start, mut chunk) = (0, SEARCH_CHUNKS[0]);
         loop {
             let items = self
-                .view(key, store, start, SEARCH_CHUNK, Bounds::heads())
+                .view_until(key, store, start, chunk, Bounds::heads(), &prefix)
                 .await?;
-            let last = (items.len() as u64) < SEARCH_CHUNK;
+            let last = (items.len() as u64) < chunk;
             if let Some(item) = items.into_iter().find(|i| names(i, id)) {
                 return Ok(Some(item));
             }
             if last {
                 return Ok(None);
             }
-            start += SEARCH_CHUNK;
+            start += chunk;
+            chunk = SEARCH_CHUNKS[1];
         }
     }
 

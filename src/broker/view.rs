@@ -123,6 +123,20 @@ impl Broker {
         count: u64,
         bounds: Bounds,
     ) -> Result<Vec<Viewed>, BrokerError> {
+        self.view_until(key, store, start, count, bounds, "").await
+    }
+
+    /// [`Broker::view`], ending early after an item that begins with
+    /// `prefix` (unless it is empty): what a search reads.
+    pub async fn view_until(
+        &self,
+        key: &str,
+        store: Store,
+        start: u64,
+        count: u64,
+        bounds: Bounds,
+        prefix: &str,
+    ) -> Result<Vec<Viewed>, BrokerError> {
         let mut out: Vec<Viewed> = Vec::new();
         let mut conn = self.conn().await?;
         while (out.len() as u64) < count {
@@ -135,11 +149,16 @@ impl Broker {
                 .arg(bounds.whole)
                 .arg(bounds.head)
                 .arg(BUDGET)
+                .arg(prefix)
                 .invoke_async(&mut conn)
                 .await?;
             if flat.is_empty() {
                 break;
             }
+            let found = !prefix.is_empty()
+                && flat
+                    .get(flat.len().saturating_sub(2))
+                    .is_some_and(|b| matches!(b, redis::Value::BulkString(b) if b.starts_with(prefix.as_bytes())));
             let mut values = flat.into_iter();
             let mut index = from;
             while let (Some(size), Some(bytes), Some(score)) =
@@ -153,6 +172,9 @@ impl Broker {
                     score: score.parse::<f64>().ok().map(|s| s as i64),
                 });
                 index += 1;
+            }
+            if found {
+                break;
             }
         }
         Ok(out)

@@ -36,6 +36,10 @@ end
 if ARGV[7] == 'move' then
   redis.call('LPUSH', KEYS[2], item)
 end
+if #item > 1048576 then
+  item = nil
+  collectgarbage('collect')
+end
 item = nil
 if ARGV[6] ~= '' then
   if ARGV[7] == 'tail' then

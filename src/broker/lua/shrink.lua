@@ -11,13 +11,14 @@
 -- Returns the items, oldest first; fewer than N when the list ends or a
 -- second item too large without an id comes (it waits for the next call).
 local limit, head_bytes, fresh_id = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local out = {}
+local out, big = {}, false
 for i = 0, tonumber(ARGV[1]) - 1 do
   local item = redis.call('LINDEX', KEYS[1], i)
   if not item then
     break
   end
   if #item > limit then
+    big = true
     local small, used = stand_in(item, head_bytes, fresh_id)
     if not small then
       break
@@ -27,5 +28,8 @@ for i = 0, tonumber(ARGV[1]) - 1 do
     item = small
   end
   out[#out + 1] = item
+end
+if big then
+  collectgarbage('collect')
 end
 return out

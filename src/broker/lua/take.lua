@@ -36,10 +36,11 @@ end
 
 local limit, head_bytes, fresh_id = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-local n, alone = #items, 0
+local n, alone, big = #items, 0, false
 for i = 1, n do
   local item = items[i]
   if #item > limit then
+    big = true
     local small, used = stand_in(item, head_bytes, fresh_id)
     if not small then
       n = i - 1
@@ -57,14 +58,17 @@ for i = 1, n do
   end
 end
 local out = {alone}
+for i = 1, n do
+  out[i + 1] = items[i]
+end
+items = nil
+if big then
+  -- The copy of a large item is garbage now: freed at once, not later.
+  collectgarbage('collect')
+end
 if n == 0 then
   return out
 end
-for i = 1, n do
-  out[i + 1] = items[i]
-  items[i] = nil
-end
-items = nil
 redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('RPUSH', KEYS[2], unpack(out, 2, n + 1))
 return out
