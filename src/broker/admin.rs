@@ -340,7 +340,8 @@ impl Broker {
                     .arg(1)
                     .arg(head.whole)
                     .arg(head.head)
-                    .arg(head.whole),
+                    .arg(head.whole)
+                    .arg(""),
             );
             pipe.cmd("EXISTS").arg(&q.paused);
         }

@@ -21,7 +21,7 @@
 local zset = ARGV[1] == 'zset'
 local first, most = tonumber(ARGV[2]), tonumber(ARGV[3])
 local whole, head, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local prefix = ARGV[7]
+local prefix = ARGV[7] or ''
 local out, spent, big = {}, 0, false
 for i = first, first + most - 1 do
   local item, score
