@@ -7,7 +7,7 @@
 //! `conveyor dead`, `cancel` and the dashboard read a few KiB of each.
 
 use super::{Broker, BrokerError, scripts};
-use crate::envelope::{item_limit, new_id};
+use crate::envelope::item_limit;
 
 /// First bytes read of an item larger than a view's bound: room for every
 /// field conveyor writes before a payload (an id of 200 characters, even
@@ -208,7 +208,6 @@ impl Broker {
             .arg(seen.index)
             .arg(seen.size)
             .arg(first)
-            .arg(format!("conveyor:removing:{}", new_id()))
             .arg(item)
             .arg(end)
             .arg(cap)

@@ -144,7 +144,8 @@ async fn timed_get(web: &reqwest::Client, url: &str) -> (reqwest::StatusCode, St
 /// its Redis calls, and every admin read of the dead list timed out.
 ///
 /// One item reaches an idle daemon through its blocking fetch, two more
-/// through a batched take beside small jobs. The daemon's peak RSS must stay
+/// through a batched take beside small jobs, and one from the in-flight list
+/// of a dead node of an earlier version, through the reaper. The daemon's peak RSS must stay
 /// within 32 MiB of what it was before them; the jobs behind them run; each
 /// dead entry holds the item's first bytes and its size, under the item's
 /// own id when it names one. Then `dead list`, `dead retry`, `dead purge`,
@@ -195,15 +196,32 @@ async fn items_of_100_mb_are_never_read_whole() {
             .unwrap();
     }
 
+    // And a dead node of an earlier version, which held one in flight.
+    let ghost = envelope("ghost", 100 * MB);
+    let _: () = conn
+        .rpush(format!("{INFLIGHT}ghost"), &ghost)
+        .await
+        .unwrap();
+    let _: () = conn.sadd(NODES, "ghost").await.unwrap();
+    let ghost_len = ghost.len();
+    drop(ghost);
+
     let mut daemon = Daemon::start(&cfg);
     let base = web_address(daemon.logs()).await;
     let warm: Vec<String> = (0..20).map(|i| format!(r#"{{"warm":{i}}}"#)).collect();
     push_all(&mut conn, Q, &warm).await;
-    wait_until("the warm-up jobs run", WAIT, || {
+    wait_until("the ghost's job dead, the warm-up jobs run", WAIT, || {
         let mut c = conn.clone();
-        async move { processed(&mut c).await == 20 }
+        async move { processed(&mut c).await == 21 && llen(&mut c, DEAD).await == 3 }
     })
     .await;
+    let ghost: serde_json::Value =
+        serde_json::from_slice(&conn.lindex::<_, Vec<u8>>(DEAD, 0).await.unwrap()).unwrap();
+    assert_eq!(
+        (&ghost["id"], &ghost["raw_size"]),
+        (&json!("ghost"), &json!(ghost_len)),
+        "{ghost}"
+    );
     let before_kib = daemon.rss_kib().unwrap();
 
     // Idle: the first arrives through the blocking fetch...
@@ -211,7 +229,7 @@ async fn items_of_100_mb_are_never_read_whole() {
     let _: () = conn.rpush(Q, &big_1).await.unwrap();
     wait_until("big-1 is dead", WAIT, || {
         let mut c = conn.clone();
-        async move { llen(&mut c, DEAD).await == 3 }
+        async move { llen(&mut c, DEAD).await == 4 }
     })
     .await;
     // ...the others through a batch, beside small jobs.
@@ -229,7 +247,7 @@ async fn items_of_100_mb_are_never_read_whole() {
     push_all(&mut conn, Q, &after).await;
     wait_until("every job after them run, the big ones dead", WAIT, || {
         let mut c = conn.clone();
-        async move { processed(&mut c).await == 20 + 1 + 5 + 20 && llen(&mut c, DEAD).await == 5 }
+        async move { processed(&mut c).await == 21 + 1 + 5 + 20 && llen(&mut c, DEAD).await == 6 }
     })
     .await;
     let peak_kib = peak_kib(daemon.pid());
@@ -294,7 +312,14 @@ async fn items_of_100_mb_are_never_read_whole() {
     };
     let (code, out, err, dead_list) = timed_cli(&cfg, &["dead", "list", "work"]);
     assert_eq!(code, 0, "{err}");
-    for id in ["big-1", "big-3", &fresh_id, "legacy-raw", "legacy-payload"] {
+    for id in [
+        "big-1",
+        "big-3",
+        &fresh_id,
+        "ghost",
+        "legacy-raw",
+        "legacy-payload",
+    ] {
         assert!(out.contains(id), "{id}: {out}");
     }
     quick("dead list", dead_list, 2);
@@ -311,14 +336,14 @@ async fn items_of_100_mb_are_never_read_whole() {
     assert_eq!(llen(&mut conn, Q).await, 0, "nothing truncated re-enqueued");
     let (code, _, err, took) = timed_cli(&cfg, &["dead", "retry", "work", "--all"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("moved 0") && err.contains("5 left"), "{err}");
+    assert!(err.contains("moved 0") && err.contains("6 left"), "{err}");
     quick("dead retry --all", took, 2);
     for (id, looks) in [("legacy-raw", 3), ("big-3", 0)] {
         let (code, _, err, took) = timed_cli(&cfg, &["dead", "purge", "work", id]);
         assert_eq!(code, 0, "{id}: {err}");
         quick("dead purge", took, looks);
     }
-    assert_eq!(llen(&mut conn, DEAD).await, 3);
+    assert_eq!(llen(&mut conn, DEAD).await, 4);
 
     // A 20 MB job waiting in a paused queue: the dashboard reads its first
     // bytes, and cancel moves it by its place.
@@ -375,8 +400,8 @@ async fn items_of_100_mb_are_never_read_whole() {
     report(
         "big_items",
         &Tally {
-            enqueued: 4,
-            dead: 4,
+            enqueued: 5,
+            dead: 5,
             ..Tally::default()
         },
         None,

@@ -10,12 +10,13 @@
 -- ARGV[2] the item's index
 -- ARGV[3] its size in bytes
 -- ARGV[4] its first bytes, as the caller saw them (at most the whole item)
--- ARGV[5] a string no item equals (a new id), set in its place then removed
--- ARGV[6] the replacement: '' for none; else LPUSHed on KEYS[2] ...
--- ARGV[7] ... 'head' to LPUSH it, 'tail' to RPUSH it; or 'move' to LPUSH
---         the item itself on KEYS[2] (ARGV[6] unused)
--- ARGV[8] KEYS[2]'s length cap after an LPUSH, 0 for none
--- ARGV[9] the job id that holds the lock in KEYS[3], '' for none
+-- ARGV[5] the replacement: '' for none; else LPUSHed on KEYS[2] ...
+-- ARGV[6] ... 'head' to LPUSH it, 'tail' to RPUSH it; or 'move' to LPUSH
+--         the item itself on KEYS[2] (ARGV[5] unused)
+-- ARGV[7] KEYS[2]'s length cap after an LPUSH, 0 for none
+-- ARGV[8] the job id that holds the lock in KEYS[3], '' for none
+-- (A list item goes by LREM of its value: the first equal item, the same
+-- bytes, whichever place it holds.)
 -- Returns 1 when the item was removed, 0 when it was no longer there.
 local index = tonumber(ARGV[2])
 local item
@@ -30,10 +31,9 @@ end
 if ARGV[1] == 'zset' then
   redis.call('ZREM', KEYS[1], item)
 else
-  redis.call('LSET', KEYS[1], index, ARGV[5])
-  redis.call('LREM', KEYS[1], 1, ARGV[5])
+  redis.call('LREM', KEYS[1], 1, item)
 end
-if ARGV[7] == 'move' then
+if ARGV[6] == 'move' then
   redis.call('LPUSH', KEYS[2], item)
 end
 if #item > 1048576 then
@@ -41,17 +41,17 @@ if #item > 1048576 then
   collectgarbage('collect')
 end
 item = nil
-if ARGV[6] ~= '' then
-  if ARGV[7] == 'tail' then
-    redis.call('RPUSH', KEYS[2], ARGV[6])
+if ARGV[5] ~= '' then
+  if ARGV[6] == 'tail' then
+    redis.call('RPUSH', KEYS[2], ARGV[5])
   else
-    redis.call('LPUSH', KEYS[2], ARGV[6])
-    if tonumber(ARGV[8]) > 0 then
-      redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[8]) - 1)
+    redis.call('LPUSH', KEYS[2], ARGV[5])
+    if tonumber(ARGV[7]) > 0 then
+      redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
     end
   end
 end
-if ARGV[9] ~= '' and redis.call('GET', KEYS[3]) == ARGV[9] then
+if ARGV[8] ~= '' and redis.call('GET', KEYS[3]) == ARGV[8] then
   redis.call('DEL', KEYS[3])
 end
 return 1
