@@ -280,8 +280,9 @@ impl Processor {
         self.config.concurrency
     }
 
-    /// The largest item this queue reads; larger ones are dead-lettered
-    /// with their bytes untouched.
+    /// The largest payload this queue runs (`envelope::check_size`); a
+    /// larger item is dead-lettered whole, or beyond the envelope's
+    /// allowance as the first bytes and size its stand-in keeps.
     pub(crate) fn max_payload_bytes(&self) -> usize {
         self.config.max_payload_bytes
     }
