@@ -16,6 +16,10 @@ use serde_json::value::RawValue;
 
 use crate::clock::now_ms;
 
+mod size;
+
+pub use size::{ENVELOPE_ALLOWANCE, HEAD_BYTES, Head, check_size, glimpse, id_in_head, item_limit};
+
 /// Longest `last_error` kept in an envelope; handlers may return long texts.
 const MAX_ERROR_LEN: usize = 2000;
 
@@ -46,6 +50,10 @@ pub struct Envelope {
     /// For items that were never valid jobs: the original item as text
     /// (or base64 in `raw_base64` when it is not UTF-8), so nothing is lost.
     pub raw: Option<RawItem>,
+    /// For an item too large to read: its first bytes and its size, which
+    /// is all that is kept of it (`raw_head` or `raw_head_base64`, and
+    /// `raw_size`). Such an envelope never runs and cannot be retried.
+    pub head: Option<Head>,
     /// Fields this version does not know, in their original order and bytes.
     pub extra: Vec<(String, Box<RawValue>)>,
 }
@@ -96,6 +104,7 @@ impl Envelope {
             deliveries: 0,
             died_at: None,
             raw: None,
+            head: None,
             extra: Vec::new(),
         }
     }
@@ -104,6 +113,33 @@ impl Envelope {
     pub fn for_malformed(item: &[u8]) -> Self {
         let mut env = Self::new(null_payload());
         env.raw = Some(RawItem::from_bytes(item));
+        env
+    }
+
+    /// The dead letter of an item that cannot run, for `why`: under the
+    /// item's own id when `why` names one (an envelope too large), else a
+    /// new one; holding the item's bytes, or for an item too large to read
+    /// only its first bytes and size. A stand-in (what the script that
+    /// takes jobs left of an item too large to read) is its own dead letter.
+    pub fn dead_letter(item: &[u8], why: &Malformed, died_at: String) -> Self {
+        let stand_in = parse_item(item, usize::MAX)
+            .ok()
+            .map(|p| p.envelope)
+            .filter(|e| e.head.is_some());
+        let mut env = match (stand_in, why) {
+            (Some(env), _) => env,
+            (None, Malformed::TooLarge { what: "item", .. }) => {
+                let mut env = Self::new(null_payload());
+                env.head = Some(Head::of(item));
+                env
+            }
+            (None, _) => Self::for_malformed(item),
+        };
+        if let Malformed::TooLarge { id: Some(id), .. } = why {
+            env.id.clone_from(id);
+        }
+        env.set_error(&why.to_string());
+        env.died_at = Some(died_at);
         env
     }
 
@@ -150,6 +186,13 @@ impl Serialize for Envelope {
             Some(RawItem::Base64(b)) => m.serialize_entry("raw_base64", b)?,
             None => {}
         }
+        if let Some(head) = &self.head {
+            m.serialize_entry("raw_size", &head.size)?;
+            match &head.first {
+                RawItem::Text(t) => m.serialize_entry("raw_head", t)?,
+                RawItem::Base64(b) => m.serialize_entry("raw_head_base64", b)?,
+            }
+        }
         for (k, v) in &self.extra {
             m.serialize_entry(k, v)?;
         }
@@ -160,13 +203,18 @@ impl Serialize for Envelope {
 /// Why a list item cannot be run. It is dead-lettered at once with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    /// Larger than the queue's `max_payload_bytes`.
-    #[error("item of {len} bytes exceeds max_payload_bytes ({max})")]
+    /// A payload larger than the queue's `max_payload_bytes`, or an item
+    /// larger than [`item_limit`] (see [`check_size`]).
+    #[error("{what} of {len} bytes exceeds max_payload_bytes ({max})")]
     TooLarge {
+        /// `payload` or `item`: what was measured.
+        what: &'static str,
         /// Its size.
-        len: usize,
+        len: u64,
         /// The limit.
         max: usize,
+        /// The job's id, when the item is an envelope that says it.
+        id: Option<String>,
     },
     /// Not JSON.
     #[error("invalid JSON: {0}")]
@@ -185,12 +233,17 @@ pub struct Parsed {
     pub was_raw: bool,
 }
 
-/// Reads one list item. Never panics, whatever the bytes.
+/// Reads one list item under [`check_size`] for a queue's
+/// `max_payload_bytes` (`usize::MAX` to read any). Never panics, whatever
+/// the bytes. A stand-in for an item too large to read is returned as the
+/// envelope it is; [`read_job`] refuses it.
 pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
-    if item.len() > max_bytes {
+    if item.len() > item_limit(max_bytes) {
         return Err(Malformed::TooLarge {
-            len: item.len(),
+            what: "item",
+            len: item.len() as u64,
             max: max_bytes,
+            id: id_in_head(item),
         });
     }
     let text = std::str::from_utf8(item)
@@ -205,12 +258,24 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
             serde_json::from_str(text).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
         let has = |name: &str| fields.0.iter().any(|(k, _)| k == name);
         if has("id") && has("payload") && has("attempt") {
-            return envelope_from_fields(fields).map(|envelope| Parsed {
+            let envelope = envelope_from_fields(fields)?;
+            if let Err(Malformed::TooLarge { what, len, max, .. }) =
+                check_size(item.len(), envelope.payload.get().len(), max_bytes)
+            {
+                return Err(Malformed::TooLarge {
+                    what,
+                    len,
+                    max,
+                    id: Some(envelope.id),
+                });
+            }
+            return Ok(Parsed {
                 envelope,
                 was_raw: false,
             });
         }
     }
+    check_size(item.len(), item.len(), max_bytes)?;
     let raw: &RawValue =
         serde_json::from_str(text).map_err(|e| Malformed::InvalidJson(e.to_string()))?;
     let envelope = Envelope::new(raw.to_owned());
@@ -220,19 +285,24 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
     })
 }
 
-/// Whether an item is a suspect: an envelope whose daemon died while running
-/// it (`deliveries` above 0), to be run alone. Items that do not mention
-/// `deliveries` are not parsed.
-pub fn is_suspect(item: &[u8]) -> bool {
-    // Built once: building the searcher cost more than searching a job.
-    static DELIVERIES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"deliveries\""));
-    DELIVERIES.find(item).is_some()
-        && parse_item(item, usize::MAX).is_ok_and(|p| !p.was_raw && p.envelope.deliveries > 0)
+/// Reads a taken item as a job to run: [`parse_item`], and a stand-in for
+/// an item too large to read refused as that item was (under its id).
+pub fn read_job(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
+    let parsed = parse_item(item, max_bytes)?;
+    match &parsed.envelope.head {
+        Some(head) => Err(Malformed::TooLarge {
+            what: "item",
+            len: head.size,
+            max: max_bytes,
+            id: Some(parsed.envelope.id),
+        }),
+        None => Ok(parsed),
+    }
 }
 
 fn envelope_from_fields(fields: Fields<'_>) -> Result<Envelope, Malformed> {
     let mut env = Envelope::new(null_payload());
+    let (mut head_first, mut head_size) = (None, None);
     for (key, value) in fields.0 {
         let bad = |what: &str| {
             Malformed::BadEnvelope(format!("{key} {what}, got {}", shorten(value.get())))
@@ -288,9 +358,33 @@ fn envelope_from_fields(fields: Fields<'_>) -> Result<Envelope, Malformed> {
                     .ok_or_else(|| bad("must be a string"))?
                     .map(RawItem::Base64);
             }
+            "raw_size" => {
+                head_size =
+                    optional::<u64>(value).ok_or_else(|| bad("must be a non-negative integer"))?;
+            }
+            "raw_head" => {
+                head_first = optional(value)
+                    .ok_or_else(|| bad("must be a string"))?
+                    .map(RawItem::Text);
+            }
+            "raw_head_base64" => {
+                head_first = optional(value)
+                    .ok_or_else(|| bad("must be a string"))?
+                    .map(RawItem::Base64);
+            }
             _ => env.extra.push((key.into_owned(), value.to_owned())),
         }
     }
+    env.head = match (head_size, head_first) {
+        (Some(size), first) => Some(Head {
+            first: first.unwrap_or(RawItem::Text(String::new())),
+            size,
+        }),
+        (None, Some(_)) => {
+            return Err(Malformed::BadEnvelope("raw_head without raw_size".into()));
+        }
+        (None, None) => None,
+    };
     Ok(env)
 }
 
@@ -471,7 +565,12 @@ mod tests {
         let big = vec![b' '; 11];
         assert_eq!(
             parse_item(&big, 10).unwrap_err(),
-            Malformed::TooLarge { len: 11, max: 10 }
+            Malformed::TooLarge {
+                what: "payload",
+                len: 11,
+                max: 10,
+                id: None
+            }
         );
     }
 
@@ -482,22 +581,6 @@ mod tests {
         let _outcome = parse_item(deep.as_bytes(), usize::MAX).map(|p| p.was_raw);
         let deep_obj = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let _outcome = parse_item(deep_obj.as_bytes(), usize::MAX).map(|p| p.was_raw);
-    }
-
-    #[test]
-    fn suspects_are_envelopes_with_deliveries() {
-        assert!(is_suspect(
-            br#"{"id":"a","payload":1,"attempt":0,"deliveries":1}"#
-        ));
-        assert!(!is_suspect(
-            br#"{"id":"a","payload":1,"attempt":0,"deliveries":0}"#
-        ));
-        assert!(!is_suspect(br#"{"id":"a","payload":1,"attempt":0}"#));
-        assert!(
-            !is_suspect(br#"{"deliveries":3}"#),
-            "a raw payload's own field"
-        );
-        assert!(!is_suspect(b"\xff\"deliveries\":1"));
     }
 
     #[test]

@@ -181,3 +181,116 @@ async fn wait_for_state(
 ) -> HashMap<String, String> {
     wait_job_state(conn, id, state, WAIT).await
 }
+
+/// `conveyor status` of the id a producer was given: what happened to the
+/// job, also at the size limit. One size rule (`envelope::check_size`) for
+/// `conveyor enqueue` and the daemon (`conveyor run`, the real binary): a
+/// payload up to `max_payload_bytes` runs, whatever its envelope adds; a
+/// larger one is refused by enqueue, and dead-lettered by the daemon under
+/// the id it came with. Before, enqueue measured the payload and the daemon
+/// the envelope: a 999-byte payload under a 1,000-byte limit was accepted,
+/// then dead under a new id, and its printed id said `waiting` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_the_daemon_apply_one_size_rule_and_keep_the_id() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "[queues.work]\nhandler = \"noop\"\nmax_payload_bytes = 1000\ntrack = true\n";
+    let cfg = config_file(dir.path(), &redis, queue);
+    let cfg = cfg.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", cfg];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    };
+    // A JSON string of exactly n bytes.
+    let payload = |n: usize| format!("\"{}\"", "x".repeat(n - 2));
+    let mut conn = redis.conn().await;
+
+    let mut printed = Vec::new();
+    for n in [999, 1000] {
+        let (code, out, err) = cli(&["enqueue", "work", &payload(n)]);
+        assert_eq!(code, 0, "{n} bytes: {err}");
+        printed.push(out.trim().to_owned());
+    }
+    let (code, _, err) = cli(&["enqueue", "work", &payload(1001)]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("payload of 1001 bytes exceeds max_payload_bytes (1000)"),
+        "{err}"
+    );
+    let file = dir.path().join("jobs.ndjson");
+    std::fs::write(&file, format!("{}\n{}\n", payload(1000), payload(1001))).unwrap();
+    let (code, _, err) = cli(&["enqueue", "work", "--file", file.to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("nothing was enqueued"),
+        "{err}"
+    );
+    // A key so long that the envelope outgrows its allowance.
+    let key = "k".repeat(70_000);
+    let (code, _, err) = cli(&[
+        "enqueue",
+        "work",
+        "{}",
+        "--unique-for",
+        "1h",
+        "--unique-key",
+        &key,
+    ]);
+    assert_eq!(code, 65, "{err}");
+    assert_eq!(llen(&mut conn, Q).await, 2);
+
+    // Other producers push what they like; the daemon holds it to the same rule.
+    let envelope = |id: &str, payload: &str, extra: &str| {
+        format!(r#"{{"id":"{id}","payload":{payload},"attempt":0{extra}}}"#)
+    };
+    let fat = format!(r#","note":"{}""#, "n".repeat(70_000));
+    let pushed = [
+        payload(1000),
+        payload(1001),
+        envelope("env-at", &payload(1000), ""),
+        envelope("env-over", &payload(1001), ""),
+        envelope("env-fat", "{}", &fat),
+    ];
+    let _: () = conn.rpush(Q, &pushed).await.unwrap();
+    let mut run = conveyor();
+    run.args(["run", "--config", cfg]);
+    let (_daemon, _logs) = spawn_logged(run);
+    wait_until("every job ended", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, Q, "processed").await == 7 }
+    })
+    .await;
+
+    let state = |id: &str| {
+        let (code, out, err) = cli(&["status", id, "--json"]);
+        assert_eq!(code, 0, "{id}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    for id in printed.iter().map(String::as_str).chain(["env-at"]) {
+        assert_eq!(state(id)["state"], "succeeded", "{id}");
+    }
+    let over = state("env-over");
+    assert_eq!(over["state"], "dead");
+    assert_eq!(
+        over["last_error"],
+        "payload of 1001 bytes exceeds max_payload_bytes (1000)"
+    );
+    let fat = state("env-fat");
+    assert_eq!(fat["state"], "dead");
+    assert!(
+        fat["last_error"].as_str().unwrap().starts_with("item of "),
+        "{fat}"
+    );
+    // The dead letters: each under the id its producer knows (a raw
+    // payload's, the one the daemon gave it), with the item's bytes.
+    let dead = dead(&mut conn, Q).await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let raw = dead
+        .iter()
+        .find(|d| d["raw"] == payload(1001))
+        .expect("the raw payload's bytes kept");
+    assert_eq!(state(raw["id"].as_str().unwrap())["state"], "dead");
+    let kept = dead.iter().find(|d| d["id"] == "env-over").unwrap();
+    assert_eq!(kept["raw"], pushed[3]);
+}

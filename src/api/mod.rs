@@ -21,19 +21,22 @@ use serde::Serialize;
 
 use crate::broker::admin::Found;
 use crate::broker::events::EventSink;
+use crate::broker::view::{Bounds, Store, Viewed};
 use crate::broker::{Broker, BrokerError, QueueKeys};
 use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
 use crate::config::Config;
-use crate::envelope::{Envelope, parse_item};
+use crate::envelope::{Envelope, Head, glimpse, parse_item};
 use crate::event::{Draft, EventType};
 
+mod dead;
 mod node;
 
 pub use crate::broker::admin::QueueCounts;
+pub use dead::RetriedAll;
 pub use node::{NodeInfo, QueueLoad};
 
-/// Dead entries read per round trip when searching or moving.
-const PAGE: u64 = 500;
+/// `max_payload_bytes` of a queue this configuration does not list.
+const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,10 @@ pub enum ApiError {
     /// not stop it in time).
     #[error("{0}")]
     Unfinished(String),
+    /// The job cannot be acted on this way (a dead job that kept only the
+    /// first bytes of an item too large to run cannot be retried).
+    #[error("{0}")]
+    Refused(String),
     /// Redis failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -112,8 +119,14 @@ pub struct DeadJob {
     /// Why.
     pub last_error: Option<String>,
     /// The payload as the producer wrote it (or the whole entry when it
-    /// cannot be read).
+    /// cannot be read); only its first bytes when `truncated`.
     pub payload: String,
+    /// The size in bytes of what `payload` shows: the payload, the item
+    /// that could not be read, or the entry.
+    pub size: u64,
+    /// Whether `payload` holds only the first bytes: the item was too
+    /// large to read, or the entry too large to show whole.
+    pub truncated: bool,
 }
 
 /// A job due later.
@@ -127,8 +140,10 @@ pub struct ScheduledJob {
     pub attempt: u32,
     /// The last failure's reason, for a retry.
     pub last_error: Option<String>,
-    /// The payload as the producer wrote it.
+    /// The payload as the producer wrote it; its first bytes when `truncated`.
     pub payload: String,
+    /// Whether `payload` holds only the first bytes (a job too large to run).
+    pub truncated: bool,
 }
 
 /// A job some node runs now.
@@ -140,8 +155,10 @@ pub struct RunningJob {
     pub node: String,
     /// Attempts made before this run.
     pub attempt: u32,
-    /// The payload as the producer wrote it.
+    /// The payload as the producer wrote it; its first bytes when `truncated`.
     pub payload: String,
+    /// Whether `payload` holds only the first bytes.
+    pub truncated: bool,
 }
 
 /// A schedule's definition, last tick and next tick.
@@ -243,10 +260,26 @@ impl Client {
         QueueKeys::new(queue, &self.config().queue_key(queue), "api")
     }
 
+    /// The queue's `max_payload_bytes` (1 MiB for one not configured).
+    fn max_payload_bytes(&self, queue: &str) -> usize {
+        self.config()
+            .queues
+            .get(queue)
+            .map_or(DEFAULT_MAX_PAYLOAD_BYTES, |q| q.max_payload_bytes)
+    }
+
+    /// How the queue's items are read: whole when the queue could run
+    /// them, else their first bytes.
+    fn bounds(&self, queue: &str) -> Bounds {
+        Bounds::for_queue(self.max_payload_bytes(queue))
+    }
+
     /// Every configured queue and the live nodes, in three round trips.
     pub async fn overview(&self) -> Result<Overview, ApiError> {
-        let keys: Vec<QueueKeys> = self.config().queues.keys().map(|n| self.keys(n)).collect();
-        let counts = self.broker.queue_counts(&keys).await?;
+        let names: Vec<String> = self.config().queues.keys().cloned().collect();
+        let keys: Vec<QueueKeys> = names.iter().map(|n| self.keys(n)).collect();
+        let bounds: Vec<Bounds> = names.iter().map(|n| self.bounds(n)).collect();
+        let counts = self.broker.queue_counts(&keys, &bounds).await?;
         let node_ids: Vec<String> = counts
             .iter()
             .flat_map(|c| c.nodes.iter().cloned())
@@ -278,7 +311,7 @@ impl Client {
                     .map(|l| l.rate_1m)
                     .sum();
                 let oldest_age_s = counts.head.take().and_then(|item| {
-                    let created = parse_item(&item, usize::MAX).ok()?.envelope.created_at?;
+                    let created = envelope_of(&item)?.created_at?;
                     let at = created.parse::<jiff::Timestamp>().ok()?;
                     Some(((now - at.as_millisecond()).max(0) as f64) / 1000.0)
                 });
@@ -303,20 +336,6 @@ impl Client {
         Ok(self.broker.ping().await?)
     }
 
-    /// Dead jobs of `queue`, newest first, from `start`.
-    pub async fn dead_jobs(
-        &self,
-        queue: &str,
-        start: u64,
-        limit: u64,
-    ) -> Result<Vec<DeadJob>, ApiError> {
-        let entries = self
-            .broker
-            .dead_entries(&self.keys(queue), start, limit)
-            .await?;
-        Ok(entries.iter().map(|e| dead_job(e)).collect())
-    }
-
     /// The first `limit` scheduled jobs of `queue`, soonest first.
     pub async fn scheduled_jobs(
         &self,
@@ -325,18 +344,19 @@ impl Client {
     ) -> Result<Vec<ScheduledJob>, ApiError> {
         let items = self
             .broker
-            .scheduled_entries(&self.keys(queue), limit)
+            .scheduled_entries(&self.keys(queue), limit, self.bounds(queue))
             .await?;
         Ok(items
             .into_iter()
-            .map(|(item, due)| {
-                let job = dead_job(&item);
+            .map(|item| {
+                let job = dead::job_of(&item);
                 ScheduledJob {
                     id: job.id,
-                    due_at: rfc3339_ms(due),
+                    due_at: rfc3339_ms(item.score.unwrap_or(0)),
                     attempt: job.attempt,
                     last_error: job.last_error,
                     payload: job.payload,
+                    truncated: job.truncated,
                 }
             })
             .collect())
@@ -346,17 +366,18 @@ impl Client {
     pub async fn running_jobs(&self, queue: &str, limit: u64) -> Result<Vec<RunningJob>, ApiError> {
         let items = self
             .broker
-            .inflight_entries(&self.keys(queue), limit)
+            .inflight_entries(&self.keys(queue), limit, self.bounds(queue))
             .await?;
         Ok(items
             .into_iter()
             .map(|(node, item)| {
-                let job = dead_job(&item);
+                let job = dead::job_of(&item);
                 RunningJob {
                     id: job.id,
                     node,
                     attempt: job.attempt,
                     payload: job.payload,
+                    truncated: job.truncated,
                 }
             })
             .collect())
@@ -416,76 +437,19 @@ impl Client {
             .await?)
     }
 
-    /// Moves the dead job `id` back to its queue for a new round of attempts.
-    pub async fn retry_dead(&self, queue: &str, id: &str) -> Result<(), ApiError> {
-        let keys = self.keys(queue);
-        let entry = self.find_dead(&keys, id).await?;
-        let moved = self
-            .broker
-            .dead_retry(&keys, &[(entry.clone(), retried_item(&entry))])
-            .await?;
-        match moved {
-            0 => Err(ApiError::NotFound(format!(
-                "no dead job with id {id} in {}",
-                keys.dead
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// Moves every dead job present when it starts back to its queue,
-    /// oldest first; jobs that die again meanwhile are not moved twice.
-    /// How many it moved.
-    pub async fn retry_all_dead(&self, queue: &str) -> Result<u64, ApiError> {
-        let keys = self.keys(queue);
-        let total = self.broker.dead_len(&keys).await?;
-        let (mut seen, mut moved) = (0, 0);
-        while seen < total {
-            // The oldest entries are at the tail; new deaths arrive at the head.
-            let len = self.broker.dead_len(&keys).await?;
-            if len == 0 {
-                break;
-            }
-            let want = PAGE.min(total - seen).min(len);
-            let page = self.broker.dead_entries(&keys, len - want, want).await?;
-            let moves: Vec<_> = page
-                .iter()
-                .rev()
-                .map(|e| (e.clone(), retried_item(e)))
-                .collect();
-            moved += self.broker.dead_retry(&keys, &moves).await?;
-            seen += want;
-        }
-        Ok(moved)
-    }
-
-    /// Deletes the dead job `id` for good.
-    pub async fn purge_dead(&self, queue: &str, id: &str) -> Result<(), ApiError> {
-        let keys = self.keys(queue);
-        let entry = self.find_dead(&keys, id).await?;
-        match self.broker.dead_remove(&keys, &entry).await? {
-            true => Ok(()),
-            false => Err(ApiError::NotFound(format!(
-                "no dead job with id {id} in {}",
-                keys.dead
-            ))),
-        }
-    }
-
-    /// Deletes every dead job of `queue`; how many there were.
-    pub async fn purge_all_dead(&self, queue: &str) -> Result<u64, ApiError> {
-        Ok(self.broker.dead_clear(&self.keys(queue)).await?)
-    }
-
     /// Moves the scheduled job `id` to the head of its queue: it runs next.
     pub async fn run_now(&self, queue: &str, id: &str) -> Result<(), ApiError> {
         let keys = self.keys(queue);
         let missing = || ApiError::NotFound(format!("no scheduled job {id} in queue {queue}"));
         // Promotion may move it between the look and the move: look again.
         for _ in 0..3 {
-            let Some(item) = self.broker.find_scheduled(&keys, id).await? else {
+            let Some(seen) = self.broker.search(&keys.scheduled, Store::Zset, id).await? else {
                 return Err(missing());
             };
+            let reread =
+                self.broker
+                    .reread(&keys.scheduled, Store::Zset, &seen, self.bounds(queue));
+            let Some(item) = reread.await? else { continue };
             if self.broker.run_now(&keys, &item).await? {
                 return Ok(());
             }
@@ -515,18 +479,36 @@ impl Client {
                     "no job {id} waiting, scheduled or running in queue {queue}"
                 )));
             };
-            let (item, was) = match &found {
-                Found::Waiting(item) => (item, Cancelled::Waiting),
-                Found::Scheduled(item) => (item, Cancelled::Scheduled),
+            let (seen, was, key, store) = match &found {
+                Found::Waiting(item) => (item, Cancelled::Waiting, &keys.list, Store::List),
+                Found::Scheduled(item) => {
+                    (item, Cancelled::Scheduled, &keys.scheduled, Store::Zset)
+                }
                 Found::Running(node) => return self.stop_running(&keys, id, node, wait).await,
             };
-            let mut envelope = match parse_item(item, usize::MAX) {
-                Ok(parsed) => parsed.envelope,
-                Err(e) => {
-                    return Err(ApiError::Unfinished(format!(
-                        "the job's item cannot be read: {e}"
-                    )));
+            // Whole if the queue could run it; else its first bytes.
+            let reread = self.broker.reread(key, store, seen, self.bounds(queue));
+            let Some(item) = reread.await? else { continue };
+            let mut envelope = match item.is_whole() {
+                true => match parse_item(&item.bytes, usize::MAX) {
+                    Ok(parsed) => parsed.envelope,
+                    Err(e) => {
+                        return Err(ApiError::Unfinished(format!(
+                            "the job's item cannot be read: {e}"
+                        )));
+                    }
+                },
+                // Too large to run: its dead letter keeps its first bytes.
+                false => {
+                    let mut env = Envelope::new(crate::envelope::null_payload());
+                    id.clone_into(&mut env.id);
+                    env.head = Some(Head::new(&item.bytes, item.size));
+                    env
                 }
+            };
+            let found = match was {
+                Cancelled::Waiting => Found::Waiting(item),
+                _ => Found::Scheduled(item),
             };
             envelope.set_error("cancelled");
             envelope.died_at = Some(now_rfc3339());
@@ -587,13 +569,17 @@ impl Client {
                 humantime::format_duration(wait)
             )));
         }
-        let cancelled = self
-            .broker
-            .dead_entries(keys, 0, 100)
-            .await?
-            .iter()
-            .filter_map(|entry| parse_item(entry, usize::MAX).ok())
-            .any(|p| p.envelope.id == id && p.envelope.last_error.as_deref() == Some("cancelled"));
+        let cancelled = match self.broker.search(&keys.dead, Store::List, id).await? {
+            Some(seen) => {
+                let bounds = self.bounds(&keys.name);
+                let entry = self.broker.reread(&keys.dead, Store::List, &seen, bounds);
+                entry
+                    .await?
+                    .and_then(|e| envelope_of(&e))
+                    .is_some_and(|e| e.last_error.as_deref() == Some("cancelled"))
+            }
+            None => false,
+        };
         match cancelled {
             true => Ok(Cancelled::Running(node.to_owned())),
             false => Err(ApiError::NotFound(format!(
@@ -601,71 +587,13 @@ impl Client {
             ))),
         }
     }
-
-    /// The stored entry of the dead job `id`.
-    async fn find_dead(&self, keys: &QueueKeys, id: &str) -> Result<Vec<u8>, ApiError> {
-        let mut start = 0;
-        loop {
-            let page = self.broker.dead_entries(keys, start, PAGE).await?;
-            if let Some(entry) = page
-                .iter()
-                .find(|e| parse_item(e, usize::MAX).is_ok_and(|p| p.envelope.id == id))
-            {
-                return Ok(entry.clone());
-            }
-            if (page.len() as u64) < PAGE {
-                return Err(ApiError::NotFound(format!(
-                    "no dead job with id {id} in {}",
-                    keys.dead
-                )));
-            }
-            start += PAGE;
-        }
-    }
 }
 
-/// A stored item as a job to show; an unreadable one as its text.
-fn dead_job(entry: &[u8]) -> DeadJob {
-    match parse_item(entry, usize::MAX) {
-        Ok(p) => {
-            let env = p.envelope;
-            let payload = match &env.raw {
-                Some(raw) => String::from_utf8_lossy(&raw.to_bytes()).into_owned(),
-                None => env.payload.get().to_owned(),
-            };
-            DeadJob {
-                id: env.id,
-                attempt: env.attempt,
-                died_at: env.died_at,
-                last_error: env.last_error,
-                payload,
-            }
-        }
-        Err(e) => DeadJob {
-            id: "-".into(),
-            attempt: 0,
-            died_at: None,
-            last_error: Some(format!("unreadable entry: {e}")),
-            payload: String::from_utf8_lossy(entry).into_owned(),
-        },
-    }
-}
-
-/// What to enqueue for a dead entry: the original bytes of an item that was
-/// never a valid job, else the envelope with a fresh set of attempts.
-fn retried_item(entry: &[u8]) -> Vec<u8> {
-    match parse_item(entry, usize::MAX) {
-        Ok(p) => match p.envelope.raw {
-            Some(raw) => raw.to_bytes(),
-            None => {
-                let mut env: Envelope = p.envelope;
-                env.attempt = 0;
-                env.deliveries = 0;
-                env.died_at = None;
-                env.to_json().into_bytes()
-            }
-        },
-        Err(_) => entry.to_vec(),
+/// The envelope of a stored item, whole or as far as its first bytes show it.
+fn envelope_of(item: &Viewed) -> Option<Envelope> {
+    match item.is_whole() {
+        true => parse_item(&item.bytes, usize::MAX).ok().map(|p| p.envelope),
+        false => glimpse(&item.bytes),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::events::{EventSink, StatusUpdate};
+use super::view::{Bounds, Store, Then, Viewed};
 use super::{Broker, BrokerError, QueueKeys, keys, scripts};
 use crate::event::EventBatch;
 
@@ -62,9 +63,10 @@ pub struct QueueCounts {
     /// Nodes listed as possibly holding in-flight jobs of this queue.
     #[serde(skip)]
     pub nodes: Vec<String>,
-    /// The item at the head of the queue (the oldest waiting), if any.
+    /// The item at the head of the queue (the oldest waiting), if any, as
+    /// far as the bounds of [`Broker::queue_counts`] read it.
     #[serde(skip)]
-    pub head: Option<Vec<u8>>,
+    pub head: Option<Viewed>,
     /// Whether the queue is paused (`conveyor pause`).
     pub paused: bool,
 }
@@ -216,25 +218,6 @@ impl Broker {
         Ok(out)
     }
 
-    /// Dead entries `start..start+count`, newest first.
-    pub async fn dead_entries(
-        &self,
-        q: &QueueKeys,
-        start: u64,
-        count: u64,
-    ) -> Result<Vec<Vec<u8>>, BrokerError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn().await?;
-        Ok(redis::cmd("LRANGE")
-            .arg(&q.dead)
-            .arg(start)
-            .arg(start + count - 1)
-            .query_async(&mut conn)
-            .await?)
-    }
-
     /// The dead letter list's length.
     pub async fn dead_len(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
         let mut conn = self.conn().await?;
@@ -260,18 +243,6 @@ impl Broker {
         }
         let mut conn = self.conn().await?;
         Ok(inv.invoke_async(&mut conn).await?)
-    }
-
-    /// Deletes one dead entry; false if it was already gone.
-    pub async fn dead_remove(&self, q: &QueueKeys, entry: &[u8]) -> Result<bool, BrokerError> {
-        let mut conn = self.conn().await?;
-        let removed: u64 = redis::cmd("LREM")
-            .arg(&q.dead)
-            .arg(1)
-            .arg(entry)
-            .query_async(&mut conn)
-            .await?;
-        Ok(removed == 1)
     }
 
     /// Deletes the whole dead letter list; returns how many entries it held.
@@ -341,24 +312,37 @@ impl Broker {
         Ok(out)
     }
 
-    /// Sizes and counters of each queue, in two round trips.
-    /// The stats hash may hold only counters; `LINDEX` reads one item.
+    /// Sizes and counters of each queue, in two round trips. The stats
+    /// hash may hold only counters; the item at the head of each queue is
+    /// read within that queue's `heads` bounds (`lua/view.lua`).
     pub async fn queue_counts(
         &self,
         queues: &[QueueKeys],
+        heads: &[Bounds],
     ) -> Result<Vec<QueueCounts>, BrokerError> {
         // An empty pipeline is an empty command to Redis.
         if queues.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for q in queues {
+        pipe.load_script(&scripts::VIEW).ignore();
+        for (q, head) in queues.iter().zip(heads) {
             pipe.cmd("LLEN").arg(&q.list);
             pipe.cmd("ZCARD").arg(&q.scheduled);
             pipe.cmd("LLEN").arg(&q.dead);
             pipe.cmd("HGETALL").arg(&q.stats);
             pipe.cmd("SMEMBERS").arg(&q.nodes);
-            pipe.cmd("LINDEX").arg(&q.list).arg(0);
+            pipe.invoke_script(
+                scripts::VIEW
+                    .key(&q.list)
+                    .arg("list")
+                    .arg(0)
+                    .arg(1)
+                    .arg(head.whole)
+                    .arg(head.head)
+                    .arg(head.whole)
+                    .arg(""),
+            );
             pipe.cmd("EXISTS").arg(&q.paused);
         }
         let mut conn = self.conn().await?;
@@ -368,7 +352,7 @@ impl Broker {
             u64,
             HashMap<String, u64>,
             Vec<String>,
-            Option<Vec<u8>>,
+            Vec<(u64, Vec<u8>, String)>,
             bool,
         );
         let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
@@ -390,7 +374,12 @@ impl Broker {
                 died: get("dead"),
                 recovered: get("recovered"),
                 nodes,
-                head,
+                head: head.into_iter().next().map(|(size, bytes, _)| Viewed {
+                    index: 0,
+                    size,
+                    bytes,
+                    score: None,
+                }),
                 paused,
             });
         }
@@ -414,74 +403,112 @@ impl Broker {
 }
 
 /// Where `conveyor cancel` found a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Found {
-    /// In the queue list, as this item.
-    Waiting(Vec<u8>),
-    /// In the scheduled set, as this item.
-    Scheduled(Vec<u8>),
+    /// In the queue list, as this item (its first bytes if it is large).
+    Waiting(Viewed),
+    /// In the scheduled set, as this item (its first bytes if it is large).
+    Scheduled(Viewed),
     /// In the in-flight list of this node: a daemon runs it.
     Running(String),
 }
 
-/// Items read per round trip while looking for a job.
-const SEARCH_CHUNK: isize = 1000;
+/// Items read per round trip while looking for a job: at most their first
+/// 4 KiB each (see [`Bounds::heads`]). The first look is shorter: the job
+/// looked for is often near the head (a recent death), and each item a look
+/// passes costs Redis a copy of it.
+const SEARCH_CHUNKS: [u64; 2] = [100, 1000];
+
+/// Whether `item` (whole, or its first bytes) is the job `id`.
+fn names(item: &Viewed, id: &str) -> bool {
+    match item.is_whole() {
+        true => {
+            crate::envelope::parse_item(&item.bytes, usize::MAX).is_ok_and(|p| p.envelope.id == id)
+        }
+        false => crate::envelope::glimpse(&item.bytes).is_some_and(|e| e.id == id),
+    }
+}
 
 impl Broker {
     /// Where the job with id `id` is: waiting, scheduled or running; `None`
-    /// when in none of them. A waiting job is looked for through the whole
-    /// list, a thousand items a round trip.
+    /// when in none of them. Each list is looked through a thousand items a
+    /// round trip, reading at most the first 4 KiB of each.
     pub async fn find_job(&self, q: &QueueKeys, id: &str) -> Result<Option<Found>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let has_id = |item: &[u8]| {
-            crate::envelope::parse_item(item, usize::MAX).is_ok_and(|p| p.envelope.id == id)
-        };
-        let mut start = 0;
-        loop {
-            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(&q.list)
-                .arg(start)
-                .arg(start + SEARCH_CHUNK - 1)
-                .query_async(&mut conn)
-                .await?;
-            if let Some(item) = items.iter().find(|i| has_id(i)) {
-                return Ok(Some(Found::Waiting(item.clone())));
-            }
-            if (items.len() as isize) < SEARCH_CHUNK {
-                break;
-            }
-            start += SEARCH_CHUNK;
+        if let Some(item) = self.search(&q.list, Store::List, id).await? {
+            return Ok(Some(Found::Waiting(item)));
         }
-        let scheduled: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(&q.scheduled)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        if let Some(item) = scheduled.into_iter().find(|i| has_id(i)) {
+        if let Some(item) = self.search(&q.scheduled, Store::Zset, id).await? {
             return Ok(Some(Found::Scheduled(item)));
         }
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&q.nodes)
-            .query_async(&mut conn)
-            .await?;
-        for node in nodes {
-            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(q.inflight_of(&node))
-                .arg(0)
-                .arg(-1)
+        let nodes: Vec<String> = {
+            let mut conn = self.conn().await?;
+            redis::cmd("SMEMBERS")
+                .arg(&q.nodes)
                 .query_async(&mut conn)
-                .await?;
-            if items.iter().any(|i| has_id(i)) {
+                .await?
+        };
+        for node in nodes {
+            if self
+                .search(&q.inflight_of(&node), Store::List, id)
+                .await?
+                .is_some()
+            {
                 return Ok(Some(Found::Running(node)));
             }
         }
         Ok(None)
     }
 
+    /// The first item of `key` that is the job `id`, as far as
+    /// [`Bounds::heads`] reads it.
+    pub async fn search(
+        &self,
+        key: &str,
+        store: Store,
+        id: &str,
+    ) -> Result<Option<Viewed>, BrokerError> {
+        // Stops at the item that begins as conveyor writes the job's.
+        let prefix = format!("{{\"id\":{}", serde_json::Value::from(id));
+        let (mut start, mut chunk) = (0, SEARCH_CHUNKS[0]);
+        loop {
+            let items = self
+                .view_until(key, store, start, chunk, Bounds::heads(), &prefix)
+                .await?;
+            let last = (items.len() as u64) < chunk;
+            if let Some(item) = items.into_iter().find(|i| names(i, id)) {
+                return Ok(Some(item));
+            }
+            if last {
+                return Ok(None);
+            }
+            start += chunk;
+            chunk = SEARCH_CHUNKS[1];
+        }
+    }
+
+    /// `item` read again within `bounds`, if it is still at its place:
+    /// whole when it fits them.
+    pub async fn reread(
+        &self,
+        key: &str,
+        store: Store,
+        item: &Viewed,
+        bounds: Bounds,
+    ) -> Result<Option<Viewed>, BrokerError> {
+        if item.is_whole() {
+            return Ok(Some(item.clone()));
+        }
+        let again = self.view(key, store, item.index, 1, bounds).await?;
+        Ok(again.into_iter().next().filter(|a| {
+            a.size == item.size
+                && a.bytes
+                    .starts_with(&item.bytes[..a.bytes.len().min(item.bytes.len())])
+        }))
+    }
+
     /// Moves a waiting or scheduled job (`found`) to the dead letter list as
     /// `dead_entry`, releasing its unique lock; false if it was no longer
-    /// there.
+    /// there. An item read only in part is moved by its place.
     pub async fn cancel_waiting(
         &self,
         q: &QueueKeys,
@@ -490,12 +517,22 @@ impl Broker {
         dead_cap: u32,
         unique: Option<(&str, &str)>,
     ) -> Result<bool, BrokerError> {
-        let (source, kind, item) = match found {
-            Found::Waiting(item) => (&q.list, "list", item),
-            Found::Scheduled(item) => (&q.scheduled, "zset", item),
+        let (source, kind, seen, store) = match found {
+            Found::Waiting(item) => (&q.list, "list", item, Store::List),
+            Found::Scheduled(item) => (&q.scheduled, "zset", item, Store::Zset),
             Found::Running(_) => return Ok(false),
         };
         let lock = unique.map(|(key, _)| q.unique(key));
+        if !seen.is_whole() {
+            let then = Then::PushHead {
+                key: &q.dead,
+                item: dead_entry.as_bytes(),
+                cap: dead_cap,
+            };
+            let lock = lock.as_deref().zip(unique.map(|(_, id)| id));
+            return self.remove_at(source, store, seen, then, lock).await;
+        }
+        let item = &seen.bytes;
         let mut conn = self.conn().await?;
         let moved: u8 = scripts::CANCEL
             .key(source)
@@ -540,75 +577,56 @@ impl Broker {
 }
 
 impl Broker {
-    /// The first `limit` scheduled items with their due time (ms), soonest first.
+    /// The first `limit` scheduled items, soonest first, read within
+    /// `bounds`, each with its due time (ms) as its score.
     pub async fn scheduled_entries(
         &self,
         q: &QueueKeys,
         limit: u64,
-    ) -> Result<Vec<(Vec<u8>, i64)>, BrokerError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn().await?;
-        let items: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-            .arg(&q.scheduled)
-            .arg(0)
-            .arg(limit - 1)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        Ok(items.into_iter().map(|(i, s)| (i, s as i64)).collect())
+        bounds: Bounds,
+    ) -> Result<Vec<Viewed>, BrokerError> {
+        self.view(&q.scheduled, Store::Zset, 0, limit, bounds).await
     }
 
-    /// Up to `limit` in-flight items of the queue, with the node holding each.
+    /// Up to `limit` in-flight items of the queue, read within `bounds`,
+    /// with the node holding each.
     pub async fn inflight_entries(
         &self,
         q: &QueueKeys,
         limit: u64,
-    ) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&q.nodes)
-            .query_async(&mut conn)
-            .await?;
+        bounds: Bounds,
+    ) -> Result<Vec<(String, Viewed)>, BrokerError> {
+        let nodes: Vec<String> = {
+            let mut conn = self.conn().await?;
+            redis::cmd("SMEMBERS")
+                .arg(&q.nodes)
+                .query_async(&mut conn)
+                .await?
+        };
         let mut out = Vec::new();
         for node in nodes {
             let left = limit.saturating_sub(out.len() as u64);
             if left == 0 {
                 break;
             }
-            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(q.inflight_of(&node))
-                .arg(0)
-                .arg(left - 1)
-                .query_async(&mut conn)
+            let items = self
+                .view(&q.inflight_of(&node), Store::List, 0, left, bounds)
                 .await?;
             out.extend(items.into_iter().map(|i| (node.clone(), i)));
         }
         Ok(out)
     }
 
-    /// The scheduled item of the job `id`, if it is scheduled.
-    pub async fn find_scheduled(
-        &self,
-        q: &QueueKeys,
-        id: &str,
-    ) -> Result<Option<Vec<u8>>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let scheduled: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(&q.scheduled)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        Ok(scheduled.into_iter().find(|item| {
-            crate::envelope::parse_item(item, usize::MAX).is_ok_and(|p| p.envelope.id == id)
-        }))
-    }
-
     /// Moves a scheduled item to the head of its queue; false if it was no
-    /// longer scheduled.
-    pub async fn run_now(&self, q: &QueueKeys, item: &[u8]) -> Result<bool, BrokerError> {
+    /// longer scheduled. An item read only in part moves by its place.
+    pub async fn run_now(&self, q: &QueueKeys, seen: &Viewed) -> Result<bool, BrokerError> {
+        if !seen.is_whole() {
+            let then = Then::MoveHead { key: &q.list };
+            return self
+                .remove_at(&q.scheduled, Store::Zset, seen, then, None)
+                .await;
+        }
+        let item = &seen.bytes;
         let mut conn = self.conn().await?;
         let moved: u8 = scripts::RUN_NOW
             .key(&q.scheduled)

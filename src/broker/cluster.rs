@@ -157,6 +157,11 @@ fn primary_of(slot: Slot) -> SingleNodeRoutingInfo {
     SingleNodeRoutingInfo::SpecificNode(Route::with_slot(slot, SlotAddr::Master))
 }
 
+/// The route to the primary that holds `key`, for a pipeline.
+pub(crate) fn primary_of_key(key: &str) -> SingleNodeRoutingInfo {
+    primary_of(Slot::for_key(key))
+}
+
 /// The route to the primary that holds `key`.
 pub(crate) fn owner_of(key: &str) -> RoutingInfo {
     RoutingInfo::SingleNode(primary_of(Slot::for_key(key)))

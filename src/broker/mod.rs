@@ -35,6 +35,7 @@ mod scripts;
 pub mod sent;
 mod target;
 pub mod ticks;
+pub mod view;
 pub mod writes;
 
 pub use keys::QueueKeys;
@@ -571,6 +572,31 @@ impl Conn {
             }
         };
         Ok(redis::from_redis_value(value)?)
+    }
+
+    /// Sends `pipeline` where `key` lives and reads `replies` replies:
+    /// fewer than its commands when some are silenced (`CLIENT REPLY OFF`).
+    /// On a cluster the whole pipeline goes to the primary that holds `key`.
+    pub(crate) async fn pipeline_at(
+        &mut self,
+        key: &str,
+        pipeline: Pipeline,
+        replies: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        let result = match &mut self.inner {
+            Link::Single(c) => c.req_packed_commands(&pipeline, 0, replies).await,
+            Link::Cluster(c) => {
+                c.route_pipeline(pipeline, 0, replies, cluster::primary_of_key(key))
+                    .await
+            }
+        };
+        self.note(&result);
+        if let Ok(values) = &result {
+            if target::holds_readonly(values) {
+                self.broke();
+            }
+        }
+        result
     }
 
     fn broke(&self) {

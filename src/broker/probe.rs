@@ -120,10 +120,16 @@ fn denial(
     }
 }
 
-/// What a fetcher does to its connection: name it, learn its id, and
-/// unblock a connection (its own: nothing is blocked, nothing happens).
+/// What a fetcher does to its connection: name it, learn its id, switch
+/// its replies on (and off, around its wait), and unblock a connection
+/// (its own: nothing is blocked, nothing happens).
 async fn client(conn: &mut super::Conn) -> Result<(), redis::RedisError> {
     let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
+    redis::cmd("CLIENT")
+        .arg("REPLY")
+        .arg("ON")
+        .query_async::<()>(conn)
+        .await?;
     redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(format!("conveyor:{PROBE}"))

@@ -5,8 +5,56 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::{FromRedisValue, ScriptInvocation, Value};
+
 use super::events::{StatusUpdate, TrackArgs};
 use super::{Broker, BrokerError, Conn, QueueKeys, keys, scripts};
+use crate::envelope::{HEAD_BYTES, item_limit, new_id};
+
+/// What one take moved into this node's in-flight list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// The items, oldest first; a stand-in in the place of an item too
+    /// large to read.
+    pub items: Vec<Vec<u8>>,
+    /// Whether the one item taken is a suspect, to be run alone:
+    /// `lua/take.lua`'s verdict, the only definition of a suspect.
+    pub suspect: bool,
+}
+
+impl FromRedisValue for Taken {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        let mut values: Vec<Value> = FromRedisValue::from_redis_value(v)?;
+        if values.is_empty() {
+            return Err("take.lua returns its verdict first".into());
+        }
+        let suspect: i64 = FromRedisValue::from_redis_value(values.remove(0))?;
+        let items = values
+            .into_iter()
+            .map(FromRedisValue::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        Ok(Taken {
+            items,
+            suspect: suspect == 1,
+        })
+    }
+}
+
+/// `lua/take.lua` for a queue whose payloads may be `max_payload_bytes`
+/// long: its one encoder, for the batched take and the blocking fetch.
+fn take_invocation(
+    keys: &QueueKeys,
+    max: usize,
+    max_payload_bytes: usize,
+) -> ScriptInvocation<'static> {
+    let mut inv = scripts::TAKE.key(&keys.list);
+    inv.key(&keys.inflight)
+        .arg(max)
+        .arg(item_limit(max_payload_bytes))
+        .arg(HEAD_BYTES)
+        .arg(new_id());
+    inv
+}
 
 /// How a job's run ended, as recorded in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,18 +174,18 @@ impl QueueStore {
         &self.broker
     }
 
-    /// Moves up to `max` waiting jobs into this node's in-flight list.
-    pub async fn take(&self, max: usize) -> Result<Vec<Vec<u8>>, BrokerError> {
+    /// Moves up to `max` waiting jobs into this node's in-flight list; an
+    /// item larger than the queue's payloads may be (`max_payload_bytes`
+    /// and the envelope's allowance) goes there as its stand-in, read by no
+    /// one (see `lua/take.lua`).
+    pub async fn take(&self, max: usize, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
         let mut conn = self.broker.conn().await?;
-        Ok(scripts::TAKE
-            .key(&self.keys.list)
-            .key(&self.keys.inflight)
-            .arg(max)
+        Ok(take_invocation(&self.keys, max, max_payload_bytes)
             .invoke_async(&mut conn)
             .await?)
     }
 
-    /// A dedicated connection for blocking pops of at most `block` each.
+    /// A dedicated connection for blocking fetches of at most `block` each.
     pub async fn fetcher(&self, block: Duration) -> Result<Fetcher, BrokerError> {
         let mut conn = self.broker.dedicated(block).await?;
         // Named for CLIENT LIST; its id lets a stop cut a pop short.
@@ -151,6 +199,10 @@ impl QueueStore {
         let mut id = redis::cmd("CLIENT");
         id.arg("ID");
         let client_id: u64 = conn.query_at(list, &id).await?;
+        // The fetch sends take.lua by its hash (see `Fetcher::next`): loaded
+        // here, on the server this connection talks to. After a restart of
+        // Redis this connection breaks and its successor loads it again.
+        scripts::TAKE.load_async(&mut conn).await?;
         Ok(Fetcher {
             conn,
             client_id,
@@ -220,18 +272,23 @@ impl QueueStore {
             .await?)
     }
 
-    /// Up to `limit` items of a node's in-flight list, oldest first.
+    /// Up to `limit` items of a dead node's in-flight list, oldest first,
+    /// each item too large to read first replaced there by its stand-in
+    /// (earlier versions parked such items in flight; see `lua/shrink.lua`).
     pub async fn inflight_items(
         &self,
         node: &str,
         limit: usize,
+        max_payload_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, BrokerError> {
         let mut conn = self.broker.conn().await?;
-        Ok(redis::cmd("LRANGE")
-            .arg(self.keys.inflight_of(node))
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(&mut conn)
+        Ok(scripts::SHRINK
+            .key(self.keys.inflight_of(node))
+            .arg(limit)
+            .arg(item_limit(max_payload_bytes))
+            .arg(HEAD_BYTES)
+            .arg(new_id())
+            .invoke_async(&mut conn)
             .await?)
     }
 
@@ -310,6 +367,15 @@ impl QueueStore {
 }
 
 /// A dedicated connection that waits for jobs with `BLMOVE`.
+///
+/// `BLMOVE` replies with the item it moved, whole: a 100 MB item pushed to
+/// an idle queue would be read into memory before anything could look at
+/// its size. So the fetch only waits with it: `BLMOVE K K LEFT LEFT` leaves
+/// the queue as it was (the head goes back where it came from) and its
+/// reply is switched off (`CLIENT REPLY OFF`); `lua/take.lua`, sent in the
+/// same round trip right behind it, takes the job, or its stand-in. A job
+/// still reaches an idle daemon the moment it is pushed, in one round trip,
+/// and a job sits in no list of this node until the script took it.
 pub struct Fetcher {
     conn: Conn,
     client_id: u64,
@@ -323,13 +389,14 @@ impl Fetcher {
         self.client_id
     }
 
-    /// Waits up to the block time for one job and parks it in this node's
-    /// in-flight list. `None` when none came.
+    /// Waits up to the block time for a job and parks it in this node's
+    /// in-flight list (as its stand-in if it is too large to read for a
+    /// queue of `max_payload_bytes`). Empty when none came.
     ///
-    /// Do not drop this future to stop waiting: if Redis moved a job just
+    /// Do not drop this future to stop waiting: if Redis took a job just
     /// then, it would sit in the in-flight list unseen. Cut the wait short
     /// with [`Broker::unblock`] and let the future finish instead.
-    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, BrokerError> {
+    pub async fn next(&mut self, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
         if self.conn.is_stale() {
             // The master it waits on is gone or demoted: a new fetcher
             // connects to the new one.
@@ -338,13 +405,26 @@ impl Fetcher {
                 "the Redis master changed; reconnecting",
             ))));
         }
-        Ok(redis::cmd("BLMOVE")
-            .arg(&self.keys.list)
-            .arg(&self.keys.inflight)
+        let list = &self.keys.list;
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("REPLY").arg("OFF");
+        pipe.cmd("BLMOVE")
+            .arg(list)
+            .arg(list)
             .arg("LEFT")
-            .arg("RIGHT")
-            .arg(self.block.as_secs_f64())
-            .query_async(&mut self.conn)
-            .await?)
+            .arg("LEFT")
+            .arg(self.block.as_secs_f64());
+        pipe.cmd("CLIENT").arg("REPLY").arg("ON");
+        pipe.invoke_script(&take_invocation(&self.keys, 1, max_payload_bytes));
+        // Four commands, two replies: REPLY ON's and the script's.
+        let mut replies = self.conn.pipeline_at(list, pipe, 2).await?.into_iter();
+        match (replies.next(), replies.next()) {
+            (Some(_ok), Some(Value::ServerError(e))) => Err(BrokerError::Redis(e.into())),
+            (Some(_ok), Some(taken)) => Ok(Taken::from_redis_value(taken)?),
+            _ => Err(BrokerError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a blocking fetch got fewer replies than it asked for",
+            )))),
+        }
     }
 }

@@ -15,9 +15,22 @@ macro_rules! script {
         pub(crate) static $name: LazyLock<Script> =
             LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
     };
+    // A script that reads list items, after the functions of `stand_in.lua`.
+    ($name:ident, $file:literal, stand_in) => {
+        #[doc = concat!("`lua/", $file, "`, after `lua/stand_in.lua`")]
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/stand_in.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        });
+    };
 }
 
-script!(TAKE, "take.lua");
+script!(TAKE, "take.lua", stand_in);
+script!(SHRINK, "shrink.lua", stand_in);
+script!(VIEW, "view.lua");
+script!(REMOVE_AT, "remove_at.lua");
 script!(FINISH, "finish.lua");
 script!(PUBLISH_IF_HEARD, "publish_if_heard.lua");
 script!(RECOVER, "recover.lua");

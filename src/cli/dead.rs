@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{UsageError, connect, load_config};
-use crate::api::Client;
+use crate::api::{Client, DeadJob};
 use crate::broker::QueueKeys;
 
 /// Options of `conveyor dead`.
@@ -75,8 +75,20 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         Action::Retry {
             queue, all: true, ..
         } => {
-            let moved = client.retry_all_dead(&queue).await?;
-            eprintln!("conveyor: moved {moved} dead jobs back to {}", key(&queue));
+            let done = client.retry_all_dead_counted(&queue).await?;
+            eprintln!(
+                "conveyor: moved {} dead jobs back to {}",
+                done.moved,
+                key(&queue)
+            );
+            if done.kept > 0 {
+                eprintln!(
+                    "conveyor: {} left in {}: too large to run again (purge them), or they \
+                     moved meanwhile",
+                    done.kept,
+                    QueueKeys::new(&queue, &key(&queue), "cli").dead
+                );
+            }
             Ok(())
         }
         Action::Purge {
@@ -109,10 +121,13 @@ async fn list(
     limit: u64,
 ) -> anyhow::Result<()> {
     if json {
-        // Each entry as stored.
-        let keys = QueueKeys::new(queue, key, "cli");
-        for e in client.broker().dead_entries(&keys, 0, limit).await? {
-            println!("{}", String::from_utf8_lossy(&e));
+        // Each entry as stored; one larger than the queue's jobs may be, as
+        // its id, size and first bytes (`truncated`).
+        for e in client.dead_entries(queue, 0, limit).await? {
+            match e.is_whole() {
+                true => println!("{}", String::from_utf8_lossy(&e.bytes)),
+                false => println!("{}", serde_json::to_string(&DeadJob::of(&e))?),
+            }
         }
         return Ok(());
     }

@@ -17,7 +17,7 @@ use crate::config::{Config, EventLevel};
 use crate::event::{Draft, EventType};
 
 use crate::clock::{now_ms, now_rfc3339};
-use crate::envelope::{new_envelope_json, new_id};
+use crate::envelope::{check_size, new_envelope_json, new_id};
 
 /// Jobs per pipeline when loading a file.
 const CHUNK: usize = 2000;
@@ -94,12 +94,16 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     // Payloads borrow from the text read: validated once, copied once (into
     // their envelope).
     let text = read_input(&args)?;
+    let limit = Limit {
+        max_bytes,
+        envelope: envelope_overhead(&args),
+    };
     let payloads = match &args.file {
         None => vec![
-            check_payload(text.trim(), max_bytes)
+            check_payload(text.trim(), limit)
                 .map_err(|e| InputError(format!("invalid payload: {e}")))?,
         ],
-        Some(path) => payloads_of(path, &text, max_bytes)?,
+        Some(path) => payloads_of(path, &text, limit)?,
     };
     let mut announcer = Announcer::new(&config, &args.queue);
     let broker = connect(&config).await?;
@@ -345,11 +349,7 @@ fn read_input(args: &Args) -> anyhow::Result<String> {
 
 /// The payloads of an NDJSON text, one per non-blank line; every bad line
 /// reported, and then nothing is enqueued.
-fn payloads_of<'a>(
-    path: &Path,
-    text: &'a str,
-    max_bytes: usize,
-) -> anyhow::Result<Vec<&'a RawValue>> {
+fn payloads_of<'a>(path: &Path, text: &'a str, limit: Limit) -> anyhow::Result<Vec<&'a RawValue>> {
     let mut payloads = Vec::new();
     let mut bad = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -357,7 +357,7 @@ fn payloads_of<'a>(
         if line.is_empty() {
             continue;
         }
-        match check_payload(line, max_bytes) {
+        match check_payload(line, limit) {
             Ok(p) => payloads.push(p),
             Err(e) => bad.push(format!("  line {}: {e}", n + 1)),
         }
@@ -383,12 +383,36 @@ fn payloads_of<'a>(
     Ok(payloads)
 }
 
-fn check_payload(text: &str, max_bytes: usize) -> Result<&RawValue, String> {
-    if text.len() > max_bytes {
-        return Err(format!(
-            "{} bytes exceeds the queue's max_payload_bytes ({max_bytes})",
-            text.len()
-        ));
-    }
+/// What a job of this command may weigh: the queue's `max_payload_bytes`,
+/// and the bytes its envelope adds to a payload.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max_bytes: usize,
+    envelope: usize,
+}
+
+/// The bytes this command's envelope adds around a payload: its id, time,
+/// attempts and unique key (a digest is 64 characters, like every other).
+fn envelope_overhead(args: &Args) -> usize {
+    let key = args
+        .unique_for
+        .map(|_| args.unique_key.clone().unwrap_or_else(|| digest("")));
+    let zero = RawValue::from_string("0".into()).expect("0 is JSON");
+    new_envelope_json(
+        &new_id(),
+        &zero,
+        args.max_attempts,
+        &now_rfc3339(),
+        key.as_deref(),
+    )
+    .len()
+        - 1
+}
+
+/// A payload the daemon will run: JSON, within the size rule the daemon
+/// applies to what it takes (`envelope::check_size`), envelope included.
+fn check_payload(text: &str, limit: Limit) -> Result<&RawValue, String> {
+    check_size(text.len() + limit.envelope, text.len(), limit.max_bytes)
+        .map_err(|e| e.to_string())?;
     serde_json::from_str::<&RawValue>(text).map_err(|e| format!("not JSON: {e}"))
 }

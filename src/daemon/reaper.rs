@@ -77,7 +77,9 @@ impl Reaper {
         let store = p.store();
         let queue = &store.keys().name;
         loop {
-            let items = store.inflight_items(node, BATCH).await?;
+            let items = store
+                .inflight_items(node, BATCH, p.max_payload_bytes())
+                .await?;
             if items.is_empty() {
                 store.forget_node_if_idle(node).await?;
                 return Ok(());
@@ -153,10 +155,8 @@ impl Reaper {
                 }
             }
             Err(malformed) => {
-                let mut env = Envelope::for_malformed(&item);
+                let env = Envelope::dead_letter(&item, &malformed, now_rfc3339());
                 let error = malformed.to_string();
-                env.set_error(&error);
-                env.died_at = Some(now_rfc3339());
                 let event = Draft::job(EventType::Dead, queue.to_owned(), env.id.clone(), 0)
                     .error(error)
                     .reason("malformed");

@@ -170,7 +170,9 @@ impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match &e {
             ApiError::NotFound(_) => Failure(StatusCode::NOT_FOUND, e.to_string()),
-            ApiError::Unfinished(_) => Failure(StatusCode::CONFLICT, e.to_string()),
+            ApiError::Unfinished(_) | ApiError::Refused(_) => {
+                Failure(StatusCode::CONFLICT, e.to_string())
+            }
             ApiError::Broker(b) if b.is_unavailable() => {
                 Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }

@@ -223,14 +223,22 @@ async fn read(web: &Web) -> Result<Page, crate::api::ApiError> {
     })
 }
 
+/// A dead job's row. One that kept only the first bytes of its item (too
+/// large to read) says so, with the item's size.
 fn dead_row(j: DeadJob) -> JobRow {
-    row(
+    let (truncated, size) = (j.truncated, j.size);
+    let mut row = row(
         j.id,
         j.attempt,
         j.died_at.unwrap_or_default(),
         j.last_error,
         j.payload,
-    )
+    );
+    if truncated {
+        row.payload
+            .push_str(&format!(" [first bytes of {size} bytes]"));
+    }
+    row
 }
 
 fn row(id: String, attempt: u32, when: String, error: Option<String>, payload: String) -> JobRow {

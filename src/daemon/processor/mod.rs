@@ -26,10 +26,10 @@ use super::retry::Retry;
 use super::throughput::Throughput;
 use super::writer::{Events, Outcomes};
 use crate::broker::BrokerError;
-use crate::broker::queue::{Fetcher, Move, QueueStore, RecoverTo, Recovered};
+use crate::broker::queue::{Fetcher, Move, QueueStore, RecoverTo, Recovered, Taken};
 use crate::clock::now_ms;
 use crate::config::QueueConfig;
-use crate::envelope::{is_suspect, parse_item};
+use crate::envelope::parse_item;
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
 use crate::metrics::{Metrics, QueueMetrics};
@@ -58,8 +58,9 @@ struct Work {
     /// Its entry in [`Processor::held`].
     held: usize,
     reserved: Reservation,
-    /// For a suspect: keeps fetchers from taking anything until it is done.
-    _suspect: Option<Pending>,
+    /// For a suspect (`lua/take.lua`'s verdict): keeps fetchers from
+    /// taking anything until it is done.
+    suspect: Option<Pending>,
 }
 
 /// What a job holds from before it is taken: one of the `concurrency`
@@ -279,8 +280,9 @@ impl Processor {
         self.config.concurrency
     }
 
-    /// The largest item this queue reads; larger ones are dead-lettered
-    /// with their bytes untouched.
+    /// The largest payload this queue runs (`envelope::check_size`); a
+    /// larger item is dead-lettered whole, or beyond the envelope's
+    /// allowance as the first bytes and size its stand-in keeps.
     pub(crate) fn max_payload_bytes(&self) -> usize {
         self.config.max_payload_bytes
     }
@@ -414,22 +416,22 @@ impl Processor {
                         None => break,
                     }
                 }
-                self.in_call(self.store.take(permits.len()))
+                let max_payload_bytes = self.config.max_payload_bytes;
+                self.in_call(self.store.take(permits.len(), max_payload_bytes))
                     .await
-                    .inspect(|items| {
-                        backlog = items.len() == permits.len();
+                    .inspect(|taken| {
+                        backlog = taken.items.len() == permits.len();
                     })
             } else {
                 self.in_call(self.blocking_pop(&mut fetcher, &stop))
                     .await
-                    .map(|item| {
+                    .inspect(|taken| {
                         // After a job arrives there may be more behind it.
-                        backlog = item.is_some();
-                        item.into_iter().collect()
+                        backlog = !taken.items.is_empty();
                     })
             };
             match taken {
-                Ok(items) => {
+                Ok(Taken { items, suspect }) => {
                     retry.succeeded();
                     let items: Vec<Bytes> = items.into_iter().map(Bytes::from).collect();
                     let keys: Vec<usize> = {
@@ -439,12 +441,12 @@ impl Processor {
                     for ((item, held), reserved) in items.into_iter().zip(keys).zip(permits) {
                         // Marked before the next take, so that nothing joins
                         // a suspect in the in-flight list (it comes alone).
-                        let pending = is_suspect(&item).then(|| self.isolation.pending());
+                        let pending = suspect.then(|| self.isolation.pending());
                         let work = Work {
                             item,
                             held,
                             reserved,
-                            _suspect: pending,
+                            suspect: pending,
                         };
                         if tx.send(work).await.is_err() {
                             // Only if every slot is gone; the shutdown sweep requeues the job.
@@ -575,21 +577,21 @@ impl Processor {
         Ok(requeued)
     }
 
-    /// One `BLMOVE`. A stop cuts the wait short through `CLIENT UNBLOCK`
-    /// rather than by dropping the call, so a job moved at that instant is
-    /// still seen (and run).
+    /// One blocking fetch (see [`Fetcher`]). A stop cuts the wait short
+    /// through `CLIENT UNBLOCK` rather than by dropping the call, so a job
+    /// taken at that instant is still seen (and run).
     async fn blocking_pop(
         &self,
         fetcher: &mut Option<Fetcher>,
         stop: &CancellationToken,
-    ) -> Result<Option<Vec<u8>>, BrokerError> {
+    ) -> Result<Taken, BrokerError> {
         let f = match fetcher {
             Some(f) => f,
             None => fetcher.insert(self.store.fetcher(BLOCK).await?),
         };
         let client_id = f.client_id();
         let mut paused = self.paused.subscribe();
-        let pop = f.next();
+        let pop = f.next(self.config.max_payload_bytes);
         tokio::pin!(pop);
         tokio::select! {
             biased;
@@ -618,16 +620,17 @@ impl Processor {
                 item,
                 held,
                 reserved: Reservation { slot, flight },
-                _suspect,
+                suspect,
             } = work;
-            self.process(item, Busy::new(&self.running, slot), &abandon)
-                .await;
+            let busy = Busy::new(&self.running, slot);
+            self.process(item, suspect.is_some(), busy, &abandon).await;
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(held);
             drop(flight);
+            drop(suspect);
         }
     }
 

@@ -20,19 +20,28 @@ use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
 use crate::config::{EventLevel, human};
 use crate::daemon::retry::Retry;
 use crate::daemon::writer::Recorded;
-use crate::envelope::{Envelope, Malformed, parse_item};
+use crate::envelope::{Envelope, Malformed, read_job};
 use crate::event::{Draft, EventType};
 use crate::job::HandlerError;
 use crate::job::Job;
 
 impl Processor {
-    /// Reads a taken item and runs it, or dead-letters it if it cannot be read.
-    pub(super) async fn process(&self, item: Bytes, busy: Busy<'_>, abandon: &CancellationToken) {
-        match parse_item(&item, self.config.max_payload_bytes) {
+    /// Reads a taken item and runs it (alone if `suspect`: `lua/take.lua`
+    /// said so), or dead-letters it if it cannot be read.
+    pub(super) async fn process(
+        &self,
+        item: Bytes,
+        suspect: bool,
+        busy: Busy<'_>,
+        abandon: &CancellationToken,
+    ) {
+        match read_job(&item, self.config.max_payload_bytes) {
             Ok(parsed) => {
                 let job = Job::new(self.name.clone(), item, parsed);
                 let span = tracing::info_span!("job", id = %job.id(), queue = %self.name, attempt = job.attempt());
-                self.run_job(job, busy, abandon).instrument(span).await;
+                self.run_job(job, suspect, busy, abandon)
+                    .instrument(span)
+                    .await;
             }
             Err(malformed) => {
                 drop(busy);
@@ -42,7 +51,13 @@ impl Processor {
     }
 
     /// Runs the job's handler while it holds `busy`, then records the outcome.
-    async fn run_job(&self, mut job: Job, busy: Busy<'_>, abandon: &CancellationToken) {
+    async fn run_job(
+        &self,
+        mut job: Job,
+        suspect: bool,
+        busy: Busy<'_>,
+        abandon: &CancellationToken,
+    ) {
         let max_attempts = job.max_attempts(self.config.max_attempts);
         if job.envelope().attempt >= max_attempts {
             let reason = format!(
@@ -75,7 +90,6 @@ impl Processor {
             self.scheduler.notify_one();
             return;
         }
-        let suspect = !job.was_raw() && job.envelope().deliveries > 0;
         let (_entered, _isolated);
         if suspect {
             tracing::info!(
@@ -327,18 +341,25 @@ impl Processor {
         }
     }
 
+    /// Dead-letters an item that cannot run, under its own id when it
+    /// names one (an envelope too large), keeping its bytes or, for an item
+    /// too large to read, the first bytes and size its stand-in holds.
     async fn dead_letter_malformed(&self, item: Bytes, malformed: Malformed) {
-        let mut env = Envelope::for_malformed(&item);
+        let env = Envelope::dead_letter(&item, &malformed, now_rfc3339());
         let error = malformed.to_string();
-        env.set_error(&error);
-        env.died_at = Some(now_rfc3339());
         tracing::warn!(queue = %self.name, id = %env.id, error = %malformed, "malformed item dead-lettered");
+        let status = self.status(&env.id, "dead", env.attempt, || {
+            vec![
+                ("last_error", error.clone()),
+                ("finished_at", now_rfc3339()),
+            ]
+        });
         let outcome = Outcome::Dead {
             envelope: env.to_json(),
             id: env.id.clone(),
             unique_key: None,
         };
-        if self.record(item, outcome, None).await {
+        if self.record(item, outcome, status).await {
             self.metrics.dead();
             self.emit(EventType::Dead, |kind| {
                 Draft::job(kind, &*self.name, &env.id, 0)

@@ -1,0 +1,219 @@
+//! Reading stored items without carrying a large one. Every admin read of a
+//! queue's lists (waiting, scheduled, in flight, dead) goes through
+//! `lua/view.lua`, which returns an item whole only up to a bound, and else
+//! its first bytes with its size; `lua/remove_at.lua` acts on an item by
+//! its place, so that one too large to read is never sent back either. A
+//! dead list written by an earlier version may hold entries of 100 MB:
+//! `conveyor dead`, `cancel` and the dashboard read a few KiB of each.
+
+use super::{Broker, BrokerError, scripts};
+use crate::envelope::item_limit;
+
+/// First bytes read of an item larger than a view's bound: room for every
+/// field conveyor writes before a payload (an id of 200 characters, even
+/// escaped) and a glimpse of the payload.
+pub const VIEW_HEAD: usize = 4096;
+
+/// Bytes of items one script call reads at most (it reads at least one).
+const BUDGET: usize = 8 << 20;
+
+/// What holds the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A list, read from its head.
+    List,
+    /// A sorted set, read by rank, lowest score first.
+    Zset,
+}
+
+impl Store {
+    fn as_str(self) -> &'static str {
+        match self {
+            Store::List => "list",
+            Store::Zset => "zset",
+        }
+    }
+}
+
+/// How much of each item a view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// An item up to this many bytes is read whole.
+    pub whole: usize,
+    /// Of a larger one, this many first bytes.
+    pub head: usize,
+}
+
+impl Bounds {
+    /// Whole, every item a queue of `max_payload_bytes` would run (and
+    /// every dead entry written for one); of a larger one, [`VIEW_HEAD`].
+    pub fn for_queue(max_payload_bytes: usize) -> Self {
+        Self {
+            whole: item_limit(max_payload_bytes),
+            head: VIEW_HEAD,
+        }
+    }
+
+    /// Only the first [`VIEW_HEAD`] bytes of each item: enough to find an
+    /// id, for searches.
+    pub fn heads() -> Self {
+        Self {
+            whole: VIEW_HEAD,
+            head: VIEW_HEAD,
+        }
+    }
+}
+
+/// One item as a view read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewed {
+    /// Its index in the list (its rank in a sorted set) when it was read.
+    pub index: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// All of it, or its first bytes.
+    pub bytes: Vec<u8>,
+    /// Its score, in a sorted set (conveyor's are times in ms).
+    pub score: Option<i64>,
+}
+
+impl Viewed {
+    /// Whether `bytes` is all of the item.
+    pub fn is_whole(&self) -> bool {
+        self.bytes.len() as u64 == self.size
+    }
+}
+
+/// What takes a removed item's place.
+#[derive(Debug, Clone, Copy)]
+pub enum Then<'a> {
+    /// Nothing: the item is deleted.
+    Nothing,
+    /// `item` goes to the head of list `key`, cut to `cap` entries (0: no cap).
+    PushHead {
+        /// The list.
+        key: &'a str,
+        /// What to push.
+        item: &'a [u8],
+        /// The list's length cap, 0 for none.
+        cap: u32,
+    },
+    /// `item` goes to the tail of list `key`.
+    PushTail {
+        /// The list.
+        key: &'a str,
+        /// What to push.
+        item: &'a [u8],
+    },
+    /// The item itself goes to the head of list `key`, never read here.
+    MoveHead {
+        /// The list.
+        key: &'a str,
+    },
+}
+
+impl Broker {
+    /// Up to `count` items of `key` from index `start`, read within
+    /// `bounds`; fewer only where the list or set ends.
+    pub async fn view(
+        &self,
+        key: &str,
+        store: Store,
+        start: u64,
+        count: u64,
+        bounds: Bounds,
+    ) -> Result<Vec<Viewed>, BrokerError> {
+        self.view_until(key, store, start, count, bounds, "").await
+    }
+
+    /// [`Broker::view`], ending early after an item that begins with
+    /// `prefix` (unless it is empty): what a search reads.
+    pub async fn view_until(
+        &self,
+        key: &str,
+        store: Store,
+        start: u64,
+        count: u64,
+        bounds: Bounds,
+        prefix: &str,
+    ) -> Result<Vec<Viewed>, BrokerError> {
+        let mut out: Vec<Viewed> = Vec::new();
+        let mut conn = self.conn().await?;
+        while (out.len() as u64) < count {
+            let from = start + out.len() as u64;
+            let flat: Vec<redis::Value> = scripts::VIEW
+                .key(key)
+                .arg(store.as_str())
+                .arg(from)
+                .arg(count - out.len() as u64)
+                .arg(bounds.whole)
+                .arg(bounds.head)
+                .arg(BUDGET)
+                .arg(prefix)
+                .invoke_async(&mut conn)
+                .await?;
+            if flat.is_empty() {
+                break;
+            }
+            let found = !prefix.is_empty()
+                && flat
+                    .get(flat.len().saturating_sub(2))
+                    .is_some_and(|b| matches!(b, redis::Value::BulkString(b) if b.starts_with(prefix.as_bytes())));
+            let mut values = flat.into_iter();
+            let mut index = from;
+            while let (Some(size), Some(bytes), Some(score)) =
+                (values.next(), values.next(), values.next())
+            {
+                let score: String = redis::from_redis_value(score)?;
+                out.push(Viewed {
+                    index,
+                    size: redis::from_redis_value(size)?,
+                    bytes: redis::from_redis_value(bytes)?,
+                    score: score.parse::<f64>().ok().map(|s| s as i64),
+                });
+                index += 1;
+            }
+            if found {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the item `seen` from `key` if it is still where it was read
+    /// (the same size and first bytes there), does `then`, and releases
+    /// the unique lock `lock` (its key and the id that must hold it).
+    /// Whether the item was still there.
+    pub async fn remove_at(
+        &self,
+        key: &str,
+        store: Store,
+        seen: &Viewed,
+        then: Then<'_>,
+        lock: Option<(&str, &str)>,
+    ) -> Result<bool, BrokerError> {
+        let (target, item, end, cap): (&str, &[u8], &str, u32) = match then {
+            Then::Nothing => (key, b"", "head", 0),
+            Then::PushHead { key, item, cap } => (key, item, "head", cap),
+            Then::PushTail { key, item } => (key, item, "tail", 0),
+            Then::MoveHead { key } => (key, b"", "move", 0),
+        };
+        let first = &seen.bytes[..seen.bytes.len().min(VIEW_HEAD)];
+        let mut conn = self.conn().await?;
+        let removed: u8 = scripts::REMOVE_AT
+            .key(key)
+            .key(target)
+            .key(lock.map_or(key, |(k, _)| k))
+            .arg(store.as_str())
+            .arg(seen.index)
+            .arg(seen.size)
+            .arg(first)
+            .arg(item)
+            .arg(end)
+            .arg(cap)
+            .arg(lock.map_or("", |(_, id)| id))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+}
