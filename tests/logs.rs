@@ -181,7 +181,7 @@ async fn nothing_a_job_a_worker_or_a_receiver_sends_forges_a_text_log_line() {
     std::fs::write(&worker, FORGING_WORKER).unwrap();
     let queues = format!(
         "[queues.hooks]\nhandler = \"http\"\n[queues.hooks.http]\nurl = \"{}\"\n\
-         [queues.work]\nhandler = \"exec\"\n[queues.work.exec]\ncommand = [\"python3\", {:?}]\n\
+         [queues.work]\nhandler = \"exec\"\ntrack = true\n[queues.work.exec]\ncommand = [\"python3\", {:?}]\n\
          [queues.ids]\nhandler = \"fault\"\n",
         server.url("/forge"),
         worker.display().to_string()
@@ -259,6 +259,25 @@ async fn nothing_a_job_a_worker_or_a_receiver_sends_forges_a_text_log_line() {
             "{line}"
         );
         assert!(line.contains("\\x1b"), "{line}");
+    }
+    // What an operator reads of those jobs afterwards is escaped too.
+    let config = cfg.to_str().unwrap();
+    let mut outputs = Vec::new();
+    for queue in ["hooks", "work", "ids"] {
+        outputs.push(run_cli(&["dead", "list", queue, "--config", config]));
+    }
+    outputs.push(run_cli(&["status", "work-1", "--config", config]));
+    for (code, out, err) in outputs {
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("forged by"), "{out}");
+        assert!(
+            !out.chars().any(|c| c != '\n' && c.is_control()),
+            "a raw control character: {out:?}"
+        );
+        assert!(
+            out.lines().all(|l| !l.starts_with("1999-")),
+            "a forged line: {out}"
+        );
     }
 }
 

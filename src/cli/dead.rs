@@ -5,6 +5,7 @@ use std::path::Path;
 use super::{UsageError, connect, load_config};
 use crate::api::{Client, DeadJob};
 use crate::broker::QueueKeys;
+use crate::logging::escaped;
 
 /// Options of `conveyor dead`.
 #[derive(Debug, clap::Args)]
@@ -137,14 +138,15 @@ async fn list(
         return Ok(());
     }
     println!("{:<24}  {:<32}  {:>7}  error", "died_at", "id", "attempt");
+    // Ids and errors come from producers, workers and remote servers:
+    // escaped, so none of them reaches the terminal as a control sequence.
     for job in &jobs {
-        let error = job.last_error.as_deref().unwrap_or("-").replace('\n', " ");
         println!(
             "{:<24}  {:<32}  {:>7}  {}",
-            job.died_at.as_deref().unwrap_or("-"),
-            job.id,
+            escaped(job.died_at.as_deref().unwrap_or("-")),
+            escaped(&job.id),
             job.attempt,
-            error
+            escaped(job.last_error.as_deref().unwrap_or("-"))
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::{InputError, connect, load_config};
+use crate::logging::escaped;
 
 /// Options of `conveyor status`.
 #[derive(Debug, clap::Args)]
@@ -56,15 +57,17 @@ pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Object(object));
         return Ok(());
     }
-    println!("{:<12} {}", "id", args.id);
+    // Errors and results come from workers and remote servers: escaped,
+    // so none of them reaches the terminal as a control sequence.
+    println!("{:<12} {}", "id", escaped(&args.id));
     for key in ORDER {
         if let Some(v) = record.get(*key) {
-            println!("{key:<12} {v}");
+            println!("{key:<12} {}", escaped(v));
         }
     }
     for (k, v) in &record {
         if !ORDER.contains(&k.as_str()) {
-            println!("{k:<12} {v}");
+            println!("{:<12} {}", escaped(k), escaped(v));
         }
     }
     Ok(())
