@@ -67,8 +67,9 @@ pub struct Args {
 pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let due_ms = due_time(&args)?;
-    if args.unique_for.is_some_and(|d| d.is_zero()) {
-        return Err(UsageError("--unique-for must be positive".into()).into());
+    if let Some(ttl) = args.unique_for {
+        crate::config::bounds::duration("--unique-for", ttl, &crate::config::bounds::UNIQUE_FOR)
+            .map_err(|e| UsageError(e.to_string()))?;
     }
     if args.file.is_some() && args.unique_key.is_some() {
         return Err(UsageError(
@@ -308,7 +309,16 @@ fn digest(text: &str) -> String {
 /// When the job is due, if later than now.
 fn due_time(args: &Args) -> anyhow::Result<Option<i64>> {
     if let Some(delay) = args.delay {
-        return Ok((!delay.is_zero()).then(|| now_ms() + delay.as_millis() as i64));
+        let due = i64::try_from(delay.as_millis())
+            .ok()
+            .and_then(|ms| now_ms().checked_add(ms))
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--delay {}: too long",
+                    humantime::format_duration(delay)
+                ))
+            })?;
+        return Ok((!delay.is_zero()).then_some(due));
     }
     let Some(at) = &args.at else { return Ok(None) };
     let ms = if let Ok(secs) = at.parse::<i64>() {
