@@ -418,8 +418,9 @@ pub struct QueueConfig {
     /// Which lifecycle events to publish.
     #[serde(default = "default_event_level")]
     pub events: EventLevel,
-    /// Larger list items are dead-lettered unread. 1 to 512 MiB
-    /// ([`bounds::MAX_PAYLOAD_BYTES`]).
+    /// Jobs whose payload is larger are dead-lettered; list items larger
+    /// than this plus 64 KiB (the envelope's room) are dead-lettered
+    /// unread. 1 to 512 MiB ([`bounds::MAX_PAYLOAD_BYTES`]).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     /// Sliding-window limit on job starts.
