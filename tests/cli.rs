@@ -238,6 +238,19 @@ async fn bad_input_usage_and_config_get_their_exit_codes() {
         "2099-01-01T00:00:00Z",
     ]);
     assert_eq!(code, 64);
+    // Durations that would wrap a time, or that Redis would refuse after
+    // the job was pushed, are refused before anything is pushed.
+    let (code, _, err) = s.cli(&["enqueue", "work", "{}", "--delay", "500000000000y"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--delay"), "{err}");
+    for ttl in ["0s", "500000000000y"] {
+        let (code, _, err) = s.cli(&["enqueue", "work", "{}", "--unique-for", ttl]);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains("--unique-for must be between"), "{err}");
+    }
+    let mut conn = s.redis.conn().await;
+    assert_eq!(llen(&mut conn, "jobs:work").await, 0, "nothing was pushed");
+    assert_eq!(zcard(&mut conn, "{jobs:work}:scheduled").await, 0);
     let (code, _, _) = s.cli(&["frobnicate"]);
     assert_eq!(code, 64);
     let (code, _, _) = s.cli(&["dead", "purge", "work"]);
