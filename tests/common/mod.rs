@@ -562,3 +562,33 @@ pub async fn web_address(logs: &Logs) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Pids of live processes whose command line (arguments joined by NULs)
+/// `matches`.
+pub fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !alive(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if matches(&String::from_utf8_lossy(&cmdline)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

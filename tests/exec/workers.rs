@@ -148,33 +148,9 @@ pub(crate) fn supervisors(marker: &str) -> Vec<u32> {
 }
 
 fn matching(marker: &str, supervisor: bool) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if !alive(pid) {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(marker) && cmdline.contains("--conveyor-exec-supervisor") == supervisor
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Whether a process exists and is not a zombie.
-pub(crate) fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
+    processes_where(|cmdline| {
+        cmdline.contains(marker) && cmdline.contains("--conveyor-exec-supervisor") == supervisor
+    })
 }
 
 /// Waits until exactly `n` worker processes mention `marker` (and, for

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{Redis, wait_until};
+use crate::common::{Redis, alive, processes_where, wait_until};
 use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -40,28 +40,14 @@ for line in sys.stdin:
 /// Live processes whose command line mentions `marker`, or whose pid is
 /// in `pids`: what a killed daemon left running.
 fn survivors(marker: &str, pids: &[u32]) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if !alive(pid) {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if pids.contains(&pid) || String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(pid);
-        }
-    }
+    let mut found = processes_where(|cmdline| cmdline.contains(marker));
+    let more: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| alive(*p) && !found.contains(p))
+        .collect();
+    found.extend(more);
     found
-}
-
-/// Whether a process runs (exists and is not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-    })
 }
 
 /// The Python interpreter itself (pyenv's shims are shell scripts).
