@@ -43,9 +43,20 @@ struct Open {
 /// How often making room is logged, at most.
 const SAY_EVERY: Duration = Duration::from_secs(60);
 
+/// A connection this new is not closed to make room: its task has not
+/// read it yet. A burst of accepts from the backlog would otherwise cycle
+/// through the whole cap before any of their tasks ran, closing a health
+/// check unread (seen with the release build under a flood). It also
+/// bounds how fast a flood churns: the cap's worth of connections per
+/// grace, 560 a second at the cap of 32.
+const GRACE: Duration = Duration::from_millis(50);
+
 struct Entry {
     /// Requests being answered.
     answering: usize,
+    /// A whole request arrived with the connection and is not yet being
+    /// answered: not idle.
+    request_in: bool,
     /// Since when it answers none.
     idle_since: Instant,
     /// Closes it at once.
@@ -78,35 +89,50 @@ impl Connections {
 
     /// Makes room for one more connection and registers it: below the cap
     /// at once; at the cap by closing the connection idle longest, or, when
-    /// every one is answering, once one ends or goes idle.
-    pub(super) async fn admit(self: &Arc<Self>) -> Slot {
+    /// every one is answering (or has its request in), once one ends or
+    /// goes idle. `request_in`: a whole request arrived with it.
+    pub(super) async fn admit(self: &Arc<Self>, request_in: bool) -> Slot {
         loop {
+            let mut wait = None;
             {
                 let mut open = self.lock();
                 loop {
                     let live = open.all.len() - open.closing;
                     if open.all.len() < self.cap && live < self.cap - self.margin() {
-                        return self.register(&mut open);
+                        return self.register(&mut open, request_in);
                     }
-                    if live < self.cap - self.margin()
-                        || open.closing >= self.margin()
-                        || !self.displace(&mut open)
-                    {
+                    if live < self.cap - self.margin() || open.closing >= self.margin() {
                         break;
+                    }
+                    match self.displace(&mut open) {
+                        Ok(()) => {}
+                        Err(until) => {
+                            wait = until;
+                            break;
+                        }
                     }
                 }
             }
             // `notify_one` keeps a wake-up for a waiter that comes late.
-            self.freed.notified().await;
+            match wait {
+                Some(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(until) => {}
+                        () = self.freed.notified() => {}
+                    }
+                }
+                None => self.freed.notified().await,
+            }
         }
     }
 
-    fn register(self: &Arc<Self>, open: &mut Open) -> Slot {
+    fn register(self: &Arc<Self>, open: &mut Open, request_in: bool) -> Slot {
         let id = open.next;
         open.next += 1;
         let close = CancellationToken::new();
         let entry = Entry {
             answering: 0,
+            request_in,
             idle_since: Instant::now(),
             close: close.clone(),
             closing: false,
@@ -119,17 +145,22 @@ impl Connections {
         }
     }
 
-    /// Tells the connection idle longest to close; false if every one is
-    /// answering a request.
-    fn displace(&self, open: &mut Open) -> bool {
+    /// Tells the connection idle longest to close. If none may be closed:
+    /// how long until the oldest idle one is past its [`GRACE`], or None if
+    /// every one is answering a request (or has one in).
+    fn displace(&self, open: &mut Open) -> Result<(), Option<Duration>> {
         let oldest = open
             .all
             .values_mut()
-            .filter(|e| e.answering == 0 && !e.closing)
+            .filter(|e| e.answering == 0 && !e.request_in && !e.closing)
             .min_by_key(|e| e.idle_since);
         let Some(entry) = oldest else {
-            return false;
+            return Err(None);
         };
+        let idle = entry.idle_since.elapsed();
+        if idle < GRACE {
+            return Err(Some(GRACE - idle));
+        }
         entry.closing = true;
         entry.close.cancel();
         open.closing += 1;
@@ -142,7 +173,7 @@ impl Connections {
                 "web: at the most connections: the one idle longest is closed for each new one"
             );
         }
-        true
+        Ok(())
     }
 
     /// Connections open now, and closed to make room so far.
@@ -155,6 +186,7 @@ impl Connections {
     fn answering(self: &Arc<Self>, id: u64) -> Answering {
         if let Some(entry) = self.lock().all.get_mut(&id) {
             entry.answering += 1;
+            entry.request_in = false;
         }
         Answering {
             connections: self.clone(),
@@ -227,7 +259,7 @@ mod tests {
     const CAP: usize = 3;
 
     async fn admitted(connections: &Arc<Connections>) -> Slot {
-        tokio::time::timeout(Duration::from_secs(5), connections.admit())
+        tokio::time::timeout(Duration::from_secs(5), connections.admit(false))
             .await
             .expect("admitted")
     }
@@ -257,6 +289,31 @@ mod tests {
         drop(third);
         assert_eq!(connections.counts(), (2, 2));
         drop(fourth);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_has_its_grace_and_one_with_its_request_in_is_kept() {
+        let connections = Connections::new(CAP);
+        let request_in = tokio::time::timeout(Duration::from_secs(5), connections.admit(true))
+            .await
+            .expect("admitted");
+        let fresh = admitted(&connections).await;
+        let next = {
+            let c = connections.clone();
+            tokio::spawn(async move { admitted(&c).await })
+        };
+        tokio::time::sleep(GRACE / 5).await;
+        assert!(!next.is_finished(), "the fresh one is within its grace");
+        assert!(!fresh.close().is_cancelled());
+        drop(fresh);
+        let third = next.await.expect("admitted once the fresh one was closed");
+        assert!(
+            !request_in.close().is_cancelled(),
+            "a connection with its request in is not idle"
+        );
+        // Its request answered, it is idle like any other.
+        drop(request_in.answering());
+        drop(third);
     }
 
     #[tokio::test]

@@ -123,7 +123,7 @@ pub(super) async fn run(
             }
         };
         let slot = tokio::select! {
-            slot = connections.admit() => slot,
+            slot = connections.admit(has_whole_head(&stream)) => slot,
             () = stop.cancelled() => break,
         };
         tasks.spawn(serve(stream, slot, router.clone(), stop.clone()));
@@ -131,6 +131,22 @@ pub(super) async fn run(
     drop(listener);
     tasks.close();
     tasks.wait().await;
+}
+
+/// Whether a whole request head has arrived on a connection just accepted
+/// (a peek, which reads nothing away): such a connection is not idle, and
+/// is never closed to make room before its task has read the request. A
+/// burst of accepts from the backlog runs through the whole cap before the
+/// tasks of the connections it accepted are polled, so without this a
+/// health check's connection, its request in with it, was closed unread
+/// under a flood.
+fn has_whole_head(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    match rustix::net::recv(stream, &mut buf[..], flags) {
+        Ok((seen, _)) => memchr::memmem::find(&buf[..seen], b"\r\n\r\n").is_some(),
+        Err(_) => false,
+    }
 }
 
 /// An accept error that concerns one connection only (it was reset

@@ -231,16 +231,23 @@ impl TestDaemon {
 /// one).
 pub fn builtin() -> Registry {
     let mut registry = Registry::builtin();
-    registry.register(
-        "exec",
-        conveyor::handlers::exec::factory(env!("CARGO_BIN_EXE_conveyor").into()),
-    );
+    registry.register("exec", conveyor::handlers::exec::factory(binary()));
     registry
+}
+
+/// The `conveyor` binary the tests run: the one `cargo test` built, or the
+/// one `CONVEYOR_TEST_BIN` names (`.ci/run` runs the suites that promise
+/// something of the shipped binary, the web port's flood and the workers'
+/// orphans, against the release build as well).
+pub fn binary() -> PathBuf {
+    std::env::var_os("CONVEYOR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_conveyor")))
 }
 
 /// The `conveyor` binary, with logs as JSON on stderr.
 pub fn conveyor() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conveyor"));
+    let mut cmd = Command::new(binary());
     cmd.env_remove("REDIS_URL")
         .env_remove("CONVEYOR_CONFIG")
         .env_remove("CONVEYOR_LOG")

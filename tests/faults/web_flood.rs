@@ -248,7 +248,7 @@ impl Probes {
                     match client.get(&url).send().await {
                         Ok(r) if r.status().is_success() => answered += 1,
                         Ok(r) => failures.push(format!("status {}", r.status())),
-                        Err(e) => failures.push(e.to_string()),
+                        Err(e) => failures.push(format!("{e:?}")),
                     }
                     slowest = slowest.max(asked.elapsed());
                     tokio::time::sleep(Duration::from_millis(100)).await;
