@@ -11,15 +11,6 @@ use crate::workers::*;
 
 const SIGTERM: i32 = 15;
 
-/// The daemon binary on `config`, stderr collected, logs as JSON.
-fn daemon(config: &std::path::Path) -> (KillOnDrop, Logs) {
-    let mut cmd = conveyor();
-    cmd.args(["run", "--config", config.to_str().unwrap()])
-        .env("CONVEYOR_LOG_FORMAT", "json")
-        .stdout(Stdio::null());
-    spawn_logged(cmd)
-}
-
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -6,7 +6,6 @@
 //! recovered job never runs beside an orphan of its first run.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -66,15 +65,6 @@ for line in sys.stdin:
         time.sleep(p["s"])
     print(json.dumps({"id": req["id"], "status": "ok", "result": {"pid": os.getpid()}}), flush=True)
 "#;
-
-/// The daemon binary on `config`.
-fn daemon(config: &Path) -> (KillOnDrop, Logs) {
-    let mut cmd = conveyor();
-    cmd.args(["run", "--config", config.to_str().unwrap()])
-        .env("CONVEYOR_LOG_FORMAT", "json")
-        .stdout(Stdio::null());
-    spawn_logged(cmd)
-}
 
 /// The pids a worker wrote to `pidfile`, once written.
 async fn pids(pidfile: &Path) -> Vec<u32> {

@@ -163,3 +163,12 @@ pub(crate) async fn wait_processes(marker: &str, n: usize) {
     )
     .await;
 }
+
+/// The daemon binary on `config`, stderr collected, logs as JSON.
+pub(crate) fn daemon(config: &Path) -> (KillOnDrop, Logs) {
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", config.to_str().unwrap()])
+        .env("CONVEYOR_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null());
+    spawn_logged(cmd)
+}
