@@ -38,9 +38,6 @@ pub struct Config {
     /// Where lifecycle events go.
     #[serde(default)]
     pub events: EventsConfig,
-    /// The `email` handler's transport.
-    #[serde(default)]
-    pub email: EmailConfig,
     /// The queues, by name; the name is the table's name.
     #[serde(
         default,
@@ -54,10 +51,18 @@ pub struct Config {
     /// The dashboard, `/metrics` and the web API.
     #[serde(default)]
     pub web: WebConfig,
-    /// `[exec]`: what every `exec` queue's workers default to (the user
-    /// they run as); read and checked by the `exec` handler.
-    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
-    pub exec: toml::Table,
+    /// The top-level tables that are not conveyor's own: each the
+    /// node-wide settings of the handler it is named after (`[email]`,
+    /// `[exec]`), read and checked by that handler
+    /// ([`crate::handlers::HandlerContext::settings`]); a table no
+    /// registered handler owns is refused when the handlers are built.
+    #[serde(skip)]
+    pub handlers: BTreeMap<String, toml::Table>,
+    /// Variables a handler reads as if they were in the environment, before
+    /// the environment itself ([`Config::env`]): a program that embeds the
+    /// daemon (and the tests) sets them here.
+    #[serde(skip)]
+    pub env_overrides: BTreeMap<String, String>,
     /// The directory relative paths are relative to: the config file's, or
     /// the working directory when there is no file.
     #[serde(skip)]
@@ -290,51 +295,6 @@ pub struct EventsConfig {
     pub stream_maxlen: u64,
 }
 
-/// How the `email` handler delivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EmailTransport {
-    /// Write `.eml` files into `dir`; the default, so a new user sees mail at once.
-    File,
-    /// Send through the SMTP server at `smtp_url`.
-    Smtp,
-}
-
-/// `[email]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// `file` or `smtp`.
-    #[serde(default = "default_email_transport")]
-    pub transport: EmailTransport,
-    /// Directory of the file transport, relative to the config file's directory.
-    #[serde(default = "default_email_dir")]
-    pub dir: PathBuf,
-    /// `smtp://host:port` (plain), `smtp://...?tls=starttls`, `smtps://` (implicit TLS).
-    /// `CONVEYOR_SMTP_URL` overrides it. A password here is refused: use the environment.
-    #[serde(default = "default_smtp_url")]
-    pub smtp_url: MaskedUrl,
-    /// Sender used when a job names none.
-    #[serde(default = "default_email_from")]
-    pub from: String,
-    /// Directory of templates, relative to the config file's directory.
-    #[serde(default)]
-    pub templates: Option<PathBuf>,
-    /// Upper bound on one send, connection and all. 100ms to 1h
-    /// ([`bounds::EMAIL_TIMEOUT`]).
-    #[serde(default = "default_email_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// A PEM file of root certificates to trust for SMTP over TLS, besides
-    /// the built-in web roots: for a relay with a private CA (and for tests).
-    /// Relative to the config file's directory.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// The SMTP password: from `CONVEYOR_SMTP_PASSWORD`, the file named by
-    /// `CONVEYOR_SMTP_PASSWORD_FILE`, or `$CREDENTIALS_DIRECTORY/smtp_password`.
-    #[serde(skip)]
-    pub password: Option<Secret>,
-}
-
 /// Which lifecycle events a queue publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -383,8 +343,9 @@ pub struct RateLimit {
     /// Length of the sliding window: 1ms to 7 days ([`bounds::RATE_WINDOW`]).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Optional payload field whose value keys a separate window each
-    /// (`to_domain`: the domain of the email's first recipient).
+    /// Optional key whose value keys a separate window each: a top-level
+    /// payload field, or a key the queue's handler defines
+    /// ([`crate::handlers::Handler::rate_limit_key`]).
     #[serde(default)]
     pub key: Option<String>,
 }
@@ -393,7 +354,7 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Name of the handler in the registry (`email`, `publish`, `noop`).
+    /// Name of the handler in the registry ([`crate::handlers::Registry`]).
     pub handler: String,
     /// The Redis list; `<key_prefix><name>` when unset. Neither another
     /// queue's nor in conveyor's own names
@@ -475,21 +436,6 @@ fn default_events_channel() -> String {
 }
 fn default_stream_maxlen() -> u64 {
     10_000
-}
-fn default_email_transport() -> EmailTransport {
-    EmailTransport::File
-}
-fn default_email_dir() -> PathBuf {
-    PathBuf::from("outbox")
-}
-fn default_smtp_url() -> MaskedUrl {
-    MaskedUrl("smtp://127.0.0.1:2525".into())
-}
-fn default_email_from() -> String {
-    "conveyor <noreply@localhost>".into()
-}
-fn default_email_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 fn default_concurrency() -> u32 {
     10
@@ -674,21 +620,6 @@ impl Default for EventsConfig {
         Self {
             channel: default_events_channel(),
             stream_maxlen: default_stream_maxlen(),
-        }
-    }
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        Self {
-            transport: default_email_transport(),
-            dir: default_email_dir(),
-            smtp_url: default_smtp_url(),
-            from: default_email_from(),
-            templates: None,
-            timeout: default_email_timeout(),
-            ca_file: None,
-            password: None,
         }
     }
 }
@@ -906,13 +837,6 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.dir = base.to_owned();
         config.file = Some(path.to_owned());
-        config.email.dir = base.join(&config.email.dir);
-        if let Some(templates) = &config.email.templates {
-            config.email.templates = Some(base.join(templates));
-        }
-        if let Some(ca_file) = &config.email.ca_file {
-            config.email.ca_file = Some(base.join(ca_file));
-        }
         let redis = &mut config.redis;
         let files = [
             &mut redis.ca_file,
@@ -925,23 +849,63 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; the error is the parser's message.
+    /// Parses TOML text; the error is the parser's message, pointing at the
+    /// line. The tables that are not conveyor's own ([`CORE_TABLES`]) are
+    /// kept whole in [`Config::handlers`], for the handlers they are named
+    /// after to read.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        use serde::Deserialize as _;
+        let shown = |mut e: toml::de::Error| {
+            e.set_input(Some(text));
+            e.to_string().trim_end().to_owned()
+        };
+        let root = toml::de::DeTable::parse(text).map_err(shown)?;
+        let span = root.span();
+        let mut table = root.into_inner();
+        let theirs: Vec<_> = table
+            .keys()
+            .filter(|k| !CORE_TABLES.contains(&k.get_ref().as_ref()))
+            .cloned()
+            .collect();
+        let mut handlers = BTreeMap::new();
+        for key in theirs {
+            let Some(value) = table.remove(&key) else {
+                continue;
+            };
+            let name = key.get_ref().to_string();
+            let section = toml::Table::deserialize(toml::de::ValueDeserializer::from(value))
+                .map_err(|e| {
+                    format!(
+                        "{}\n({name}: a top-level key that is not conveyor's own is the table \
+                         of a handler's settings, such as [email])",
+                        shown(e)
+                    )
+                })?;
+            handlers.insert(name, section);
+        }
+        let core = toml::de::Deserializer::from(toml::Spanned::new(span, table));
+        let mut config = Self::deserialize(core).map_err(shown)?;
+        config.handlers = handlers;
+        Ok(config)
     }
 
-    /// Applies `REDIS_URL`, `CONVEYOR_SMTP_URL`, `CONVEYOR_WEB_LISTEN`, and
-    /// the Redis, SMTP and web token sources.
+    /// The variable `name`, from [`Config::env_overrides`] or else the
+    /// environment: what a handler reads its own overrides and secrets from.
+    pub fn env(&self, name: &str) -> Option<String> {
+        match self.env_overrides.get(name) {
+            Some(value) => Some(value.clone()),
+            None => std::env::var(name).ok(),
+        }
+    }
+
+    /// Applies `REDIS_URL`, `CONVEYOR_WEB_LISTEN`, and the Redis and web
+    /// token sources (a handler applies its own, [`Config::env`]).
     /// `env` looks a variable up; tests pass their own.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
             self.redis.url = MaskedUrl(url);
             self.redis.url_from = Some("REDIS_URL");
         }
-        if let Some(url) = env("CONVEYOR_SMTP_URL").filter(|s| !s.is_empty()) {
-            self.email.smtp_url = MaskedUrl(url);
-        }
-        self.email.password = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password")?;
         self.redis.password = secret(&env, "REDIS_PASSWORD", "redis_password")?;
         self.web.token = secret(&env, "CONVEYOR_WEB_TOKEN", "web_token")?;
         if let Some(listen) = env("CONVEYOR_WEB_LISTEN") {
@@ -977,13 +941,6 @@ impl Config {
         }
         self.redis.validate_target()?;
         self.redis.validate_tls()?;
-        if self.email.smtp_url.has_password() {
-            return invalid(
-                "email.smtp_url must not carry a password: set CONVEYOR_SMTP_PASSWORD \
-                 or CONVEYOR_SMTP_PASSWORD_FILE instead"
-                    .into(),
-            );
-        }
         let channel = &self.events.channel;
         if channel.is_empty() {
             return invalid("events.channel must not be empty".into());
@@ -1082,11 +1039,41 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, secrets masked, for the startup log.
-    pub fn masked_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    /// The effective configuration as TOML, secrets masked, for the startup
+    /// log: the handlers' tables after conveyor's own, each masked by
+    /// `mask` (given the handler's name and its table) after passwords in
+    /// URLs.
+    pub fn masked_toml_with(&self, mask: &dyn Fn(&str, &mut toml::Table)) -> String {
+        let mut shown = self.clone();
+        shown.handlers.clear();
+        for q in shown.queues.values_mut() {
+            if let Some(options) = q.options.as_mut() {
+                let mut value = toml::Value::Table(std::mem::take(options));
+                mask_urls(&mut value);
+                if let toml::Value::Table(mut table) = value {
+                    mask(&q.handler, &mut table);
+                    *options = table;
+                }
+            }
+        }
+        let mut text = toml::to_string(&shown).unwrap_or_else(|e| format!("<unprintable: {e}>"));
+        for (name, settings) in &self.handlers {
+            let mut shown = toml::Value::Table(settings.clone());
+            mask_urls(&mut shown);
+            if let toml::Value::Table(table) = &mut shown {
+                mask(name, table);
+            }
+            let mut one = toml::Table::new();
+            one.insert(name.clone(), shown);
+            text.push('\n');
+            text.push_str(&toml::to_string(&one).unwrap_or_else(|e| format!("<unprintable: {e}>")));
+        }
+        text
     }
 }
+
+/// The top-level tables that are conveyor's own; any other is a handler's.
+pub const CORE_TABLES: &[&str] = &["redis", "daemon", "events", "web", "queues", "schedules"];
 
 /// The `[queues]` table: each queue's table less the one named after its
 /// handler, which becomes [`QueueConfig::options`] for the handler to read.
@@ -1096,7 +1083,7 @@ mod queues {
     use serde::de::Error as _;
     use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
 
-    use super::{QueueConfig, mask_options};
+    use super::{QueueConfig, mask_urls};
 
     /// Settings of every queue that are tables themselves, not a handler's.
     const OWN_TABLES: &[&str] = &["backoff", "rate_limit"];
@@ -1128,16 +1115,16 @@ mod queues {
             },
             None => None,
         };
-        // The publish handler's `channel` predates handler tables and is
-        // still accepted beside the queue's settings.
-        if handler.as_deref() == Some("publish") {
-            if let Some(channel) = table.remove("channel") {
-                let options = options.get_or_insert_with(toml::Table::new);
-                if options.contains_key("channel") {
-                    return Err("channel is given twice: here and in publish".into());
-                }
-                options.insert("channel".into(), channel);
+        // `channel` predates handler tables (the publish handler's) and is
+        // still accepted beside the queue's settings: it is an option of
+        // the queue's handler, which refuses it if it has no such option.
+        if let Some(channel) = table.remove("channel") {
+            let h = handler.as_deref().unwrap_or("handler");
+            let options = options.get_or_insert_with(toml::Table::new);
+            if options.contains_key("channel") {
+                return Err(format!("channel is given twice: here and in {h}"));
             }
+            options.insert("channel".into(), channel);
         }
         if let Some((other, _)) = table
             .iter()
@@ -1167,7 +1154,7 @@ mod queues {
             let mut table = toml::Table::try_from(q).map_err(S::Error::custom)?;
             if let Some(options) = &q.options {
                 let mut shown = toml::Value::Table(options.clone());
-                mask_options(&mut shown);
+                mask_urls(&mut shown);
                 table.insert(q.handler.clone(), shown);
             }
             out.insert(name, table);
@@ -1176,27 +1163,14 @@ mod queues {
     }
 }
 
-/// A handler's options as the startup log shows them: passwords in URLs
-/// masked, and header values masked unless they only name a variable
-/// (`env:NAME`).
-fn mask_options(value: &mut toml::Value) {
+/// A handler's table as the startup log shows it before the handler masks
+/// its own secrets ([`crate::handlers::Registry::mask_secrets`]): passwords
+/// in URLs masked, wherever they are.
+fn mask_urls(value: &mut toml::Value) {
     match value {
         toml::Value::String(s) if s.contains("://") => *s = mask_url(s),
-        toml::Value::Table(table) => {
-            for (key, v) in table.iter_mut() {
-                match (key.as_str(), v) {
-                    ("headers", toml::Value::Table(headers)) => {
-                        for (_, h) in headers.iter_mut() {
-                            if !h.as_str().is_some_and(|s| s.starts_with("env:")) {
-                                *h = toml::Value::String("***".into());
-                            }
-                        }
-                    }
-                    (_, v) => mask_options(v),
-                }
-            }
-        }
-        toml::Value::Array(items) => items.iter_mut().for_each(mask_options),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| mask_urls(v)),
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_urls),
         _ => {}
     }
 }
@@ -1220,8 +1194,9 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 /// A trailing newline in a file is not part of it, and an empty file means no
 /// password, as an empty variable does: the service unit needs its
 /// credential file to exist even when the password is unused.
-fn secret(
-    env: &impl Fn(&str) -> Option<String>,
+/// `env` looks a variable up.
+pub fn secret(
+    env: &dyn Fn(&str) -> Option<String>,
     var: &str,
     credential: &str,
 ) -> Result<Option<Secret>, ConfigError> {
@@ -1295,7 +1270,11 @@ mod tests {
             c.redis.target(),
             "master \"mymaster\" of sentinels redis://:***@10.0.0.1:26379, redis://10.0.0.2:26379"
         );
-        assert!(!c.masked_toml().contains("s3cret"), "{}", c.masked_toml());
+        assert!(
+            !c.masked_toml_with(&|_, _| {}).contains("s3cret"),
+            "{}",
+            c.masked_toml_with(&|_, _| {})
+        );
 
         let both = sentinel.replace("[redis]\n", "[redis]\nurl = \"redis://10.0.0.9/0\"\n");
         let err = parse(&both).validate().unwrap_err().to_string();
@@ -1373,7 +1352,8 @@ mod tests {
         let options = c.queues["t"].options.as_ref().expect("options");
         assert_eq!(options["command"].as_array().map(Vec::len), Some(1));
         assert_eq!(c.queues["t"].concurrency, 2);
-        let back = Config::from_toml(&c.masked_toml()).expect("the effective config parses");
+        let back = Config::from_toml(&c.masked_toml_with(&|_, _| {}))
+            .expect("the effective config parses");
         assert_eq!(back.queues["t"].options, c.queues["t"].options);
     }
 
@@ -1391,9 +1371,11 @@ mod tests {
 
     #[test]
     fn options_of_another_handler_and_misplaced_settings_are_refused() {
-        let err =
-            Config::from_toml("[queues.o]\nhandler = \"noop\"\nchannel = \"x\"\n").unwrap_err();
-        assert!(err.contains("queues.o") && err.contains("channel"), "{err}");
+        // `channel` beside the queue's settings is its handler's option,
+        // which a handler without it refuses when it is built.
+        let c = parse("[queues.o]\nhandler = \"noop\"\nchannel = \"x\"\n");
+        let options = c.queues["o"].options.as_ref().expect("options");
+        assert_eq!(options["channel"].as_str(), Some("x"));
         let err =
             Config::from_toml("[queues.o]\nhandler = \"noop\"\n[queues.o.exec]\ncommand = []\n")
                 .unwrap_err();
@@ -1422,7 +1404,8 @@ mod tests {
             n.spec().expect("a spec").describe(),
             "0 3 * * * (Europe/Paris)"
         );
-        let back = Config::from_toml(&c.masked_toml()).expect("the effective config parses");
+        let back = Config::from_toml(&c.masked_toml_with(&|_, _| {}))
+            .expect("the effective config parses");
         assert_eq!(back.schedules["n"].payload, n.payload);
         let empty =
             parse("[queues.r]\nhandler = \"noop\"\n[schedules.e]\nqueue = \"r\"\nevery = \"1m\"\n");
@@ -1471,7 +1454,6 @@ mod tests {
                 "[events]\nstream_maxlen = 100000001\n".into(),
                 "events.stream_maxlen",
             ),
-            (format!("[email]\ntimeout = {huge}\n"), "email.timeout"),
             (format!("{q}timeout = {huge}\n"), "queues.q.timeout"),
             (
                 format!("{q}backoff = {{ base = \"1s\", max = {huge} }}\n"),
@@ -1609,42 +1591,30 @@ mod tests {
         let mut c = parse("[redis]\nurl = \"redis://file:1/0\"\n");
         c.apply_env(|k| match k {
             "REDIS_URL" => Some("redis://env:2/0".into()),
-            "CONVEYOR_SMTP_URL" => Some("smtps://mail:465".into()),
-            "CONVEYOR_SMTP_PASSWORD" => Some("hunter2".into()),
             _ => None,
         })
         .expect("applies");
         assert_eq!(c.redis.url.expose(), "redis://env:2/0");
-        assert_eq!(c.email.smtp_url.expose(), "smtps://mail:465");
-        assert_eq!(
-            c.email.password.as_ref().map(Secret::expose),
-            Some("hunter2")
-        );
     }
 
     #[test]
     fn password_file_loses_its_trailing_newline() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("smtp_password"), "s3cret\n").expect("write");
-        let mut c = Config::default();
         let creds = dir.path().to_string_lossy().into_owned();
-        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
-            .expect("applies");
-        assert_eq!(
-            c.email.password.as_ref().map(Secret::expose),
-            Some("s3cret")
-        );
+        let env = |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone());
+        let found = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password").expect("reads");
+        assert_eq!(found.as_ref().map(Secret::expose), Some("s3cret"));
     }
 
     #[test]
     fn an_empty_credential_file_means_no_password() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("smtp_password"), "\n").expect("write");
-        let mut c = Config::default();
         let creds = dir.path().to_string_lossy().into_owned();
-        c.apply_env(|k| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone()))
-            .expect("applies");
-        assert!(c.email.password.is_none());
+        let env = |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| creds.clone());
+        let found = secret(&env, "CONVEYOR_SMTP_PASSWORD", "smtp_password").expect("reads");
+        assert!(found.is_none());
     }
 
     #[test]
@@ -1676,14 +1646,14 @@ mod tests {
         c.apply_env(env(&[("CONVEYOR_WEB_TOKEN", "0123456789abcdef")]))
             .expect("env");
         c.validate().expect("with a token");
-        assert!(!format!("{c:?}{}", c.masked_toml()).contains("0123456789abcdef"));
+        assert!(!format!("{c:?}{}", c.masked_toml_with(&|_, _| {})).contains("0123456789abcdef"));
     }
 
     #[test]
     fn secrets_never_print() {
         let mut c = parse("[redis]\nurl = \"redis://user:topsecret@h:6379/0\"\n");
-        c.email.password = Some(Secret::new("hunter2"));
-        let shown = format!("{c:?}\n{}\n{}", c.masked_toml(), c.redis.url);
+        c.redis.password = Some(Secret::new("hunter2"));
+        let shown = format!("{c:?}\n{}\n{}", c.masked_toml_with(&|_, _| {}), c.redis.url);
         assert!(!shown.contains("topsecret"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("redis://user:***@h:6379/0"), "{shown}");
@@ -1762,21 +1732,28 @@ mod tests {
     }
 
     #[test]
-    fn handler_options_are_masked_in_the_startup_log() {
+    fn passwords_in_handler_urls_are_masked_in_the_startup_log() {
         let c = parse(
             "[queues.hooks]\nhandler = \"http\"\n[queues.hooks.http]\n\
              url = \"https://user:url-secret@h/x\"\n\
-             headers = { Authorization = \"Bearer literal-secret\", X-Key = \"env:KEY\" }\n",
+             [email]\nsmtp_url = \"smtp://mailer:section-secret@h:25\"\n",
         );
-        let shown = c.masked_toml();
+        let masked_by_the_handler = std::cell::Cell::new(0);
+        let shown = c.masked_toml_with(&|_, table| {
+            masked_by_the_handler.set(masked_by_the_handler.get() + 1);
+            table.insert("masked".into(), true.into());
+        });
         assert!(
-            !shown.contains("url-secret") && !shown.contains("literal-secret"),
+            !shown.contains("url-secret") && !shown.contains("section-secret"),
             "{shown}"
         );
-        assert!(
-            shown.contains("https://user:***@h/x") && shown.contains("env:KEY"),
-            "{shown}"
+        assert!(shown.contains("https://user:***@h/x"), "{shown}");
+        assert_eq!(
+            masked_by_the_handler.get(),
+            2,
+            "the options and the section"
         );
+        assert_eq!(shown.matches("masked = true").count(), 2, "{shown}");
     }
 
     #[test]
@@ -1801,27 +1778,26 @@ mod tests {
             c.redis.password.as_ref().map(Secret::expose),
             Some("from-env")
         );
-        assert!(!format!("{:?}{}", c.redis, c.masked_toml()).contains("from-env"));
+        assert!(!format!("{:?}{}", c.redis, c.masked_toml_with(&|_, _| {})).contains("from-env"));
     }
 
     #[test]
-    fn email_paths_are_relative_to_the_config_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("conveyor.toml");
-        let text = "[email]\ndir = \"out\"\ntemplates = \"tpl\"\nca_file = \"/etc/ca.pem\"\n";
-        std::fs::write(&path, text).expect("write");
-        let c = Config::from_file(&path).expect("parses");
-        assert_eq!(c.email.dir, dir.path().join("out"));
-        assert_eq!(c.email.templates, Some(dir.path().join("tpl")));
-        assert_eq!(c.email.ca_file, Some(PathBuf::from("/etc/ca.pem")));
-    }
-
-    #[test]
-    fn smtp_url_with_password_is_refused() {
-        let c = parse("[email]\nsmtp_url = \"smtp://u:pw@h:25\"\n");
-        let err = c.validate().unwrap_err().to_string();
+    fn tables_that_are_not_conveyors_are_kept_for_the_handlers() {
+        let c = parse(
+            "[email]\ntransport = \"smtp\"\n[exec]\nuser = \"w\"\n[queues.q]\nhandler = \"noop\"\n",
+        );
+        assert_eq!(c.handlers["email"]["transport"].as_str(), Some("smtp"));
+        assert_eq!(c.handlers["exec"]["user"].as_str(), Some("w"));
+        assert!(!c.handlers.contains_key("queues"));
+        // A key that is not a table is no handler's: refused, with its line.
+        let err = Config::from_toml("[redis]\n[queues.q]\nhandler = \"noop\"\n[web]\n").map(|_| ());
+        assert!(err.is_ok());
+        let err = Config::from_toml("stray = 1\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("stray"), "{err}");
+        // Errors in conveyor's own tables still point at the line.
+        let err = Config::from_toml("[email]\n\n[daemon]\nshutdown_timout = \"1s\"\n").unwrap_err();
         assert!(
-            err.contains("CONVEYOR_SMTP_PASSWORD") && !err.contains("pw@"),
+            err.contains("line 4") && err.contains("shutdown_timout"),
             "{err}"
         );
     }

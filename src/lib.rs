@@ -54,8 +54,9 @@
 //! - [`daemon`]: the supervisor, its components (processor, scheduler,
 //!   reaper, heartbeat, writer, watchdog) and the shutdown order, written
 //!   in one place.
-//! - [`handlers`]: the handler trait, the registry and the built-in
-//!   handlers (`email`, `exec`, `publish`, `noop`).
+//! - [`handlers`]: the handler trait, the registry (the table of contents
+//!   of job kinds: [`Registry::builtin`]) and one folder per built-in
+//!   handler, which holds all of that handler.
 //! - [`job`], [`envelope`], [`clock`]: the job a handler sees, the wire
 //!   format of list items, and time as Redis and events write it.
 //! - [`config`]: the one configuration, its defaults and its rules.
@@ -77,6 +78,7 @@ pub(crate) mod logging;
 pub mod metrics;
 pub mod schedule;
 pub mod shutdown;
+pub(crate) mod template_value;
 pub mod web;
 
 pub use async_trait::async_trait;

@@ -66,8 +66,8 @@ pub(crate) fn init(default_level: &str) {
 /// Logs the effective configuration (file, environment and command line
 /// combined; secrets masked) in one line: as TOML in one JSON field, or with
 /// its newlines escaped in text.
-pub(crate) fn effective_config(config: &Config) {
-    let toml = config.masked_toml();
+pub(crate) fn effective_config(config: &Config, registry: &crate::handlers::Registry) {
+    let toml = registry.masked_toml(config);
     if JSON.load(Ordering::Relaxed) {
         tracing::info!(config = %toml, "effective configuration");
         return;

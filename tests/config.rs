@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use conveyor::config::{Config, EmailTransport, EventLevel};
+use conveyor::config::{Config, EventLevel};
 use conveyor::handlers::Registry;
 
 fn example() -> Config {
@@ -28,15 +28,16 @@ fn the_example_config_parses_with_the_documented_values() {
     assert_eq!(c.daemon.node_ttl, Duration::from_secs(30));
     assert_eq!(c.events.channel, "conveyor:events");
     assert_eq!(c.events.stream_maxlen, 10_000);
-    assert_eq!(c.email.transport, EmailTransport::File);
+    // [email] is the email handler's to read; the file holds what it reads.
+    let email = &c.handlers["email"];
+    assert_eq!(email["transport"].as_str(), Some("file"));
+    assert_eq!(email["dir"].as_str(), Some("outbox"));
+    assert_eq!(email["timeout"].as_str(), Some("30s"));
+    assert_eq!(email["from"].as_str(), Some("conveyor <noreply@localhost>"));
     assert!(
-        c.email.dir.ends_with("config/outbox"),
-        "relative to the file: {:?}",
-        c.email.dir
+        c.handlers.contains_key("exec"),
+        "the [exec] table of defaults"
     );
-
-    assert_eq!(c.email.timeout, Duration::from_secs(30));
-    assert_eq!(c.email.from, "conveyor <noreply@localhost>");
     let email = &c.queues["email"];
     assert_eq!(email.handler, "email");
     assert_eq!(email.concurrency, 10);
@@ -144,7 +145,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     (
         "a queue among the cache's keys",
         "[queues.q]\nhandler = \"noop\"\nkey = \"cache:q\"\n",
-        "queues.q.key \"cache:q\" is among the keys that hold the http handler's cached responses",
+        "queues.q.key \"cache:q\" is among the keys that hold the shared response cache's entries",
     ),
     (
         "a queue on another queue's keys",
@@ -165,6 +166,21 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "an events channel on a queue's own keys",
         "[events]\nchannel = \"{jobs:q}:stats\"\n[queues.q]\nhandler = \"noop\"\n",
         "events.channel \"{jobs:q}:stats\" names its replay stream",
+    ),
+    (
+        "a table that is neither conveyor's nor a handler's",
+        "[emial]\ntransport = \"file\"\n[queues.q]\nhandler = \"noop\"\n",
+        "[emial] is not a table of the configuration",
+    ),
+    (
+        "an option of the queue's handler that it does not have",
+        "[queues.q]\nhandler = \"noop\"\nchannel = \"x\"\n",
+        "queues.q: the noop handler takes no options (given: channel)",
+    ),
+    (
+        "an email send timeout past any clock (the handler's own table)",
+        "[email]\ntimeout = \"500000000000y\"\n[queues.m]\nhandler = \"email\"\n",
+        "email.timeout must be between 100ms and 1h",
     ),
     (
         "payloads published as lifecycle events",

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::*;
-use conveyor::config::Secret;
 use conveyor::handlers::email::Email;
 use conveyor::handlers::{Handler, HandlerError, Registry};
 use conveyor::job::Job;
@@ -171,7 +170,8 @@ async fn starttls_with_auth_delivers() {
     .await;
     let url = server.url("smtp", Some("mailer"), "?tls=starttls");
     let mut cfg = tls_config(&redis, &url, &ca);
-    cfg.email.password = Some(Secret::new("s3cret"));
+    cfg.env_overrides
+        .insert("CONVEYOR_SMTP_PASSWORD".into(), "s3cret".into());
     let daemon = TestDaemon::start(cfg, builtin());
     wait_accepted(&server, 1).await;
     assert_eq!(server.received().len(), 1);

@@ -9,7 +9,6 @@ mod smtp;
 use std::time::{Duration, Instant};
 
 use common::*;
-use conveyor::config::Secret;
 use smtp::queue::*;
 use smtp::{Options, SmtpServer, TestCa};
 
@@ -31,7 +30,8 @@ async fn a_wrong_password_is_retried_then_dead() {
     .await;
     let url = server.url("smtp", Some("mailer"), "?tls=starttls");
     let mut cfg = tls_config(&redis, &url, &ca);
-    cfg.email.password = Some(Secret::new("wrong-password"));
+    cfg.env_overrides
+        .insert("CONVEYOR_SMTP_PASSWORD".into(), "wrong-password".into());
     let daemon = TestDaemon::start(cfg, builtin());
     let dead = wait_dead(&conn).await;
     assert_eq!(dead["attempt"], 3, "retried up to max_attempts: {dead}");
@@ -156,7 +156,7 @@ async fn a_stalled_server_hits_the_send_timeout() {
     )
     .await;
     let mut cfg = smtp_config(&redis, &server.url("smtp", None, ""), "");
-    cfg.email.timeout = Duration::from_millis(500);
+    email_setting(&mut cfg, "timeout", "500ms");
     cfg.queues.get_mut("mail").unwrap().max_attempts = 1;
     let started = Instant::now();
     let daemon = TestDaemon::start(cfg, builtin());
@@ -238,7 +238,7 @@ async fn a_send_cut_off_by_the_timeout_does_not_poison_the_next_one() {
     )
     .await;
     let mut cfg = smtp_config(&redis, &server.url("smtp", None, ""), "");
-    cfg.email.timeout = Duration::from_secs(1);
+    email_setting(&mut cfg, "timeout", "1s");
     let daemon = TestDaemon::start(cfg, builtin());
     // Reusing the abandoned connection would read the late 250 as the answer
     // to the retry and call it delivered; a fresh one hears the 550.

@@ -84,14 +84,14 @@ fn inflight(list: &str, node: &str) -> String {
     format!("{{{list}}}:inflight:{node}")
 }
 
-/// `{K}:sent:<id>`: set (with a TTL) once the email of job `id` of queue list
-/// `K` was accepted by the mail server, so a retry of that job does not send
-/// it again.
-pub fn sent(list: &str, id: &str) -> String {
-    format!("{{{list}}}:sent:{id}")
+/// `{K}:<name>`: a key the handler of queue list `K` keeps (the email
+/// handler's `sent:<id>` markers, say), checked by `store.rs`.
+pub fn handler_key(list: &str, name: &str) -> String {
+    format!("{{{list}}}:{name}")
 }
 
-/// `cache:<sha256 hex of url>`: the `http` handler's cached response of a GET.
+/// `cache:<sha256 hex of name>`: the shared response cache (the `http`
+/// handler's cached response of a GET, by its URL).
 pub fn cache(url: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(url.as_bytes());
@@ -152,7 +152,7 @@ pub fn refused_as_events_channel(name: &str) -> Option<&'static str> {
 
 fn shared_refusal(name: &str) -> Option<&'static str> {
     if name.starts_with("cache:") {
-        Some("hold the http handler's cached responses (cache:<sha256>)")
+        Some("hold the shared response cache's entries (cache:<sha256>)")
     } else if name.starts_with('{') {
         Some("belong to a queue or a flow ({K}:..., {flow:<fid>}:..., {conveyor:flows}:dead)")
     } else {
@@ -211,7 +211,7 @@ mod tests {
             k.schedule_spec("nightly"),
             "{jobs:email}:schedule:nightly:spec"
         );
-        assert_eq!(sent("jobs:email", "j1"), "{jobs:email}:sent:j1");
+        assert_eq!(handler_key("jobs:email", "sent:j1"), "{jobs:email}:sent:j1");
         assert_eq!(node("n1"), "conveyor:node:n1");
         assert_eq!(job("j1"), "conveyor:job:j1");
         // sha256 of the URL in hex, as the seed's cached_get keys it.

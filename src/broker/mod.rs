@@ -24,7 +24,6 @@ use crate::config::RedisConfig;
 use target::Target;
 
 pub mod admin;
-pub mod cache;
 mod cluster;
 pub mod events;
 pub mod keys;
@@ -32,7 +31,7 @@ pub mod nodes;
 mod probe;
 pub mod queue;
 mod scripts;
-pub mod sent;
+pub mod store;
 mod target;
 pub mod ticks;
 pub mod view;

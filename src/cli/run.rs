@@ -27,7 +27,7 @@ pub fn run(config_path: Option<&Path>, args: Args, registry: &Registry) -> anyho
         return Err(UsageError("--concurrency must be between 1 and 10000".into()).into());
     }
     let config = narrow(load_config(config_path)?, &args).map_err(UsageError)?;
-    crate::logging::effective_config(&config);
+    crate::logging::effective_config(&config, registry);
     // Before any worker, connection or listener: they all count against it.
     crate::limits::raise_open_files_limit();
     // What `systemctl reload` reads: the file found at start, again.

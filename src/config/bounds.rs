@@ -39,8 +39,6 @@ pub const MAX_DELIVERIES: RangeInclusive<u64> = 1..=1000;
 pub const THREADS: RangeInclusive<u64> = 1..=256;
 /// `events.stream_maxlen` (0: no stream).
 pub const STREAM_MAXLEN: RangeInclusive<u64> = 0..=100_000_000;
-/// `email.timeout`.
-pub const EMAIL_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=HOUR;
 /// `queues.<q>.concurrency`.
 pub const CONCURRENCY: RangeInclusive<u64> = 1..=10_000;
 /// `queues.<q>.max_attempts`, and a schedule's.
@@ -133,7 +131,6 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         config.events.stream_maxlen,
         &STREAM_MAXLEN,
     )?;
-    duration("email.timeout", config.email.timeout, &EMAIL_TIMEOUT)?;
     for (name, q) in &config.queues {
         let at = |field: &str| format!("queues.{name}.{field}");
         number(&at("concurrency"), q.concurrency, &CONCURRENCY)?;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::processor::{NodeShared, Processor};
 use crate::broker::queue::QueueStore;
 use crate::broker::{Broker, QueueKeys};
-use crate::config::{Config, EmailConfig, QueueConfig};
+use crate::config::{Config, QueueConfig};
 use crate::handlers::Handler;
 
 /// The node's processors as the background components see them (the
@@ -51,7 +51,9 @@ struct Queue {
     handler: Arc<dyn Handler>,
     /// What it was built from, to tell whether a reload changes it.
     settings: QueueConfig,
-    email: EmailConfig,
+    /// Its handler's node-wide settings (the table named after it), for
+    /// a reload to see them change.
+    handler_settings: Option<toml::Table>,
     /// Stops this queue's fetcher (a child of the node's).
     stop_fetching: CancellationToken,
     /// Its task, once launched.
@@ -117,13 +119,14 @@ impl Queues {
             handler.clone(),
             self.shared.clone(),
         ));
+        let handler_settings = config.handlers.get(&settings.handler).cloned();
         self.queues.insert(
             name.to_owned(),
             Queue {
                 processor,
                 handler,
                 settings,
-                email: config.email.clone(),
+                handler_settings,
                 stop_fetching: self.stop_fetching.child_token(),
                 task: None,
             },
@@ -147,7 +150,7 @@ impl Queues {
         match (self.queues.get(name), config.queues.get(name)) {
             (Some(running), Some(wanted)) => {
                 running.settings != *wanted
-                    || (wanted.handler == "email" && running.email != config.email)
+                    || running.handler_settings.as_ref() != config.handlers.get(&wanted.handler)
             }
             _ => false,
         }

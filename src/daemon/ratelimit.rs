@@ -1,8 +1,11 @@
 //! Per-queue rate limits: at most `limit` job starts in any sliding
-//! `window`, optionally one window per value of a payload field (`to_domain`
-//! for a provider's per-domain limits). A job over the limit is scheduled for
-//! the moment a slot frees: it spends no attempt and is not a failure.
+//! `window`, optionally one window per value of a key: a top-level field of
+//! the payload, or a key the queue's handler defines (the email handler's
+//! `to_domain`, for a provider's per-domain limits). A job over the limit is
+//! scheduled for the moment a slot frees: it spends no attempt and is not a
+//! failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,22 +15,23 @@ use crate::broker::BrokerError;
 use crate::broker::queue::QueueStore;
 use crate::clock::now_ms;
 use crate::config::RateLimit;
+use crate::handlers::{Handler, RateLimitKey};
 use crate::job::Job;
 
-/// The special key: the domain of the email's (first) recipient.
-const TO_DOMAIN: &str = "to_domain";
 /// Longer key values are hashed, so key names stay short.
 const MAX_KEY_LEN: usize = 100;
 
 /// The rate limit of one queue.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RateLimiter {
     limit: RateLimit,
+    /// The queue's handler, which may define keys of its own.
+    handler: Arc<dyn Handler>,
 }
 
 impl RateLimiter {
-    pub(crate) fn new(limit: RateLimit) -> Self {
-        Self { limit }
+    pub(crate) fn new(limit: RateLimit, handler: Arc<dyn Handler>) -> Self {
+        Self { limit, handler }
     }
 
     /// `None` if `job` may start now (and its start is logged), else how
@@ -56,21 +60,14 @@ impl RateLimiter {
     pub(crate) fn key_of(&self, job: &Job) -> Option<String> {
         let field = self.limit.key.as_deref()?;
         let payload: Value = serde_json::from_str(job.payload().get()).ok()?;
-        let value = if field == TO_DOMAIN {
-            let to = match &payload["to"] {
-                Value::Array(list) => list.first().cloned().unwrap_or(Value::Null),
-                other => other.clone(),
-            };
-            let address = to.as_str()?;
-            // "Name <user@Example.COM>" -> "example.com"
-            let domain = address.rsplit('@').next()?.trim_end_matches('>').trim();
-            (domain != address.trim()).then(|| domain.to_ascii_lowercase())?
-        } else {
-            match &payload[field] {
+        let value = match self.handler.rate_limit_key(field, &payload) {
+            Some(RateLimitKey::Value(value)) => value,
+            Some(RateLimitKey::Missing) => return None,
+            None => match &payload[field] {
                 Value::String(s) => s.clone(),
                 Value::Null => return None,
                 other => other.to_string(),
-            }
+            },
         };
         Some(
             if value.len() > MAX_KEY_LEN || value.chars().any(|c| c.is_control()) {
@@ -89,6 +86,7 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use crate::envelope::parse_item;
+    use crate::handlers::HandlerError;
     use std::sync::Arc;
 
     fn job(payload: &str) -> Job {
@@ -99,28 +97,43 @@ mod tests {
         )
     }
 
+    /// A handler with a key of its own: `shard`, the first letter of `name`.
+    struct Sharded;
+
+    #[async_trait::async_trait]
+    impl Handler for Sharded {
+        async fn handle(&self, _: &Job) -> Result<(), HandlerError> {
+            Ok(())
+        }
+
+        fn rate_limit_key(&self, key: &str, payload: &Value) -> Option<RateLimitKey> {
+            (key == "shard").then(|| match payload["name"].as_str() {
+                Some(name) => RateLimitKey::Value(name[..1].to_owned()),
+                None => RateLimitKey::Missing,
+            })
+        }
+    }
+
     fn limiter(key: Option<&str>) -> RateLimiter {
-        RateLimiter::new(RateLimit {
-            limit: 1,
-            window: Duration::from_secs(1),
-            key: key.map(str::to_owned),
-        })
+        RateLimiter::new(
+            RateLimit {
+                limit: 1,
+                window: Duration::from_secs(1),
+                key: key.map(str::to_owned),
+            },
+            Arc::new(Sharded),
+        )
     }
 
     #[test]
-    fn to_domain_is_the_first_recipients_domain() {
-        let l = limiter(Some("to_domain"));
+    fn a_key_the_handler_defines_is_the_handlers_to_read() {
+        let l = limiter(Some("shard"));
+        assert_eq!(l.key_of(&job(r#"{"name":"ada"}"#)).as_deref(), Some("a"));
         assert_eq!(
-            l.key_of(&job(r#"{"to":"a@Example.COM"}"#)).as_deref(),
-            Some("example.com")
+            l.key_of(&job(r#"{"shard":"x"}"#)),
+            None,
+            "missing: queue-wide"
         );
-        assert_eq!(
-            l.key_of(&job(r#"{"to":["Bo <b@x.org>","c@y.org"]}"#))
-                .as_deref(),
-            Some("x.org")
-        );
-        assert_eq!(l.key_of(&job(r#"{"to":"not-an-address"}"#)), None);
-        assert_eq!(l.key_of(&job(r#"{"subject":"no to"}"#)), None);
     }
 
     #[test]

@@ -166,6 +166,9 @@ async fn apply(
         .collect();
     // Every handler is built before anything stops: a queue that cannot
     // be built refuses the whole reload.
+    cx.registry
+        .check_settings(&new)
+        .map_err(|e| e.to_string())?;
     let mut built = Vec::new();
     for name in changed.iter().chain(&added) {
         let handler = cx

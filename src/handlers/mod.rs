@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
 use crate::broker::Broker;
+pub use crate::broker::store::{HandlerStore, StoreError};
 use crate::config::{Config, ConfigError, QueueConfig};
 pub use crate::job::{HandlerError, Job};
 
@@ -93,6 +94,25 @@ pub trait Handler: Send + Sync + 'static {
     async fn shutdown(&self, within: Duration) {
         let _ = within;
     }
+
+    /// The rate-limit window a job counts against, for a `rate_limit.key`
+    /// the handler defines itself (the email handler's `to_domain`, the
+    /// domain of the first recipient); `None` for a key it does not define,
+    /// which is then read as a top-level field of the payload.
+    fn rate_limit_key(&self, key: &str, payload: &serde_json::Value) -> Option<RateLimitKey> {
+        let _ = (key, payload);
+        None
+    }
+}
+
+/// A job's window of a rate limit keyed by a handler's own key
+/// ([`Handler::rate_limit_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The window of this value.
+    Value(String),
+    /// The job has no value for the key: the queue-wide window.
+    Missing,
 }
 
 /// Why a handler's [`Handler::check`] failed.
@@ -135,9 +155,10 @@ impl<'a> HandlerContext<'a> {
         self.config
     }
 
-    /// Redis, for the built-in handlers that publish or record.
-    pub(crate) fn broker(&self) -> &'a Broker {
-        self.broker
+    /// Redis state of the queue's handler: keys of its own under the
+    /// queue's slot, the shared response cache, and publishing.
+    pub fn store(&self) -> HandlerStore {
+        HandlerStore::new(self.broker.clone(), &self.config.queue_key(self.queue))
     }
 
     /// Where this handler's options are written: `queues.<queue>.<handler>`.
@@ -159,13 +180,33 @@ impl<'a> HandlerContext<'a> {
         })
     }
 
+    /// The handler's node-wide settings, the top-level table named after
+    /// it (`[email]` for the email handler), read as `T` (give `T`
+    /// `#[serde(deny_unknown_fields)]`); a missing table reads as an empty
+    /// one. Errors name the table. Every queue of the handler reads the
+    /// same table, and a reload that changes it rebuilds them.
+    pub fn settings<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let name = &self.queue_config.handler;
+        let table = self.config.handlers.get(name).cloned().unwrap_or_default();
+        T::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(format!("{name}: {}", e.to_string().trim_end())))
+    }
+
+    /// A variable of the environment (or of the configuration's
+    /// [`Config::env_overrides`]): where a handler reads its own overrides
+    /// and secrets ([`crate::config::secret`]).
+    pub fn env(&self, name: &str) -> Option<String> {
+        self.config.env(name)
+    }
+
     /// For handlers that take no options: an error if the queue gives some.
     pub fn no_options(&self) -> Result<(), ConfigError> {
         match &self.queue_config.options {
             Some(table) if !table.is_empty() => Err(ConfigError::Invalid(format!(
-                "{}: the {} handler takes no options",
-                self.options_path(),
-                self.queue_config.handler
+                "queues.{}: the {} handler takes no options (given: {})",
+                self.queue,
+                self.queue_config.handler,
+                table.keys().cloned().collect::<Vec<_>>().join(", ")
             ))),
             _ => Ok(()),
         }
@@ -176,10 +217,15 @@ impl<'a> HandlerContext<'a> {
 pub type Factory =
     Arc<dyn Fn(&HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> + Send + Sync>;
 
+/// Hides the secrets a handler's table may hold (its node-wide settings,
+/// or a queue's options) when the configuration is printed.
+pub type Masker = Arc<dyn Fn(&mut toml::Table) + Send + Sync>;
+
 /// Handler names and how to build each.
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, Factory>,
+    maskers: BTreeMap<String, Masker>,
 }
 
 impl Registry {
@@ -195,6 +241,7 @@ impl Registry {
         r.register("email", email::Email::build);
         r.register("exec", exec::build);
         r.register("http", http::build);
+        r.mask_secrets("http", http::mask_secrets);
         r.register("noop", |ctx| {
             ctx.no_options()?;
             Ok(Arc::new(noop::Noop))
@@ -228,6 +275,28 @@ impl Registry {
         })
     }
 
+    /// Hides the secrets of handler `name`'s tables (a queue's options, its
+    /// node-wide settings) in the effective configuration printed at start,
+    /// besides passwords in URLs, which are always masked.
+    pub fn mask_secrets(
+        &mut self,
+        name: &str,
+        mask: impl Fn(&mut toml::Table) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.maskers.insert(name.to_owned(), Arc::new(mask));
+        self
+    }
+
+    /// The effective configuration as TOML for the startup log, every
+    /// secret masked: passwords in URLs, and what each handler masks.
+    pub fn masked_toml(&self, config: &Config) -> String {
+        config.masked_toml_with(&|name, table| {
+            if let Some(mask) = self.maskers.get(name) {
+                mask(table);
+            }
+        })
+    }
+
     /// The known names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.factories.keys().map(String::as_str).collect()
@@ -246,6 +315,7 @@ impl Registry {
         config: &Config,
         broker: &Broker,
     ) -> Result<Vec<Arc<dyn Handler>>, ConfigError> {
+        self.check_settings(config)?;
         config
             .queues
             .iter()
@@ -258,6 +328,24 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// Refuses a top-level table that is neither conveyor's own nor named
+    /// after a handler of this registry (a typo such as `[emial]`).
+    pub fn check_settings(&self, config: &Config) -> Result<(), ConfigError> {
+        match config
+            .handlers
+            .keys()
+            .find(|name| !self.factories.contains_key(name.as_str()))
+        {
+            Some(name) => Err(ConfigError::Invalid(format!(
+                "[{name}] is not a table of the configuration (those are {}), nor the \
+                 settings of a handler (known: {})",
+                crate::config::CORE_TABLES.join(", "),
+                self.names().join(", ")
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Builds the handler of queue `name` of `config`.

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Handler, HandlerContext, HandlerError};
-use crate::broker::Broker;
+use super::{Handler, HandlerContext, HandlerError, HandlerStore};
 use crate::config::ConfigError;
 use crate::job::Job;
 
 /// Publishes payloads on one channel.
 pub struct Publish {
-    broker: Broker,
+    store: HandlerStore,
     channel: String,
 }
 
@@ -52,7 +51,7 @@ impl Publish {
             )));
         }
         Ok(Arc::new(Self {
-            broker: ctx.broker().clone(),
+            store: ctx.store(),
             channel,
         }))
     }
@@ -61,7 +60,7 @@ impl Publish {
 #[async_trait]
 impl Handler for Publish {
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
-        self.broker
+        self.store
             .publish(&self.channel, job.payload().get().as_bytes())
             .await
             .map(|_receivers| ())

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Web;
 use crate::api::{DeadJob, ScheduleView};
 use crate::clock::age;
-use crate::handlers::email::template::to_value;
+use crate::template_value::from_json;
 
 const TEMPLATE: &str = include_str!("assets/dashboard.html");
 const CONTENT: &str = include_str!("assets/content.html");
@@ -136,7 +136,7 @@ pub(super) async fn dashboard(web: &Web, q: &PageQuery) -> Response {
         true => "content.html",
         false => "dashboard.html",
     };
-    let context = serde_json::to_value(&page).map(|page| to_value(&page));
+    let context = serde_json::to_value(&page).map(|page| from_json(&page));
     let rendered = match context {
         Ok(context) => TEMPLATES
             .get_template(name)

@@ -26,6 +26,14 @@ pub fn smtp_config(redis: &Redis, url: &str, email_extra: &str) -> Config {
     )
 }
 
+/// Sets `[email] key = value` in a configuration made by [`smtp_config`].
+pub fn email_setting(cfg: &mut Config, key: &str, value: &str) {
+    cfg.handlers
+        .get_mut("email")
+        .expect("[email]")
+        .insert(key.to_owned(), value.into());
+}
+
 /// [`smtp_config`] trusting the test CA.
 pub fn tls_config(redis: &Redis, url: &str, ca: &TestCa) -> Config {
     smtp_config(redis, url, &format!("ca_file = \"{}\"", ca.ca.display()))

@@ -204,7 +204,10 @@ impl Processor {
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
-        let rate_limit = config.rate_limit.clone().map(RateLimiter::new);
+        let rate_limit = config
+            .rate_limit
+            .clone()
+            .map(|limit| RateLimiter::new(limit, handler.clone()));
         Self {
             name: name.into(),
             store,

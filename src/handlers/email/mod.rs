@@ -70,20 +70,23 @@ use async_trait::async_trait;
 use lettre::message::Mailbox;
 use sha2::{Digest as _, Sha256};
 
-use super::{CheckError, Handler, HandlerContext, HandlerError};
-use crate::broker::Broker;
-use crate::config::{ConfigError, EmailConfig, EmailTransport, QueueConfig, Secret, human};
+use super::{CheckError, Handler, HandlerContext, HandlerError, HandlerStore, RateLimitKey};
+use crate::clock::now_rfc3339;
+use crate::config::{ConfigError, QueueConfig, Secret, human};
 use crate::job::Job;
 
 mod classify;
 mod message;
 mod privacy;
 mod probe;
+mod rate_key;
+mod settings;
 mod smtp;
-pub(crate) mod template;
+mod template;
 mod transport;
 
 use message::{Body, Content, Request};
+use settings::{Settings, Transport};
 use smtp::SmtpPool;
 use template::Templates;
 use transport::SmtpSettings;
@@ -100,14 +103,13 @@ pub struct Email {
     deliver: Deliver,
     templates: Option<Templates>,
     from: Mailbox,
-    broker: Broker,
+    store: HandlerStore,
     /// The queue's list `K`, for its `{K}:sent:<id>` markers.
-    queue_key: String,
     queue: QueueConfig,
     timeout: Duration,
     password: Option<Secret>,
     /// `[email]`, for the probe of `conveyor check`.
-    config: EmailConfig,
+    config: Settings,
 }
 
 enum Deliver {
@@ -121,7 +123,7 @@ impl Email {
     pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
         // Shared by every email queue, the transport is set in `[email]`.
         ctx.no_options()?;
-        let email = &ctx.config().email;
+        let email = &Settings::read(ctx)?;
         let from: Mailbox = email
             .from
             .parse()
@@ -146,8 +148,8 @@ impl Email {
             )));
         }
         let deliver = match email.transport {
-            EmailTransport::File => Deliver::File(email.dir.clone()),
-            EmailTransport::Smtp => Deliver::Smtp(Box::new(SmtpPool::new(
+            Transport::File => Deliver::File(email.dir.clone()),
+            Transport::Smtp => Deliver::Smtp(Box::new(SmtpPool::new(
                 SmtpSettings::from_config(email)?,
                 ctx.queue_config().concurrency,
             ))),
@@ -156,8 +158,7 @@ impl Email {
             deliver,
             templates: email.templates.as_deref().map(Templates::new),
             from,
-            broker: ctx.broker().clone(),
-            queue_key: ctx.config().queue_key(ctx.queue()),
+            store: ctx.store(),
             queue: ctx.queue_config().clone(),
             timeout: email.timeout,
             password: email.password.clone(),
@@ -204,6 +205,10 @@ impl Email {
 
 #[async_trait]
 impl Handler for Email {
+    fn rate_limit_key(&self, key: &str, payload: &serde_json::Value) -> Option<RateLimitKey> {
+        (key == rate_key::TO_DOMAIN).then(|| rate_key::to_domain(payload))
+    }
+
     /// The outbox can be created, or the SMTP server holds a conversation
     /// up to AUTH, naming the step that fails.
     async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
@@ -265,8 +270,8 @@ impl Handler for Email {
         // wrapped in an envelope, and the next run looks).
         let already_sent = !job.was_raw()
             && self
-                .broker
-                .is_sent(&self.queue_key, job.id())
+                .store
+                .exists(&sent_marker(job.id()))
                 .await
                 .map_err(|e| {
                     HandlerError::transient(format!("cannot check whether it was sent before: {e}"))
@@ -287,7 +292,11 @@ impl Handler for Email {
         }
 
         let ttl = marker_ttl(job, &self.queue);
-        if let Err(e) = self.broker.mark_sent(&self.queue_key, job.id(), ttl).await {
+        let marked = self
+            .store
+            .set(&sent_marker(job.id()), now_rfc3339().as_bytes(), Some(ttl))
+            .await;
+        if let Err(e) = marked {
             tracing::warn!(error = %e, "email sent, but its sent marker was not written: a retry of this job would send it again");
         }
         tracing::info!(
@@ -314,6 +323,13 @@ fn safe_id(id: &str) -> String {
         let digest = Sha256::digest(id.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The name of job `id`'s sent marker, `{K}:sent:<id>`: set (with a TTL)
+/// once its email was accepted by the mail server, so a retry of the job
+/// does not send it again. Its value is when, for a person reading Redis.
+fn sent_marker(id: &str) -> String {
+    format!("sent:{id}")
 }
 
 /// How long a job's sent marker must live: its remaining attempts, each at
@@ -354,7 +370,7 @@ mod tests {
     /// Needs a runtime (the broker's pool starts a reaper task), not Redis.
     fn build_error(toml: &str) -> String {
         let config = crate::config::Config::from_toml(toml).expect("toml");
-        let broker = Broker::new(&config.redis).expect("a broker needs no I/O");
+        let broker = crate::broker::Broker::new(&config.redis).expect("a broker needs no I/O");
         match crate::handlers::Registry::builtin().build_all_with(&config, &broker) {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),

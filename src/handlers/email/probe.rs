@@ -8,9 +8,10 @@ use lettre::transport::smtp::extension::ClientId;
 
 use super::classify::open_reason;
 use super::privacy::scrub;
+use super::settings::Settings;
 use super::smtp::{Failure, Progress, open};
 use super::transport::SmtpSettings;
-use crate::config::{ConfigError, EmailConfig, human};
+use crate::config::{ConfigError, human};
 use crate::handlers::CheckError;
 
 /// A step of the SMTP conversation.
@@ -74,10 +75,7 @@ impl From<ProbeError> for CheckError {
 
 /// Runs the steps against `[email] smtp_url`, calling `say` with a line per
 /// step that passed, and ends the session with QUIT.
-pub(crate) async fn probe(
-    email: &EmailConfig,
-    mut say: impl FnMut(String),
-) -> Result<(), ProbeError> {
+pub(crate) async fn probe(email: &Settings, mut say: impl FnMut(String)) -> Result<(), ProbeError> {
     let settings = SmtpSettings::from_config(email)?;
     let url = &settings.url;
     let server = match url.host.contains(':') {

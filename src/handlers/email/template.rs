@@ -74,7 +74,7 @@ impl Templates {
         vars: &Map<String, serde_json::Value>,
     ) -> Result<Content, TemplateError> {
         check_name(name)?;
-        let ctx = to_value(&serde_json::Value::Object(vars.clone()));
+        let ctx = crate::template_value::from_json(&serde_json::Value::Object(vars.clone()));
         let text = self.render_one(&format!("{name}.txt"), &ctx)?;
         let html = self.render_one(&format!("{name}.html"), &ctx)?;
         if text.is_none() && html.is_none() {
@@ -129,28 +129,6 @@ fn check_name(name: &str) -> Result<(), TemplateError> {
         Ok(())
     } else {
         Err(TemplateError::BadName(name.chars().take(60).collect()))
-    }
-}
-
-/// JSON to a template value. serde_json refuses input nested deeper than 128
-/// levels, so the recursion is bounded.
-pub(crate) fn to_value(v: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Value::from(()),
-        J::Bool(b) => Value::from(*b),
-        J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Value::from(i),
-            (None, Some(u), _) => Value::from(u),
-            (None, None, f) => Value::from(f.unwrap_or(f64::NAN)),
-        },
-        J::String(s) => Value::from(s.as_str()),
-        J::Array(items) => items.iter().map(to_value).collect(),
-        J::Object(map) => Value::from(
-            map.iter()
-                .map(|(k, v)| (k.clone(), to_value(v)))
-                .collect::<std::collections::BTreeMap<String, Value>>(),
-        ),
     }
 }
 

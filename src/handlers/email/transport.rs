@@ -7,7 +7,8 @@ use std::time::Duration;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
 
-use crate::config::{ConfigError, EmailConfig};
+use super::settings::Settings;
+use crate::config::ConfigError;
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,7 @@ pub(crate) struct SmtpSettings {
 impl SmtpSettings {
     /// Reads `[email]`: the URL, the CA file, and the password when the URL
     /// names a user.
-    pub(crate) fn from_config(email: &EmailConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(email: &Settings) -> Result<Self, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(format!("email.smtp_url: {m}"));
         let url = SmtpUrl::parse(email.smtp_url.expose()).map_err(invalid)?;
         let tls = match url.tls {

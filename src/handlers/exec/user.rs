@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 /// `[exec]`: defaults for every exec queue.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Defaults {
+pub(super) struct Defaults {
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
@@ -40,11 +40,9 @@ pub(super) struct Worker {
 pub(super) fn resolve(
     user: Option<&str>,
     group: Option<&str>,
-    defaults: &toml::Table,
+    defaults: &Defaults,
     at: &str,
 ) -> Result<Option<Worker>, ConfigError> {
-    let defaults = Defaults::deserialize(toml::Value::Table(defaults.clone()))
-        .map_err(|e| ConfigError::Invalid(format!("exec: {}", e.to_string().trim_end())))?;
     // A queue's own user comes with its own group (or the user's); the
     // default group only goes with the default user.
     let (user, group, at) = match (user, group) {

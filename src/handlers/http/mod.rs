@@ -39,13 +39,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
-use super::{CheckError, Handler, HandlerContext};
-use crate::broker::Broker;
+use super::{CheckError, Handler, HandlerContext, HandlerStore};
 use crate::config::{ConfigError, mask_url};
 use crate::job::{HandlerError, Job, MAX_RESULT_BYTES};
 
 mod client;
 mod guard;
+mod mask;
 mod sign;
 
 use guard::Refused;
@@ -131,8 +131,10 @@ pub struct Http {
     /// Per-job URLs of a queue without `allow_private` resolve through
     /// the SSRF guard.
     client: client::Client,
-    broker: Broker,
+    store: HandlerStore,
 }
+
+pub(crate) use mask::mask_secrets;
 
 /// Builds the `http` handler of a queue from `[queues.<q>.http]`.
 pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
@@ -203,7 +205,7 @@ pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> 
         cache_ttl: options.cache_ttl,
         key: sign::key_of(ctx.queue(), &env)?,
         client,
-        broker: ctx.broker().clone(),
+        store: ctx.store(),
     }))
 }
 
@@ -405,7 +407,7 @@ impl Handler for Http {
         let status = parts.status;
         if status.is_success() {
             if let (Some(ttl), true) = (cache, complete) {
-                if let Err(e) = self.broker.cache(target.url.as_str(), &body, ttl).await {
+                if let Err(e) = self.store.cache(target.url.as_str(), &body, ttl).await {
                     tracing::warn!(error = %e, "response not cached");
                 }
             }
@@ -491,7 +493,7 @@ impl Http {
     }
 
     async fn cached(&self, url: &Url) -> Result<bool, HandlerError> {
-        self.broker.is_cached(url.as_str()).await.map_err(|e| {
+        self.store.cached(url.as_str()).await.map_err(|e| {
             HandlerError::transient(format!("cannot look up the cached response: {e}"))
         })
     }
