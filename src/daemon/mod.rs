@@ -163,7 +163,7 @@ pub async fn run_with(
     }
     let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     broker.follow_failovers();
-    let handlers = registry.build_all_with(&config, &broker)?;
+    let built = registry.build_all_with(&config, &broker)?;
     let wake_scheduler = Arc::new(Notify::new());
     let give_up = CancellationToken::new();
     let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
@@ -208,7 +208,7 @@ pub async fn run_with(
         stop_fetching.clone(),
         abandon.clone(),
     );
-    for (name, handler) in config.queues.keys().zip(handlers) {
+    for (name, handler) in config.queues.keys().zip(built) {
         queues.add(name, &config, handler).await;
     }
     let slots: u32 = config.queues.values().map(|q| q.concurrency).sum();

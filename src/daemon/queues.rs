@@ -18,7 +18,7 @@ use super::processor::{NodeShared, Processor};
 use crate::broker::queue::QueueStore;
 use crate::broker::{Broker, QueueKeys};
 use crate::config::{Config, QueueConfig};
-use crate::handlers::Handler;
+use crate::handlers::{Built, Handler};
 
 /// The node's processors as the background components see them (the
 /// heartbeat, reaper, scheduler and watchdog read them at each tick).
@@ -51,9 +51,9 @@ struct Queue {
     handler: Arc<dyn Handler>,
     /// What it was built from, to tell whether a reload changes it.
     settings: QueueConfig,
-    /// Its handler's node-wide settings (the table named after it), for
-    /// a reload to see them change.
-    handler_settings: Option<toml::Table>,
+    /// The node-wide settings tables its handler read, for a reload to
+    /// see them change.
+    handler_settings: BTreeMap<String, toml::Table>,
     /// Stops this queue's fetcher (a child of the node's).
     stop_fetching: CancellationToken,
     /// Its task, once launched.
@@ -107,7 +107,11 @@ impl Queues {
     }
 
     /// Adds queue `name`, ready to be launched; its handler is started.
-    pub(crate) async fn add(&mut self, name: &str, config: &Config, handler: Arc<dyn Handler>) {
+    pub(crate) async fn add(&mut self, name: &str, config: &Config, built: Built) {
+        let Built {
+            handler,
+            settings: handler_settings,
+        } = built;
         let settings = config.queues[name].clone();
         let keys = QueueKeys::new(name, &config.queue_key(name), &self.node);
         let store = QueueStore::new(self.broker.clone(), keys, settings.dead_max_jobs);
@@ -119,7 +123,6 @@ impl Queues {
             handler.clone(),
             self.shared.clone(),
         ));
-        let handler_settings = config.handlers.get(&settings.handler).cloned();
         self.queues.insert(
             name.to_owned(),
             Queue {
@@ -150,7 +153,9 @@ impl Queues {
         match (self.queues.get(name), config.queues.get(name)) {
             (Some(running), Some(wanted)) => {
                 running.settings != *wanted
-                    || running.handler_settings.as_ref() != config.handlers.get(&wanted.handler)
+                    || running.handler_settings.iter().any(|(table, read)| {
+                        config.handlers.get(table).unwrap_or(&toml::Table::new()) != read
+                    })
             }
             _ => false,
         }

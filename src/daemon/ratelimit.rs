@@ -1,9 +1,9 @@
 //! Per-queue rate limits: at most `limit` job starts in any sliding
-//! `window`, optionally one window per value of a key: a top-level field of
-//! the payload, or a key the queue's handler defines (the email handler's
-//! `to_domain`, for a provider's per-domain limits). A job over the limit is
-//! scheduled for the moment a slot frees: it spends no attempt and is not a
-//! failure.
+//! `window`, optionally one window per value of a key: a key the queue's
+//! handler defines, the domain of an address field (`to_domain`, for a
+//! provider's per-domain limits), or a top-level field of the payload. A
+//! job over the limit is scheduled for the moment a slot frees: it spends
+//! no attempt and is not a failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,10 +63,11 @@ impl RateLimiter {
         let value = match self.handler.rate_limit_key(field, &payload) {
             Some(RateLimitKey::Value(value)) => value,
             Some(RateLimitKey::Missing) => return None,
-            None => match &payload[field] {
-                Value::String(s) => s.clone(),
-                Value::Null => return None,
-                other => other.to_string(),
+            None => match (address_domain(field, &payload), &payload[field]) {
+                (Some(domain), _) => domain,
+                (None, Value::String(s)) => s.clone(),
+                (None, Value::Null) => return None,
+                (None, other) => other.to_string(),
             },
         };
         Some(
@@ -80,6 +81,20 @@ impl RateLimiter {
             },
         )
     }
+}
+
+/// Key `<field>_domain` (`to_domain`, for a provider's per-domain limits):
+/// the lower-cased domain of the address in the payload's `<field>`, or of
+/// the first one of a list ("Name <user@Example.COM>" -> "example.com").
+/// `None` when the field holds no address.
+fn address_domain(key: &str, payload: &Value) -> Option<String> {
+    let field = key.strip_suffix("_domain")?;
+    let address = match &payload[field] {
+        Value::Array(list) => list.first()?.as_str()?,
+        other => other.as_str()?,
+    };
+    let domain = address.rsplit('@').next()?.trim_end_matches('>').trim();
+    (domain != address.trim() && !domain.is_empty()).then(|| domain.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -148,5 +163,25 @@ mod tests {
         let long = format!(r#"{{"tenant":"{}"}}"#, "x".repeat(500));
         assert_eq!(l.key_of(&job(&long)).map(|k| k.len()), Some(64));
         assert_eq!(limiter(None).key_of(&job(r#"{"tenant":"acme"}"#)), None);
+    }
+
+    #[test]
+    fn a_domain_key_is_the_first_addresss_domain() {
+        let l = limiter(Some("to_domain"));
+        let key = |payload: &str| l.key_of(&job(payload));
+        assert_eq!(
+            key(r#"{"to":"a@Example.COM"}"#).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            key(r#"{"to":["Bo <b@x.org>","c@y.org"]}"#).as_deref(),
+            Some("x.org")
+        );
+        assert_eq!(key(r#"{"to":"not-an-address"}"#), None);
+        assert_eq!(key(r#"{"subject":"no to"}"#), None);
+        assert_eq!(
+            key(r#"{"to_domain":"given.org"}"#).as_deref(),
+            Some("given.org")
+        );
     }
 }

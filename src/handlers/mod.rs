@@ -13,6 +13,7 @@
 //! it. `conveyor check` builds every queue's handler and asks each to
 //! [`Handler::check`] what it depends on.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,9 +97,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// The rate-limit window a job counts against, for a `rate_limit.key`
-    /// the handler defines itself (the email handler's `to_domain`, the
-    /// domain of the first recipient); `None` for a key it does not define,
-    /// which is then read as a top-level field of the payload.
+    /// the handler defines itself (a shard of a field, say); `None` for a
+    /// key it does not define, which is then read from the payload: the
+    /// domain of an address field for `<field>_domain` (`to_domain`), else
+    /// a top-level field.
     fn rate_limit_key(&self, key: &str, payload: &serde_json::Value) -> Option<RateLimitKey> {
         let _ = (key, payload);
         None
@@ -131,15 +133,38 @@ pub enum CheckError {
 }
 
 /// What a handler factory may look at when it builds a queue's handler.
-#[derive(Clone, Copy)]
 pub struct HandlerContext<'a> {
     queue: &'a str,
     queue_config: &'a QueueConfig,
     config: &'a Config,
     broker: &'a Broker,
+    /// The node-wide settings tables read, as read: a reload that changes
+    /// one of them rebuilds the queue.
+    read: RefCell<BTreeMap<String, toml::Table>>,
+}
+
+/// A queue's handler, built, with the node-wide settings it read.
+pub(crate) struct Built {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) settings: BTreeMap<String, toml::Table>,
 }
 
 impl<'a> HandlerContext<'a> {
+    fn new(
+        queue: &'a str,
+        queue_config: &'a QueueConfig,
+        config: &'a Config,
+        broker: &'a Broker,
+    ) -> Self {
+        Self {
+            queue,
+            queue_config,
+            config,
+            broker,
+            read: RefCell::default(),
+        }
+    }
+
     /// The queue's name.
     pub fn queue(&self) -> &'a str {
         self.queue
@@ -181,15 +206,25 @@ impl<'a> HandlerContext<'a> {
     }
 
     /// The handler's node-wide settings, the top-level table named after
-    /// it (`[email]` for the email handler), read as `T` (give `T`
-    /// `#[serde(deny_unknown_fields)]`); a missing table reads as an empty
-    /// one. Errors name the table. Every queue of the handler reads the
-    /// same table, and a reload that changes it rebuilds them.
+    /// it (`[tally]` for a handler registered as `tally`), read as `T`
+    /// (give `T` `#[serde(deny_unknown_fields)]`); a missing table reads as
+    /// an empty one. Errors name the table. Every queue of the handler
+    /// reads the same table, and a reload that changes it rebuilds them.
     pub fn settings<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let name = &self.queue_config.handler;
-        let table = self.config.handlers.get(name).cloned().unwrap_or_default();
-        T::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid(format!("{name}: {}", e.to_string().trim_end())))
+        self.settings_of(&self.queue_config.handler)
+    }
+
+    /// The top-level table `[table]`, read as `T`, as
+    /// [`HandlerContext::settings`] does: for a handler whose settings keep
+    /// their name under another registration (the email handler reads
+    /// `[email]` whatever name it is registered as).
+    pub fn settings_of<T: DeserializeOwned>(&self, table: &str) -> Result<T, ConfigError> {
+        let read = self.config.handlers.get(table).cloned().unwrap_or_default();
+        self.read
+            .borrow_mut()
+            .insert(table.to_owned(), read.clone());
+        T::deserialize(toml::Value::Table(read))
+            .map_err(|e| ConfigError::Invalid(format!("{table}: {}", e.to_string().trim_end())))
     }
 
     /// A variable of the environment (or of the configuration's
@@ -307,26 +342,20 @@ impl Registry {
     /// The first queue whose handler cannot be built decides the error.
     pub fn build_all(&self, config: &Config) -> Result<Vec<Arc<dyn Handler>>, ConfigError> {
         let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.build_all_with(config, &broker)
+        let built = self.build_all_with(config, &broker)?;
+        Ok(built.into_iter().map(|b| b.handler).collect())
     }
 
     pub(crate) fn build_all_with(
         &self,
         config: &Config,
         broker: &Broker,
-    ) -> Result<Vec<Arc<dyn Handler>>, ConfigError> {
+    ) -> Result<Vec<Built>, ConfigError> {
         self.check_settings(config)?;
         config
             .queues
             .iter()
-            .map(|(name, q)| {
-                self.build(&HandlerContext {
-                    queue: name,
-                    queue_config: q,
-                    config,
-                    broker,
-                })
-            })
+            .map(|(name, q)| self.build(HandlerContext::new(name, q, config, broker)))
             .collect()
     }
 
@@ -354,19 +383,14 @@ impl Registry {
         config: &Config,
         broker: &Broker,
         name: &str,
-    ) -> Result<Arc<dyn Handler>, ConfigError> {
+    ) -> Result<Built, ConfigError> {
         let queue_config = config.queues.get(name).ok_or_else(|| {
             ConfigError::Invalid(format!("no queue {name:?} in the configuration"))
         })?;
-        self.build(&HandlerContext {
-            queue: name,
-            queue_config,
-            config,
-            broker,
-        })
+        self.build(HandlerContext::new(name, queue_config, config, broker))
     }
 
-    fn build(&self, ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    fn build(&self, ctx: HandlerContext<'_>) -> Result<Built, ConfigError> {
         let name = &ctx.queue_config.handler;
         let factory = self.factories.get(name).ok_or_else(|| {
             ConfigError::Invalid(format!(
@@ -375,6 +399,10 @@ impl Registry {
                 self.names().join(", ")
             ))
         })?;
-        factory(ctx)
+        let handler = factory(&ctx)?;
+        Ok(Built {
+            handler,
+            settings: ctx.read.into_inner(),
+        })
     }
 }

@@ -211,6 +211,27 @@ impl TestDaemon {
         }
     }
 
+    /// [`TestDaemon::start`] that applies `reloader`'s configuration on
+    /// each `shutdown.reload`, as SIGHUP does.
+    #[allow(dead_code)] // not every test program reloads
+    pub fn start_reloadable(
+        config: Config,
+        registry: Registry,
+        reloader: conveyor::daemon::Reloader,
+    ) -> Self {
+        let shutdown = Shutdown::new();
+        let node = Node::new();
+        let (s, n) = (shutdown.clone(), node.clone());
+        let handle = tokio::spawn(async move {
+            conveyor::daemon::run_with(n, config, &registry, s, Some(reloader)).await
+        });
+        Self {
+            shutdown,
+            node,
+            handle,
+        }
+    }
+
     /// Shuts down gracefully and returns the daemon's result.
     pub async fn stop(self) -> Result<(), DaemonError> {
         self.shutdown.terminate.cancel();

@@ -70,7 +70,7 @@ use async_trait::async_trait;
 use lettre::message::Mailbox;
 use sha2::{Digest as _, Sha256};
 
-use super::{CheckError, Handler, HandlerContext, HandlerError, HandlerStore, RateLimitKey};
+use super::{CheckError, Handler, HandlerContext, HandlerError, HandlerStore};
 use crate::clock::now_rfc3339;
 use crate::config::{ConfigError, QueueConfig, Secret, human};
 use crate::job::Job;
@@ -79,7 +79,6 @@ mod classify;
 mod message;
 mod privacy;
 mod probe;
-mod rate_key;
 mod settings;
 mod smtp;
 mod template;
@@ -205,10 +204,6 @@ impl Email {
 
 #[async_trait]
 impl Handler for Email {
-    fn rate_limit_key(&self, key: &str, payload: &serde_json::Value) -> Option<RateLimitKey> {
-        (key == rate_key::TO_DOMAIN).then(|| rate_key::to_domain(payload))
-    }
-
     /// The outbox can be created, or the SMTP server holds a conversation
     /// up to AUTH, naming the step that fails.
     async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {

@@ -82,7 +82,7 @@ impl Settings {
     /// `[email]` of the configuration, with the environment's overrides,
     /// its paths made absolute, and checked.
     pub(crate) fn read(ctx: &HandlerContext<'_>) -> Result<Self, ConfigError> {
-        let mut settings: Self = ctx.settings()?;
+        let mut settings: Self = ctx.settings_of("email")?;
         settings.resolve(&ctx.config().dir, &|name| ctx.env(name))?;
         Ok(settings)
     }

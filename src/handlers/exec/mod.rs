@@ -253,7 +253,7 @@ fn spec(
     let worker = user::resolve(
         options.user.as_deref(),
         options.group.as_deref(),
-        &ctx.settings()?,
+        &ctx.settings_of("exec")?,
         &at,
     )?;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
