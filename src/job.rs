@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Backoff;
 use crate::envelope::{Envelope, Parsed};
 
+mod state;
+pub(crate) use state::JobState;
+
 /// Largest result a run may keep, in bytes of JSON text.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 

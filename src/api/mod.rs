@@ -27,6 +27,7 @@ use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
 use crate::config::Config;
 use crate::envelope::{Envelope, Head, glimpse, parse_item};
 use crate::event::{Draft, EventType};
+use crate::job::JobState;
 
 mod dead;
 mod node;
@@ -202,9 +203,9 @@ impl Cancelled {
     /// `waiting`, `scheduled` or `running`.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Cancelled::Waiting => "waiting",
-            Cancelled::Scheduled => "scheduled",
-            Cancelled::Running(_) => "running",
+            Cancelled::Waiting => JobState::Waiting.as_str(),
+            Cancelled::Scheduled => JobState::Scheduled.as_str(),
+            Cancelled::Running(_) => JobState::Running.as_str(),
         }
     }
 }

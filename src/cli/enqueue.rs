@@ -15,6 +15,7 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::{Broker, QueueKeys};
 use crate::config::{Config, EventLevel};
 use crate::event::{Draft, EventType};
+use crate::job::JobState;
 
 use crate::clock::{now_ms, now_rfc3339};
 use crate::envelope::{check_size, new_envelope_json, new_id};
@@ -278,15 +279,15 @@ impl Announcer {
         }
         if let Some(ttl) = self.track {
             let state = if due_ms.is_some() {
-                "scheduled"
+                JobState::Scheduled
             } else {
-                "waiting"
+                JobState::Waiting
             };
             job.status = Some(StatusUpdate {
                 id: job.id.clone(),
                 fields: vec![
                     ("queue", self.queue.clone()),
-                    ("state", state.to_owned()),
+                    ("state", state.as_str().to_owned()),
                     ("attempt", "0".to_owned()),
                     ("enqueued_at", now.to_owned()),
                     ("updated_at", now.to_owned()),

@@ -24,6 +24,7 @@ use crate::clock::now_rfc3339;
 use crate::config::{Config, EventLevel};
 use crate::envelope::new_envelope_json;
 use crate::event::{Draft, EventType};
+use crate::job::JobState;
 use crate::schedule::Spec;
 
 /// Longest sleep between looks: a clock stepped forward is noticed this soon.
@@ -175,7 +176,7 @@ impl Entry {
                         id,
                         fields: vec![
                             ("queue", queue.clone()),
-                            ("state", "waiting".to_owned()),
+                            ("state", JobState::Waiting.as_str().to_owned()),
                             ("attempt", "0".to_owned()),
                             ("schedule", self.name.clone()),
                             ("enqueued_at", enqueued_at.clone()),

@@ -16,6 +16,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::clock::now_rfc3339;
 use crate::envelope::{Envelope, parse_item};
 use crate::event::{Draft, EventType};
+use crate::job::JobState;
 
 /// Most jobs moved per script call.
 const BATCH: usize = 100;
@@ -127,7 +128,7 @@ impl Reaper {
                     env.set_error(&error);
                     env.died_at = Some(now_rfc3339());
                     tracing::warn!(%queue, id = %env.id, deliveries = env.deliveries, "quarantined a poison job in the dead letter list");
-                    let status = p.status(&env.id, "dead", env.attempt, || {
+                    let status = p.status(&env.id, JobState::Dead, env.attempt, || {
                         vec![
                             ("last_error", error.clone()),
                             ("finished_at", now_rfc3339()),
@@ -150,7 +151,7 @@ impl Reaper {
                         env.attempt,
                     )
                     .reason("crash");
-                    let status = p.status(&env.id, "waiting", env.attempt, Vec::new);
+                    let status = p.status(&env.id, JobState::Waiting, env.attempt, Vec::new);
                     (RecoverTo::Queue, env, event, status)
                 }
             }

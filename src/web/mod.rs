@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client};
 use crate::broker::events::EventSink;
+use crate::job::JobState;
 use crate::metrics::Metrics;
 
 mod auth;
@@ -273,10 +274,12 @@ async fn jobs(
     web.configured(&queue)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(1000);
     let c = &web.client;
-    Ok(match list.as_str() {
-        "dead" => axum::Json(c.dead_jobs(&queue, 0, limit).await?).into_response(),
-        "scheduled" => axum::Json(c.scheduled_jobs(&queue, limit).await?).into_response(),
-        "running" => axum::Json(c.running_jobs(&queue, limit).await?).into_response(),
+    Ok(match JobState::named(&list) {
+        Some(JobState::Dead) => axum::Json(c.dead_jobs(&queue, 0, limit).await?).into_response(),
+        Some(JobState::Scheduled) => {
+            axum::Json(c.scheduled_jobs(&queue, limit).await?).into_response()
+        }
+        Some(JobState::Running) => axum::Json(c.running_jobs(&queue, limit).await?).into_response(),
         _ => {
             return Err(Failure(
                 StatusCode::NOT_FOUND,

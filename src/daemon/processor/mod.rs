@@ -32,6 +32,7 @@ use crate::config::QueueConfig;
 use crate::envelope::parse_item;
 use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
+use crate::job::JobState;
 use crate::metrics::{Metrics, QueueMetrics};
 
 mod run;
@@ -555,7 +556,7 @@ impl Processor {
             };
             let status = id
                 .as_ref()
-                .and_then(|(id, attempt)| self.status(id, "waiting", *attempt, Vec::new));
+                .and_then(|(id, attempt)| self.status(id, JobState::Waiting, *attempt, Vec::new));
             ids.push(id);
             moves.push(Move {
                 item,

@@ -24,6 +24,7 @@ use crate::envelope::{Envelope, Malformed, read_job};
 use crate::event::{Draft, EventType};
 use crate::job::HandlerError;
 use crate::job::Job;
+use crate::job::JobState;
 
 impl Processor {
     /// Reads a taken item and runs it (alone if `suspect`: `lua/take.lua`
@@ -83,9 +84,12 @@ impl Processor {
                 envelope: job.envelope().to_json(),
                 due_ms,
             };
-            let status = self.status(job.id(), "scheduled", job.envelope().attempt, || {
-                vec![("due_at", rfc3339_ms(due_ms))]
-            });
+            let status = self.status(
+                job.id(),
+                JobState::Scheduled,
+                job.envelope().attempt,
+                || vec![("due_at", rfc3339_ms(due_ms))],
+            );
             self.record(job.item_bytes(), outcome, status).await;
             self.scheduler.notify_one();
             return;
@@ -116,7 +120,7 @@ impl Processor {
         self.emit(EventType::Started, |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
-        if let Some(running) = self.status(job.id(), "running", job.attempt(), || {
+        if let Some(running) = self.status(job.id(), JobState::Running, job.attempt(), || {
             vec![("started_at", now_rfc3339())]
         }) {
             self.events.status(running);
@@ -167,7 +171,7 @@ impl Processor {
                 .map_or_else(String::new, |_| job.id().to_owned()),
             unique_key,
         };
-        let status = self.status(job.id(), "succeeded", job.attempt(), || {
+        let status = self.status(job.id(), JobState::Succeeded, job.attempt(), || {
             let mut fields = vec![("finished_at", now_rfc3339())];
             if let Some(result) = job.take_result() {
                 fields.push(("result", String::from(Box::<str>::from(result))));
@@ -232,7 +236,7 @@ impl Processor {
             due_ms,
         };
         let retry_at = rfc3339_ms(due_ms);
-        let status = self.status(job.id(), "retrying", job.attempt(), || {
+        let status = self.status(job.id(), JobState::Retrying, job.attempt(), || {
             vec![
                 ("last_error", message.clone()),
                 ("due_at", retry_at.clone()),
@@ -248,7 +252,12 @@ impl Processor {
     /// goes back wrapped in the envelope whose id its events used.
     async fn requeue(&self, job: &Job) {
         let replacement = job.was_raw().then(|| job.envelope().to_json());
-        let status = self.status(job.id(), "waiting", job.envelope().attempt, Vec::new);
+        let status = self.status(
+            job.id(),
+            JobState::Waiting,
+            job.envelope().attempt,
+            Vec::new,
+        );
         if self
             .record(job.item_bytes(), Outcome::Requeue { replacement }, status)
             .await
@@ -270,7 +279,8 @@ impl Processor {
             .await
         {
             self.emit(EventType::Cancelled, |kind| {
-                Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("running")
+                Draft::job(kind, &*self.name, job.id(), job.attempt())
+                    .reason(JobState::Running.as_str())
             });
             self.died(job, reason, "cancelled", job.attempt());
         }
@@ -296,7 +306,7 @@ impl Processor {
 
     /// The status record of a job that died of `error`.
     pub(crate) fn dead_status(&self, job: &Job, error: &str, attempt: u32) -> Option<StatusUpdate> {
-        self.status(job.id(), "dead", attempt, || {
+        self.status(job.id(), JobState::Dead, attempt, || {
             vec![
                 ("last_error", error.to_owned()),
                 ("finished_at", now_rfc3339()),
@@ -348,7 +358,7 @@ impl Processor {
         let env = Envelope::dead_letter(&item, &malformed, now_rfc3339());
         let error = malformed.to_string();
         tracing::warn!(queue = %self.name, id = %env.id, error = %malformed, "malformed item dead-lettered");
-        let status = self.status(&env.id, "dead", env.attempt, || {
+        let status = self.status(&env.id, JobState::Dead, env.attempt, || {
             vec![
                 ("last_error", error.clone()),
                 ("finished_at", now_rfc3339()),
@@ -418,7 +428,7 @@ impl Processor {
     pub(crate) fn status(
         &self,
         id: &str,
-        state: &str,
+        state: JobState,
         attempt: u32,
         fields: impl FnOnce() -> Vec<(&'static str, String)>,
     ) -> Option<StatusUpdate> {
@@ -428,7 +438,7 @@ impl Processor {
         let mut fields = fields();
         fields.extend([
             ("queue", self.name.to_string()),
-            ("state", state.to_owned()),
+            ("state", state.as_str().to_owned()),
             ("attempt", attempt.to_string()),
             ("node", self.store.keys().node.clone()),
             ("updated_at", now_rfc3339()),
