@@ -6,8 +6,10 @@ use std::time::Duration;
 use redis::Value;
 
 use super::events::{EventSink, StatusUpdate};
+use super::scripts::{cancel, dead_retry, enqueue_unique, publish_if_heard, run_now, view};
+use super::stats::Stat;
 use super::view::{Bounds, Store, Then, Viewed};
-use super::{Broker, BrokerError, QueueKeys, keys, scripts};
+use super::{Broker, BrokerError, QueueKeys};
 use crate::event::EventBatch;
 
 /// A job to enqueue.
@@ -96,7 +98,7 @@ impl Broker {
         // listens (a subscriber may be on any node).
         let cluster = self.is_cluster();
         if jobs.iter().any(|j| j.unique.is_some()) {
-            pipe.load_script(&scripts::ENQUEUE_UNIQUE).ignore();
+            pipe.load_script(&enqueue_unique::SCRIPT).ignore();
         }
         // The events and status records of every job not unique go first, in
         // one call, so each precedes its push; a unique job's script writes
@@ -113,7 +115,7 @@ impl Broker {
             super::events::add_publish(&mut pipe, sink, &events);
         } else {
             if !events.is_empty() {
-                pipe.load_script(&scripts::PUBLISH_IF_HEARD).ignore();
+                pipe.load_script(&publish_if_heard::SCRIPT).ignore();
             }
             super::events::add_publish_if_heard(&mut pipe, sink, &events);
         }
@@ -122,36 +124,14 @@ impl Broker {
         while i < jobs.len() {
             let job = &jobs[i];
             if let Some((key, ttl)) = &job.unique {
-                let stream = sink.stream.as_ref();
-                let mut inv = scripts::ENQUEUE_UNIQUE.key(&q.list);
-                inv.key(&q.scheduled).key(q.unique(key));
-                if !cluster {
-                    inv.key(stream.map(|(k, _)| k.as_str()).unwrap_or(&sink.channel))
-                        .key(keys::job(&job.id));
-                }
-                inv.arg(&job.envelope)
-                    .arg(&job.id)
-                    .arg(job.due_ms.unwrap_or(0))
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .arg(if job.event.is_some() && !cluster {
-                        sink.channel.as_str()
-                    } else {
-                        ""
-                    })
-                    .arg(job.event.as_deref().unwrap_or(""))
-                    .arg(stream.map(|(_, n)| *n).unwrap_or(0));
-                match job.status.as_ref().filter(|_| !cluster) {
-                    Some(s) => {
-                        inv.arg(s.ttl.as_millis().max(1) as u64);
-                        for (k, v) in &s.fields {
-                            inv.arg(*k).arg(v);
-                        }
-                    }
-                    None => {
-                        inv.arg(0);
-                    }
-                }
-                pipe.invoke_script(&inv);
+                let call = enqueue_unique::Call {
+                    keys: q,
+                    job,
+                    lock: (key, *ttl),
+                    sink,
+                    announce: !cluster,
+                };
+                pipe.invoke_script(&call.invocation());
                 ops.push(Op::Other);
                 i += 1;
             } else if let Some(due) = job.due_ms {
@@ -236,13 +216,9 @@ impl Broker {
         if moves.is_empty() {
             return Ok(0);
         }
-        let mut inv = scripts::DEAD_RETRY.key(&q.dead);
-        inv.key(&q.list);
-        for (entry, item) in moves {
-            inv.arg(entry).arg(item);
-        }
+        let call = dead_retry::Call { keys: q, moves };
         let mut conn = self.conn().await?;
-        Ok(inv.invoke_async(&mut conn).await?)
+        Ok(call.invocation().invoke_async(&mut conn).await?)
     }
 
     /// Deletes the whole dead letter list; returns how many entries it held.
@@ -325,24 +301,23 @@ impl Broker {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        pipe.load_script(&scripts::VIEW).ignore();
+        pipe.load_script(&view::SCRIPT).ignore();
         for (q, head) in queues.iter().zip(heads) {
             pipe.cmd("LLEN").arg(&q.list);
             pipe.cmd("ZCARD").arg(&q.scheduled);
             pipe.cmd("LLEN").arg(&q.dead);
             pipe.cmd("HGETALL").arg(&q.stats);
             pipe.cmd("SMEMBERS").arg(&q.nodes);
-            pipe.invoke_script(
-                scripts::VIEW
-                    .key(&q.list)
-                    .arg("list")
-                    .arg(0)
-                    .arg(1)
-                    .arg(head.whole)
-                    .arg(head.head)
-                    .arg(head.whole)
-                    .arg(""),
-            );
+            let call = view::Call {
+                key: &q.list,
+                store: Store::List,
+                first: 0,
+                most: 1,
+                bounds: *head,
+                budget: head.whole,
+                prefix: "",
+            };
+            pipe.invoke_script(&call.invocation());
             pipe.cmd("EXISTS").arg(&q.paused);
         }
         let mut conn = self.conn().await?;
@@ -362,17 +337,17 @@ impl Broker {
             let row: Vec<Value> = rows.by_ref().take(7).collect();
             let (waiting, scheduled, dead, stats, nodes, head, paused): Row =
                 redis::from_redis_value(Value::Array(row))?;
-            let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+            let get = |s: Stat| stats.get(s.field()).copied().unwrap_or(0);
             counts.push(QueueCounts {
                 waiting,
                 in_flight: 0,
                 scheduled,
                 dead,
-                processed: get("processed"),
-                failed: get("failed"),
-                retried: get("retried"),
-                died: get("dead"),
-                recovered: get("recovered"),
+                processed: get(Stat::Processed),
+                failed: get(Stat::Failed),
+                retried: get(Stat::Retried),
+                died: get(Stat::Dead),
+                recovered: get(Stat::Recovered),
                 nodes,
                 head: head.into_iter().next().map(|(size, bytes, _)| Viewed {
                     index: 0,
@@ -517,13 +492,13 @@ impl Broker {
         dead_cap: u32,
         unique: Option<(&str, &str)>,
     ) -> Result<bool, BrokerError> {
-        let (source, kind, seen, store) = match found {
-            Found::Waiting(item) => (&q.list, "list", item, Store::List),
-            Found::Scheduled(item) => (&q.scheduled, "zset", item, Store::Zset),
+        let (source, seen, store) = match found {
+            Found::Waiting(item) => (&q.list, item, Store::List),
+            Found::Scheduled(item) => (&q.scheduled, item, Store::Zset),
             Found::Running(_) => return Ok(false),
         };
-        let lock = unique.map(|(key, _)| q.unique(key));
         if !seen.is_whole() {
+            let lock = unique.map(|(key, _)| q.unique(key));
             let then = Then::PushHead {
                 key: &q.dead,
                 item: dead_entry.as_bytes(),
@@ -532,19 +507,16 @@ impl Broker {
             let lock = lock.as_deref().zip(unique.map(|(_, id)| id));
             return self.remove_at(source, store, seen, then, lock).await;
         }
-        let item = &seen.bytes;
+        let call = cancel::Call {
+            keys: q,
+            store,
+            item: &seen.bytes,
+            dead_entry,
+            dead_cap,
+            unique,
+        };
         let mut conn = self.conn().await?;
-        let moved: u8 = scripts::CANCEL
-            .key(source)
-            .key(&q.dead)
-            .key(lock.as_deref().unwrap_or(&q.dead))
-            .arg(kind)
-            .arg(item)
-            .arg(dead_entry)
-            .arg(dead_cap)
-            .arg(unique.map_or("", |(_, id)| id))
-            .invoke_async(&mut conn)
-            .await?;
+        let moved: u8 = call.invocation().invoke_async(&mut conn).await?;
         Ok(moved == 1)
     }
 
@@ -626,14 +598,12 @@ impl Broker {
                 .remove_at(&q.scheduled, Store::Zset, seen, then, None)
                 .await;
         }
-        let item = &seen.bytes;
+        let call = run_now::Call {
+            keys: q,
+            item: &seen.bytes,
+        };
         let mut conn = self.conn().await?;
-        let moved: u8 = scripts::RUN_NOW
-            .key(&q.scheduled)
-            .key(&q.list)
-            .arg(item)
-            .invoke_async(&mut conn)
-            .await?;
+        let moved: u8 = call.invocation().invoke_async(&mut conn).await?;
         Ok(moved == 1)
     }
 }

@@ -41,34 +41,6 @@ pub struct StatusUpdate {
     pub ttl: Duration,
 }
 
-/// A job's status record as the arguments of a script that writes it with
-/// the step it tells (`finish.lua`, `recover.lua`): the index in KEYS of its
-/// key, 0 for none; then, if any, its lifetime in ms, a count n and n
-/// field-value pairs.
-pub(crate) struct TrackArgs<'a>(pub Option<(usize, &'a StatusUpdate)>);
-
-impl redis::ToRedisArgs for TrackArgs<'_> {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        let Some((index, status)) = self.0 else {
-            return out.write_arg(b"0");
-        };
-        out.write_arg_fmt(index);
-        out.write_arg_fmt(status.ttl.as_millis());
-        out.write_arg_fmt(status.fields.len());
-        for (field, value) in &status.fields {
-            out.write_arg(field.as_bytes());
-            out.write_arg(value.as_bytes());
-        }
-    }
-
-    fn num_of_args(&self) -> usize {
-        self.0.map_or(1, |(_, s)| 3 + 2 * s.fields.len())
-    }
-}
-
 impl Broker {
     /// Up to `count` stream entries after `after` (exclusive; a stream id,
     /// or `ms-0` for a time): `(entry id, its events in order)`. An entry
@@ -266,12 +238,11 @@ pub(crate) fn add_publish_if_heard(
     if events.is_empty() {
         return;
     }
-    let mut inv = super::scripts::PUBLISH_IF_HEARD.prepare_invoke();
-    inv.arg(&sink.channel);
-    for e in events.iter() {
-        inv.arg(e);
-    }
-    pipe.invoke_script(&inv).ignore();
+    let call = super::scripts::publish_if_heard::Call {
+        channel: &sink.channel,
+        events,
+    };
+    pipe.invoke_script(&call.invocation()).ignore();
 }
 
 /// Appends events to the replay stream, if there is one (no replies): in

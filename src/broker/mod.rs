@@ -26,11 +26,14 @@ use target::Target;
 pub mod admin;
 mod cluster;
 pub mod events;
+#[cfg(test)]
+mod fixture;
 pub mod keys;
 pub mod nodes;
 mod probe;
 pub mod queue;
 mod scripts;
+pub(crate) mod stats;
 pub mod store;
 mod target;
 pub mod ticks;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{FromRedisValue, ScriptInvocation, Value};
+use redis::{FromRedisValue, Value};
 
-use super::events::{StatusUpdate, TrackArgs};
-use super::{Broker, BrokerError, Conn, QueueKeys, keys, scripts};
-use crate::envelope::{HEAD_BYTES, item_limit, new_id};
+use super::events::StatusUpdate;
+use super::scripts::{promote, ratelimit, recover, shrink, take};
+use super::{Broker, BrokerError, Conn, QueueKeys};
 
 /// What one take moved into this node's in-flight list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,22 +38,6 @@ impl FromRedisValue for Taken {
             suspect: suspect == 1,
         })
     }
-}
-
-/// `lua/take.lua` for a queue whose payloads may be `max_payload_bytes`
-/// long: its one encoder, for the batched take and the blocking fetch.
-fn take_invocation(
-    keys: &QueueKeys,
-    max: usize,
-    max_payload_bytes: usize,
-) -> ScriptInvocation<'static> {
-    let mut inv = scripts::TAKE.key(&keys.list);
-    inv.key(&keys.inflight)
-        .arg(max)
-        .arg(item_limit(max_payload_bytes))
-        .arg(HEAD_BYTES)
-        .arg(new_id());
-    inv
 }
 
 /// How a job's run ended, as recorded in Redis.
@@ -180,9 +164,12 @@ impl QueueStore {
     /// one (see `lua/take.lua`).
     pub async fn take(&self, max: usize, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
         let mut conn = self.broker.conn().await?;
-        Ok(take_invocation(&self.keys, max, max_payload_bytes)
-            .invoke_async(&mut conn)
-            .await?)
+        let call = take::Call {
+            keys: &self.keys,
+            most: max,
+            max_payload_bytes,
+        };
+        Ok(call.invocation().invoke_async(&mut conn).await?)
     }
 
     /// A dedicated connection for blocking fetches of at most `block` each.
@@ -202,7 +189,7 @@ impl QueueStore {
         // The fetch sends take.lua by its hash (see `Fetcher::next`): loaded
         // here, on the server this connection talks to. After a restart of
         // Redis this connection breaks and its successor loads it again.
-        scripts::TAKE.load_async(&mut conn).await?;
+        take::SCRIPT.load_async(&mut conn).await?;
         Ok(Fetcher {
             conn,
             client_id,
@@ -219,13 +206,12 @@ impl QueueStore {
         limit: usize,
     ) -> Result<(u64, Option<i64>), BrokerError> {
         let mut conn = self.broker.conn().await?;
-        let (moved, next): (u64, f64) = scripts::PROMOTE
-            .key(&self.keys.scheduled)
-            .key(&self.keys.list)
-            .arg(now_ms)
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await?;
+        let call = promote::Call {
+            keys: &self.keys,
+            now_ms,
+            most: limit,
+        };
+        let (moved, next): (u64, f64) = call.invocation().invoke_async(&mut conn).await?;
         Ok((moved, (next >= 0.0).then_some(next as i64)))
     }
 
@@ -240,14 +226,14 @@ impl QueueStore {
         member: &str,
     ) -> Result<Option<Duration>, BrokerError> {
         let mut conn = self.broker.conn().await?;
-        let wait_ms: i64 = scripts::RATELIMIT
-            .key(self.keys.ratelimit_for(key))
-            .arg(now_ms)
-            .arg(window.as_millis() as u64)
-            .arg(limit)
-            .arg(member)
-            .invoke_async(&mut conn)
-            .await?;
+        let call = ratelimit::Call {
+            log: &self.keys.ratelimit_for(key),
+            now_ms,
+            window,
+            limit,
+            member,
+        };
+        let wait_ms: i64 = call.invocation().invoke_async(&mut conn).await?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
     }
 
@@ -282,14 +268,12 @@ impl QueueStore {
         max_payload_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, BrokerError> {
         let mut conn = self.broker.conn().await?;
-        Ok(scripts::SHRINK
-            .key(self.keys.inflight_of(node))
-            .arg(limit)
-            .arg(item_limit(max_payload_bytes))
-            .arg(HEAD_BYTES)
-            .arg(new_id())
-            .invoke_async(&mut conn)
-            .await?)
+        let call = shrink::Call {
+            inflight: &self.keys.inflight_of(node),
+            most: limit,
+            max_payload_bytes,
+        };
+        Ok(call.invocation().invoke_async(&mut conn).await?)
     }
 
     /// Moves jobs out of a node's in-flight list, listed newest first, and
@@ -297,32 +281,17 @@ impl QueueStore {
     /// whether it happened (another reaper, or the job's own outcome, may
     /// have won).
     pub async fn recover(&self, node: &str, moves: &[Move]) -> Result<Vec<Recovered>, BrokerError> {
-        let k = &*self.keys;
-        let mut inv = scripts::RECOVER.key(k.inflight_of(node));
-        inv.key(&k.list)
-            .key(&k.dead)
-            .key(&k.stats)
-            .arg(self.dead_cap);
-        let mut tracked = 0;
         // On a cluster a status record lives in another slot: written after.
         let cluster = self.broker.is_cluster();
-        for m in moves {
-            let to = match m.to {
-                RecoverTo::Queue => "queue",
-                RecoverTo::Dead => "dead",
-            };
-            let track = m.status.as_ref().filter(|_| !cluster).map(|s| {
-                inv.key(keys::job(&s.id));
-                tracked += 1;
-                (4 + tracked, s)
-            });
-            inv.arg(&m.item)
-                .arg(to)
-                .arg(&m.replacement)
-                .arg(TrackArgs(track));
-        }
+        let call = recover::Call {
+            keys: &self.keys,
+            node,
+            dead_cap: self.dead_cap,
+            moves,
+            records: !cluster,
+        };
         let mut conn = self.broker.conn().await?;
-        let codes: Vec<u8> = inv.invoke_async(&mut conn).await?;
+        let codes: Vec<u8> = call.invocation().invoke_async(&mut conn).await?;
         let recovered: Vec<Recovered> = codes
             .into_iter()
             .map(|c| match c {
@@ -415,7 +384,12 @@ impl Fetcher {
             .arg("LEFT")
             .arg(self.block.as_secs_f64());
         pipe.cmd("CLIENT").arg("REPLY").arg("ON");
-        pipe.invoke_script(&take_invocation(&self.keys, 1, max_payload_bytes));
+        let take = take::Call {
+            keys: &self.keys,
+            most: 1,
+            max_payload_bytes,
+        };
+        pipe.invoke_script(&take.invocation());
         // Four commands, two replies: REPLY ON's and the script's.
         let mut replies = self.conn.pipeline_at(list, pipe, 2).await?.into_iter();
         match (replies.next(), replies.next()) {

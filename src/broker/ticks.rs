@@ -1,8 +1,9 @@
 //! Schedules' ticks: each enqueued once, however many daemons try it, by
 //! one script on the queue's slot (`lua/tick.lua`).
 
+use super::BrokerError;
 use super::queue::QueueStore;
-use super::{BrokerError, scripts};
+use super::scripts::tick;
 
 /// What became of one daemon's try at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,25 +38,12 @@ pub struct Tick<'a> {
 impl QueueStore {
     /// Enqueues `tick` unless it (or a later tick) was handled already.
     pub async fn tick(&self, tick: &Tick<'_>) -> Result<Ticked, BrokerError> {
-        let keys = self.keys();
-        let lock = match tick.unique_ms {
-            Some(_) => keys.unique(&format!("schedule:{}", tick.schedule)),
-            // Not touched, but a key of the queue's slot.
-            None => keys.schedule(tick.schedule),
+        let call = tick::Call {
+            keys: self.keys(),
+            tick,
         };
         let mut conn = self.broker().conn().await?;
-        let done: i64 = scripts::TICK
-            .key(&keys.list)
-            .key(keys.schedule(tick.schedule))
-            .key(keys.schedule_spec(tick.schedule))
-            .key(lock)
-            .arg(tick.at)
-            .arg(tick.spec)
-            .arg(tick.envelope)
-            .arg(tick.id)
-            .arg(tick.unique_ms.unwrap_or(0))
-            .invoke_async(&mut conn)
-            .await?;
+        let done: i64 = call.invocation().invoke_async(&mut conn).await?;
         Ok(match done {
             1 => Ticked::Enqueued,
             2 => Ticked::Started,

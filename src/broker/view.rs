@@ -6,7 +6,8 @@
 //! dead list written by an earlier version may hold entries of 100 MB:
 //! `conveyor dead`, `cancel` and the dashboard read a few KiB of each.
 
-use super::{Broker, BrokerError, scripts};
+use super::scripts::{remove_at, view};
+use super::{Broker, BrokerError};
 use crate::envelope::item_limit;
 
 /// First bytes read of an item larger than a view's bound: room for every
@@ -27,7 +28,8 @@ pub enum Store {
 }
 
 impl Store {
-    fn as_str(self) -> &'static str {
+    /// Its name in a script's ARGV.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Store::List => "list",
             Store::Zset => "zset",
@@ -141,17 +143,16 @@ impl Broker {
         let mut conn = self.conn().await?;
         while (out.len() as u64) < count {
             let from = start + out.len() as u64;
-            let flat: Vec<redis::Value> = scripts::VIEW
-                .key(key)
-                .arg(store.as_str())
-                .arg(from)
-                .arg(count - out.len() as u64)
-                .arg(bounds.whole)
-                .arg(bounds.head)
-                .arg(BUDGET)
-                .arg(prefix)
-                .invoke_async(&mut conn)
-                .await?;
+            let call = view::Call {
+                key,
+                store,
+                first: from,
+                most: count - out.len() as u64,
+                bounds,
+                budget: BUDGET,
+                prefix,
+            };
+            let flat: Vec<redis::Value> = call.invocation().invoke_async(&mut conn).await?;
             if flat.is_empty() {
                 break;
             }
@@ -192,28 +193,15 @@ impl Broker {
         then: Then<'_>,
         lock: Option<(&str, &str)>,
     ) -> Result<bool, BrokerError> {
-        let (target, item, end, cap): (&str, &[u8], &str, u32) = match then {
-            Then::Nothing => (key, b"", "head", 0),
-            Then::PushHead { key, item, cap } => (key, item, "head", cap),
-            Then::PushTail { key, item } => (key, item, "tail", 0),
-            Then::MoveHead { key } => (key, b"", "move", 0),
+        let call = remove_at::Call {
+            key,
+            store,
+            seen,
+            then,
+            lock,
         };
-        let first = &seen.bytes[..seen.bytes.len().min(VIEW_HEAD)];
         let mut conn = self.conn().await?;
-        let removed: u8 = scripts::REMOVE_AT
-            .key(key)
-            .key(target)
-            .key(lock.map_or(key, |(k, _)| k))
-            .arg(store.as_str())
-            .arg(seen.index)
-            .arg(seen.size)
-            .arg(first)
-            .arg(item)
-            .arg(end)
-            .arg(cap)
-            .arg(lock.map_or("", |(_, id)| id))
-            .invoke_async(&mut conn)
-            .await?;
+        let removed: u8 = call.invocation().invoke_async(&mut conn).await?;
         Ok(removed == 1)
     }
 }

@@ -4,9 +4,10 @@
 
 use redis::{Pipeline, ServerErrorKind, Value};
 
-use super::events::{EventSink, StatusUpdate, TrackArgs};
+use super::events::{EventSink, StatusUpdate};
 use super::queue::{Outcome, QueueStore};
-use super::{Broker, BrokerError, keys, scripts};
+use super::scripts::finish;
+use super::{Broker, BrokerError};
 use crate::event::EventBatch;
 
 /// Most outcomes in one script call, so that no call keeps Redis busy long.
@@ -130,7 +131,7 @@ impl Broker {
             // Redis restarted and lost its scripts; the calls that needed
             // them did nothing. Load them and send those calls again (the
             // rest, events included, went through).
-            scripts::FINISH
+            finish::SCRIPT
                 .prepare_invoke()
                 .load_async(&mut conn)
                 .await?;
@@ -163,93 +164,18 @@ impl Broker {
     }
 }
 
-/// Adds one `finish.lua` call, written as an EVALSHA command directly: a
-/// script invocation keeps every argument in a vector of its own and copies
-/// them all again into the command, per job.
+/// Adds one `finish.lua` call. On a cluster a status record lives in
+/// another slot than the queue, so it is written in a step of its own,
+/// right after the outcome.
 fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
-    let k = store.keys();
-    // A job's unique lock and status record are named by their index in
-    // KEYS: five fixed keys come first, then the locks, then the records.
-    let mut locks: Vec<&str> = Vec::new();
-    for (_, outcome, _) in entries {
-        if let Outcome::Succeeded {
-            unique_key: Some(u),
-            ..
-        }
-        | Outcome::Dead {
-            unique_key: Some(u),
-            ..
-        } = outcome
-        {
-            if !locks.contains(&u.as_str()) {
-                locks.push(u);
-            }
-        }
-    }
-    let lock_index = |key: &Option<String>| {
-        key.as_deref()
-            .and_then(|u| locks.iter().position(|l| *l == u))
-            .map_or(0, |at| at + 6)
-    };
-    // On a cluster a status record lives in another slot than the queue, so
-    // it is written in a step of its own, right after the outcome.
     let cluster = store.broker().is_cluster();
-    let tracked = match cluster {
-        true => 0,
-        false => entries.iter().filter(|e| e.2.is_some()).count(),
-    };
-    let cmd = pipe.cmd("EVALSHA");
-    cmd.arg(scripts::FINISH.get_hash())
-        .arg(5 + locks.len() + tracked);
-    cmd.arg(&k.inflight)
-        .arg(&k.list)
-        .arg(&k.scheduled)
-        .arg(&k.dead)
-        .arg(&k.stats);
-    for lock in &locks {
-        cmd.arg(k.unique(lock));
+    finish::Call {
+        keys: store.keys(),
+        dead_cap: store.dead_cap(),
+        entries,
+        records: !cluster,
     }
-    for (_, _, status) in entries.iter().filter(|_| !cluster) {
-        if let Some(s) = status {
-            cmd.arg(keys::job(&s.id));
-        }
-    }
-    cmd.arg(store.dead_cap());
-    let mut record = 5 + locks.len();
-    for (item, outcome, status) in entries {
-        cmd.arg(match outcome {
-            Outcome::Succeeded { .. } => "ok",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Dead { .. } => "dead",
-            Outcome::Snooze { .. } => "snooze",
-            Outcome::Requeue { .. } | Outcome::GiveBack => "requeue",
-        })
-        .arg(*item);
-        match outcome {
-            // The id only matters to release a unique lock.
-            Outcome::Succeeded { id, unique_key } => match unique_key {
-                Some(_) => cmd.arg("").arg(lock_index(unique_key)).arg(id),
-                None => cmd.arg("").arg(0).arg(""),
-            },
-            Outcome::Retry { envelope, due_ms } | Outcome::Snooze { envelope, due_ms } => {
-                cmd.arg(envelope).arg(due_ms).arg("")
-            }
-            Outcome::Dead {
-                envelope,
-                id,
-                unique_key,
-            } => cmd.arg(envelope).arg(lock_index(unique_key)).arg(id),
-            Outcome::Requeue { replacement } => {
-                cmd.arg(replacement.as_deref().unwrap_or("")).arg(1).arg("")
-            }
-            Outcome::GiveBack => cmd.arg("").arg(0).arg(""),
-        };
-        let track = status.filter(|_| !cluster).map(|s| {
-            record += 1;
-            (record, s)
-        });
-        cmd.arg(TrackArgs(track));
-    }
+    .add_to(pipe);
     if cluster {
         let statuses: Vec<StatusUpdate> = entries.iter().filter_map(|e| e.2.cloned()).collect();
         super::events::add_statuses(pipe, &statuses);

@@ -4,6 +4,7 @@
 -- misses nothing. Used by `conveyor enqueue`, which announces a job before
 -- pushing it; the daemon, which can publish a round trip late, asks
 -- PUBSUB NUMSUB with each write instead and sends plain PUBLISH commands.
+-- (no KEYS: a channel is not a key)
 -- ARGV[1] the events channel
 -- ARGV[2..] the events, in order
 -- Returns how many subscribe to the channel.

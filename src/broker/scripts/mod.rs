@@ -1,43 +1,165 @@
-//! The Lua scripts, one `.lua` file per atomic operation, each headed by its
-//! KEYS, ARGV and return value. Scripts never read the clock (callers pass
-//! `now`) and every loop is bounded by an argument.
+//! The Lua scripts, one `.lua` file per atomic operation in `lua/`, each
+//! headed by its KEYS, ARGV and return value. Scripts never read the clock
+//! (callers pass `now`) and every loop is bounded by an argument.
+//!
+//! One module here per script, named after it: its loader (`SCRIPT`) and
+//! its one encoder (`Call`), whose fields are the script's arguments typed,
+//! each naming the KEYS or ARGV entries it becomes, and a unit test of the
+//! script's contract against a real Redis (what it returns and every key
+//! it touches). Nothing else builds a script's KEYS or ARGV.
 //!
 //! They run by EVALSHA; after a Redis restart the script cache is empty and
 //! redis-rs loads the script and runs it again (NOSCRIPT means it did not run).
 
-use std::sync::LazyLock;
+use super::events::StatusUpdate;
 
-use redis::Script;
-
+/// `SCRIPT`, the script of `lua/<file>`, loaded once; with `stand_in`, after
+/// the functions of `lua/stand_in.lua` (for the scripts that read items).
 macro_rules! script {
-    ($name:ident, $file:literal) => {
+    ($file:literal) => {
         #[doc = concat!("`lua/", $file, "`")]
-        pub(crate) static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
+        pub(crate) static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| {
+                redis::Script::new(include_str!(concat!("../lua/", $file)))
+            });
     };
-    // A script that reads list items, after the functions of `stand_in.lua`.
-    ($name:ident, $file:literal, stand_in) => {
+    ($file:literal, stand_in) => {
         #[doc = concat!("`lua/", $file, "`, after `lua/stand_in.lua`")]
-        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/stand_in.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        });
+        pub(crate) static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| {
+                redis::Script::new(concat!(
+                    include_str!("../lua/stand_in.lua"),
+                    include_str!(concat!("../lua/", $file))
+                ))
+            });
     };
 }
 
-script!(TAKE, "take.lua", stand_in);
-script!(SHRINK, "shrink.lua", stand_in);
-script!(VIEW, "view.lua");
-script!(REMOVE_AT, "remove_at.lua");
-script!(FINISH, "finish.lua");
-script!(PUBLISH_IF_HEARD, "publish_if_heard.lua");
-script!(RECOVER, "recover.lua");
-script!(PROMOTE, "promote.lua");
-script!(ENQUEUE_UNIQUE, "enqueue_unique.lua");
-script!(DEAD_RETRY, "dead_retry.lua");
-script!(RATELIMIT, "ratelimit.lua");
-script!(TICK, "tick.lua");
-script!(CANCEL, "cancel.lua");
-script!(RUN_NOW, "run_now.lua");
+pub(crate) mod cancel;
+pub(crate) mod dead_retry;
+pub(crate) mod enqueue_unique;
+pub(crate) mod finish;
+pub(crate) mod promote;
+pub(crate) mod publish_if_heard;
+pub(crate) mod ratelimit;
+pub(crate) mod recover;
+pub(crate) mod remove_at;
+pub(crate) mod run_now;
+pub(crate) mod shrink;
+pub(crate) mod take;
+pub(crate) mod tick;
+pub(crate) mod view;
+
+/// A job's status record as the arguments of a script that writes it with
+/// the step it tells (`finish.lua`, `recover.lua`, `enqueue_unique.lua`):
+/// the index in KEYS of its key, 0 for none; then, if not 0, its lifetime
+/// in ms, a count n and n field-value pairs. The one encoding of a record
+/// in a script's ARGV.
+pub(crate) struct Record<'a>(pub(crate) Option<(usize, &'a StatusUpdate)>);
+
+impl redis::ToRedisArgs for Record<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        let Some((index, status)) = self.0 else {
+            return out.write_arg(b"0");
+        };
+        out.write_arg_fmt(index);
+        // Never 0, which would delete the record at once (the configuration
+        // allows a second at least).
+        out.write_arg_fmt(status.ttl.as_millis().max(1));
+        out.write_arg_fmt(status.fields.len());
+        for (field, value) in &status.fields {
+            out.write_arg(field.as_bytes());
+            out.write_arg(value.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        self.0.map_or(1, |(_, s)| 3 + 2 * s.fields.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every script's source, by file name, the prelude aside.
+    fn scripts() -> Vec<(String, String)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/broker/lua");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("the lua directory") {
+            let path = entry.expect("a directory entry").path();
+            let name = path.file_name().expect("a name").to_string_lossy();
+            if name.ends_with(".lua") && name != "stand_in.lua" {
+                let source = std::fs::read_to_string(&path).expect("a script");
+                out.push((name.into_owned(), source));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The indices of `KEYS[n]` or `ARGV[n]` (`table`) written with a
+    /// number in `text`, and the first of an open range `table[n..]`.
+    fn indices(text: &str, table: &str) -> (BTreeSet<usize>, Option<usize>) {
+        let mut found = BTreeSet::new();
+        let mut open = None;
+        let opening = format!("{table}[");
+        for (at, _) in text.match_indices(&opening) {
+            let rest = &text[at + opening.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let Ok(n) = digits.parse::<usize>() else {
+                continue;
+            };
+            match rest[digits.len()..].starts_with("..") {
+                true => open = open.min(Some(n)).or(Some(n)),
+                false => {
+                    found.insert(n);
+                }
+            }
+        }
+        (found, open)
+    }
+
+    /// Each script's header (its first comment lines) names every KEYS and
+    /// ARGV entry its code reads by number, and nothing its code does not
+    /// read, and says what the script returns.
+    #[test]
+    fn every_header_names_what_its_script_reads_and_returns() {
+        let all = scripts();
+        assert!(all.len() >= 14, "the scripts: {all:?}");
+        for (name, source) in all {
+            let header: String = source
+                .lines()
+                .take_while(|l| l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let code: String = source
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(header.contains("-- Returns"), "{name} says what it returns");
+            for table in ["KEYS", "ARGV"] {
+                let (named, open) = indices(&header, table);
+                let (used, _) = indices(&code, table);
+                for n in &used {
+                    let covered = named.contains(n) || open.is_some_and(|o| *n >= o);
+                    assert!(covered, "{name}: its header names {table}[{n}]");
+                }
+                for n in &named {
+                    assert!(
+                        used.contains(n),
+                        "{name}: {table}[{n}] is named but not read"
+                    );
+                }
+            }
+            let (keys, open_keys) = indices(&header, "KEYS");
+            if keys.is_empty() && open_keys.is_none() {
+                assert!(header.contains("no KEYS"), "{name} says it has no KEYS");
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! `lua/finish.lua`: records the outcomes of many jobs of one queue at once,
+//! each leaving the in-flight list in the step that records it (and writes
+//! its status record). Returns one flag per job: 1 recorded, 0 no longer in
+//! flight.
+
+use redis::Pipeline;
+
+use super::Record;
+use crate::broker::queue::Outcome;
+use crate::broker::writes::Entry;
+use crate::broker::{QueueKeys, keys};
+
+script!("finish.lua");
+
+/// KEYS[1..=5]: the in-flight list, the queue list, the scheduled set, the
+/// dead letter list and the stats hash. The unique locks and status records
+/// the jobs name by index come after them.
+const FIXED_KEYS: usize = 5;
+
+/// One call of `finish.lua`: outcomes of one queue.
+pub(crate) struct Call<'a> {
+    /// KEYS[1..=5] the queue's keys seen from this node.
+    pub(crate) keys: &'a QueueKeys,
+    /// ARGV[1] the dead letter list's length cap.
+    pub(crate) dead_cap: u32,
+    /// ARGV[2..] the jobs, each with the item as taken and its status
+    /// record, if any.
+    pub(crate) entries: &'a [Entry<'a>],
+    /// Whether the status records are written by the script: false on a
+    /// Redis Cluster, where a record lives in another slot than the queue
+    /// and the caller writes it in a step of its own.
+    pub(crate) records: bool,
+}
+
+impl Call<'_> {
+    /// Adds the call to `pipe` as an EVALSHA command written directly: a
+    /// script invocation keeps every argument in a vector of its own and
+    /// copies them all again into the command, per job.
+    pub(crate) fn add_to(&self, pipe: &mut Pipeline) {
+        let k = self.keys;
+        // KEYS[6..]: each unique lock once, then the status records.
+        let mut locks: Vec<&str> = Vec::new();
+        for (_, outcome, _) in self.entries {
+            if let Some(lock) = lock_of(outcome) {
+                if !locks.contains(&lock) {
+                    locks.push(lock);
+                }
+            }
+        }
+        let lock_index = |outcome: &Outcome| {
+            lock_of(outcome)
+                .and_then(|u| locks.iter().position(|l| *l == u))
+                .map_or(0, |at| FIXED_KEYS + 1 + at)
+        };
+        let records = match self.records {
+            true => self.entries.iter().filter(|e| e.2.is_some()).count(),
+            false => 0,
+        };
+        let cmd = pipe.cmd("EVALSHA");
+        cmd.arg(SCRIPT.get_hash())
+            .arg(FIXED_KEYS + locks.len() + records);
+        cmd.arg(&k.inflight)
+            .arg(&k.list)
+            .arg(&k.scheduled)
+            .arg(&k.dead)
+            .arg(&k.stats);
+        for lock in &locks {
+            cmd.arg(k.unique(lock));
+        }
+        let tracked = self.entries.iter().filter_map(|e| e.2);
+        for status in tracked.filter(|_| self.records) {
+            cmd.arg(keys::job(&status.id));
+        }
+        cmd.arg(self.dead_cap);
+        // The index in KEYS of the last status record named so far.
+        let mut record = FIXED_KEYS + locks.len();
+        for (item, outcome, status) in self.entries {
+            let job = JobArgs::of(outcome, lock_index(outcome));
+            cmd.arg(job.op)
+                .arg(*item)
+                .arg(job.data)
+                .arg(job.num)
+                .arg(job.id);
+            let status = status.filter(|_| self.records).map(|s| {
+                record += 1;
+                (record, s)
+            });
+            cmd.arg(Record(status));
+        }
+    }
+}
+
+/// The unique lock an outcome releases, if any.
+fn lock_of(outcome: &Outcome) -> Option<&str> {
+    match outcome {
+        Outcome::Succeeded { unique_key, .. } | Outcome::Dead { unique_key, .. } => {
+            unique_key.as_deref()
+        }
+        _ => None,
+    }
+}
+
+/// A job's first five values in ARGV (its status record follows them).
+struct JobArgs<'a> {
+    /// `ok`, `retry`, `dead`, `snooze` or `requeue`.
+    op: &'static str,
+    /// The envelope to run later or dead; what to push back ('' for the
+    /// item itself); '' for the rest.
+    data: &'a str,
+    /// When it is due (ms), the index in KEYS of its unique lock (0 for
+    /// none), or 1 to count a requeue as recovered.
+    num: i64,
+    /// The job id that must hold the lock to release it; '' for none.
+    id: &'a str,
+}
+
+impl<'a> JobArgs<'a> {
+    /// The values of `outcome`, whose unique lock is KEYS[`lock`] (0: none).
+    fn of(outcome: &'a Outcome, lock: usize) -> Self {
+        let args = |op, data, num, id| Self { op, data, num, id };
+        let lock = lock as i64;
+        match outcome {
+            // The id only matters to release a unique lock.
+            Outcome::Succeeded { id, unique_key } => match unique_key {
+                Some(_) => args("ok", "", lock, id),
+                None => args("ok", "", 0, ""),
+            },
+            Outcome::Retry { envelope, due_ms } => args("retry", envelope, *due_ms, ""),
+            Outcome::Snooze { envelope, due_ms } => args("snooze", envelope, *due_ms, ""),
+            Outcome::Dead { envelope, id, .. } => args("dead", envelope, lock, id),
+            Outcome::Requeue { replacement } => {
+                args("requeue", replacement.as_deref().unwrap_or(""), 1, "")
+            }
+            Outcome::GiveBack => args("requeue", "", 0, ""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use redis::AsyncCommands as _;
+
+    use super::*;
+    use crate::broker::events::StatusUpdate;
+    use crate::broker::fixture::TestRedis;
+    use crate::broker::stats::Stat;
+    use crate::job::JobState;
+
+    fn record(id: &str, state: JobState) -> StatusUpdate {
+        StatusUpdate {
+            id: id.to_owned(),
+            fields: vec![
+                ("state", state.as_str().to_owned()),
+                ("attempt", "1".into()),
+            ],
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_each_outcome_with_its_counts_locks_and_status_records() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let taken = [
+            "ok",
+            "retry",
+            "dead",
+            "snooze",
+            "requeue",
+            "give-back",
+            "ok-2",
+        ];
+        let _: () = conn.rpush(&k.inflight, &taken).await.unwrap();
+        let _: () = conn.rpush(&k.dead, &["old-1", "old-2"]).await.unwrap();
+        let _: () = conn.set(k.unique("u-ok"), "j-ok").await.unwrap();
+        let _: () = conn.set(k.unique("u-dead"), "someone-else").await.unwrap();
+        let ok = Outcome::Succeeded {
+            id: "j-ok".into(),
+            unique_key: Some("u-ok".into()),
+        };
+        let retry = Outcome::Retry {
+            envelope: "retry-env".into(),
+            due_ms: 5000,
+        };
+        let dead = Outcome::Dead {
+            envelope: "dead-env".into(),
+            id: "j-dead".into(),
+            unique_key: Some("u-dead".into()),
+        };
+        let snooze = Outcome::Snooze {
+            envelope: "snooze-env".into(),
+            due_ms: 7000,
+        };
+        let requeue = Outcome::Requeue { replacement: None };
+        let plain = Outcome::Succeeded {
+            id: String::new(),
+            unique_key: None,
+        };
+        let gone = Outcome::Succeeded {
+            id: "j-gone".into(),
+            unique_key: None,
+        };
+        let (ok_rec, dead_rec, gone_rec) = (
+            record("j-ok", JobState::Succeeded),
+            record("j-dead", JobState::Dead),
+            record("j-gone", JobState::Succeeded),
+        );
+        let entries: Vec<Entry<'_>> = vec![
+            (b"ok", &ok, Some(&ok_rec)),
+            (b"retry", &retry, None),
+            (b"dead", &dead, Some(&dead_rec)),
+            (b"snooze", &snooze, None),
+            (b"requeue", &requeue, None),
+            (b"give-back", &Outcome::GiveBack, None),
+            (b"ok-2", &plain, None),
+            (b"not-in-flight", &gone, Some(&gone_rec)),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SCRIPT).ignore();
+        Call {
+            keys: &k,
+            dead_cap: 2,
+            entries: &entries,
+            records: true,
+        }
+        .add_to(&mut pipe);
+        let (flags,): (Vec<u8>,) = pipe.query_async(&mut conn).await.unwrap();
+        assert_eq!(flags, [1, 1, 1, 1, 1, 1, 1, 0]);
+        let inflight: u64 = conn.llen(&k.inflight).await.unwrap();
+        assert_eq!(inflight, 0);
+        // Requeued at the head, newest first; the dead list cut to its cap.
+        let list: Vec<String> = conn.lrange(&k.list, 0, -1).await.unwrap();
+        assert_eq!(list, ["give-back", "requeue"]);
+        let dead_list: Vec<String> = conn.lrange(&k.dead, 0, -1).await.unwrap();
+        assert_eq!(dead_list, ["dead-env", "old-1"]);
+        let scheduled: Vec<(String, i64)> =
+            conn.zrange_withscores(&k.scheduled, 0, -1).await.unwrap();
+        assert_eq!(
+            scheduled,
+            [
+                ("retry-env".to_owned(), 5000),
+                ("snooze-env".to_owned(), 7000)
+            ]
+        );
+        let stats: HashMap<String, u64> = conn.hgetall(&k.stats).await.unwrap();
+        let expected = [
+            (Stat::Processed, 4),
+            (Stat::Failed, 2),
+            (Stat::Retried, 1),
+            (Stat::Dead, 1),
+            (Stat::Recovered, 1),
+        ];
+        assert_eq!(stats.len(), expected.len(), "{stats:?}");
+        for (stat, n) in expected {
+            assert_eq!(stats.get(stat.field()), Some(&n), "{stat:?}");
+        }
+        // A lock is released by the job that holds it only.
+        let held: Option<String> = conn.get(k.unique("u-ok")).await.unwrap();
+        assert_eq!(held, None);
+        let held: Option<String> = conn.get(k.unique("u-dead")).await.unwrap();
+        assert_eq!(held.as_deref(), Some("someone-else"));
+        // A record is written with the outcome it tells, never without.
+        for rec in [&ok_rec, &dead_rec] {
+            let fields: HashMap<String, String> = conn.hgetall(keys::job(&rec.id)).await.unwrap();
+            let expected: HashMap<String, String> = rec
+                .fields
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), v.clone()))
+                .collect();
+            assert_eq!(fields, expected);
+            let ttl: i64 = conn.pttl(keys::job(&rec.id)).await.unwrap();
+            assert!((1..=60_000).contains(&ttl), "{ttl}");
+        }
+        let gone: bool = conn.exists(keys::job("j-gone")).await.unwrap();
+        assert!(!gone);
+    }
+
+    #[tokio::test]
+    async fn on_a_cluster_leaves_the_status_records_to_the_caller() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let _: () = conn.rpush(&k.inflight, "item").await.unwrap();
+        let ok = Outcome::Succeeded {
+            id: "j1".into(),
+            unique_key: None,
+        };
+        let rec = record("j1", JobState::Succeeded);
+        let entries: Vec<Entry<'_>> = vec![(b"item", &ok, Some(&rec))];
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SCRIPT).ignore();
+        Call {
+            keys: &k,
+            dead_cap: 10,
+            entries: &entries,
+            records: false,
+        }
+        .add_to(&mut pipe);
+        let (flags,): (Vec<u8>,) = pipe.query_async(&mut conn).await.unwrap();
+        assert_eq!(flags, [1]);
+        let processed: u64 = conn.hget(&k.stats, Stat::Processed.field()).await.unwrap();
+        assert_eq!(processed, 1);
+        let written: bool = conn.exists(keys::job("j1")).await.unwrap();
+        assert!(!written);
+    }
+}

@@ -1,0 +1,168 @@
+//! `lua/recover.lua`: returns the in-flight jobs of a dead node to the head
+//! of their queue, or dead-letters the ones that crashed too many daemons,
+//! each with its status record. Returns one code per job: 1 requeued, 2
+//! dead-lettered, 0 already gone.
+
+use redis::ScriptInvocation;
+
+use super::Record;
+use crate::broker::queue::{Move, RecoverTo};
+use crate::broker::{QueueKeys, keys};
+
+script!("recover.lua");
+
+/// KEYS[1..=4]: the in-flight list, the queue list, the dead letter list
+/// and the stats hash. The status records the jobs name by index come
+/// after them.
+const FIXED_KEYS: usize = 4;
+
+/// One call of `recover.lua`.
+pub(crate) struct Call<'a> {
+    /// KEYS[2..=4] the queue's keys.
+    pub(crate) keys: &'a QueueKeys,
+    /// KEYS[1] is this node's in-flight list.
+    pub(crate) node: &'a str,
+    /// ARGV[1] the dead letter list's length cap.
+    pub(crate) dead_cap: u32,
+    /// ARGV[2..] the jobs, newest first: per job its item, where it goes,
+    /// what goes there, and its status record.
+    pub(crate) moves: &'a [Move],
+    /// Whether the status records are written by the script: false on a
+    /// Redis Cluster, where a record lives in another slot than the queue
+    /// and the caller writes it in a step of its own.
+    pub(crate) records: bool,
+}
+
+impl Call<'_> {
+    /// The invocation.
+    pub(crate) fn invocation(&self) -> ScriptInvocation<'static> {
+        let k = self.keys;
+        let mut inv = SCRIPT.key(k.inflight_of(self.node));
+        inv.key(&k.list)
+            .key(&k.dead)
+            .key(&k.stats)
+            .arg(self.dead_cap);
+        // The index in KEYS of the last status record named so far.
+        let mut record = FIXED_KEYS;
+        for m in self.moves {
+            let to = match m.to {
+                RecoverTo::Queue => "queue",
+                RecoverTo::Dead => "dead",
+            };
+            let status = m.status.as_ref().filter(|_| self.records).map(|s| {
+                inv.key(keys::job(&s.id));
+                record += 1;
+                (record, s)
+            });
+            inv.arg(&m.item)
+                .arg(to)
+                .arg(&m.replacement)
+                .arg(Record(status));
+        }
+        inv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use redis::AsyncCommands as _;
+
+    use super::*;
+    use crate::broker::events::StatusUpdate;
+    use crate::broker::fixture::TestRedis;
+    use crate::broker::stats::Stat;
+    use crate::job::JobState;
+
+    fn to(item: &str, to: RecoverTo, replacement: &str, state: JobState) -> Move {
+        Move {
+            item: item.as_bytes().to_vec(),
+            to,
+            replacement: replacement.as_bytes().to_vec(),
+            status: Some(StatusUpdate {
+                id: item.to_owned(),
+                fields: vec![("state", state.as_str().to_owned())],
+                ttl: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn requeues_or_dead_letters_what_is_still_there_with_its_record() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let inflight = k.inflight_of("gone");
+        let _: () = conn.rpush(&inflight, &["a", "b", "c"]).await.unwrap();
+        let _: () = conn.rpush(&k.list, "w").await.unwrap();
+        let _: () = conn.rpush(&k.dead, &["d1", "d2"]).await.unwrap();
+        let moves = [
+            to("c", RecoverTo::Queue, "c+1", JobState::Waiting),
+            to("b", RecoverTo::Dead, "b-dead", JobState::Dead),
+            to("x", RecoverTo::Queue, "x+1", JobState::Waiting),
+        ];
+        let codes: Vec<u8> = Call {
+            keys: &k,
+            node: "gone",
+            dead_cap: 2,
+            moves: &moves,
+            records: true,
+        }
+        .invocation()
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(codes, [1, 2, 0]);
+        let left: Vec<String> = conn.lrange(&inflight, 0, -1).await.unwrap();
+        assert_eq!(left, ["a"]);
+        let list: Vec<String> = conn.lrange(&k.list, 0, -1).await.unwrap();
+        assert_eq!(list, ["c+1", "w"]);
+        let dead: Vec<String> = conn.lrange(&k.dead, 0, -1).await.unwrap();
+        assert_eq!(dead, ["b-dead", "d1"]);
+        let stats: HashMap<String, u64> = conn.hgetall(&k.stats).await.unwrap();
+        let expected: HashMap<String, u64> =
+            [(Stat::Dead, 1), (Stat::Failed, 1), (Stat::Recovered, 1)]
+                .into_iter()
+                .map(|(s, n)| (s.field().to_owned(), n))
+                .collect();
+        assert_eq!(stats, expected);
+        for (id, state) in [("c", JobState::Waiting), ("b", JobState::Dead)] {
+            let record: HashMap<String, String> = conn.hgetall(keys::job(id)).await.unwrap();
+            assert_eq!(
+                record.get("state").map(String::as_str),
+                Some(state.as_str())
+            );
+            let ttl: i64 = conn.pttl(keys::job(id)).await.unwrap();
+            assert!((1..=60_000).contains(&ttl), "{ttl}");
+        }
+        let written: bool = conn.exists(keys::job("x")).await.unwrap();
+        assert!(!written, "no record for a job no longer there");
+    }
+
+    #[tokio::test]
+    async fn on_a_cluster_leaves_the_status_records_to_the_caller() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let _: () = conn.rpush(k.inflight_of("gone"), "a").await.unwrap();
+        let moves = [to("a", RecoverTo::Queue, "a+1", JobState::Waiting)];
+        let codes: Vec<u8> = Call {
+            keys: &k,
+            node: "gone",
+            dead_cap: 2,
+            moves: &moves,
+            records: false,
+        }
+        .invocation()
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(codes, [1]);
+        let list: Vec<String> = conn.lrange(&k.list, 0, -1).await.unwrap();
+        assert_eq!(list, ["a+1"]);
+        let written: bool = conn.exists(keys::job("a")).await.unwrap();
+        assert!(!written);
+    }
+}
