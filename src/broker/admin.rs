@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::Value;
+use redis::{Pipeline, Value};
 
 use super::events::{EventSink, StatusUpdate};
 use super::scripts::{cancel, dead_retry, enqueue_unique, publish_if_heard, run_now, view};
@@ -85,103 +85,37 @@ impl Broker {
         jobs: &[NewJob],
         sink: &EventSink,
     ) -> Result<Vec<Enqueued>, BrokerError> {
-        enum Op {
-            Push(usize),
-            Other,
-        }
-        let mut pipe = redis::pipe();
-        let mut ops = Vec::new();
-        let mut i = 0;
         // On a cluster a script touches the queue's slot only, so a unique
         // job's event and status record are written after it (and only if
         // it was enqueued), and events are published whether or not anyone
         // listens (a subscriber may be on any node).
         let cluster = self.is_cluster();
+        let mut pipe = redis::pipe();
         if jobs.iter().any(|j| j.unique.is_some()) {
             pipe.load_script(&enqueue_unique::SCRIPT).ignore();
         }
-        // The events and status records of every job not unique go first, in
-        // one call, so each precedes its push; a unique job's script writes
-        // its own, and only if it is enqueued.
-        let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
-        let mut events = EventBatch::default();
-        for event in plain.iter().filter_map(|j| j.event.as_deref()) {
-            events.push_json(event);
-        }
-        let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
-        // Published only if anyone listens (checked as they are published);
-        // the replay stream gets them all the same.
-        if cluster {
-            super::events::add_publish(&mut pipe, sink, &events);
-        } else {
-            if !events.is_empty() {
-                pipe.load_script(&publish_if_heard::SCRIPT).ignore();
-            }
-            super::events::add_publish_if_heard(&mut pipe, sink, &events);
-        }
-        super::events::add_stream(&mut pipe, sink, &events);
-        super::events::add_statuses(&mut pipe, &statuses);
-        while i < jobs.len() {
-            let job = &jobs[i];
-            if let Some((key, ttl)) = &job.unique {
-                let call = enqueue_unique::Call {
-                    keys: q,
-                    job,
-                    lock: (key, *ttl),
-                    sink,
-                    announce: !cluster,
-                };
-                pipe.invoke_script(&call.invocation());
-                ops.push(Op::Other);
-                i += 1;
-            } else if let Some(due) = job.due_ms {
-                pipe.cmd("ZADD")
-                    .arg(&q.scheduled)
-                    .arg(due)
-                    .arg(&job.envelope);
-                ops.push(Op::Other);
-                i += 1;
-            } else {
-                let run = jobs[i..]
-                    .iter()
-                    .take_while(|j| j.unique.is_none() && j.due_ms.is_none())
-                    .count();
-                let cmd = pipe.cmd("RPUSH").arg(&q.list);
-                for j in &jobs[i..i + run] {
-                    cmd.arg(&j.envelope);
-                }
-                ops.push(Op::Push(run));
-                i += run;
-            }
-        }
+        add_plain_announcements(&mut pipe, jobs, sink, cluster);
+        let writes = add_writes(&mut pipe, q, jobs, sink, cluster);
         let mut conn = self.conn().await?;
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::with_capacity(jobs.len());
-        for (op, reply) in ops.iter().zip(replies) {
-            match op {
-                Op::Push(n) => out.extend(std::iter::repeat_n(Enqueued::Queued, *n)),
-                Op::Other => out.push(match reply {
-                    Value::Array(v) if v.len() == 2 => {
-                        let (ok, holder): (i64, String) = redis::from_redis_value(Value::Array(v))?;
-                        if ok == 1 {
-                            Enqueued::Queued
-                        } else {
-                            Enqueued::Duplicate { holder }
-                        }
-                    }
-                    _ => Enqueued::Queued,
-                }),
+        for (write, reply) in writes.iter().zip(replies) {
+            match write {
+                Write::Push(n) => out.extend(std::iter::repeat_n(Enqueued::Queued, *n)),
+                Write::Schedule => out.push(Enqueued::Queued),
+                Write::Unique => out.push(enqueue_unique::verdict(reply)?),
             }
         }
         if cluster {
             // The announcements of the unique jobs that were enqueued.
-            let mut events = EventBatch::default();
-            let mut statuses = Vec::new();
             let enqueued = jobs
                 .iter()
                 .zip(&out)
-                .filter(|(j, e)| j.unique.is_some() && matches!(e, Enqueued::Queued));
-            for (job, _) in enqueued {
+                .filter(|(j, e)| j.unique.is_some() && matches!(e, Enqueued::Queued))
+                .map(|(j, _)| j);
+            let mut events = EventBatch::default();
+            let mut statuses = Vec::new();
+            for job in enqueued {
                 if let Some(event) = job.event.as_deref() {
                     events.push_json(event);
                 }
@@ -606,4 +540,86 @@ impl Broker {
         let moved: u8 = call.invocation().invoke_async(&mut conn).await?;
         Ok(moved == 1)
     }
+}
+
+/// One write of [`Broker::enqueue`]'s pipeline, by the reply it gets.
+enum Write {
+    /// An `RPUSH` of this many consecutive plain jobs.
+    Push(usize),
+    /// A `ZADD` of a job due later.
+    Schedule,
+    /// An `enqueue_unique.lua` call.
+    Unique,
+}
+
+/// Adds the events and status records of every job not unique, in one
+/// call, so each precedes its push (a unique job's script writes its own,
+/// and only if it is enqueued). Events are published only if anyone
+/// listens (checked as they are published), but on a `cluster`; the
+/// replay stream gets them all the same.
+fn add_plain_announcements(pipe: &mut Pipeline, jobs: &[NewJob], sink: &EventSink, cluster: bool) {
+    let plain: Vec<&NewJob> = jobs.iter().filter(|j| j.unique.is_none()).collect();
+    let mut events = EventBatch::default();
+    for event in plain.iter().filter_map(|j| j.event.as_deref()) {
+        events.push_json(event);
+    }
+    let statuses: Vec<StatusUpdate> = plain.iter().filter_map(|j| j.status.clone()).collect();
+    if cluster {
+        super::events::add_publish(pipe, sink, &events);
+    } else {
+        if !events.is_empty() {
+            pipe.load_script(&publish_if_heard::SCRIPT).ignore();
+        }
+        super::events::add_publish_if_heard(pipe, sink, &events);
+    }
+    super::events::add_stream(pipe, sink, &events);
+    super::events::add_statuses(pipe, &statuses);
+}
+
+/// Adds the writes of `jobs` in order: a unique job by its script, a job
+/// due later by `ZADD`, and each run of consecutive plain jobs by one
+/// `RPUSH`. The script announces a unique job but on a `cluster`.
+fn add_writes(
+    pipe: &mut Pipeline,
+    q: &QueueKeys,
+    jobs: &[NewJob],
+    sink: &EventSink,
+    cluster: bool,
+) -> Vec<Write> {
+    let mut writes = Vec::new();
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = &jobs[i];
+        if let Some((key, ttl)) = &job.unique {
+            let call = enqueue_unique::Call {
+                keys: q,
+                job,
+                lock: (key, *ttl),
+                sink,
+                announce: !cluster,
+            };
+            pipe.invoke_script(&call.invocation());
+            writes.push(Write::Unique);
+            i += 1;
+        } else if let Some(due) = job.due_ms {
+            pipe.cmd("ZADD")
+                .arg(&q.scheduled)
+                .arg(due)
+                .arg(&job.envelope);
+            writes.push(Write::Schedule);
+            i += 1;
+        } else {
+            let run = jobs[i..]
+                .iter()
+                .take_while(|j| j.unique.is_none() && j.due_ms.is_none())
+                .count();
+            let cmd = pipe.cmd("RPUSH").arg(&q.list);
+            for j in &jobs[i..i + run] {
+                cmd.arg(&j.envelope);
+            }
+            writes.push(Write::Push(run));
+            i += run;
+        }
+    }
+    writes
 }

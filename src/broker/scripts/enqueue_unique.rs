@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use redis::ScriptInvocation;
+use redis::{ScriptInvocation, Value};
 
 use super::Record;
-use crate::broker::admin::NewJob;
+use crate::broker::BrokerError;
+use crate::broker::admin::{Enqueued, NewJob};
 use crate::broker::events::EventSink;
 use crate::broker::{QueueKeys, keys};
 
@@ -61,6 +62,15 @@ impl Call<'_> {
             .arg(Record(record.map(|s| (RECORD_KEY, s))));
         inv
     }
+}
+
+/// What a call's reply says: `{1, id}` enqueued, `{0, holder's id}` not.
+pub(crate) fn verdict(reply: Value) -> Result<Enqueued, BrokerError> {
+    let (ok, holder): (i64, String) = redis::from_redis_value(reply)?;
+    Ok(match ok {
+        1 => Enqueued::Queued,
+        _ => Enqueued::Duplicate { holder },
+    })
 }
 
 #[cfg(test)]
