@@ -78,6 +78,7 @@ mod tests {
     use std::collections::HashMap;
 
     use redis::AsyncCommands as _;
+    use redis::aio::MultiplexedConnection;
 
     use super::*;
     use crate::broker::events::StatusUpdate;
@@ -115,18 +116,17 @@ mod tests {
             sink: &sink,
             announce: true,
         };
-        let reply: Reply = call(&first)
-            .invocation()
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(reply, (1, "j1".to_owned()));
-        let reply: Reply = call(&second)
-            .invocation()
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(reply, (0, "j1".to_owned()));
+        let enqueue = async |call: Call<'_>, conn: &mut MultiplexedConnection| {
+            let reply = call.invocation().invoke_async(conn).await.unwrap();
+            verdict(reply).unwrap()
+        };
+        assert_eq!(enqueue(call(&first), &mut conn).await, Enqueued::Queued);
+        assert_eq!(
+            enqueue(call(&second), &mut conn).await,
+            Enqueued::Duplicate {
+                holder: "j1".into()
+            }
+        );
         let list: Vec<String> = conn.lrange(&k.list, 0, -1).await.unwrap();
         assert_eq!(list, ["env-j1"]);
         let card: u64 = conn.zcard(&k.scheduled).await.unwrap();
@@ -156,12 +156,7 @@ mod tests {
         );
         // Once the lock is gone, a job due later goes to the scheduled set.
         let _: () = conn.del(k.unique("u")).await.unwrap();
-        let reply: Reply = call(&second)
-            .invocation()
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(reply, (1, "j2".to_owned()));
+        assert_eq!(enqueue(call(&second), &mut conn).await, Enqueued::Queued);
         let scheduled: Vec<(String, i64)> =
             conn.zrange_withscores(&k.scheduled, 0, -1).await.unwrap();
         assert_eq!(scheduled, [("env-j2".to_owned(), 5000)]);
