@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::duration::human;
+
 pub mod bounds;
 
 /// Where `conveyor` looks for its configuration when `--config` is not given:
@@ -1218,11 +1220,6 @@ pub fn secret(
     })?;
     let password = text.trim_end_matches(['\r', '\n']);
     Ok((!password.is_empty()).then(|| Secret(password.to_owned())))
-}
-
-/// `Duration` as the config writes it (`25s`, `5m`).
-pub fn human(d: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(d)
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub(crate) mod duration;
 pub mod envelope;
 pub mod event;
 pub mod handlers;

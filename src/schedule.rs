@@ -12,12 +12,22 @@
 //! time zone changes them.
 
 use std::cmp::Ordering;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{CivilDate, CivilDateTime, CivilTime, Cron, CronDateTime, Resolution, Weekday};
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, ZonedDateTime};
+
+use crate::duration::human;
+
+/// The intervals a schedule may tick at, `schedules.<s>.every`: whole
+/// seconds, 1s to humantime's year (`1y`, 365.25 days). Checked here, by
+/// [`Spec::every`]; the configuration's bounds name it
+/// ([`crate::config::bounds`]).
+pub const EVERY: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
 
 /// How a schedule ticks.
 #[derive(Debug, Clone)]
@@ -67,16 +77,15 @@ impl Spec {
         Ok(spec)
     }
 
-    /// An interval of whole seconds, 1s to a year (`1y`)
-    /// ([`crate::config::bounds::EVERY`]).
+    /// An interval of whole seconds, 1s to a year (`1y`) ([`EVERY`]).
     pub fn every(interval: Duration) -> Result<Self, String> {
-        let bounds = crate::config::bounds::EVERY;
+        let bounds = EVERY;
         if !bounds.contains(&interval) || interval.subsec_nanos() != 0 {
             return Err(format!(
                 "{} is not a whole number of seconds from {} to {}",
-                crate::config::human(interval),
-                crate::config::human(*bounds.start()),
-                crate::config::human(*bounds.end())
+                human(interval),
+                human(*bounds.start()),
+                human(*bounds.end())
             ));
         }
         Ok(Self::Every(interval))
@@ -86,7 +95,7 @@ impl Spec {
     pub fn describe(&self) -> String {
         match self {
             Self::Cron { expr, zone, .. } => format!("{expr} ({zone})"),
-            Self::Every(d) => format!("every {}", crate::config::human(*d)),
+            Self::Every(d) => format!("every {}", human(*d)),
         }
     }
 

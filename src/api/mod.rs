@@ -404,7 +404,9 @@ impl Client {
                 name: name.clone(),
                 queue: schedule.queue.clone(),
                 cron: schedule.cron.clone(),
-                every: schedule.every.map(|d| crate::config::human(d).to_string()),
+                every: schedule
+                    .every
+                    .map(|d| crate::duration::human(d).to_string()),
                 last_tick: last,
                 last_tick_at: last.and_then(|t| local_time(t, zone.as_deref())),
                 next_tick: next.map(|t| t.as_second()),

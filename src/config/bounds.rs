@@ -62,8 +62,8 @@ pub const TRACK_TTL: RangeInclusive<Duration> = SECOND..=YEAR;
 /// `schedules.<s>.unique_for`.
 pub const UNIQUE_FOR: RangeInclusive<Duration> = SECOND..=YEAR;
 /// `schedules.<s>.every` (whole seconds), checked by
-/// [`crate::schedule::Spec::every`].
-pub const EVERY: RangeInclusive<Duration> = SECOND..=YEAR;
+/// [`crate::schedule::Spec::every`], whose bound it is.
+pub use crate::schedule::EVERY;
 /// A handler's cached response (the `http` handler's `cache_ttl`).
 pub const CACHE_TTL: RangeInclusive<Duration> = SECOND..=YEAR;
 

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::events::EventSink;
 use crate::broker::{Broker, BrokerError, eviction_risk};
-use crate::config::{Config, ConfigError, human};
+use crate::config::{Config, ConfigError};
+use crate::duration::human;
 use crate::event::{Draft, EventType};
 use crate::handlers::Registry;
 use crate::metrics::Metrics;

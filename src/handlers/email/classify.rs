@@ -73,7 +73,7 @@ pub(crate) fn open_reason(e: &OpenError, password: Option<&Secret>) -> String {
         Failure::Timeout(limit) => format!(
             "SMTP {} got no answer within {}",
             e.step,
-            crate::config::human(*limit)
+            crate::duration::human(*limit)
         ),
         Failure::NoStartTls => {
             "the SMTP server does not offer STARTTLS, and tls=starttls requires it".into()

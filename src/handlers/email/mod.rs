@@ -72,7 +72,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{CheckError, Handler, HandlerContext, HandlerError, HandlerStore};
 use crate::clock::now_rfc3339;
-use crate::config::{ConfigError, QueueConfig, Secret, human};
+use crate::config::{ConfigError, QueueConfig, Secret};
+use crate::duration::human;
 use crate::job::Job;
 
 mod classify;

@@ -11,7 +11,8 @@ use super::privacy::scrub;
 use super::settings::Settings;
 use super::smtp::{Failure, Progress, open};
 use super::transport::SmtpSettings;
-use crate::config::{ConfigError, human};
+use crate::config::ConfigError;
+use crate::duration::human;
 use crate::handlers::CheckError;
 
 /// A step of the SMTP conversation.
