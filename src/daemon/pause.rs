@@ -29,16 +29,24 @@ pub(crate) async fn look(broker: &Broker, processors: &Processors) -> Result<(),
     Ok(())
 }
 
-/// Looks every [`LOOK_EVERY`] until `stop`. A failed look keeps what the
-/// last one saw.
-pub(crate) async fn watch(broker: Broker, processors: Processors, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
-        }
-        if let Err(e) = look(&broker, &processors).await {
-            tracing::debug!(error = %e, "could not read which queues are paused; will look again");
+/// Looks at the pause keys and cancel sets every [`LOOK_EVERY`].
+pub(crate) struct Watch {
+    pub(crate) broker: Broker,
+    /// The queues of this node (a reload changes them).
+    pub(crate) processors: Processors,
+}
+
+impl Watch {
+    /// Looks until `stop`. A failed look keeps what the last one saw.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+            if let Err(e) = look(&self.broker, &self.processors).await {
+                tracing::debug!(error = %e, "could not read which queues are paused; will look again");
+            }
         }
     }
 }

@@ -15,13 +15,14 @@
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::Reloader;
 use super::heartbeat::Heartbeat;
 use super::notify;
 use super::periodic::Periodic;
 use super::queues::Queues;
 use super::retry::Retry;
+use super::stop::HANDLER_GRACE;
 use super::writer::Events;
-use super::{HANDLER_GRACE, Reloader};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::handlers::Registry;
