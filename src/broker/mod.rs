@@ -27,7 +27,7 @@ pub mod admin;
 mod cluster;
 pub mod events;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 pub mod keys;
 pub mod nodes;
 mod probe;

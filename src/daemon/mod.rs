@@ -32,6 +32,8 @@ mod running;
 mod scheduler;
 mod startup;
 mod stop;
+#[cfg(test)]
+mod testing;
 mod throughput;
 mod watchdog;
 mod wiring;

@@ -20,7 +20,7 @@ use crate::broker::BrokerError;
 use crate::broker::events::StatusUpdate;
 use crate::broker::queue::QueueStore;
 use crate::broker::ticks::{Tick, Ticked};
-use crate::clock::now_rfc3339;
+use crate::clock::{Clock, now_rfc3339};
 use crate::config::{Config, EventLevel};
 use crate::envelope::new_envelope_json;
 use crate::event::{Draft, EventType};
@@ -34,6 +34,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 pub(crate) struct Periodic {
     entries: Vec<Entry>,
     events: Events,
+    /// Which tick is due, and how long to sleep, go by it.
+    clock: Clock,
 }
 
 struct Entry {
@@ -54,7 +56,12 @@ struct Entry {
 
 impl Periodic {
     /// The schedules of `config` whose queue has a store here.
-    pub(crate) fn new(config: &Config, stores: &[QueueStore], events: Events) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        stores: &[QueueStore],
+        events: Events,
+        clock: Clock,
+    ) -> Self {
         let mut entries = Vec::new();
         for (name, schedule) in &config.schedules {
             let (Some(store), Some(queue)) = (
@@ -85,7 +92,11 @@ impl Periodic {
                 seen: i64::MIN,
             });
         }
-        Self { entries, events }
+        Self {
+            entries,
+            events,
+            clock,
+        }
     }
 
     /// Runs until `stop`.
@@ -93,9 +104,9 @@ impl Periodic {
         if self.entries.is_empty() {
             return;
         }
-        let mut retry = Retry::new("enqueueing the schedules' ticks");
+        let mut retry = Retry::new("enqueueing the schedules' ticks", &self.clock);
         while !stop.is_cancelled() {
-            let now = Timestamp::now();
+            let now = self.clock.now();
             let mut failure = None;
             for entry in &mut self.entries {
                 if let Err(e) = entry.look(now, &self.events).await {
@@ -116,14 +127,14 @@ impl Periodic {
                 .min();
             let sleep = next
                 .map(|t| {
-                    let ms = t.as_millisecond() - Timestamp::now().as_millisecond();
+                    let ms = t.as_millisecond() - self.clock.now_ms();
                     Duration::from_millis(ms.max(1) as u64)
                 })
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(sleep) => {}
+                _ = self.clock.sleep(sleep) => {}
             }
         }
     }

@@ -13,7 +13,7 @@ use super::processor::Processor;
 use super::queues::Processors;
 use crate::broker::queue::{Move, RecoverTo, Recovered};
 use crate::broker::{Broker, BrokerError};
-use crate::clock::now_rfc3339;
+use crate::clock::{Clock, now_rfc3339};
 use crate::envelope::{Envelope, parse_item};
 use crate::event::{Draft, EventType};
 use crate::job::JobState;
@@ -28,6 +28,8 @@ pub(crate) struct Reaper {
     pub(crate) node: String,
     pub(crate) max_deliveries: u32,
     pub(crate) interval: Duration,
+    /// When to look goes by it.
+    pub(crate) clock: Clock,
 }
 
 /// One recovered job: what to move, where, and what to say about it.
@@ -45,7 +47,7 @@ impl Reaper {
             let pause = self.interval.mul_f64(0.8 + fastrand::f64() * 0.4);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                _ = self.clock.sleep(pause) => {}
             }
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "reaper: looking for dead nodes failed; will look again");
@@ -173,5 +175,61 @@ impl Reaper {
             },
             event,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands as _;
+
+    use super::*;
+    use crate::broker::fixture::TestRedis;
+    use crate::clock::Clock;
+    use crate::daemon::testing;
+
+    #[tokio::test]
+    async fn the_reaper_looks_once_its_interval_has_passed_on_its_clock() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let clock = Clock::manual_from_now();
+        let config = testing::config(&redis, "mail");
+        let processor = testing::processor(&config, "mail", "node-1", &clock);
+        let keys = processor.store().keys().clone();
+        // A node listed in the queue, with a job in flight and no heartbeat.
+        let dead = keys.inflight_of("dead-node");
+        let _: () = conn.sadd(&keys.nodes, "dead-node").await.expect("SADD");
+        let _: () = conn.lpush(&dead, testing::job("j1")).await.expect("LPUSH");
+        let stop = CancellationToken::new();
+        let reaper = Reaper {
+            broker: processor.store().broker().clone(),
+            processors: Processors::of(vec![processor]),
+            node: "node-1".into(),
+            max_deliveries: 3,
+            interval: Duration::from_secs(60),
+            clock: clock.clone(),
+        };
+        let task = tokio::spawn(reaper.run(stop.clone()));
+
+        // The first look is the supervisor's: the reaper waits an interval.
+        clock.asleep(1).await;
+        let held: usize = conn.llen(&dead).await.expect("LLEN");
+        assert_eq!(held, 1, "looked before its interval");
+
+        // 60 s with up to 20% jitter: 72 s is past any interval.
+        clock.advance(Duration::from_secs(72));
+        clock.asleep(2).await;
+        let held: usize = conn.llen(&dead).await.expect("LLEN");
+        let waiting: Vec<String> = conn.lrange(&keys.list, 0, -1).await.expect("LRANGE");
+        assert_eq!(held, 0, "the dead node's job is still in flight");
+        assert_eq!(
+            waiting.len(),
+            1,
+            "the dead node's job is not back in the queue"
+        );
+        let envelope: serde_json::Value = serde_json::from_str(&waiting[0]).expect("JSON");
+        assert_eq!(envelope["deliveries"], 1, "the lost run is not counted");
+
+        stop.cancel();
+        task.await.expect("the reaper stops");
     }
 }

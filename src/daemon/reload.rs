@@ -24,6 +24,7 @@ use super::retry::Retry;
 use super::stop::HANDLER_GRACE;
 use super::writer::Events;
 use crate::broker::Broker;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::handlers::Registry;
 
@@ -36,13 +37,18 @@ pub(super) struct Context<'a> {
     pub(super) stop_background: &'a CancellationToken,
     /// A shutdown that begins during a reload ends it where it stands.
     pub(super) terminate: &'a CancellationToken,
+    pub(super) clock: &'a Clock,
 }
 
 /// Beats until the node is listed (or `cancel`): a queue's first job is
 /// taken only once the node is in its `{K}:nodes`, where a reaper looks
 /// for the jobs of a node that died.
-pub(super) async fn register(heartbeat: &Heartbeat, cancel: &CancellationToken) -> bool {
-    let mut retry = Retry::new("registering the node");
+pub(super) async fn register(
+    heartbeat: &Heartbeat,
+    cancel: &CancellationToken,
+    clock: &Clock,
+) -> bool {
+    let mut retry = Retry::new("registering the node", clock);
     loop {
         match heartbeat.beat().await {
             Ok(()) => return true,
@@ -68,6 +74,7 @@ impl Periodics {
         queues: &Queues,
         events: &Events,
         parent: &CancellationToken,
+        clock: &Clock,
     ) -> Self {
         let stores: Vec<_> = queues
             .snapshot()
@@ -75,7 +82,8 @@ impl Periodics {
             .map(|p| p.store().clone())
             .collect();
         let stop = parent.child_token();
-        let task = tokio::spawn(Periodic::new(config, &stores, events.clone()).run(stop.clone()));
+        let periodic = Periodic::new(config, &stores, events.clone(), clock.clone());
+        let task = tokio::spawn(periodic.run(stop.clone()));
         Self { task, stop }
     }
 
@@ -194,7 +202,7 @@ async fn apply(
     for (name, handler) in built {
         queues.add(&name, &new, handler).await;
     }
-    if !register(cx.heartbeat, cx.terminate).await {
+    if !register(cx.heartbeat, cx.terminate, cx.clock).await {
         return Err("a shutdown began".into());
     }
     // A new or changed queue that is paused takes nothing from its start.
@@ -204,7 +212,7 @@ async fn apply(
     queues.launch();
     let old = std::mem::replace(
         periodic,
-        Periodics::start(&new, queues, cx.events, cx.stop_background),
+        Periodics::start(&new, queues, cx.events, cx.stop_background, cx.clock),
     );
     old.stop().await;
     let schedules = new.schedules.len();

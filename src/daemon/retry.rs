@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
+
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
@@ -24,17 +26,22 @@ pub(crate) struct Retry {
     what: &'static str,
     delay: Duration,
     failures: u32,
+    /// When the outage began, for the log line that says it ended.
     since: Option<Instant>,
+    /// What the waits are timed by.
+    clock: Clock,
 }
 
 impl Retry {
-    /// `what` names the operation in log lines ("fetching jobs").
-    pub(crate) fn new(what: &'static str) -> Self {
+    /// `what` names the operation in log lines ("fetching jobs"); the
+    /// waits go by `clock`.
+    pub(crate) fn new(what: &'static str, clock: &Clock) -> Self {
         Self {
             what,
             delay: FIRST_DELAY,
             failures: 0,
             since: None,
+            clock: clock.clone(),
         }
     }
 
@@ -65,7 +72,7 @@ impl Retry {
         self.delay = (self.delay * 2).min(MAX_DELAY);
         tokio::select! {
             _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
+            _ = self.clock.sleep(delay) => true,
         }
     }
 
@@ -88,5 +95,63 @@ impl Retry {
     /// Failed tries since the last success.
     pub(crate) fn failures(&self) -> u32 {
         self.failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long a retry's `n`th wait lasted on a manual clock, to the
+    /// millisecond: the clock is moved 1 ms at a time until it ends.
+    async fn waited(retry: &mut Retry, clock: &Clock, n: u64) -> Duration {
+        let cancel = CancellationToken::new();
+        let wait = retry.wait(&"connection refused", &cancel);
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending(), "did not wait");
+        clock.asleep(n).await;
+        let mut ms = 0;
+        loop {
+            clock.advance(Duration::from_millis(1));
+            ms += 1;
+            if let std::task::Poll::Ready(went_on) = futures::poll!(&mut wait) {
+                assert!(went_on, "reported a cancel that did not happen");
+                return Duration::from_millis(ms);
+            }
+            assert!(ms < 10_000, "a wait longer than the longest");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_waits_double_from_100ms_to_5s_with_jitter_and_go_by_the_clock() {
+        let clock = Clock::manual(0);
+        let mut retry = Retry::new("testing", &clock);
+        let mut sleeps = 0;
+        for base in [100, 200, 400, 800, 1600, 3200, 5000, 5000] {
+            sleeps += 1;
+            let wait = waited(&mut retry, &clock, sleeps).await.as_millis();
+            let (least, most) = (base * 3 / 4, base * 5 / 4);
+            assert!(
+                (least..=most).contains(&wait),
+                "wait {sleeps}: {wait} ms, not within {least}..={most} ms"
+            );
+        }
+        assert_eq!(retry.failures(), 8);
+        retry.succeeded();
+        sleeps += 1;
+        let wait = waited(&mut retry, &clock, sleeps).await.as_millis();
+        assert!((75..=125).contains(&wait), "after a success: {wait} ms");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_ends_the_wait_with_false() {
+        let clock = Clock::manual(0);
+        let mut retry = Retry::new("testing", &clock);
+        let cancel = CancellationToken::new();
+        let wait = retry.wait(&"connection refused", &cancel);
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending());
+        cancel.cancel();
+        assert!(!wait.await, "a cancelled wait went on");
     }
 }

@@ -12,6 +12,7 @@ use super::wiring::Web;
 use super::writer::Events;
 use super::{Node, Reloader};
 use crate::broker::Broker;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::handlers::Registry;
 use crate::shutdown::Shutdown;
@@ -22,6 +23,7 @@ pub(super) struct Running {
     /// As started, then as the last reload left it (`[daemon]` never changes).
     pub(super) config: Config,
     pub(super) broker: Broker,
+    pub(super) clock: Clock,
     pub(super) queues: Queues,
     pub(super) events: Events,
     /// For registering the node in the queues a reload adds.
@@ -74,6 +76,7 @@ impl Running {
             events: &self.events,
             stop_background: &self.stops.background,
             terminate: &shutdown.terminate,
+            clock: &self.clock,
         };
         reload::reload(
             &mut self.config,

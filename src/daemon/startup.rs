@@ -17,6 +17,7 @@ use super::watchdog::Watchdog;
 use super::wiring::Wiring;
 use super::{DaemonError, notify, pause, stuck_fetch_threshold};
 use crate::broker::{Broker, BrokerError, eviction_risk};
+use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::event::{Draft, EventType};
 use crate::shutdown::Shutdown;
@@ -27,7 +28,7 @@ impl Wiring {
     /// Waits for Redis as long as it takes; fails only for a Redis URL that
     /// cannot work.
     pub(super) async fn start(self, shutdown: &Shutdown) -> Result<Option<Running>, DaemonError> {
-        if !connect(&self.broker, &shutdown.terminate).await? {
+        if !connect(&self.broker, &shutdown.terminate, &self.clock).await? {
             return Ok(None);
         }
         let heartbeat = self.heartbeat();
@@ -36,6 +37,7 @@ impl Wiring {
             node,
             config,
             broker,
+            clock,
             mut queues,
             writer,
             events,
@@ -45,7 +47,7 @@ impl Wiring {
         } = self;
         let writer_task = tokio::spawn(writer.run(stops.writer.clone(), stops.give_up.clone()));
         // Listed as alive in every queue before the first job is taken.
-        if !reload::register(&heartbeat, &shutdown.terminate).await {
+        if !reload::register(&heartbeat, &shutdown.terminate, &clock).await {
             notify::stopping("stopped before the node was registered", FINAL_GRACE);
             return Ok(None);
         }
@@ -69,10 +71,11 @@ impl Wiring {
         let scheduler = Scheduler {
             processors: queues.processors(),
             wake: wake_scheduler,
+            clock: clock.clone(),
         };
         background.spawn(scheduler.run(stops.background.clone()));
         background.spawn(reaper.run(stops.background.clone()));
-        let periodic = Periodics::start(&config, &queues, &events, &stops.background);
+        let periodic = Periodics::start(&config, &queues, &events, &stops.background, &clock);
         let watchdog = Watchdog {
             processors: queues.processors(),
             stuck_after: stuck_fetch_threshold(&config),
@@ -87,6 +90,7 @@ impl Wiring {
             node,
             config,
             broker,
+            clock,
             queues,
             events,
             heartbeat,
@@ -121,14 +125,19 @@ impl Wiring {
             node: self.node.id.clone(),
             max_deliveries: self.config.daemon.max_deliveries,
             interval: self.config.daemon.heartbeat_interval,
+            clock: self.clock.clone(),
         }
     }
 }
 
 /// Waits for Redis; false if `cancel` fired first (logged and told to
 /// systemd). An error only for a URL that cannot work.
-async fn connect(broker: &Broker, cancel: &CancellationToken) -> Result<bool, DaemonError> {
-    if !wait_for_redis(broker, cancel).await {
+async fn connect(
+    broker: &Broker,
+    cancel: &CancellationToken,
+    clock: &Clock,
+) -> Result<bool, DaemonError> {
+    if !wait_for_redis(broker, cancel, clock).await {
         tracing::info!("stopped before Redis was reachable");
         notify::stopping("stopped before Redis was reachable", FINAL_GRACE);
         return Ok(false);
@@ -145,8 +154,8 @@ async fn connect(broker: &Broker, cancel: &CancellationToken) -> Result<bool, Da
 }
 
 /// Pings until Redis answers. False if `cancel` fired first.
-async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken) -> bool {
-    let mut retry = Retry::new("connecting to Redis");
+async fn wait_for_redis(broker: &Broker, cancel: &CancellationToken, clock: &Clock) -> bool {
+    let mut retry = Retry::new("connecting to Redis", clock);
     loop {
         match broker.ping().await {
             Ok(()) => {

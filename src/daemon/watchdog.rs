@@ -137,6 +137,7 @@ mod tests {
     use crate::broker::events::EventSink;
     use crate::broker::queue::QueueStore;
     use crate::broker::{Broker, QueueKeys};
+    use crate::clock::Clock;
     use crate::config::Config;
     use crate::daemon::isolation::Isolation;
     use crate::daemon::processor::{NodeShared, Processor};
@@ -149,7 +150,8 @@ mod tests {
         let broker = Broker::new(&config.redis).expect("broker");
         let keys = QueueKeys::new(name, &config.queue_key(name), "node-1");
         let store = QueueStore::new(broker.clone(), keys, 10);
-        let (_writer, outcomes, events) = writer::writer("node-1", broker, EventSink::new("c", 0));
+        let (_writer, outcomes, events) =
+            writer::writer("node-1", broker, EventSink::new("c", 0), &Clock::system());
         Arc::new(Processor::new(
             name,
             store,
@@ -162,6 +164,7 @@ mod tests {
                 outcomes,
                 give_up: CancellationToken::new(),
                 metrics: Default::default(),
+                clock: Clock::system(),
             },
         ))
     }

@@ -19,6 +19,7 @@ use super::{DaemonError, Node, notify};
 use crate::api::Client;
 use crate::broker::Broker;
 use crate::broker::events::EventSink;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub(super) struct Wiring {
     pub(super) node: Node,
     pub(super) config: Config,
     pub(super) broker: Broker,
+    /// What every component goes by for what is due and how long to wait.
+    pub(super) clock: Clock,
     pub(super) queues: Queues,
     /// Not running yet: it is started once Redis answers.
     pub(super) writer: Writer,
@@ -56,10 +59,11 @@ impl Wiring {
         let broker = Broker::new(&config.redis).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         broker.follow_failovers();
         let handlers = registry.build_all_with(&config, &broker)?;
+        let clock = Clock::system();
         let wake_scheduler = Arc::new(Notify::new());
         let stops = Stops::default();
         let sink = EventSink::new(&config.events.channel, config.events.stream_maxlen);
-        let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink);
+        let (writer, outcomes, events) = writer::writer(&node.id, broker.clone(), sink, &clock);
         let metrics = Arc::new(Metrics::new());
         {
             let events = events.clone();
@@ -73,6 +77,7 @@ impl Wiring {
             outcomes,
             give_up: stops.give_up.clone(),
             metrics,
+            clock: clock.clone(),
         };
         let mut queues = Queues::new(
             broker.clone(),
@@ -98,6 +103,7 @@ impl Wiring {
             node,
             config,
             broker,
+            clock,
             queues,
             writer,
             events,

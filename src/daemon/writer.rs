@@ -32,7 +32,7 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
-use crate::clock::{now_ms, rfc3339_ms};
+use crate::clock::{Clock, now_ms, rfc3339_ms};
 use crate::event::{Draft, EventBatch, Packed, Stamp};
 
 /// Events and status updates waiting to be written, at most.
@@ -202,8 +202,14 @@ pub(crate) struct Writer {
 }
 
 /// The writer and its two handles.
-pub(crate) fn writer(node: &str, broker: Broker, sink: EventSink) -> (Writer, Outcomes, Events) {
-    with_capacity(node, broker, sink, EVENT_CAPACITY)
+/// Its retries against an unreachable Redis go by `clock`.
+pub(crate) fn writer(
+    node: &str,
+    broker: Broker,
+    sink: EventSink,
+    clock: &Clock,
+) -> (Writer, Outcomes, Events) {
+    with_capacity(node, broker, sink, EVENT_CAPACITY, clock)
 }
 
 fn with_capacity(
@@ -211,6 +217,7 @@ fn with_capacity(
     broker: Broker,
     sink: EventSink,
     capacity: usize,
+    clock: &Clock,
 ) -> (Writer, Outcomes, Events) {
     let (tx, notes) = mpsc::channel(capacity);
     let (statuses_tx, statuses) = mpsc::channel(capacity);
@@ -238,7 +245,7 @@ fn with_capacity(
         republish: EventBatch::default(),
         unheard_in_flight: 0,
         retried: Vec::new(),
-        retry: Retry::new("recording job outcomes"),
+        retry: Retry::new("recording job outcomes", clock),
         events_failing: false,
     };
     (writer, Outcomes { tx: outcomes_tx }, events)
@@ -605,7 +612,7 @@ mod tests {
     async fn a_full_event_queue_drops_and_counts_instead_of_waiting() {
         let broker = Broker::new(&RedisConfig::default()).expect("no I/O");
         let (mut writer, _outcomes, events) =
-            with_capacity("n1", broker, EventSink::new("c", 0), 2);
+            with_capacity("n1", broker, EventSink::new("c", 0), 2, &Clock::system());
         for _ in 0..5 {
             events.emit(Draft::node(EventType::NodeStarted));
         }

@@ -27,7 +27,7 @@ use super::throughput::Throughput;
 use super::writer::{Events, Outcomes};
 use crate::broker::BrokerError;
 use crate::broker::queue::{Fetcher, Move, QueueStore, RecoverTo, Recovered, Taken};
-use crate::clock::now_ms;
+use crate::clock::{Clock, now_ms};
 use crate::config::QueueConfig;
 use crate::envelope::parse_item;
 use crate::event::{Draft, EventType};
@@ -147,6 +147,9 @@ pub(crate) struct Processor {
     /// Whether the queue is paused (`conveyor pause`): the fetcher takes
     /// nothing while it is.
     paused: tokio::sync::watch::Sender<bool>,
+    /// When a failed job's retry is due, and the backoff against an
+    /// unreachable Redis, go by it.
+    pub(super) clock: Clock,
     /// The running jobs `conveyor cancel` can stop, by id.
     cancels: Mutex<HashMap<String, CancellationToken>>,
 }
@@ -185,6 +188,8 @@ pub(crate) struct NodeShared {
     pub(crate) give_up: CancellationToken,
     /// The counters of `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// The node's clock.
+    pub(crate) clock: Clock,
 }
 
 impl Processor {
@@ -202,6 +207,7 @@ impl Processor {
             outcomes,
             give_up,
             metrics,
+            clock,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
@@ -230,6 +236,7 @@ impl Processor {
             give_up,
             paused: tokio::sync::watch::Sender::new(false),
             cancels: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -372,7 +379,7 @@ impl Processor {
         let mut backlog = true;
         let mut suspect = false;
         let mut reconciled = Instant::now();
-        let mut retry = Retry::new("fetching jobs");
+        let mut retry = Retry::new("fetching jobs", &self.clock);
         loop {
             if suspect || reconciled.elapsed() >= RECONCILE_EVERY {
                 match self.in_call(self.reconcile()).await {
@@ -509,7 +516,7 @@ impl Processor {
     /// node's in-flight list (a job popped as fetching stopped, an outcome
     /// Redis would not take) goes back to the head of the queue.
     pub(crate) async fn sweep(&self) {
-        let mut retry = Retry::new("requeueing in-flight jobs at shutdown");
+        let mut retry = Retry::new("requeueing in-flight jobs at shutdown", &self.clock);
         loop {
             let result = async {
                 let left = self.store.own_inflight().await?;

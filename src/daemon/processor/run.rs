@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use super::{Busy, Processor};
 use crate::broker::events::StatusUpdate;
 use crate::broker::queue::Outcome;
-use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
+use crate::clock::{now_rfc3339, rfc3339_ms};
 use crate::config::EventLevel;
 use crate::daemon::retry::Retry;
 use crate::daemon::writer::Recorded;
@@ -76,7 +76,7 @@ impl Processor {
             return;
         }
         if let Some(wait) = self.over_rate_limit(&job).await {
-            let due_ms = due_in(wait);
+            let due_ms = self.due_in(wait);
             tracing::debug!(
                 wait_ms = wait.as_millis() as u64,
                 "over the rate limit; scheduled for when a slot frees"
@@ -226,7 +226,7 @@ impl Processor {
                 "the handler asked for a longer wait than 7 days, the longest; retried in 7 days"
             );
         }
-        let due_ms = due_in(delay);
+        let due_ms = self.due_in(delay);
         tracing::warn!(
             error = %message,
             retry_in = %human(Duration::from_millis(delay.as_millis() as u64)),
@@ -320,7 +320,7 @@ impl Processor {
     /// protects a provider is not skipped because Redis blinked.
     async fn over_rate_limit(&self, job: &Job) -> Option<Duration> {
         let limiter = self.rate_limit.as_ref()?;
-        let mut retry = Retry::new("checking the rate limit");
+        let mut retry = Retry::new("checking the rate limit", &self.clock);
         loop {
             match limiter.check(&self.store, job).await {
                 Ok(wait) => {
@@ -450,13 +450,15 @@ impl Processor {
             ttl: self.config.track_ttl,
         })
     }
-}
 
-/// The time `delay` from now, in ms since the epoch, as `{K}:scheduled`
-/// scores it; saturating, though the delays it is given are bounded (the
-/// configuration's and [`crate::job::MAX_RETRY_IN`]).
-fn due_in(delay: Duration) -> i64 {
-    now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+    /// The time `delay` from now on the node's clock, in ms since the
+    /// epoch, as `{K}:scheduled` scores it; saturating, though the delays it
+    /// is given are bounded (the configuration's and
+    /// [`crate::job::MAX_RETRY_IN`]).
+    fn due_in(&self, delay: Duration) -> i64 {
+        let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        self.clock.now_ms().saturating_add(delay)
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
