@@ -2,45 +2,16 @@
 //! EHLO, STARTTLS, AUTH), one at a time, so that a failure names its step.
 //! The password is used, never shown.
 
-use std::fmt;
-
 use lettre::transport::smtp::extension::ClientId;
 
 use super::classify::open_reason;
 use super::privacy::scrub;
 use super::settings::Settings;
-use super::smtp::{Failure, Progress, open};
+use super::smtp::{Failure, Progress, Step, open};
 use super::transport::SmtpSettings;
 use crate::config::ConfigError;
 use crate::duration::human;
 use crate::handlers::CheckError;
-
-/// A step of the SMTP conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// The TCP connection.
-    Connect,
-    /// The TLS handshake of `smtps://`.
-    TlsHandshake,
-    /// The server's greeting and our EHLO.
-    Ehlo,
-    /// STARTTLS and the EHLO after it.
-    StartTls,
-    /// Authentication.
-    Auth,
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Step::Connect => "connect",
-            Step::TlsHandshake => "TLS handshake",
-            Step::Ehlo => "greeting and EHLO",
-            Step::StartTls => "STARTTLS",
-            Step::Auth => "AUTH",
-        })
-    }
-}
 
 /// Why the SMTP server cannot be used.
 #[derive(Debug, thiserror::Error)]

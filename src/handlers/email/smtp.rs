@@ -13,6 +13,7 @@
 //! to the pool mid-transaction; and the shutdown ends every kept
 //! connection with QUIT.
 
+use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,6 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::probe::Step;
 use super::transport::{SmtpSettings, TlsMode};
 
 /// A kept connection unused for this long is asked whether it still lives
@@ -37,6 +37,33 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
 
 /// A kept connection unused for this long is closed rather than kept.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// A step of the SMTP conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The TCP connection.
+    Connect,
+    /// The TLS handshake of `smtps://`.
+    TlsHandshake,
+    /// The server's greeting and our EHLO.
+    Ehlo,
+    /// STARTTLS and the EHLO after it.
+    StartTls,
+    /// Authentication.
+    Auth,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect",
+            Step::TlsHandshake => "TLS handshake",
+            Step::Ehlo => "greeting and EHLO",
+            Step::StartTls => "STARTTLS",
+            Step::Auth => "AUTH",
+        })
+    }
+}
 
 /// What went wrong while opening a connection.
 #[derive(Debug)]
