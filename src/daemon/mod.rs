@@ -30,6 +30,7 @@ mod reload;
 mod retry;
 mod running;
 mod scheduler;
+mod stages;
 mod startup;
 mod stop;
 #[cfg(test)]

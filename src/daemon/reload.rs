@@ -21,7 +21,7 @@ use super::notify;
 use super::periodic::Periodic;
 use super::queues::Queues;
 use super::retry::Retry;
-use super::stop::HANDLER_GRACE;
+use super::stages::HANDLER_GRACE;
 use super::writer::Events;
 use crate::broker::Broker;
 use crate::clock::Clock;

@@ -7,7 +7,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::heartbeat::Heartbeat;
 use super::queues::Queues;
 use super::reload::{self, Periodics};
-use super::stop::Stops;
+use super::stages::Stops;
 use super::wiring::Web;
 use super::writer::Events;
 use super::{Node, Reloader};

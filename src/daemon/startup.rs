@@ -12,7 +12,7 @@ use super::reload::{self, Periodics};
 use super::retry::Retry;
 use super::running::Running;
 use super::scheduler::Scheduler;
-use super::stop::FINAL_GRACE;
+use super::stages::FINAL_GRACE;
 use super::watchdog::Watchdog;
 use super::wiring::Wiring;
 use super::{DaemonError, notify, pause, stuck_fetch_threshold};

@@ -1,7 +1,8 @@
-//! The shutdown, staged in this one place. [`Running::stop`] is the order,
-//! each step with the reason for its place; [`Stops`] are the controls it
-//! trips, one per stage. A component owns the control of its stage (it runs
-//! as `run(self, shutdown)`) and knows nothing of the order.
+//! The shutdown, staged in this one place: [`Running::stop`] is the order,
+//! each step with the reason for its place. The controls it trips, one per
+//! stage, and the time each stage is given are in `stages.rs`; a component
+//! owns the control of its stage (it runs as `run(self, stop)`) and knows
+//! nothing of the order.
 
 use std::time::{Duration, Instant};
 
@@ -10,49 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify;
 use super::running::Running;
+use super::stages::{FINAL_GRACE, HANDLER_GRACE};
 use crate::duration::human;
 use crate::event::{Draft, EventType};
 use crate::shutdown::Shutdown;
-
-/// After the drain, how long requeueing and the final sweep may keep
-/// retrying against an unreachable Redis before the daemon exits anyway
-/// (the jobs then stay in flight, and a reaper returns them).
-pub(super) const FINAL_GRACE: Duration = Duration::from_secs(5);
-
-/// The least time handlers get to let go of what they hold (worker
-/// processes to exit once their input is closed), even after a drain that
-/// took all of `shutdown_timeout`.
-pub(super) const HANDLER_GRACE: Duration = Duration::from_secs(1);
-
-/// How long open web requests may finish once the daemon has stopped.
-pub(super) const WEB_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a stop may outlast `shutdown_timeout`: `FINAL_GRACE` for
 /// requeueing, then removing the heartbeat, with room to spare. systemd is
 /// told (`EXTEND_TIMEOUT_USEC`), so that a `TimeoutStopSec` left below
 /// `shutdown_timeout` + this does not SIGKILL a drain halfway.
 const STOP_SLACK: Duration = Duration::from_secs(20);
-
-/// The node's stop controls, one per stage, in the order [`Running::stop`]
-/// trips them (the web server's is its own: [`super::wiring::Web`]).
-#[derive(Default)]
-pub(super) struct Stops {
-    /// The fetchers (each queue's is a child): no job is taken after it.
-    /// Quiet (SIGTSTP) trips it too.
-    pub(super) fetching: CancellationToken,
-    /// The running jobs of a drain that ran out of time: each goes back to
-    /// the head of its queue (each queue's is a child).
-    pub(super) abandon: CancellationToken,
-    /// Requeueing and the writer stop retrying against an unreachable
-    /// Redis, [`FINAL_GRACE`] after the drain.
-    pub(super) give_up: CancellationToken,
-    /// The scheduler, the reaper, the pause watch and the schedules.
-    pub(super) background: CancellationToken,
-    /// The heartbeat, and the systemd watchdog with it.
-    pub(super) heartbeat: CancellationToken,
-    /// The writer, which flushes what it still holds.
-    pub(super) writer: CancellationToken,
-}
 
 impl Running {
     /// Stops the node, in the only order that loses nothing: each step says

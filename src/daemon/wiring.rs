@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::isolation::Isolation;
 use super::processor::NodeShared;
 use super::queues::Queues;
-use super::stop::{Stops, WEB_GRACE};
+use super::stages::{Stops, WEB_GRACE};
 use super::writer::{self, Events, Writer};
 use super::{DaemonError, Node, notify};
 use crate::api::Client;
