@@ -35,7 +35,7 @@ const MAX_TIMEOUT: Duration = *crate::config::bounds::TIMEOUT.end();
 /// The longest delay before a next attempt that a handler may ask for
 /// ([`HandlerError::retry_in`]: a worker's `retry_in_ms`, a server's
 /// `Retry-After`): 7 days. A longer ask is cut to it, and the cut logged.
-pub const MAX_RETRY_IN: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_RETRY_IN: Duration = *crate::config::bounds::BACKOFF.end();
 
 /// A job taken from a queue, as the daemon runs it and a handler sees it.
 #[derive(Debug)]

@@ -44,9 +44,9 @@ pub const CONCURRENCY: RangeInclusive<u64> = 1..=10_000;
 /// `queues.<q>.max_attempts`, and a schedule's.
 pub const MAX_ATTEMPTS: RangeInclusive<u64> = 1..=1_000_000;
 /// `queues.<q>.backoff.base` and `.max` (`base` at most `max`). The most a
-/// job waits for its next attempt, as a handler's asked delay
-/// ([`crate::job::MAX_RETRY_IN`]).
-pub const BACKOFF: RangeInclusive<Duration> = MS..=crate::job::MAX_RETRY_IN;
+/// job waits for its next attempt, 7 days, is also the most a handler may
+/// ask for ([`crate::job::MAX_RETRY_IN`] names it).
+pub const BACKOFF: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
 /// `queues.<q>.timeout`: one run of the handler.
 pub const TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
 /// `queues.<q>.max_payload_bytes`.
