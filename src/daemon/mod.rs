@@ -7,8 +7,10 @@
 //! Redis, lists the node in its queues and starts the components,
 //! `running.rs` answers quiet and reload, and `stop.rs` stages the
 //! shutdown, each step with the reason for its place. Each component is a
-//! struct whose `run(self, stop)` owns the stop control of its stage, the
-//! way mini-redis hands its shutdown signal over.
+//! struct whose `run(self, stop)` owns the stop control of its stage
+//! (`stages.rs`), the way mini-redis hands its shutdown signal over. What
+//! is due and how long to wait go by one `Clock` (`crate::clock`), which
+//! the unit tests move by hand.
 
 use std::time::Duration;
 

@@ -3,10 +3,14 @@
 //! jobs and start the background components. A shutdown that comes before
 //! the node is listed ends the start there, with nothing taken.
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::Heartbeat;
+use super::queues::Queues;
 use super::reaper::Reaper;
 use super::reload::{self, Periodics};
 use super::retry::Retry;
@@ -62,19 +66,14 @@ impl Wiring {
             tracing::warn!(error = %e, "could not read which queues are paused; will look again");
         }
         queues.launch();
-        let mut background = JoinSet::new();
-        let watch = pause::Watch {
-            broker: broker.clone(),
-            processors: queues.processors(),
-        };
-        background.spawn(watch.run(stops.background.clone()));
-        let scheduler = Scheduler {
-            processors: queues.processors(),
-            wake: wake_scheduler,
-            clock: clock.clone(),
-        };
-        background.spawn(scheduler.run(stops.background.clone()));
-        background.spawn(reaper.run(stops.background.clone()));
+        let background = spawn_background(
+            &queues,
+            &broker,
+            wake_scheduler,
+            reaper,
+            &clock,
+            &stops.background,
+        );
         let periodic = Periodics::start(&config, &queues, &events, &stops.background, &clock);
         let watchdog = Watchdog {
             processors: queues.processors(),
@@ -128,6 +127,32 @@ impl Wiring {
             clock: self.clock.clone(),
         }
     }
+}
+
+/// Starts the scheduler, the reaper and the pause watch, which `stop`
+/// stops.
+fn spawn_background(
+    queues: &Queues,
+    broker: &Broker,
+    wake_scheduler: Arc<Notify>,
+    reaper: Reaper,
+    clock: &Clock,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let mut background = JoinSet::new();
+    let watch = pause::Watch {
+        broker: broker.clone(),
+        processors: queues.processors(),
+    };
+    background.spawn(watch.run(stop.clone()));
+    let scheduler = Scheduler {
+        processors: queues.processors(),
+        wake: wake_scheduler,
+        clock: clock.clone(),
+    };
+    background.spawn(scheduler.run(stop.clone()));
+    background.spawn(reaper.run(stop.clone()));
+    background
 }
 
 /// Waits for Redis; false if `cancel` fired first (logged and told to
