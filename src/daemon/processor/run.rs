@@ -468,3 +468,69 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use redis::AsyncCommands as _;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::broker::fixture::TestRedis;
+    use crate::clock::Clock;
+    use crate::daemon::testing;
+    use crate::handlers::Handler;
+
+    /// Fails every run, asking to be tried again in a minute.
+    struct Later;
+
+    #[async_trait]
+    impl Handler for Later {
+        async fn handle(&self, _job: &Job) -> Result<(), crate::job::HandlerError> {
+            Err(crate::job::HandlerError::transient("busy").retry_in(Duration::from_secs(60)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_jobs_next_attempt_is_due_by_the_clock() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        // An hour behind the wall clock: a due time read from the wall
+        // clock could not pass for one read from this.
+        let clock = Clock::manual(crate::clock::now_ms() - 3_600_000);
+        let config = testing::config(&redis, "mail");
+        let (processor, writer) =
+            testing::processor_with(&config, "mail", "node-1", &clock, Arc::new(Later));
+        let keys = processor.store().keys().clone();
+        let _: () = conn
+            .rpush(&keys.list, testing::job("j1"))
+            .await
+            .expect("RPUSH");
+        let (stop_writer, stop_fetching) = (CancellationToken::new(), CancellationToken::new());
+        let writer = tokio::spawn(writer.run(stop_writer.clone(), CancellationToken::new()));
+        let run = tokio::spawn(
+            processor
+                .clone()
+                .run(stop_fetching.clone(), CancellationToken::new()),
+        );
+
+        testing::wait_until("the failed job is scheduled", || {
+            let mut conn = conn.clone();
+            let scheduled = keys.scheduled.clone();
+            async move { conn.zcard::<_, usize>(&scheduled).await.expect("ZCARD") == 1 }
+        })
+        .await;
+        let due: Vec<(String, i64)> = conn
+            .zrange_withscores(&keys.scheduled, 0, -1)
+            .await
+            .expect("ZRANGE");
+        assert_eq!(due[0].1, clock.now_ms() + 60_000);
+
+        stop_fetching.cancel();
+        run.await.expect("the processor stops");
+        stop_writer.cancel();
+        writer.await.expect("the writer stops");
+    }
+}
