@@ -1,7 +1,7 @@
 //! Redis as production runs it: TLS with a private CA and a client
 //! certificate, a password from its own channel, and passwords that no
 //! output ever shows, whatever characters they hold. Each test starts its
-//! own redis-server on a free loopback port.
+//! own server on a free loopback port.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::{ServerCommand, ServerProcess};
 use common::*;
 
 /// Passwords a URL cannot hold unencoded, and one it can.
@@ -18,60 +19,52 @@ const HOSTILE: &[&str] = &["p/a?s#s@w&o:r%d", "s p a c e é€", "x@y/z"];
 
 const QUEUE: &str = "[queues.work]\nhandler = \"noop\"\n";
 
-/// A redis-server on a loopback port; with TLS, on its TLS port only.
+/// A server on a loopback port, of the family the run chose; with TLS,
+/// Redis's ([`Family::with_tls`]), on its TLS port only.
 struct Server {
-    child: Child,
+    _process: ServerProcess,
     port: u16,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start(password: &str, tls: Option<&TestCa>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--requirepass", password]);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let family = match tls {
+            Some(_) => Family::with_tls(),
+            None => Family::chosen(),
+        };
+        let mut cmd = ServerCommand::new(family, dir.path());
+        cmd.password(password);
         match tls {
-            Some(ca) => {
-                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                    .arg("--tls-cert-file")
-                    .arg(&ca.cert)
-                    .arg("--tls-key-file")
-                    .arg(&ca.key)
-                    .arg("--tls-ca-cert-file")
-                    .arg(&ca.ca)
-                    .args(["--tls-auth-clients", "yes"]);
-            }
-            None => {
-                cmd.args(["--port", &port.to_string()]);
-            }
+            Some(ca) => cmd
+                .tls(port, &ca.cert, &ca.key, &ca.ca)
+                .args(["--tls-auth-clients", "yes"]),
+            None => cmd.port(port),
+        };
+        Self {
+            _process: cmd.start().unwrap_or_else(|e| panic!("{e}")),
+            port,
+            _dir: dir,
         }
-        Self::spawn(&mut cmd, port)
     }
 
-    /// Starts `cmd` and waits until it listens on `port`.
-    fn spawn(cmd: &mut Command, port: u16) -> Self {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+    /// The family's command-line client, as the default user with
+    /// `password`, running `args`; what it printed.
+    fn cli(&self, password: &str, args: &[&str]) -> String {
+        let out = Command::new(Family::chosen().cli())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-a",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server does not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 
@@ -274,15 +267,9 @@ fn bounded_output(mut child: Child, limit: Duration) -> String {
 #[test]
 fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
     let server = Server::start("admin-pw", None);
-    let acl = Command::new("redis-cli")
-        .args([
-            "-p",
-            &server.port.to_string(),
-            "-a",
-            "admin-pw",
-            "--no-auth-warning",
-        ])
-        .args([
+    let acl = server.cli(
+        "admin-pw",
+        &[
             "ACL",
             "SETUSER",
             "reader",
@@ -292,10 +279,9 @@ fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
             "&*",
             "+@read",
             "+@connection",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&acl.stdout).trim(), "OK");
+        ],
+    );
+    assert_eq!(acl, "OK");
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -371,18 +357,8 @@ fn a_user_without_permission_is_told_so_not_that_redis_is_unreachable() {
 fn a_policy_that_can_evict_jobs_is_reported_by_check_and_at_start() {
     let server = Server::start("pw", None);
     let set_policy = |policy: &str| {
-        let out = Command::new("redis-cli")
-            .args([
-                "-p",
-                &server.port.to_string(),
-                "-a",
-                "pw",
-                "--no-auth-warning",
-            ])
-            .args(["CONFIG", "SET", "maxmemory-policy", policy])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+        let out = server.cli("pw", &["CONFIG", "SET", "maxmemory-policy", policy]);
+        assert_eq!(out, "OK");
     };
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
@@ -429,15 +405,8 @@ fn a_policy_that_can_evict_jobs_is_reported_by_check_and_at_start() {
 fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
     let master = Server::start("pw", None);
     let dir = tempfile::tempdir().unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     // A sentinel watching the master; it rewrites its file, so it gets its own.
-    let sentinel_port = free();
+    let sentinel_port = free_port();
     let conf = dir.path().join("sentinel.conf");
     std::fs::write(
         &conf,
@@ -449,27 +418,15 @@ fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
         ),
     )
     .unwrap();
-    let sentinel = Server::spawn(
-        Command::new("redis-server").arg(&conf).arg("--sentinel"),
-        sentinel_port,
-    );
+    let sentinel = ServerCommand::sentinel(Family::chosen(), &conf, sentinel_port)
+        .start()
+        .unwrap();
     // One node with cluster mode on is enough to be recognised.
-    let node_port = free();
-    let node = Server::spawn(
-        Command::new("redis-server")
-            .args(["--port", &node_port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--cluster-config-file")
-            .arg(dir.path().join("nodes.conf")),
-        node_port,
-    );
+    let node = ServerCommand::new(Family::chosen(), dir.path())
+        .port(free_port())
+        .cluster(free_port())
+        .start()
+        .unwrap();
     for (port, words) in [
         (sentinel.port, "this is a Redis Sentinel"),
         (node.port, "a node of a Redis Cluster"),
@@ -529,20 +486,9 @@ fn the_readme_acl_line_is_enough_for_everything_a_worker_does() {
         "the README does not give this ACL line: {documented}"
     );
     let server = Server::start("admin-pw", None);
-    let mut acl = Command::new("redis-cli");
-    acl.args([
-        "-p",
-        &server.port.to_string(),
-        "-a",
-        "admin-pw",
-        "--no-auth-warning",
-    ])
-    .args(["ACL", "SETUSER", "worker", ">worker-pw"])
-    .args(WORKER_ACL.split_whitespace());
-    assert_eq!(
-        String::from_utf8_lossy(&acl.output().unwrap().stdout).trim(),
-        "OK"
-    );
+    let mut acl = vec!["ACL", "SETUSER", "worker", ">worker-pw"];
+    acl.extend(WORKER_ACL.split_whitespace());
+    assert_eq!(server.cli("admin-pw", &acl), "OK");
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),

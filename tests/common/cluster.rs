@@ -1,36 +1,24 @@
 //! A Redis Cluster on loopback: three primaries with a replica each, a
-//! password on every node, private to the test and stopped with it.
+//! password on every node, private to the test and stopped with it, of the
+//! family the run chose (Redis's when it speaks TLS).
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
 use super::TestCa;
-use super::sentinel::free_port;
+use super::free_port;
+use super::server::{Family, ServerCommand, ServerProcess};
 
 /// Every node's password; characters a URL would need encoded.
 pub const PASSWORD: &str = "clu/st?er#pw@x";
 
-/// One node.
-struct Node {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Node {
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _killed = child.kill();
-            let _reaped = child.wait();
-        }
-    }
-}
-
 /// Six nodes: three primaries, three replicas.
 pub struct Cluster {
-    nodes: Vec<Node>,
+    nodes: Vec<ServerProcess>,
     /// The CA the nodes' certificate is signed by, when they speak TLS.
     tls: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
@@ -44,17 +32,22 @@ impl Cluster {
     }
 
     /// With TLS only (clients, the cluster bus and replication), the
-    /// servers' certificate signed by `tls`.
+    /// servers' certificate signed by `tls`; such a cluster is of
+    /// [`Family::with_tls`], any other of the family the run chose.
     pub async fn start_with(tls: Option<&TestCa>) -> Self {
+        let family = match tls {
+            Some(_) => Family::with_tls(),
+            None => Family::chosen(),
+        };
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<Node> = (0..6).map(|i| node(dir.path(), i, tls)).collect();
+        let nodes: Vec<ServerProcess> = (0..6).map(|i| node(family, dir.path(), i, tls)).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         // It waits for the nodes to join without end if they cannot.
         let mut create = Command::new("timeout");
-        create.args(["60", "redis-cli"]);
+        create.arg("60").arg(family.cli());
         if let Some(ca) = tls {
             create.arg("--tls").arg("--cacert").arg(&ca.ca);
         }
@@ -66,7 +59,11 @@ impl Cluster {
             .stderr(Stdio::null())
             .status()
             .unwrap();
-        assert!(created.success(), "redis-cli --cluster create");
+        assert!(
+            created.success(),
+            "{} --cluster create",
+            family.cli().display()
+        );
         let cluster = Self {
             nodes,
             tls: tls.map(|ca| ca.ca.clone()),
@@ -114,7 +111,7 @@ impl Cluster {
     pub fn ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.is_running())
             .map(|n| n.port)
             .collect()
     }
@@ -291,27 +288,23 @@ impl Cluster {
     /// Waits until a primary other than `old` holds `key` and the cluster
     /// says it is ok again; that primary's port and how long it took.
     pub async fn wait_failover(&self, key: &str, old: u16, timeout: Duration) -> (u16, Duration) {
-        let started = Instant::now();
-        loop {
-            let port = self.primary_of(key).await;
-            if port != old {
-                if let Ok(mut conn) = self.conn_to(port).await {
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if info.contains("cluster_state:ok") {
-                        return (port, started.elapsed());
-                    }
-                }
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "no failover within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait_failover(
+            old,
+            timeout,
+            || self.primary_of(key),
+            |port| async move {
+                let Ok(mut conn) = self.conn_to(port).await else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            },
+        )
+        .await
     }
 }
 
@@ -323,61 +316,35 @@ impl Drop for Cluster {
     }
 }
 
-fn node(dir: &Path, i: usize, tls: Option<&TestCa>) -> Node {
+fn node(family: Family, dir: &Path, i: usize, tls: Option<&TestCa>) -> ServerProcess {
     let port = free_port();
     let dir = dir.join(format!("node-{i}"));
     std::fs::create_dir(&dir).unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        // Its own bus port: port + 10000, the default, may not exist.
-        .args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &free_port().to_string(),
-        ])
+    let mut cmd = ServerCommand::new(family, &dir);
+    cmd.cluster(free_port())
         .args(["--cluster-node-timeout", "2000"])
-        .arg("--cluster-config-file")
-        .arg(dir.join("nodes.conf"))
-        .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
-        .arg("--dir")
-        .arg(&dir);
+        .password(PASSWORD);
     match tls {
         Some(ca) => {
-            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(&ca.cert)
-                .arg("--tls-key-file")
-                .arg(&ca.key)
-                .arg("--tls-ca-cert-file")
-                .arg(&ca.ca)
+            cmd.tls(port, &ca.cert, &ca.key, &ca.ca)
                 // The bus always asks a peer for its certificate, and the
                 // server's is for servers only.
-                .arg("--tls-client-cert-file")
-                .arg(&ca.client_cert)
-                .arg("--tls-client-key-file")
-                .arg(&ca.client_key)
+                .args([
+                    OsStr::new("--tls-client-cert-file"),
+                    ca.client_cert.as_os_str(),
+                ])
+                .args([
+                    OsStr::new("--tls-client-key-file"),
+                    ca.client_key.as_os_str(),
+                ])
                 .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
                 .args(["--tls-auth-clients", "no"]);
         }
         None => {
-            cmd.args(["--port", &port.to_string()]);
+            cmd.port(port);
         }
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "a cluster node does not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Node {
-        child: Some(child),
-        port,
-    }
+    cmd.start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `text` percent-encoded for a URL's userinfo.

@@ -1,5 +1,6 @@
-//! Test fixtures: a private `redis-server` per test, waiting on conditions
-//! with deadlines, a daemon run in-process, and the real binary.
+//! Test fixtures: a private server per test (Redis's or Valkey's, see
+//! `server.rs`), waiting on conditions with deadlines, a daemon run
+//! in-process, and the real binary.
 //!
 //! Every test owns its Redis (its own unix socket in its own temporary
 //! directory, persistence off unless the test asks for AOF) and never touches
@@ -21,21 +22,25 @@ use redis::aio::MultiplexedConnection;
 
 pub mod cluster;
 pub mod sentinel;
+pub mod server;
 
-/// A private redis-server.
+pub use server::{Family, free_port};
+
+/// A private server of the family the run chose ([`Family::chosen`]) on a
+/// unix socket.
 pub struct Redis {
-    child: Option<Child>,
+    process: Option<server::ServerProcess>,
     dir: tempfile::TempDir,
     aof: bool,
 }
 
 impl Redis {
-    /// Starts a redis-server with persistence off.
+    /// Starts a server with persistence off.
     pub fn start() -> Self {
         Self::start_with(false)
     }
 
-    /// Starts a redis-server that writes an AOF (fsync always), so it can be
+    /// Starts a server that writes an AOF (fsync always), so it can be
     /// killed and restarted without losing data.
     pub fn start_persistent() -> Self {
         Self::start_with(true)
@@ -44,7 +49,7 @@ impl Redis {
     fn start_with(aof: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut redis = Self {
-            child: None,
+            process: None,
             dir,
             aof,
         };
@@ -53,32 +58,14 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(self.socket())
-            .arg("--unixsocketperm")
-            .arg("700")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--save")
-            .arg("")
-            .arg("--daemonize")
-            .arg("no")
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"));
+        let mut cmd = server::ServerCommand::new(Family::chosen(), self.dir.path());
+        cmd.unix_socket(&self.socket());
         if self.aof {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
+            cmd.aof();
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
+        self.process = Some(cmd.start().unwrap_or_else(|e| panic!("{e}")));
+        // PING, not the socket: a restarted server answers LOADING until it
+        // has read its AOF.
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = self.client();
         while client
@@ -86,7 +73,7 @@ impl Redis {
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_err()
         {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(Instant::now() < deadline, "the server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -116,9 +103,8 @@ impl Redis {
 
     /// SIGKILLs the server.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill redis-server");
-            child.wait().expect("reap redis-server");
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
         // A killed server leaves its socket file behind.
         let _gone = std::fs::remove_file(self.socket());
@@ -132,7 +118,10 @@ impl Redis {
 
     /// The server's pid, for SIGSTOP and the like.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process
+            .as_ref()
+            .and_then(server::ServerProcess::pid)
+            .expect("running")
     }
 }
 
@@ -158,6 +147,34 @@ where
             "timed out after {timeout:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a failover away from the primary on port `old` is done:
+/// `primary` names the port that holds the primary's role now, and
+/// `serves` says whether it answers as one. Its port and how long that
+/// took; panics after `timeout`.
+pub async fn wait_failover<P, S>(
+    old: u16,
+    timeout: Duration,
+    mut primary: impl FnMut() -> P,
+    mut serves: impl FnMut(u16) -> S,
+) -> (u16, Duration)
+where
+    P: Future<Output = u16>,
+    S: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        let port = primary().await;
+        if port != old && serves(port).await {
+            return (port, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "no failover within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

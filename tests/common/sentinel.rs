@@ -1,13 +1,15 @@
 //! A Sentinel deployment on loopback: a master, one replica and three
 //! sentinels (quorum 2), every server with a password, all private to the
-//! test and stopped with it.
+//! test and stopped with it, of the family the run chose.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::IntoConnectionInfo as _;
 use redis::aio::MultiplexedConnection;
+
+use super::free_port;
+use super::server::{Family, ServerCommand, ServerProcess};
 
 /// The name the sentinels know the master by.
 pub const MASTER: &str = "mymaster";
@@ -20,54 +22,10 @@ pub const PASSWORD: &str = "sen/ti?nel#pw@x";
 /// their URLs.
 pub const SENTINEL_PASSWORD: &str = "sentinels-own-5ecret";
 
-/// A port nobody listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One server of the deployment.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Server {
-    fn spawn(cmd: &mut Command, port: u16) -> Self {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "a server of the deployment does not listen"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            child: Some(child),
-            port,
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _killed = child.kill();
-            let _reaped = child.wait();
-        }
-    }
-}
-
 /// A master, its replica and three sentinels.
 pub struct Sentinels {
-    data: Vec<Server>,
-    sentinels: Vec<Server>,
+    data: Vec<ServerProcess>,
+    sentinels: Vec<ServerProcess>,
     _dir: tempfile::TempDir,
 }
 
@@ -192,25 +150,20 @@ impl Sentinels {
     /// Waits until the sentinels name a master other than `old`, and it
     /// answers as one; its port and how long that took.
     pub async fn wait_new_master(&self, old: u16, timeout: Duration) -> (u16, Duration) {
-        let started = Instant::now();
-        loop {
-            let port = self.master_port().await;
-            if port != old {
-                if let Ok(mut conn) = data_conn(port).await {
-                    let role: Result<Vec<redis::Value>, _> =
-                        redis::cmd("ROLE").query_async(&mut conn).await;
-                    if matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master")
-                    {
-                        return (port, started.elapsed());
-                    }
-                }
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "no failover within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait_failover(
+            old,
+            timeout,
+            || self.master_port(),
+            |port| async move {
+                let Ok(mut conn) = data_conn(port).await else {
+                    return false;
+                };
+                let role: Result<Vec<redis::Value>, _> =
+                    redis::cmd("ROLE").query_async(&mut conn).await;
+                matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master")
+            },
+        )
+        .await
     }
 }
 
@@ -222,24 +175,19 @@ impl Drop for Sentinels {
     }
 }
 
-fn data_server(dir: &Path, name: &str, master: Option<u16>) -> Server {
-    let port = free_port();
+fn data_server(dir: &Path, name: &str, master: Option<u16>) -> ServerProcess {
     let dir = dir.join(name);
     std::fs::create_dir(&dir).unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
-        .arg("--dir")
-        .arg(&dir);
+    let mut cmd = ServerCommand::new(Family::chosen(), &dir);
+    cmd.port(free_port()).password(PASSWORD);
     if let Some(master) = master {
-        cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        cmd.replica_of(master);
     }
-    Server::spawn(&mut cmd, port)
+    cmd.start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A sentinel; it rewrites its configuration file, so each has its own.
-fn sentinel(dir: &Path, i: usize, master: u16) -> Server {
+fn sentinel(dir: &Path, i: usize, master: u16) -> ServerProcess {
     let port = free_port();
     let conf = dir.join(format!("sentinel-{i}.conf"));
     std::fs::write(
@@ -255,10 +203,9 @@ fn sentinel(dir: &Path, i: usize, master: u16) -> Server {
         ),
     )
     .unwrap();
-    Server::spawn(
-        Command::new("redis-server").arg(&conf).arg("--sentinel"),
-        port,
-    )
+    ServerCommand::sentinel(Family::chosen(), &conf, port)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn sentinel_conn(port: u16) -> redis::RedisResult<MultiplexedConnection> {
