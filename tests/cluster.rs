@@ -56,6 +56,10 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
     let (code, out) = cli(cfg, &["check"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("redis: permissions: ok"), "{out}");
+    // The server is named from one node's INFO (redis-rs asks every primary).
+    let family = Family::chosen();
+    let server = format!("{} {})", family.name(), family.version().unwrap());
+    assert!(out.contains(&server), "{server:?} in:\n{out}");
     shown.push(out);
 
     // Before the daemon: plain, delayed, unique (twice) and tracked jobs.

@@ -401,6 +401,29 @@ fn a_policy_that_can_evict_jobs_is_reported_by_check_and_at_start() {
     assert!(out.contains("maxmemory-policy noeviction: ok"), "{out}");
 }
 
+/// `check` names the server it found and its version, as the server's own
+/// binary gives them, whichever family the run chose.
+#[test]
+fn check_names_the_server_and_its_version() {
+    let server = Server::start("pw", None);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("url = \"redis://127.0.0.1:{}/0\"", server.port),
+        QUEUE,
+    );
+    let (code, out) = cli(&["check", "--config", &cfg], &[("REDIS_PASSWORD", "pw")]);
+    assert_eq!(code, 0, "{out}");
+    let family = Family::chosen();
+    let found = format!(
+        "redis: ok (redis://127.0.0.1:{}/0, {} {})",
+        server.port,
+        family.name(),
+        family.version().unwrap()
+    );
+    assert!(out.contains(&found), "{found:?} in:\n{out}");
+}
+
 #[test]
 fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
     let master = Server::start("pw", None);
@@ -427,9 +450,12 @@ fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
         .cluster(free_port())
         .start()
         .unwrap();
+    // Each named with the server found there (Valkey 8 writes its mode
+    // under another name than Redis 7).
+    let server = format!("({} ", Family::chosen().name());
     for (port, words) in [
-        (sentinel.port, "this is a Redis Sentinel"),
-        (node.port, "a node of a Redis Cluster"),
+        (sentinel.port, "this is a Sentinel"),
+        (node.port, "this is a node of a Cluster"),
     ] {
         let cfg = write_config(
             dir.path(),
@@ -445,7 +471,10 @@ fn a_sentinel_or_a_cluster_node_given_as_url_is_refused_with_what_to_do() {
                 .unwrap();
             let (code, text) = exit_and_output(out, Duration::from_secs(20));
             assert_eq!(code, Some(78), "{command} against {words}: {text}");
-            assert!(text.contains(words), "{command}: {text}");
+            assert!(
+                text.contains(&format!("{words} {server}")),
+                "{command}: {text}"
+            );
         }
     }
 }

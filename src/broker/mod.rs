@@ -35,6 +35,7 @@ pub mod queue;
 mod scripts;
 pub(crate) mod stats;
 pub mod store;
+mod server;
 mod target;
 pub mod ticks;
 pub mod view;
@@ -336,46 +337,6 @@ impl Broker {
             .await
             .ok()?;
         reply.into_iter().nth(1)
-    }
-
-    /// Refuses a Redis Sentinel or a Cluster node given as the plain `url`,
-    /// which would otherwise answer PING and then fail every job command.
-    pub async fn standalone(&self) -> Result<(), BrokerError> {
-        if self.is_cluster() {
-            return Ok(());
-        }
-        let mut conn = self.conn().await?;
-        let info: String = match redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(info) => info,
-            // A least-privilege user may not run INFO; then we cannot tell.
-            Err(e) if is_denial(&e) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let mode = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_mode:"))
-            .map(str::trim);
-        let reason = match mode {
-            Some("sentinel") => {
-                "this is a Redis Sentinel, not a Redis: in place of url, give the sentinels \
-                 and the name of the master they watch, \
-                 sentinel = { master = \"mymaster\", nodes = [\"redis://host:26379\"] }, \
-                 and conveyor follows the master through failovers"
-            }
-            Some("cluster") => {
-                "this is a node of a Redis Cluster: in place of url, list some of its \
-                 nodes, cluster = { nodes = [\"redis://host:7000\"] }"
-            }
-            _ => return Ok(()),
-        };
-        Err(BrokerError::BadUrl {
-            url: self.url(),
-            reason: reason.into(),
-        })
     }
 
     /// A pooled connection for short commands.

@@ -1,5 +1,5 @@
 //! `conveyor check`: validate the configuration, build every queue's handler,
-//! reach Redis, and ask each handler to check what it depends on (the
+//! reach Redis and name the server found there, and ask each handler to check what it depends on (the
 //! `email` handler holds a conversation with its SMTP server up to AUTH,
 //! saying which step failed).
 
@@ -54,7 +54,10 @@ pub async fn run(
         println!("web: ok (http://{listen}/, {who})");
     }
     let broker = connect(&config).await?;
-    println!("redis: ok ({})", broker.url());
+    match broker.server().await? {
+        Some(server) => println!("redis: ok ({}, {server})", broker.url()),
+        None => println!("redis: ok ({}, server unknown: INFO refused)", broker.url()),
+    }
     if let Some(address) = broker.master_address().await {
         println!("redis: the sentinels' master is at {address}");
     }
