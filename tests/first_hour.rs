@@ -223,11 +223,7 @@ fn help_groups_the_commands_for_a_newcomer() {
 #[test]
 fn run_local_keeps_the_jobs_across_a_ctrl_c() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let start = || {

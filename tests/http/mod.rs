@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::free_port;
+
 /// One request the server received.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct Request {
@@ -252,12 +254,4 @@ impl Drop for Nginx {
         crate::common::signal(&self.child, 15);
         let _reaped = self.child.wait();
     }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
