@@ -16,7 +16,7 @@ use conveyor::job::Job;
 use mail_parser::{Address, MessageParser};
 use redis::AsyncCommands as _;
 use smtp::queue::*;
-use smtp::{Options, Session, SmtpServer, TestCa};
+use smtp::{Options, SecureSmtp, Session, SmtpServer, TestCa};
 
 fn addresses(a: Option<&Address<'_>>) -> Vec<String> {
     a.map(|a| {
@@ -155,24 +155,14 @@ async fn html_alone_and_with_text_make_the_right_parts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_with_auth_delivers() {
     let redis = Redis::start();
-    let ca = TestCa::generate();
-    let server = SmtpServer::start(Options {
-        ca: Some(&ca),
-        starttls: true,
-        auth: Some(("mailer", "s3cret")),
-        ..Options::default()
-    });
+    let server = SecureSmtp::start("s3cret");
     let mut conn = redis.conn().await;
     push(
         &mut conn,
         serde_json::json!({"to": "alice@example.com", "subject": "tls"}),
     )
     .await;
-    let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let mut cfg = tls_config(&redis, &url, &ca);
-    cfg.env_overrides
-        .insert("CONVEYOR_SMTP_PASSWORD".into(), "s3cret".into());
-    let daemon = TestDaemon::start(cfg, builtin());
+    let daemon = TestDaemon::start(secure_config(&redis, &server, "s3cret"), builtin());
     wait_accepted(&server, 1).await;
     assert_eq!(server.received().len(), 1);
     daemon.stop().await.unwrap();

@@ -7,7 +7,7 @@ mod smtp;
 use std::path::Path;
 
 use common::*;
-use smtp::{Options, SmtpServer, TestCa};
+use smtp::{Options, SecureSmtp, SmtpServer, TestCa};
 
 const PASSWORD: &str = "correct-horse-battery";
 
@@ -48,23 +48,12 @@ fn check(config: &str, password: &str) -> (i32, String, String) {
     )
 }
 
-fn tls_auth_server(ca: &TestCa) -> SmtpServer {
-    SmtpServer::start(Options {
-        ca: Some(ca),
-        starttls: true,
-        auth: Some(("mailer", PASSWORD)),
-        ..Options::default()
-    })
-}
-
 #[test]
 fn check_passes_against_a_good_server() {
     let redis = Redis::start();
-    let ca = TestCa::generate();
-    let server = tls_auth_server(&ca);
+    let server = SecureSmtp::start(PASSWORD);
     let dir = tempfile::tempdir().unwrap();
-    let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let config = smtp_file(dir.path(), &redis, &url, Some(&ca), "email");
+    let config = smtp_file(dir.path(), &redis, &server.url(), Some(&server.ca), "email");
     let (code, stdout, stderr) = check(&config, PASSWORD);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     for step in [
@@ -96,7 +85,7 @@ fn check_passes_against_a_good_server() {
 fn check_exits_69_when_the_smtp_server_is_down() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("smtp://127.0.0.1:{}", smtp::closed_port());
+    let url = format!("smtp://127.0.0.1:{}", free_port());
     let config = smtp_file(dir.path(), &redis, &url, None, "email");
     let (code, stdout, stderr) = check(&config, PASSWORD);
     assert_eq!(code, 69, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -125,11 +114,9 @@ fn check_exits_69_when_the_smtp_server_never_greets() {
 #[test]
 fn check_names_auth_on_a_wrong_password() {
     let redis = Redis::start();
-    let ca = TestCa::generate();
-    let server = tls_auth_server(&ca);
+    let server = SecureSmtp::start(PASSWORD);
     let dir = tempfile::tempdir().unwrap();
-    let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let config = smtp_file(dir.path(), &redis, &url, Some(&ca), "email");
+    let config = smtp_file(dir.path(), &redis, &server.url(), Some(&server.ca), "email");
     let wrong = "not-the-password-42";
     let (code, stdout, stderr) = check(&config, wrong);
     assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -152,7 +139,7 @@ fn check_names_auth_on_a_wrong_password() {
 fn check_skips_smtp_when_no_queue_sends_email() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("smtp://127.0.0.1:{}", smtp::closed_port());
+    let url = format!("smtp://127.0.0.1:{}", free_port());
     let config = smtp_file(dir.path(), &redis, &url, None, "noop");
     let (code, stdout, stderr) = check(&config, PASSWORD);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -10,29 +10,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use smtp::queue::*;
-use smtp::{Options, SmtpServer, TestCa};
+use smtp::{Options, SecureSmtp, SmtpServer, TestCa};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_retried_then_dead() {
     let redis = Redis::start();
-    let ca = TestCa::generate();
-    let server = SmtpServer::start(Options {
-        ca: Some(&ca),
-        starttls: true,
-        auth: Some(("mailer", "s3cret")),
-        ..Options::default()
-    });
+    let server = SecureSmtp::start("s3cret");
     let mut conn = redis.conn().await;
     push(
         &mut conn,
         serde_json::json!({"to": "alice@example.com", "subject": "tls"}),
     )
     .await;
-    let url = server.url("smtp", Some("mailer"), "?tls=starttls");
-    let mut cfg = tls_config(&redis, &url, &ca);
-    cfg.env_overrides
-        .insert("CONVEYOR_SMTP_PASSWORD".into(), "wrong-password".into());
-    let daemon = TestDaemon::start(cfg, builtin());
+    let daemon = TestDaemon::start(secure_config(&redis, &server, "wrong-password"), builtin());
     let dead = wait_dead(&conn).await;
     assert_eq!(dead["attempt"], 3, "retried up to max_attempts: {dead}");
     assert_eq!(stat(&mut conn, Q, "retried").await, 2);
@@ -186,7 +176,7 @@ async fn a_refused_connection_is_transient() {
         serde_json::json!({"to": "alice@example.com", "subject": "down"}),
     )
     .await;
-    let url = format!("smtp://127.0.0.1:{}", smtp::closed_port());
+    let url = format!("smtp://127.0.0.1:{}", free_port());
     let daemon = TestDaemon::start(smtp_config(&redis, &url, ""), builtin());
     let dead = wait_dead(&conn).await;
     assert_eq!(dead["attempt"], 3, "{dead}");

@@ -180,6 +180,42 @@ impl Drop for SmtpServer {
 
 pub use crate::common::TestCa;
 
+/// The user a [`SecureSmtp`] server asks for.
+pub const USER: &str = "mailer";
+
+/// A server as production relays are: STARTTLS required (a certificate
+/// from its own throwaway CA), then AUTH as [`USER`] with a password.
+pub struct SecureSmtp {
+    /// The CA a client must trust (`ca_file`).
+    pub ca: TestCa,
+    pub server: SmtpServer,
+}
+
+impl SecureSmtp {
+    pub fn start(password: &str) -> Self {
+        let ca = TestCa::generate();
+        let server = SmtpServer::start(Options {
+            ca: Some(&ca),
+            starttls: true,
+            auth: Some((USER, password)),
+            ..Options::default()
+        });
+        Self { ca, server }
+    }
+
+    /// `smtp://mailer@127.0.0.1:<port>?tls=starttls`
+    pub fn url(&self) -> String {
+        self.server.url("smtp", Some(USER), "?tls=starttls")
+    }
+}
+
+impl std::ops::Deref for SecureSmtp {
+    type Target = SmtpServer;
+    fn deref(&self) -> &SmtpServer {
+        &self.server
+    }
+}
+
 /// A python that can run the server, found once.
 pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
@@ -207,10 +243,4 @@ pub fn python() -> &'static Path {
                 )
             })
     })
-}
-
-/// A local port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
 }

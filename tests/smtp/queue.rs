@@ -6,7 +6,7 @@ use conveyor::config::Config;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 
-use super::{SmtpServer, TestCa};
+use super::{SecureSmtp, SmtpServer, TestCa};
 use crate::common::{Redis, config, dead, llen, wait_until};
 
 pub const Q: &str = "jobs:mail";
@@ -37,6 +37,14 @@ pub fn email_setting(cfg: &mut Config, key: &str, value: &str) {
 /// [`smtp_config`] trusting the test CA.
 pub fn tls_config(redis: &Redis, url: &str, ca: &TestCa) -> Config {
     smtp_config(redis, url, &format!("ca_file = \"{}\"", ca.ca.display()))
+}
+
+/// [`tls_config`] for a [`SecureSmtp`] server, logging in with `password`.
+pub fn secure_config(redis: &Redis, smtp: &SecureSmtp, password: &str) -> Config {
+    let mut cfg = tls_config(redis, &smtp.url(), &smtp.ca);
+    cfg.env_overrides
+        .insert("CONVEYOR_SMTP_PASSWORD".into(), password.into());
+    cfg
 }
 
 /// Enqueues a raw payload on queue `mail`.
