@@ -14,7 +14,13 @@
 //! - scaleout: 1, 2 and 4 daemons on one Redis, and a 3-primary cluster
 //!   against one Redis (`conveyor/scaleout.rs`);
 //! - web: the throughput run with `/metrics` scraped every second and an
-//!   event stream open, against without (`conveyor/web.rs`).
+//!   event stream open, against without (`conveyor/web.rs`);
+//! - valkey: the throughput run on a Valkey against the same on the Redis,
+//!   interleaved, and the ratio (`conveyor/valkey.rs`).
+//!
+//! Its servers are started as the tests start theirs
+//! (`tests/common/server.rs`): Redis's `redis-server` from the PATH,
+//! Valkey's `valkey-server` from the PATH or `target/valkey`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure: all, throughput, latency, enqueue, exec, email, http,
-    /// scaleout, web.
+    /// scaleout, web, valkey.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -105,6 +111,12 @@ mod exec;
 mod http;
 #[path = "conveyor/scaleout.rs"]
 mod scaleout;
+/// The tests' server fixture: which binary, and its command line.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/server.rs"]
+mod server;
+#[path = "conveyor/valkey.rs"]
+mod valkey;
 #[path = "conveyor/web.rs"]
 mod web;
 
@@ -122,20 +134,20 @@ fn main() -> anyhow::Result<()> {
     let (server, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
         None => {
-            let (child, url) = start_redis(dir.path())?;
-            (Some(Server(child)), url)
+            let (server, url) = start_server(server::Family::Redis, dir.path())?;
+            (Some(server), url)
         }
     };
-    let redis_pid = server.as_ref().map(|s| s.0.id());
+    let redis_pid = server.as_ref().and_then(server::ServerProcess::pid);
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_connection()?;
-    let version = info_field(&mut conn, "server", "redis_version").unwrap_or_default();
+    let found = server_version(&mut conn);
     println!(
         "conveyor bench: {} jobs, concurrency {}, events {}, payload {} B, median of {} runs",
         args.jobs, args.concurrency, args.events, args.payload, args.runs
     );
     println!(
-        "machine: {} cores, {}, Redis {version} on {}",
+        "machine: {} cores, {}, {found} on {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -172,6 +184,9 @@ fn main() -> anyhow::Result<()> {
     if mode == "all" || mode == "web" {
         web::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
+    if mode == "all" || mode == "valkey" {
+        valkey::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
     if mode == "all" || mode == "latency" {
         latency(&args, &url, &mut conn)?;
     }
@@ -182,36 +197,15 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench's own redis-server, stopped however the bench ends (it would
+/// A server of `family` of the bench's own on loopback TCP, persistence
+/// off, its files in `dir`; stopped however the bench ends (it would
 /// otherwise outlive a failed run and hold the caller's output open).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _gone = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
-
-fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()?;
+fn start_server(
+    family: server::Family,
+    dir: &Path,
+) -> anyhow::Result<(server::ServerProcess, String)> {
+    let port = server::free_port();
+    let process = server::ServerCommand::new(family, dir).port(port).start()?;
     let url = format!("redis://127.0.0.1:{port}/0");
     let client = redis::Client::open(url.as_str())?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -220,10 +214,10 @@ fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
         .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         .is_err()
     {
-        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok((child, url))
+    Ok((process, url))
 }
 
 /// The bench's configuration: the no-op queue, or `queue` (the rest of
@@ -630,10 +624,25 @@ fn commandstats(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, u64
         .collect())
 }
 
-fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO").arg(section).query(conn).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_owned))
+/// The server and its own version, as `INFO server` gives them (Valkey
+/// writes `server_name:valkey` and `valkey_version:`; its `redis_version:`
+/// is the Redis it answers as): `redis 7.0.15`, `valkey 8.1.8`.
+fn server_version(conn: &mut redis::Connection) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(conn)
+        .unwrap_or_default();
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key == name).then(|| value.trim().to_owned())
+        })
+    };
+    let name = field("server_name").unwrap_or_else(|| "redis".into());
+    let version = field(&format!("{name}_version"))
+        .or_else(|| field("redis_version"))
+        .unwrap_or_default();
+    format!("{name} {version}")
 }
 
 /// CPU seconds of a process's children: those it has waited for, and

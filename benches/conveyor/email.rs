@@ -157,7 +157,7 @@ fn wire_speed(
     redis_pid: Option<u32>,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let port = free_port()?;
+    let port = super::server::free_port();
     let mut sink = Command::new(SINK);
     // As root, smtp-sink wants a user to run as.
     if is_root() {
@@ -355,10 +355,6 @@ fn session(
         };
         out.write_all(reply)?;
     }
-}
-
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 pub(super) fn wait_for_port(port: u16) -> anyhow::Result<()> {

@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::email::{free_port, wait_for_port};
+use super::email::wait_for_port;
+use super::server::free_port;
 use super::{Args, Workload, config_file, listed, median, payload, throughput};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -28,7 +29,7 @@ pub(super) fn bench(
         println!("http: skipped, needs Debian's nginx and wrk ({NGINX}, {WRK})");
         return Ok(());
     }
-    let port = free_port()?;
+    let port = free_port();
     let nginx = nginx(dir, port)?;
     let endpoint = format!("http://127.0.0.1:{port}/jobs");
     let n = args.http_concurrency;

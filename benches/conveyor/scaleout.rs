@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::server::{Family, ServerCommand, ServerProcess, free_port};
 use super::{Args, commandstats, cpu_seconds, listed, median, payload, signal};
 
 /// Three queues on three primaries (slots 1782, 7589 and 15533).
@@ -93,10 +94,10 @@ pub(super) fn bench(
         .map(|p| format!("\"redis://127.0.0.1:{p}\""))
         .collect();
     let mut servers = Vec::new();
-    for (port, child) in cluster.ports.iter().zip(&cluster.children) {
+    for node in &cluster.nodes {
         servers.push(Server {
-            url: format!("redis://127.0.0.1:{port}"),
-            pid: child.id(),
+            url: format!("redis://127.0.0.1:{}", node.port),
+            pid: node.pid().unwrap_or_default(),
         });
     }
     let mut queues = Vec::new();
@@ -284,39 +285,25 @@ impl Drop for Daemon {
 /// Three cluster-enabled redis-servers, no replicas, all slots assigned.
 struct Cluster {
     ports: Vec<u16>,
-    children: Vec<Child>,
+    nodes: Vec<ServerProcess>,
 }
 
 impl Cluster {
     fn start(dir: &Path) -> anyhow::Result<Self> {
+        let family = Family::Redis;
         let mut cluster = Self {
             ports: Vec::new(),
-            children: Vec::new(),
+            nodes: Vec::new(),
         };
         for i in 0..3 {
-            let port = super::email::free_port()?;
+            let port = free_port();
             let node_dir = dir.join(format!("cluster-{i}"));
             std::fs::create_dir_all(&node_dir)?;
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                ])
-                // Its own bus port: port + 10000, the default, may not exist.
-                .args(["--cluster-port", &super::email::free_port()?.to_string()])
-                .arg("--cluster-config-file")
-                .arg(node_dir.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .spawn()?;
-            cluster.children.push(child);
-            super::email::wait_for_port(port)?;
+            let node = ServerCommand::new(family, &node_dir)
+                .port(port)
+                .cluster(free_port())
+                .start()?;
+            cluster.nodes.push(node);
             cluster.ports.push(port);
         }
         let addresses: Vec<String> = cluster
@@ -326,13 +313,15 @@ impl Cluster {
             .collect();
         // It waits for the nodes to join without end if they cannot.
         let created = Command::new("timeout")
-            .args(["60", "redis-cli", "--cluster", "create"])
+            .arg("60")
+            .arg(family.cli())
+            .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?;
-        anyhow::ensure!(created.success(), "redis-cli --cluster create failed");
+        anyhow::ensure!(created.success(), "--cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in &cluster.ports {
             let mut conn =
@@ -373,14 +362,5 @@ impl Cluster {
             }
         }
         anyhow::bail!("no node holds {key}")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _killed = child.kill();
-            let _reaped = child.wait();
-        }
     }
 }

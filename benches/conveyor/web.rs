@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::email::free_port;
+use super::server::free_port;
 use super::{Args, Workload, listed, median, payload, throughput};
 
 /// The dashboard's event stream, as its page opens it.
@@ -30,7 +30,7 @@ pub(super) fn bench(
     redis_pid: Option<u32>,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let port = free_port()?;
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     println!(
         "web: {} no-op jobs, without [web] and with it (a /metrics scrape every 1 s, an event stream open), interleaved",
