@@ -197,6 +197,18 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A helper process of the bench's (an SMTP server, a sink), stopped
+/// however the bench ends (it would otherwise outlive a failed run and hold
+/// the caller's output open).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _gone = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
 /// A server of `family` of the bench's own on loopback TCP, persistence
 /// off, its files in `dir`; stopped however the bench ends (it would
 /// otherwise outlive a failed run and hold the caller's output open).

