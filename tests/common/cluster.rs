@@ -74,14 +74,7 @@ impl Cluster {
             Duration::from_secs(30),
             || async {
                 for port in cluster.ports() {
-                    let Ok(mut conn) = cluster.conn_to(port).await else {
-                        return false;
-                    };
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
+                    let info = cluster.cluster_info(port).await;
                     if !info.contains("cluster_state:ok")
                         || !info.contains("cluster_slots_ok:16384")
                     {
@@ -91,11 +84,7 @@ impl Cluster {
                 // Each replica has synchronized with its primary.
                 for port in cluster.ports() {
                     let mut conn = cluster.conn_to(port).await.unwrap();
-                    let info: String = redis::cmd("INFO")
-                        .arg("replication")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
+                    let info = super::info(&mut conn, "replication").await;
                     if info.contains("role:slave") && !info.contains("master_link_status:up") {
                         return false;
                     }
@@ -279,6 +268,19 @@ impl Cluster {
         out
     }
 
+    /// The text of `CLUSTER INFO` on the node on `port`; empty if it does
+    /// not answer.
+    async fn cluster_info(&self, port: u16) -> String {
+        let Ok(mut conn) = self.conn_to(port).await else {
+            return String::new();
+        };
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default()
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
@@ -292,17 +294,7 @@ impl Cluster {
             old,
             timeout,
             || self.primary_of(key),
-            |port| async move {
-                let Ok(mut conn) = self.conn_to(port).await else {
-                    return false;
-                };
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                info.contains("cluster_state:ok")
-            },
+            |port| async move { self.cluster_info(port).await.contains("cluster_state:ok") },
         )
         .await
     }

@@ -178,6 +178,16 @@ where
     }
 }
 
+/// The text of `INFO <section>` on `conn`; empty if the server did not
+/// answer (a node being killed or restarted).
+pub async fn info(conn: &mut MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap_or_default()
+}
+
 /// A configuration for `redis` with fast timings, plus the given TOML
 /// (usually `[queues.*]` tables).
 pub fn config(redis: &Redis, extra: &str) -> Config {

@@ -73,12 +73,9 @@ impl Sentinels {
                 let Ok(mut conn) = data_conn(replica).await else {
                     return false;
                 };
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
+                super::info(&mut conn, "replication")
                     .await
-                    .unwrap_or_default();
-                info.contains("master_link_status:up")
+                    .contains("master_link_status:up")
             },
         )
         .await;
