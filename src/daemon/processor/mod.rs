@@ -44,6 +44,9 @@ const MAX_BATCH: usize = 500;
 /// within a second without cancelling a pop halfway; the wait costs Redis
 /// nothing and a job pushed meanwhile is delivered at once.
 pub(crate) const BLOCK: Duration = Duration::from_secs(1);
+/// How long a blocking pop being cut short may go on before its `CLIENT
+/// UNBLOCK` is sent again.
+const UNBLOCK_AGAIN: Duration = Duration::from_millis(20);
 
 /// How often the fetcher looks for orphans in its in-flight list even when
 /// no fetch has failed. A fetch that timed out while Redis was stalled can
@@ -611,16 +614,31 @@ impl Processor {
                 // Paused while waiting: the pop ends now, not at its block
                 // time. A job it moved just then still runs (it was taken
                 // before the pause was seen).
-                if let Err(e) = self.store.broker().unblock(client_id, &self.store.keys().list).await {
-                    tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
-                }
-                pop.await
+                self.cut_short(client_id, pop).await
             }
-            _ = stop.cancelled() => {
-                if let Err(e) = self.store.broker().unblock(client_id, &self.store.keys().list).await {
-                    tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
-                }
-                pop.await
+            _ = stop.cancelled() => self.cut_short(client_id, pop).await,
+        }
+    }
+
+    /// Ends blocking pop `pop` of connection `client_id` now. `CLIENT
+    /// UNBLOCK` goes over another connection, so it may reach Redis before
+    /// the pop itself does and find nothing to end: it is sent again every
+    /// [`UNBLOCK_AGAIN`] until the pop ends.
+    async fn cut_short(
+        &self,
+        client_id: u64,
+        mut pop: std::pin::Pin<&mut impl Future<Output = Result<Taken, BrokerError>>>,
+    ) -> Result<Taken, BrokerError> {
+        let list = &self.store.keys().list;
+        loop {
+            if let Err(e) = self.store.broker().unblock(client_id, list).await {
+                tracing::debug!(error = %e, "could not cut a blocking pop short; it ends within its block time");
+                return pop.await;
+            }
+            tokio::select! {
+                biased;
+                result = &mut pop => return result,
+                () = tokio::time::sleep(UNBLOCK_AGAIN) => {}
             }
         }
     }
@@ -658,5 +676,37 @@ impl Processor {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         let flight = self.flight.clone().try_acquire_owned().ok()?;
         Some(Reservation { slot, flight })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::fixture::TestRedis;
+    use crate::daemon::testing;
+
+    /// A `CLIENT UNBLOCK` that reaches Redis before the pop it is to end
+    /// (here: the pop is held back 100 ms) still ends it, well before its
+    /// block time; sent once, it found nothing and the pop blocked a second.
+    #[tokio::test]
+    async fn a_pop_cut_short_ends_even_when_the_unblock_reaches_redis_first() {
+        let redis = TestRedis::start();
+        let config = testing::config(&redis, "mail");
+        let processor = testing::processor(&config, "mail", "node-1", &Clock::system());
+        let mut fetcher = processor.store().fetcher(BLOCK).await.expect("fetcher");
+        let client_id = fetcher.client_id();
+        let pop = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            fetcher.next(1 << 20).await
+        };
+        tokio::pin!(pop);
+        let started = Instant::now();
+        let taken = processor.cut_short(client_id, pop).await.expect("no error");
+        assert!(taken.items.is_empty());
+        assert!(
+            started.elapsed() < BLOCK / 2,
+            "the pop blocked on: {:?}",
+            started.elapsed()
+        );
     }
 }
