@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use clap::Parser;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use conveyor::shutdown::Shutdown;
 use tokio::sync::mpsc;
 

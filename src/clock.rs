@@ -5,12 +5,12 @@ use std::time::Duration;
 
 /// Now as RFC 3339 with milliseconds, UTC. Formatted at most once per
 /// millisecond per thread: events and envelopes ask for it per job.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     with_now_rfc3339(str::to_owned)
 }
 
 /// Calls `f` with now as RFC 3339 (see [`now_rfc3339`]), without a copy.
-pub fn with_now_rfc3339<R>(f: impl FnOnce(&str) -> R) -> R {
+pub(crate) fn with_now_rfc3339<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
@@ -25,14 +25,14 @@ pub fn with_now_rfc3339<R>(f: impl FnOnce(&str) -> R) -> R {
 }
 
 /// A time in ms since the epoch as RFC 3339 with milliseconds, UTC.
-pub fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| format!("{t:.3}"))
         .unwrap_or_else(|_| ms.to_string())
 }
 
 /// Now in milliseconds since the epoch; scores of `{K}:scheduled` use it.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
@@ -187,7 +187,7 @@ mod manual {
 }
 
 /// An age or uptime as people read it: `42s`, `3m05s`, `2h10m`, `3d04h`.
-pub fn age(secs: f64) -> String {
+pub(crate) fn age(secs: f64) -> String {
     let s = secs as u64;
     match s {
         0..60 => format!("{secs:.0}s"),

@@ -115,7 +115,7 @@ pub struct ScheduleConfig {
 
 impl ScheduleConfig {
     /// When it ticks, or what is wrong with how it says so.
-    pub fn spec(&self) -> Result<crate::schedule::Spec, ScheduleError> {
+    pub(crate) fn spec(&self) -> Result<crate::schedule::Spec, ScheduleError> {
         use crate::schedule::Spec;
         let at = |field: &'static str| {
             move |message: String| ScheduleError {
@@ -153,7 +153,7 @@ pub struct ScheduleError {
 
 impl ScheduleError {
     /// The message, naming schedule `name` and the setting.
-    pub fn at(&self, name: &str) -> String {
+    pub(crate) fn at(&self, name: &str) -> String {
         match self.field {
             Some(field) => format!("schedules.{name}.{field}: {}", self.message),
             None => format!("schedules.{name}: {}", self.message),
@@ -288,7 +288,7 @@ pub struct WebConfig {
 pub struct EventsConfig {
     /// Pub/sub channel of lifecycle events, and the key of their replay
     /// stream: no queue's key, nor another key conveyor keeps
-    /// ([`crate::broker::keys::refused_as_events_channel`]).
+    /// (checked at load by the key names' own rules).
     #[serde(default = "default_events_channel")]
     pub channel: String,
     /// Approximate length of the replay stream; 0 turns the stream off. At
@@ -360,7 +360,7 @@ pub struct QueueConfig {
     pub handler: String,
     /// The Redis list; `<key_prefix><name>` when unset. Neither another
     /// queue's nor in conveyor's own names
-    /// ([`crate::broker::keys::refused_as_queue`]), nor the events channel.
+    /// (checked at load by the key names' own rules), nor the events channel.
     #[serde(default)]
     pub key: Option<String>,
     /// Jobs of this queue running at once on one daemon: 1 to 10,000
@@ -478,7 +478,7 @@ fn default_track_ttl() -> Duration {
 
 impl RedisConfig {
     /// Whether the URL (or the sentinels' or the cluster's) ask for TLS.
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         let tls = |nodes: &[MaskedUrl]| nodes.iter().any(|n| n.expose().starts_with("rediss://"));
         match (&self.sentinel, &self.cluster) {
             (Some(s), _) => tls(&s.nodes),
@@ -489,7 +489,7 @@ impl RedisConfig {
 
     /// What the configuration points at, for messages: the URL, or the
     /// sentinels and the master's name; passwords masked.
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         if let Some(c) = &self.cluster {
             let nodes: Vec<String> = c.nodes.iter().map(MaskedUrl::masked).collect();
             return format!("cluster of {}", nodes.join(", "));
@@ -599,7 +599,7 @@ impl Default for RedisConfig {
 
 impl SentinelConfig {
     /// The master's name and the sentinels, passwords masked.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let nodes: Vec<String> = self.nodes.iter().map(MaskedUrl::masked).collect();
         format!("master {:?} of sentinels {}", self.master, nodes.join(", "))
     }
@@ -688,7 +688,7 @@ impl Serialize for MaskedUrl {
 /// A password written unencoded may hold any character, `/`, `?`, `#`, `@`
 /// and `&` included, so the mask errs on the side of hiding: the userinfo
 /// ends at the last `@`, and a query password runs to the end of the URL.
-pub fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     let mut shown = url.to_owned();
     // From the end, so that the first span's offsets still hold.
     for span in password_spans(url).into_iter().rev() {
@@ -903,7 +903,10 @@ impl Config {
     /// Applies `REDIS_URL`, `CONVEYOR_WEB_LISTEN`, and the Redis and web
     /// token sources (a handler applies its own, [`Config::env`]).
     /// `env` looks a variable up; tests pass their own.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub(crate) fn apply_env(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         if let Some(url) = env("REDIS_URL").filter(|s| !s.is_empty()) {
             self.redis.url = MaskedUrl(url);
             self.redis.url_from = Some("REDIS_URL");
@@ -1045,7 +1048,7 @@ impl Config {
     /// log: the handlers' tables after conveyor's own, each masked by
     /// `mask` (given the handler's name and its table) after passwords in
     /// URLs.
-    pub fn masked_toml_with(&self, mask: &dyn Fn(&str, &mut toml::Table)) -> String {
+    pub(crate) fn masked_toml_with(&self, mask: &dyn Fn(&str, &mut toml::Table)) -> String {
         let mut shown = self.clone();
         shown.handlers.clear();
         for q in shown.queues.values_mut() {
@@ -1197,7 +1200,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 /// password, as an empty variable does: the service unit needs its
 /// credential file to exist even when the password is unused.
 /// `env` looks a variable up.
-pub fn secret(
+pub(crate) fn secret(
     env: &dyn Fn(&str) -> Option<String>,
     var: &str,
     credential: &str,

@@ -18,7 +18,10 @@ use crate::clock::now_ms;
 
 mod size;
 
-pub use size::{ENVELOPE_ALLOWANCE, HEAD_BYTES, Head, check_size, glimpse, id_in_head, item_limit};
+#[cfg(test)]
+pub(crate) use size::ENVELOPE_ALLOWANCE;
+pub use size::Head;
+pub(crate) use size::{HEAD_BYTES, check_size, glimpse, id_in_head, item_limit};
 
 /// Longest `last_error` kept in an envelope; handlers may return long texts.
 const MAX_ERROR_LEN: usize = 2000;
@@ -110,7 +113,7 @@ impl Envelope {
     }
 
     /// The envelope of an item that is not a valid job, holding its bytes.
-    pub fn for_malformed(item: &[u8]) -> Self {
+    pub(crate) fn for_malformed(item: &[u8]) -> Self {
         let mut env = Self::new(null_payload());
         env.raw = Some(RawItem::from_bytes(item));
         env
@@ -121,7 +124,7 @@ impl Envelope {
     /// new one; holding the item's bytes, or for an item too large to read
     /// only its first bytes and size. A stand-in (what the script that
     /// takes jobs left of an item too large to read) is its own dead letter.
-    pub fn dead_letter(item: &[u8], why: &Malformed, died_at: String) -> Self {
+    pub(crate) fn dead_letter(item: &[u8], why: &Malformed, died_at: String) -> Self {
         let stand_in = parse_item(item, usize::MAX)
             .ok()
             .map(|p| p.envelope)
@@ -149,7 +152,7 @@ impl Envelope {
     }
 
     /// Records a failure reason, shortened to a bounded length.
-    pub fn set_error(&mut self, error: &str) {
+    pub(crate) fn set_error(&mut self, error: &str) {
         self.last_error = Some(truncate(error, MAX_ERROR_LEN).into_owned());
     }
 }
@@ -287,7 +290,7 @@ pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
 
 /// Reads a taken item as a job to run: [`parse_item`], and a stand-in for
 /// an item too large to read refused as that item was (under its id).
-pub fn read_job(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
+pub(crate) fn read_job(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
     let parsed = parse_item(item, max_bytes)?;
     match &parsed.envelope.head {
         Some(head) => Err(Malformed::TooLarge {
@@ -464,7 +467,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 /// The envelope of a newly enqueued job, written straight from borrowed
 /// parts (bulk enqueue makes hundreds of thousands): the same JSON as an
 /// [`Envelope`] with these fields.
-pub fn new_envelope_json(
+pub(crate) fn new_envelope_json(
     id: &str,
     payload: &RawValue,
     max_attempts: Option<u32>,
@@ -495,7 +498,7 @@ pub fn new_envelope_json(
 
 /// A new job id: a UUIDv7 (ids sort by creation time), its random bits
 /// from a per-thread generator rather than a system call per id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut random = [0u8; 10];
     fastrand::fill(&mut random);
     uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random)

@@ -127,30 +127,30 @@ pub struct Event {
 /// queue's name and the job's id only to write them out once was a fair part
 /// of what an event cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Draft<'a> {
+pub(crate) struct Draft<'a> {
     /// What happened.
-    pub kind: EventType,
+    pub(crate) kind: EventType,
     /// The queue.
-    pub queue: Option<Cow<'a, str>>,
+    pub(crate) queue: Option<Cow<'a, str>>,
     /// The job.
-    pub id: Option<Cow<'a, str>>,
+    pub(crate) id: Option<Cow<'a, str>>,
     /// The run's number.
-    pub attempt: Option<u32>,
+    pub(crate) attempt: Option<u32>,
     /// The run's length.
-    pub duration_ms: Option<u64>,
+    pub(crate) duration_ms: Option<u64>,
     /// The failure.
-    pub error: Option<Cow<'a, str>>,
+    pub(crate) error: Option<Cow<'a, str>>,
     /// The next run.
-    pub retry_at: Option<Cow<'a, str>>,
+    pub(crate) retry_at: Option<Cow<'a, str>>,
     /// The reason.
-    pub reason: Option<Cow<'a, str>>,
+    pub(crate) reason: Option<Cow<'a, str>>,
     /// The schedule.
-    pub schedule: Option<Cow<'a, str>>,
+    pub(crate) schedule: Option<Cow<'a, str>>,
 }
 
 impl<'a> Draft<'a> {
     /// A job event.
-    pub fn job(
+    pub(crate) fn job(
         kind: EventType,
         queue: impl Into<Cow<'a, str>>,
         id: impl Into<Cow<'a, str>>,
@@ -166,7 +166,7 @@ impl<'a> Draft<'a> {
     }
 
     /// A queue's event (no job).
-    pub fn queue(kind: EventType, queue: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn queue(kind: EventType, queue: impl Into<Cow<'a, str>>) -> Self {
         Self {
             queue: Some(queue.into()),
             ..Self::node(kind)
@@ -174,7 +174,7 @@ impl<'a> Draft<'a> {
     }
 
     /// A node event.
-    pub fn node(kind: EventType) -> Self {
+    pub(crate) fn node(kind: EventType) -> Self {
         Self {
             kind,
             queue: None,
@@ -189,37 +189,37 @@ impl<'a> Draft<'a> {
     }
 
     /// Adds the run's length.
-    pub fn took(mut self, ms: u64) -> Self {
+    pub(crate) fn took(mut self, ms: u64) -> Self {
         self.duration_ms = Some(ms);
         self
     }
 
     /// Adds the failure.
-    pub fn error(mut self, error: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn error(mut self, error: impl Into<Cow<'a, str>>) -> Self {
         self.error = Some(error.into());
         self
     }
 
     /// Adds the next run's time.
-    pub fn retry_at(mut self, at: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn retry_at(mut self, at: impl Into<Cow<'a, str>>) -> Self {
         self.retry_at = Some(at.into());
         self
     }
 
     /// Adds the reason.
-    pub fn reason(mut self, reason: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn reason(mut self, reason: impl Into<Cow<'a, str>>) -> Self {
         self.reason = Some(reason.into());
         self
     }
 
     /// Adds the schedule that enqueued the job.
-    pub fn schedule(mut self, name: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn schedule(mut self, name: impl Into<Cow<'a, str>>) -> Self {
         self.schedule = Some(name.into());
         self
     }
 
     /// The draft owning all it holds, to keep.
-    pub fn into_owned(self) -> Draft<'static> {
+    pub(crate) fn into_owned(self) -> Draft<'static> {
         let own = |s: Option<Cow<'a, str>>| s.map(|s| Cow::Owned(s.into_owned()));
         Draft {
             kind: self.kind,
@@ -236,14 +236,14 @@ impl<'a> Draft<'a> {
 
     /// The stamped event as JSON: the same bytes as serializing
     /// [`Draft::stamp`]'s event.
-    pub fn to_json(&self, node: &str, at: &str, seq: u64) -> String {
+    pub(crate) fn to_json(&self, node: &str, at: &str, seq: u64) -> String {
         let mut json = String::with_capacity(256);
         self.write_json(&mut json, &Stamp::new(node, at), seq);
         json
     }
 
     /// Appends the stamped event as JSON.
-    pub fn write_json(&self, out: &mut String, stamp: &Stamp, seq: u64) {
+    pub(crate) fn write_json(&self, out: &mut String, stamp: &Stamp, seq: u64) {
         write_json(
             out,
             Fields {
@@ -265,7 +265,7 @@ impl<'a> Draft<'a> {
     /// The draft packed to travel to the publisher: without allocating when
     /// it holds no more than a queue and an id that fit inline, which is
     /// nearly always (started, succeeded, node events).
-    pub fn pack(&self) -> Packed {
+    pub(crate) fn pack(&self) -> Packed {
         let queue = self.queue.as_deref().unwrap_or("");
         let id = self.id.as_deref().unwrap_or("");
         let plain = self.error.is_none()
@@ -289,7 +289,8 @@ impl<'a> Draft<'a> {
     }
 
     /// Stamps the draft.
-    pub fn stamp(self, node: &str, at: String, seq: u64) -> Event {
+    #[cfg(test)]
+    pub(crate) fn stamp(self, node: &str, at: String, seq: u64) -> Event {
         let own = |s: Option<Cow<'a, str>>| s.map(Cow::into_owned);
         Event {
             kind: self.kind,
@@ -312,11 +313,11 @@ impl<'a> Draft<'a> {
 /// a node in one millisecond: `,"node":…,"at":…,"seq":`, between an event's
 /// job fields and its number.
 #[derive(Debug, Clone)]
-pub struct Stamp(String);
+pub(crate) struct Stamp(String);
 
 impl Stamp {
     /// The stamp of events published by `node` at `at`.
-    pub fn new(node: &str, at: &str) -> Self {
+    pub(crate) fn new(node: &str, at: &str) -> Self {
         let mut text = String::with_capacity(node.len() + at.len() + 24);
         text.push_str(",\"node\":");
         push_json_str(&mut text, node);
@@ -386,7 +387,7 @@ const INLINE: usize = 80;
 /// A draft on its way to the publisher, who numbers and writes it (see
 /// [`Draft::pack`]).
 #[derive(Debug, Clone)]
-pub enum Packed {
+pub(crate) enum Packed {
     /// A queue and an id, one after the other in `text`, and numbers.
     Inline {
         /// What happened.
@@ -408,7 +409,7 @@ pub enum Packed {
 
 impl Packed {
     /// The draft again, borrowing from here.
-    pub fn draft(&self) -> Draft<'_> {
+    pub(crate) fn draft(&self) -> Draft<'_> {
         match self {
             Packed::Inline {
                 kind,
@@ -436,7 +437,7 @@ impl Packed {
 /// another, each ending in a newline: a replay stream entry's text is a run
 /// of them as it stands, and each one's own bytes are what is published.
 #[derive(Debug, Clone, Default)]
-pub struct EventBatch {
+pub(crate) struct EventBatch {
     text: String,
     /// Where each event ends (at its newline).
     ends: Vec<usize>,
@@ -444,7 +445,7 @@ pub struct EventBatch {
 
 impl EventBatch {
     /// Adds an event, stamped.
-    pub fn push(&mut self, draft: &Draft<'_>, stamp: &Stamp, seq: u64) {
+    pub(crate) fn push(&mut self, draft: &Draft<'_>, stamp: &Stamp, seq: u64) {
         if self.text.is_empty() {
             // Events are about the same size: one allocation for a batch.
             self.text.reserve(256 * 64);
@@ -454,7 +455,7 @@ impl EventBatch {
     }
 
     /// Adds an event written whole.
-    pub fn push_json(&mut self, json: &str) {
+    pub(crate) fn push_json(&mut self, json: &str) {
         self.text.push_str(json);
         self.end_event();
     }
@@ -465,7 +466,7 @@ impl EventBatch {
     }
 
     /// Adds another batch's events after these.
-    pub fn append(&mut self, other: EventBatch) {
+    pub(crate) fn append(&mut self, other: EventBatch) {
         if self.text.is_empty() {
             *self = other;
             return;
@@ -477,17 +478,17 @@ impl EventBatch {
     }
 
     /// How many events it holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
     /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
     /// Each event's JSON, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
         let starts = std::iter::once(0).chain(self.ends.iter().map(|&end| end + 1));
         starts
             .zip(&self.ends)
@@ -495,7 +496,7 @@ impl EventBatch {
     }
 
     /// Events `from..to` as lines, each ending in a newline.
-    pub fn lines(&self, from: usize, to: usize) -> &str {
+    pub(crate) fn lines(&self, from: usize, to: usize) -> &str {
         let start = if from == 0 {
             0
         } else {

@@ -22,7 +22,7 @@ mod state;
 pub(crate) use state::JobState;
 
 /// Largest result a run may keep, in bytes of JSON text.
-pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESULT_BYTES: usize = 64 * 1024;
 
 /// The deadline of a job built outside a daemon (tests); the daemon sets
 /// each run's from its timeout.
@@ -35,7 +35,7 @@ const MAX_TIMEOUT: Duration = *crate::config::bounds::TIMEOUT.end();
 /// The longest delay before a next attempt that a handler may ask for
 /// ([`HandlerError::retry_in`]: a worker's `retry_in_ms`, a server's
 /// `Retry-After`): 7 days. A longer ask is cut to it, and the cut logged.
-pub const MAX_RETRY_IN: Duration = *crate::config::bounds::BACKOFF.end();
+pub(crate) const MAX_RETRY_IN: Duration = *crate::config::bounds::BACKOFF.end();
 
 /// A job taken from a queue, as the daemon runs it and a handler sees it.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ impl Job {
 
     /// Keeps `result` as this run's result: a queue that tracks its jobs
     /// (`track = true`) stores it in the job's status record when the run
-    /// succeeds. A result of more than [`MAX_RESULT_BYTES`] of JSON is a
+    /// succeeds. A result of more than 64 KiB of JSON is a
     /// permanent error (so is one that does not serialize).
     pub fn set_result<T: Serialize + ?Sized>(&self, result: &T) -> Result<(), HandlerError> {
         let json = serde_json::value::to_raw_value(result)
@@ -235,7 +235,7 @@ impl HandlerError {
     /// backoff (a server's `Retry-After`, a worker's `retry_in_ms`): the
     /// handler knows when what it waits for comes back, so the delay is
     /// honoured as asked, whatever the queue's `backoff.max`, up to
-    /// [`MAX_RETRY_IN`] (7 days; a longer ask is cut to it). A permanent
+    /// 7 days (a longer ask is cut to it). A permanent
     /// error ignores it.
     pub fn retry_in(mut self, delay: Duration) -> Self {
         self.retry_in = Some(delay);

@@ -41,11 +41,17 @@
 //! its own table (`[queues.<q>.<handler>]`) in a factory given to
 //! [`Registry::register`]; `examples/custom_handler.rs` has both kinds.
 //!
-//! The library API is that: [`Handler`], [`HandlerError`], [`Job`],
-//! [`Registry`] (with [`handlers::HandlerContext`] and
-//! [`handlers::CheckError`]), [`main_with`], and the daemon entry
-//! [`daemon::run`] with its [`config::Config`] and [`shutdown::Shutdown`].
-//! [`envelope`] and [`event`] are the wire formats of jobs and events.
+//! The library API is that and no more: the handler trait and what a
+//! handler sees ([`Handler`], [`Job`], [`HandlerError`], and in
+//! [`handlers`] the [`HandlerContext`](handlers::HandlerContext) of a
+//! factory, its [`HandlerStore`](handlers::HandlerStore), its
+//! [`RateLimitKey`](handlers::RateLimitKey) and
+//! [`CheckError`](handlers::CheckError)), the [`Registry`] of handlers by
+//! name, [`main_with`], the daemon entry [`daemon::run`] with its
+//! [`config::Config`] and [`shutdown::Shutdown`], the typed client of a
+//! deployment's keys [`api::Client`] (enqueue, read, administer), and the
+//! wire formats of jobs and events, [`envelope`] and [`event`]. Everything
+//! else is the daemon's own and may change in any release.
 //!
 //! # Reading the code
 //!
@@ -57,30 +63,29 @@
 //! - [`handlers`]: the handler trait, the registry (the table of contents
 //!   of job kinds: [`Registry::builtin`]) and one folder per built-in
 //!   handler, which holds all of that handler.
-//! - [`job`], [`envelope`], [`clock`]: the job a handler sees, the wire
+//! - `job`, [`envelope`], `clock`: the job a handler sees, the wire
 //!   format of list items, and time as Redis and events write it.
 //! - [`config`]: the one configuration, its defaults and its rules.
-//! - [`cli`]: one module per subcommand, and the exit codes.
+//! - `cli`: one module per subcommand, and the exit codes.
 
 pub mod api;
-#[doc(hidden)]
-pub mod broker;
-pub mod cli;
-pub mod clock;
+pub(crate) mod broker;
+pub(crate) mod cli;
+pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub(crate) mod duration;
 pub mod envelope;
 pub mod event;
 pub mod handlers;
-pub mod job;
+pub(crate) mod job;
 pub(crate) mod limits;
 pub(crate) mod logging;
-pub mod metrics;
-pub mod schedule;
+pub(crate) mod metrics;
+pub(crate) mod schedule;
 pub mod shutdown;
 pub(crate) mod template_value;
-pub mod web;
+pub(crate) mod web;
 
 pub use async_trait::async_trait;
 pub use handlers::{Handler, Registry};
@@ -91,8 +96,7 @@ use std::process::ExitCode;
 /// The `conveyor` command line with the handlers of `registry`: parses the
 /// arguments, sets up logging, runs the command and maps its error to a
 /// sysexits code (64 usage, 65 bad input, 69 unavailable, 78 config); a
-/// command whose stdout its reader closed exits 141 quietly
-/// ([`cli::pipe`]). The `conveyor` binary is `main_with(Registry::builtin())`.
+/// command whose stdout its reader closed exits 141 quietly. The `conveyor` binary is `main_with(Registry::builtin())`.
 pub fn main_with(registry: Registry) -> ExitCode {
     use clap::Parser as _;
     // The same binary supervises each exec worker (handlers/exec/supervisor.rs).

@@ -33,7 +33,7 @@ const DURATION_BUCKETS: &[f64] = &[
 const OUTCOMES: [&str; 5] = ["succeeded", "failed", "retried", "dead", "recovered"];
 
 /// The counters of one daemon.
-pub struct Metrics {
+pub(crate) struct Metrics {
     jobs: IntCounterVec,
     duration: HistogramVec,
     events_dropped: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -41,7 +41,7 @@ pub struct Metrics {
 
 /// One queue's counters, resolved once: recording is an atomic add.
 #[derive(Clone)]
-pub struct QueueMetrics {
+pub(crate) struct QueueMetrics {
     succeeded: IntCounter,
     failed: IntCounter,
     retried: IntCounter,
@@ -58,7 +58,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Empty counters.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let jobs = IntCounterVec::new(
             Opts::new(
                 "conveyor_jobs_total",
@@ -84,7 +84,7 @@ impl Metrics {
     }
 
     /// Queue `name`'s counters, all shown (at zero) from now on.
-    pub fn queue(&self, name: &str) -> QueueMetrics {
+    pub(crate) fn queue(&self, name: &str) -> QueueMetrics {
         let counter = |outcome| self.jobs.with_label_values(&[name, outcome]);
         QueueMetrics {
             succeeded: counter(OUTCOMES[0]),
@@ -119,13 +119,13 @@ impl Metrics {
 
 impl QueueMetrics {
     /// A run that succeeded after `took`.
-    pub fn succeeded(&self, took: Duration) {
+    pub(crate) fn succeeded(&self, took: Duration) {
         self.succeeded.inc();
         self.duration.observe(took.as_secs_f64());
     }
 
     /// A run that failed after `took`; it will be retried (`true`) or not.
-    pub fn failed(&self, took: Duration, retried: bool) {
+    pub(crate) fn failed(&self, took: Duration, retried: bool) {
         self.failed.inc();
         if retried {
             self.retried.inc();
@@ -134,12 +134,12 @@ impl QueueMetrics {
     }
 
     /// A job dead-lettered.
-    pub fn dead(&self) {
+    pub(crate) fn dead(&self) {
         self.dead.inc();
     }
 
     /// Jobs put back in their queue (a shutdown, a reaper).
-    pub fn recovered(&self, n: u64) {
+    pub(crate) fn recovered(&self, n: u64) {
         self.recovered.inc_by(n);
     }
 }
@@ -147,7 +147,7 @@ impl QueueMetrics {
 /// The text of `/metrics`: this daemon's counters (`None` for `conveyor
 /// web` alone), `conveyor_redis_up`, and the gauges of `overview` (`None`
 /// while Redis does not answer: the counters are still served).
-pub fn render(daemon: Option<&Metrics>, overview: Option<&Overview>) -> String {
+pub(crate) fn render(daemon: Option<&Metrics>, overview: Option<&Overview>) -> String {
     let mut families = daemon.map(Metrics::families).unwrap_or_default();
     let up = IntGauge::new(
         "conveyor_redis_up",
@@ -168,7 +168,7 @@ pub fn render(daemon: Option<&Metrics>, overview: Option<&Overview>) -> String {
 }
 
 /// The content type of [`render`]'s text.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn gauges(overview: &Overview) -> Vec<prometheus::proto::MetricFamily> {
     let registry = Registry::new();

@@ -12,7 +12,6 @@
 //! time zone changes them.
 
 use std::cmp::Ordering;
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use croner::parser::{CronParser, Seconds, Year};
@@ -20,18 +19,12 @@ use croner::{CivilDate, CivilDateTime, CivilTime, Cron, CronDateTime, Resolution
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, ZonedDateTime};
 
+use crate::config::bounds::EVERY;
 use crate::duration::human;
-
-/// The intervals a schedule may tick at, `schedules.<s>.every`: whole
-/// seconds, 1s to humantime's year (`1y`, 365.25 days). Checked here, by
-/// [`Spec::every`]; the configuration's bounds name it
-/// ([`crate::config::bounds`]).
-pub const EVERY: RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
 
 /// How a schedule ticks.
 #[derive(Debug, Clone)]
-pub enum Spec {
+pub(crate) enum Spec {
     /// A cron expression in a time zone.
     Cron {
         /// The expression as written.
@@ -52,7 +45,7 @@ const SEARCH: usize = 1000;
 
 impl Spec {
     /// A cron expression (five fields) in time zone `zone` (IANA name).
-    pub fn cron(expr: &str, zone: &str) -> Result<Self, String> {
+    pub(crate) fn cron(expr: &str, zone: &str) -> Result<Self, String> {
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
             .year(Year::Disallowed)
@@ -78,7 +71,7 @@ impl Spec {
     }
 
     /// An interval of whole seconds, 1s to a year (`1y`) ([`EVERY`]).
-    pub fn every(interval: Duration) -> Result<Self, String> {
+    pub(crate) fn every(interval: Duration) -> Result<Self, String> {
         let bounds = EVERY;
         if !bounds.contains(&interval) || interval.subsec_nanos() != 0 {
             return Err(format!(
@@ -92,7 +85,7 @@ impl Spec {
     }
 
     /// The schedule in words: `0 3 * * * (Europe/Paris)`, `every 5m`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Cron { expr, zone, .. } => format!("{expr} ({zone})"),
             Self::Every(d) => format!("every {}", human(*d)),
@@ -102,7 +95,7 @@ impl Spec {
     /// What identifies the schedule's ticks, kept beside its last tick so
     /// that an edited schedule starts afresh: `cron 0 3 * * * Europe/Paris`,
     /// `every 300`.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         match self {
             Self::Cron { expr, zone, .. } => format!("cron {expr} {zone}"),
             Self::Every(d) => format!("every {}", d.as_secs()),
@@ -110,7 +103,7 @@ impl Spec {
     }
 
     /// The first tick strictly after `t`.
-    pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
             Self::Every(d) => {
                 // Checked: [`Spec::every`] bounds the step, and a time at
@@ -139,7 +132,7 @@ impl Spec {
     }
 
     /// The latest tick at or before `t`.
-    pub fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
         match self {
             Self::Every(d) => {
                 let step = i64::try_from(d.as_secs()).ok()?;

@@ -79,7 +79,7 @@ async fn enqueue_prints_the_id_of_the_envelope_it_pushes() {
 async fn enqueue_delay_and_at_schedule_the_job() {
     let s = setup(WORK);
     let mut conn = s.redis.conn().await;
-    let before = conveyor::clock::now_ms();
+    let before = common::now_ms();
     let (code, _, err) = s.cli(&["enqueue", "work", "{}", "--delay", "1h"]);
     assert_eq!(code, 0, "{err}");
     let scheduled: Vec<(String, f64)> = conn

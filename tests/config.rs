@@ -239,7 +239,7 @@ async fn the_largest_values_run_without_a_panic_or_a_wrapped_time() {
     for job in jobs {
         let _: () = conn.rpush("jobs:q", job).await.unwrap();
     }
-    let before = conveyor::clock::now_ms();
+    let before = common::now_ms();
     wait_job_state(
         &conn,
         "long",

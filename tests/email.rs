@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::*;
-use conveyor::handlers::email::Email;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use mail_parser::{Address, MessageParser};
 use redis::AsyncCommands as _;
 use smtp::queue::*;
@@ -298,8 +297,9 @@ async fn the_sent_marker_prevents_a_second_delivery() {
         "payload": {"to": "alice@example.com", "subject": "once"}});
     let _: () = conn.rpush(Q, job.to_string()).await.unwrap();
     let mut registry = Registry::builtin();
-    registry.register("flaky_email", |ctx| {
-        Ok(Arc::new(FailAfterSending(Email::build(ctx)?)))
+    let email = registry.factory("email").expect("email is built in");
+    registry.register("flaky_email", move |ctx| {
+        Ok(Arc::new(FailAfterSending(email(ctx)?)))
     });
     let mut cfg = smtp_config(&redis, &server.url("smtp", None, ""), "");
     cfg.queues.get_mut("mail").unwrap().handler = "flaky_email".into();

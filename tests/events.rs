@@ -595,15 +595,15 @@ async fn stats_json_matches_redis_after_a_mixed_run() {
     })
     .await;
     let _: () = conn
-        .rpush(Q, json!({"id": "w", "payload": {}, "attempt": 0, "created_at": conveyor::clock::now_rfc3339()}).to_string())
+        .rpush(
+            Q,
+            json!({"id": "w", "payload": {}, "attempt": 0, "created_at": common::now_rfc3339()})
+                .to_string(),
+        )
         .await
         .unwrap();
     let _: () = conn
-        .zadd(
-            "{jobs:work}:scheduled",
-            "{}",
-            conveyor::clock::now_ms() + 3_600_000,
-        )
+        .zadd("{jobs:work}:scheduled", "{}", common::now_ms() + 3_600_000)
         .await
         .unwrap();
     // A beat publishes the node's rate; wait for one that counted the runs.

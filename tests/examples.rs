@@ -174,7 +174,7 @@ async fn the_custom_handler_example_runs_its_own_jobs_through_the_whole_cli() {
     let later = run_one(&bin, &cfg, &redis, "greetings", r#"{"name": ""}"#).await;
     assert_eq!(later["state"], "retrying", "{later:?}");
     let due = later["due_at"].parse::<jiff::Timestamp>().ok();
-    let wait = due.map(|d| d.as_millisecond() - conveyor::clock::now_ms());
+    let wait = due.map(|d| d.as_millisecond() - common::now_ms());
     assert!(
         wait.is_some_and(|ms| (50_000..=60_000).contains(&ms)),
         "due in {wait:?} ms"

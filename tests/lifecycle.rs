@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use futures::StreamExt as _;
 use redis::AsyncCommands as _;
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::*;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use redis::AsyncCommands as _;
 
 const Q: &str = "jobs:work";
@@ -130,7 +130,7 @@ async fn a_per_domain_limit_holds_back_one_domain_and_not_another() {
         .zrange_withscores("{jobs:work}:scheduled", 0, -1)
         .await
         .unwrap();
-    let now = conveyor::clock::now_ms() as f64;
+    let now = common::now_ms() as f64;
     for (job, due) in &scheduled {
         assert!(job.contains("slow.example"), "{job}");
         assert!(

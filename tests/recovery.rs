@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::*;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use redis::AsyncCommands as _;
 use tokio::sync::Notify;
 

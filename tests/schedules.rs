@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
+use conveyor::Job;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use redis::AsyncCommands as _;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -59,7 +59,7 @@ fn queue(schedule: &str) -> String {
 }
 
 fn now() -> i64 {
-    conveyor::clock::now_ms() / 1000
+    common::now_ms() / 1000
 }
 
 /// Waits until the wall clock reaches unix second `second`.

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
+use conveyor::Job;
 use conveyor::config::Config;
 use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::job::Job;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 

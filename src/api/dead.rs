@@ -44,7 +44,7 @@ impl Client {
 
     /// Dead entries of `queue` as stored, newest first, from `start`: whole
     /// when the queue could run them, else their first 4 KiB.
-    pub async fn dead_entries(
+    pub(crate) async fn dead_entries(
         &self,
         queue: &str,
         start: u64,
@@ -201,7 +201,7 @@ impl Client {
 
 impl DeadJob {
     /// A stored entry (whole, or its first bytes) as a job to show.
-    pub fn of(entry: &Viewed) -> Self {
+    pub(crate) fn of(entry: &Viewed) -> Self {
         job_of(entry)
     }
 }

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::broker::admin::Found;
 use crate::broker::events::EventSink;
 use crate::broker::view::{Bounds, Store, Viewed};
-use crate::broker::{Broker, BrokerError, QueueKeys};
+use crate::broker::{Broker, QueueKeys};
 use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
 use crate::config::Config;
 use crate::envelope::{Envelope, Head, glimpse, parse_item};
@@ -32,6 +32,7 @@ use crate::job::JobState;
 mod dead;
 mod node;
 
+pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
 pub use dead::RetriedAll;
 pub use node::{NodeInfo, QueueLoad};
@@ -222,7 +223,7 @@ impl Client {
     }
 
     /// A client over an existing broker.
-    pub fn with_broker(broker: Broker, config: &Config, actor: &str) -> Self {
+    pub(crate) fn with_broker(broker: Broker, config: &Config, actor: &str) -> Self {
         let host: String =
             hostname::get().map_or_else(|_| "host".into(), |h| h.to_string_lossy().into());
         Self {
@@ -234,7 +235,7 @@ impl Client {
     }
 
     /// The broker underneath.
-    pub fn broker(&self) -> &Broker {
+    pub(crate) fn broker(&self) -> &Broker {
         &self.broker
     }
 
@@ -248,7 +249,7 @@ impl Client {
 
     /// Reads `config`'s queues and schedules from now on (every clone of
     /// this client does); the Redis connection stays as it is.
-    pub fn set_config(&self, config: &Config) {
+    pub(crate) fn set_config(&self, config: &Config) {
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config.clone());
     }
 

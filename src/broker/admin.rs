@@ -14,24 +14,24 @@ use crate::event::EventBatch;
 
 /// A job to enqueue.
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     /// Its id (also stored in a unique lock).
-    pub id: String,
+    pub(crate) id: String,
     /// The envelope JSON.
-    pub envelope: String,
+    pub(crate) envelope: String,
     /// Run no earlier than this (ms since the epoch); `None` for now.
-    pub due_ms: Option<i64>,
+    pub(crate) due_ms: Option<i64>,
     /// Enqueue only if no other job holds this lock; hold it this long.
-    pub unique: Option<(String, Duration)>,
+    pub(crate) unique: Option<(String, Duration)>,
     /// Its `job.enqueued` event, published before the job can be taken.
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Its first status record, written before the job can be taken.
-    pub status: Option<StatusUpdate>,
+    pub(crate) status: Option<StatusUpdate>,
 }
 
 /// What became of one enqueued job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Enqueued {
+pub(crate) enum Enqueued {
     /// Waiting or scheduled.
     Queued,
     /// Not enqueued: another job holds the unique lock.
@@ -64,11 +64,11 @@ pub struct QueueCounts {
     pub recovered: u64,
     /// Nodes listed as possibly holding in-flight jobs of this queue.
     #[serde(skip)]
-    pub nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     /// The item at the head of the queue (the oldest waiting), if any, as
     /// far as the bounds of [`Broker::queue_counts`] read it.
     #[serde(skip)]
-    pub head: Option<Viewed>,
+    pub(crate) head: Option<Viewed>,
     /// Whether the queue is paused (`conveyor pause`).
     pub paused: bool,
 }
@@ -79,7 +79,7 @@ impl Broker {
     /// event and status record go out just before it is pushed, so no
     /// daemon can report it started before it was reported enqueued; a
     /// unique job's are written by its script, and only if it was enqueued.
-    pub async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         q: &QueueKeys,
         jobs: &[NewJob],
@@ -133,7 +133,7 @@ impl Broker {
     }
 
     /// The dead letter list's length.
-    pub async fn dead_len(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
+    pub(crate) async fn dead_len(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
         let mut conn = self.conn().await?;
         Ok(redis::cmd("LLEN")
             .arg(&q.dead)
@@ -142,7 +142,7 @@ impl Broker {
     }
 
     /// Moves dead entries back to the queue: `(entry as stored, item to push)`.
-    pub async fn dead_retry(
+    pub(crate) async fn dead_retry(
         &self,
         q: &QueueKeys,
         moves: &[(Vec<u8>, Vec<u8>)],
@@ -156,7 +156,7 @@ impl Broker {
     }
 
     /// Deletes the whole dead letter list; returns how many entries it held.
-    pub async fn dead_clear(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
+    pub(crate) async fn dead_clear(&self, q: &QueueKeys) -> Result<u64, BrokerError> {
         let mut conn = self.conn().await?;
         let (len, _deleted): (u64, u64) = redis::pipe()
             .atomic()
@@ -172,7 +172,7 @@ impl Broker {
     /// Pauses (`true`) or resumes a queue: sets or deletes `{K}:paused` and
     /// announces it with `event` (already numbered, JSON). Whether it
     /// changed anything.
-    pub async fn set_paused(
+    pub(crate) async fn set_paused(
         &self,
         q: &QueueKeys,
         paused: bool,
@@ -197,7 +197,7 @@ impl Broker {
     /// For each of `queues`: whether it is paused, and the ids of running
     /// jobs `conveyor cancel` asks to stop; one round trip (one per slot on
     /// a cluster).
-    pub async fn steering(
+    pub(crate) async fn steering(
         &self,
         queues: &[&QueueKeys],
     ) -> Result<Vec<(bool, Vec<String>)>, BrokerError> {
@@ -225,7 +225,7 @@ impl Broker {
     /// Sizes and counters of each queue, in two round trips. The stats
     /// hash may hold only counters; the item at the head of each queue is
     /// read within that queue's `heads` bounds (`lua/view.lua`).
-    pub async fn queue_counts(
+    pub(crate) async fn queue_counts(
         &self,
         queues: &[QueueKeys],
         heads: &[Bounds],
@@ -313,7 +313,7 @@ impl Broker {
 
 /// Where `conveyor cancel` found a job.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Found {
+pub(crate) enum Found {
     /// In the queue list, as this item (its first bytes if it is large).
     Waiting(Viewed),
     /// In the scheduled set, as this item (its first bytes if it is large).
@@ -342,7 +342,11 @@ impl Broker {
     /// Where the job with id `id` is: waiting, scheduled or running; `None`
     /// when in none of them. Each list is looked through a thousand items a
     /// round trip, reading at most the first 4 KiB of each.
-    pub async fn find_job(&self, q: &QueueKeys, id: &str) -> Result<Option<Found>, BrokerError> {
+    pub(crate) async fn find_job(
+        &self,
+        q: &QueueKeys,
+        id: &str,
+    ) -> Result<Option<Found>, BrokerError> {
         if let Some(item) = self.search(&q.list, Store::List, id).await? {
             return Ok(Some(Found::Waiting(item)));
         }
@@ -370,7 +374,7 @@ impl Broker {
 
     /// The first item of `key` that is the job `id`, as far as
     /// [`Bounds::heads`] reads it.
-    pub async fn search(
+    pub(crate) async fn search(
         &self,
         key: &str,
         store: Store,
@@ -397,7 +401,7 @@ impl Broker {
 
     /// `item` read again within `bounds`, if it is still at its place:
     /// whole when it fits them.
-    pub async fn reread(
+    pub(crate) async fn reread(
         &self,
         key: &str,
         store: Store,
@@ -418,7 +422,7 @@ impl Broker {
     /// Moves a waiting or scheduled job (`found`) to the dead letter list as
     /// `dead_entry`, releasing its unique lock; false if it was no longer
     /// there. An item read only in part is moved by its place.
-    pub async fn cancel_waiting(
+    pub(crate) async fn cancel_waiting(
         &self,
         q: &QueueKeys,
         found: &Found,
@@ -456,7 +460,7 @@ impl Broker {
 
     /// Asks the daemons to stop the running job `id` (they look four times
     /// a second), or withdraws the request.
-    pub async fn request_cancel(
+    pub(crate) async fn request_cancel(
         &self,
         q: &QueueKeys,
         id: &str,
@@ -470,7 +474,7 @@ impl Broker {
     }
 
     /// Publishes (and keeps in the replay stream) one event, already JSON.
-    pub async fn announce(&self, sink: &EventSink, event: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn announce(&self, sink: &EventSink, event: &str) -> Result<(), BrokerError> {
         let mut events = EventBatch::default();
         events.push_json(event);
         let mut pipe = redis::pipe();
@@ -485,7 +489,7 @@ impl Broker {
 impl Broker {
     /// The first `limit` scheduled items, soonest first, read within
     /// `bounds`, each with its due time (ms) as its score.
-    pub async fn scheduled_entries(
+    pub(crate) async fn scheduled_entries(
         &self,
         q: &QueueKeys,
         limit: u64,
@@ -496,7 +500,7 @@ impl Broker {
 
     /// Up to `limit` in-flight items of the queue, read within `bounds`,
     /// with the node holding each.
-    pub async fn inflight_entries(
+    pub(crate) async fn inflight_entries(
         &self,
         q: &QueueKeys,
         limit: u64,
@@ -525,7 +529,7 @@ impl Broker {
 
     /// Moves a scheduled item to the head of its queue; false if it was no
     /// longer scheduled. An item read only in part moves by its place.
-    pub async fn run_now(&self, q: &QueueKeys, seen: &Viewed) -> Result<bool, BrokerError> {
+    pub(crate) async fn run_now(&self, q: &QueueKeys, seen: &Viewed) -> Result<bool, BrokerError> {
         if !seen.is_whole() {
             let then = Then::MoveHead { key: &q.list };
             return self

@@ -12,17 +12,17 @@ use crate::event::EventBatch;
 
 /// Where events go.
 #[derive(Debug, Clone)]
-pub struct EventSink {
+pub(crate) struct EventSink {
     /// The pub/sub channel.
-    pub channel: String,
+    pub(crate) channel: String,
     /// The replay stream (its key is the channel's name) and its
     /// approximate length; `None` when replay is off.
-    pub stream: Option<(String, u64)>,
+    pub(crate) stream: Option<(String, u64)>,
 }
 
 impl EventSink {
     /// The sink of the `[events]` configuration.
-    pub fn new(channel: &str, stream_maxlen: u64) -> Self {
+    pub(crate) fn new(channel: &str, stream_maxlen: u64) -> Self {
         Self {
             channel: channel.to_owned(),
             stream: (stream_maxlen > 0).then(|| (keys::event_stream(channel), stream_maxlen)),
@@ -32,20 +32,20 @@ impl EventSink {
 
 /// New fields of a job's status record `conveyor:job:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusUpdate {
+pub(crate) struct StatusUpdate {
     /// The job.
-    pub id: String,
+    pub(crate) id: String,
     /// Fields to set.
-    pub fields: Vec<(&'static str, String)>,
+    pub(crate) fields: Vec<(&'static str, String)>,
     /// How long the record lives after this update.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 impl Broker {
     /// Up to `count` stream entries after `after` (exclusive; a stream id,
     /// or `ms-0` for a time): `(entry id, its events in order)`. An entry
     /// holds events of one write, one per line of its field `events`.
-    pub async fn replay(
+    pub(crate) async fn replay(
         &self,
         stream: &str,
         after: &str,
@@ -56,7 +56,7 @@ impl Broker {
     }
 
     /// The newest `count` entries after `after` (exclusive), newest first.
-    pub async fn stream_tail(
+    pub(crate) async fn stream_tail(
         &self,
         stream: &str,
         after: &str,
@@ -88,7 +88,7 @@ impl Broker {
     }
 
     /// The id of the stream's newest entry; `0-0` when it is empty.
-    pub async fn stream_last_id(&self, stream: &str) -> Result<String, BrokerError> {
+    pub(crate) async fn stream_last_id(&self, stream: &str) -> Result<String, BrokerError> {
         let mut conn = self.conn().await?;
         let last: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
             .arg(stream)
@@ -107,7 +107,7 @@ impl Broker {
     /// Follows a channel on a dedicated connection. The stream ends when the
     /// connection is lost, or (with Sentinel) when its server is no longer
     /// the master.
-    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Subscription, BrokerError> {
         let (mut pubsub, ended) = self.pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok(Subscription(Box::pin(
@@ -119,7 +119,10 @@ impl Broker {
     }
 
     /// A job's status record; empty when there is none.
-    pub async fn job_status(&self, id: &str) -> Result<HashMap<String, String>, BrokerError> {
+    pub(crate) async fn job_status(
+        &self,
+        id: &str,
+    ) -> Result<HashMap<String, String>, BrokerError> {
         let mut conn = self.conn().await?;
         Ok(redis::cmd("HGETALL")
             .arg(keys::job(id))
@@ -146,7 +149,7 @@ fn entry_events((id, fields): (String, Vec<(String, String)>)) -> (String, Vec<S
 const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// Follows a stream as it grows, on a connection of its own (`XREAD BLOCK`).
-pub struct StreamReader {
+pub(crate) struct StreamReader {
     conn: super::Conn,
     stream: String,
     after: String,
@@ -154,7 +157,7 @@ pub struct StreamReader {
 
 impl Broker {
     /// A reader of `stream`'s entries after `after` (exclusive).
-    pub async fn stream_reader(
+    pub(crate) async fn stream_reader(
         &self,
         stream: &str,
         after: &str,
@@ -171,7 +174,10 @@ impl StreamReader {
     /// Up to `count` entries after the last one read: the id of the last,
     /// and their events, one JSON object a line. Waits up to a second for
     /// one; `None` when none came.
-    pub async fn next(&mut self, count: usize) -> Result<Option<(String, String)>, BrokerError> {
+    pub(crate) async fn next(
+        &mut self,
+        count: usize,
+    ) -> Result<Option<(String, String)>, BrokerError> {
         type Reply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
         let reply: Reply = redis::cmd("XREAD")
             .arg("COUNT")
@@ -204,11 +210,11 @@ impl StreamReader {
 }
 
 /// Messages of a subscribed channel.
-pub struct Subscription(Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>);
+pub(crate) struct Subscription(Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>);
 
 impl Subscription {
     /// The next message; `None` once the connection is gone.
-    pub async fn next(&mut self) -> Option<Vec<u8>> {
+    pub(crate) async fn next(&mut self) -> Option<Vec<u8>> {
         self.0.next().await
     }
 }

@@ -53,7 +53,8 @@ impl TestRedis {
         self.dir.path().join("redis.sock")
     }
 
-    fn url(&self) -> String {
+    /// The URL of its socket, for a configuration of its own.
+    pub(crate) fn url(&self) -> String {
         format!("redis+unix://{}", self.socket().display())
     }
 

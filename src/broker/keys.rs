@@ -7,35 +7,35 @@
 
 /// The keys of one queue, as seen from one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueKeys {
+pub(crate) struct QueueKeys {
     /// The queue's name (its config table).
-    pub name: String,
+    pub(crate) name: String,
     /// The node these keys are seen from.
-    pub node: String,
+    pub(crate) node: String,
     /// `K`: jobs waiting.
-    pub list: String,
+    pub(crate) list: String,
     /// `{K}:inflight:<node>`: jobs this node has taken and not finished.
-    pub inflight: String,
+    pub(crate) inflight: String,
     /// `{K}:nodes`: nodes that may hold an in-flight list for `K`.
-    pub nodes: String,
+    pub(crate) nodes: String,
     /// `{K}:scheduled`: envelopes due later, scored by due time in ms.
-    pub scheduled: String,
+    pub(crate) scheduled: String,
     /// `{K}:dead`: dead envelopes, newest first.
-    pub dead: String,
+    pub(crate) dead: String,
     /// `{K}:stats`: counters.
-    pub stats: String,
+    pub(crate) stats: String,
     /// `{K}:ratelimit`: the sliding-window log.
-    pub ratelimit: String,
+    pub(crate) ratelimit: String,
     /// `{K}:paused`: present while the queue is paused.
-    pub paused: String,
+    pub(crate) paused: String,
     /// `{K}:cancel`: ids of running jobs that `conveyor cancel` asks their
     /// daemon to stop.
-    pub cancel: String,
+    pub(crate) cancel: String,
 }
 
 impl QueueKeys {
     /// The keys of queue `name` stored in list `list`, for node `node`.
-    pub fn new(name: &str, list: &str, node: &str) -> Self {
+    pub(crate) fn new(name: &str, list: &str, node: &str) -> Self {
         Self {
             name: name.to_owned(),
             node: node.to_owned(),
@@ -52,27 +52,27 @@ impl QueueKeys {
     }
 
     /// The in-flight list of another node.
-    pub fn inflight_of(&self, node: &str) -> String {
+    pub(crate) fn inflight_of(&self, node: &str) -> String {
         inflight(&self.list, node)
     }
 
     /// `{K}:unique:<key>`: the lock of a unique job.
-    pub fn unique(&self, key: &str) -> String {
+    pub(crate) fn unique(&self, key: &str) -> String {
         format!("{{{}}}:unique:{key}", self.list)
     }
 
     /// `{K}:schedule:<name>`: the last tick of schedule `name` enqueued.
-    pub fn schedule(&self, name: &str) -> String {
+    pub(crate) fn schedule(&self, name: &str) -> String {
         format!("{{{}}}:schedule:{name}", self.list)
     }
 
     /// `{K}:schedule:<name>:spec`: what that last tick was computed from.
-    pub fn schedule_spec(&self, name: &str) -> String {
+    pub(crate) fn schedule_spec(&self, name: &str) -> String {
         format!("{{{}}}:schedule:{name}:spec", self.list)
     }
 
     /// `{K}:ratelimit:<key>`: the sliding-window log of one rate-limit key.
-    pub fn ratelimit_for(&self, key: Option<&str>) -> String {
+    pub(crate) fn ratelimit_for(&self, key: Option<&str>) -> String {
         match key {
             Some(k) => format!("{}:{k}", self.ratelimit),
             None => self.ratelimit.clone(),
@@ -86,13 +86,13 @@ fn inflight(list: &str, node: &str) -> String {
 
 /// `{K}:<name>`: a key the handler of queue list `K` keeps (the email
 /// handler's `sent:<id>` markers, say), checked by `store.rs`.
-pub fn handler_key(list: &str, name: &str) -> String {
+pub(crate) fn handler_key(list: &str, name: &str) -> String {
     format!("{{{list}}}:{name}")
 }
 
 /// `cache:<sha256 hex of name>`: the shared response cache (the `http`
 /// handler's cached response of a GET, by its URL).
-pub fn cache(url: &str) -> String {
+pub(crate) fn cache(url: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(url.as_bytes());
     let mut key = String::with_capacity(6 + 64);
@@ -104,18 +104,18 @@ pub fn cache(url: &str) -> String {
 }
 
 /// `conveyor:node:<node>`: a live daemon's heartbeat hash.
-pub fn node(node: &str) -> String {
+pub(crate) fn node(node: &str) -> String {
     format!("conveyor:node:{node}")
 }
 
 /// The replay stream of an events channel: a key of the channel's own name
 /// (channels and keys are separate namespaces in Redis).
-pub fn event_stream(channel: &str) -> String {
+pub(crate) fn event_stream(channel: &str) -> String {
     channel.to_owned()
 }
 
 /// `conveyor:job:<id>`: a job's status record.
-pub fn job(id: &str) -> String {
+pub(crate) fn job(id: &str) -> String {
     format!("conveyor:job:{id}")
 }
 
@@ -124,7 +124,7 @@ pub fn job(id: &str) -> String {
 /// flows, the default events stream: all `conveyor:*`), the http
 /// handler's cache (`cache:*`), or a queue's or a flow's hash-tagged keys
 /// (`{...}`). `None` if it is free.
-pub fn refused_as_queue(name: &str) -> Option<&'static str> {
+pub(crate) fn refused_as_queue(name: &str) -> Option<&'static str> {
     if name.starts_with("conveyor:") {
         Some("conveyor keeps for itself (conveyor:*: nodes, job records, flows, events)")
     } else {
@@ -138,7 +138,7 @@ pub fn refused_as_queue(name: &str) -> Option<&'static str> {
 /// or a queue's or flow's key. (`conveyor:events`, the default, and other
 /// `conveyor:` names are free.) Whether it is a queue's list is the
 /// configuration's to check. `None` if it is free.
-pub fn refused_as_events_channel(name: &str) -> Option<&'static str> {
+pub(crate) fn refused_as_events_channel(name: &str) -> Option<&'static str> {
     if name.starts_with("conveyor:node:") {
         Some("hold the nodes' heartbeats (conveyor:node:<node>)")
     } else if name.starts_with("conveyor:job:") {

@@ -23,25 +23,25 @@ use redis::{
 use crate::config::RedisConfig;
 use target::Target;
 
-pub mod admin;
+pub(crate) mod admin;
 mod cluster;
-pub mod events;
+pub(crate) mod events;
 #[cfg(test)]
 pub(crate) mod fixture;
-pub mod keys;
-pub mod nodes;
+pub(crate) mod keys;
+pub(crate) mod nodes;
 mod probe;
-pub mod queue;
+pub(crate) mod queue;
 mod scripts;
 mod server;
 pub(crate) mod stats;
-pub mod store;
+pub(crate) mod store;
 mod target;
-pub mod ticks;
-pub mod view;
-pub mod writes;
+pub(crate) mod ticks;
+pub(crate) mod view;
+pub(crate) mod writes;
 
-pub use keys::QueueKeys;
+pub(crate) use keys::QueueKeys;
 
 /// Why a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ impl From<redis::ParsingError> for BrokerError {
 impl BrokerError {
     /// Whether Redis could not be reached (as opposed to refusing a command).
     /// The CLI exits 69 (EX_UNAVAILABLE) on these.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
             Self::Redis(e) => is_transport_error(e),
@@ -105,7 +105,7 @@ impl BrokerError {
     }
 
     /// Whether Redis refused the credentials or a permission.
-    pub fn is_denied(&self) -> bool {
+    pub(crate) fn is_denied(&self) -> bool {
         match self {
             Self::Denied { .. } => true,
             Self::Redis(e) => is_denial(e),
@@ -116,7 +116,7 @@ impl BrokerError {
 
 /// Why a `maxmemory-policy` may lose jobs, if it may: any policy but
 /// `noeviction` lets Redis evict keys, queued jobs among them.
-pub fn eviction_risk(policy: &str) -> Option<String> {
+pub(crate) fn eviction_risk(policy: &str) -> Option<String> {
     (policy != "noeviction").then(|| {
         format!(
             "maxmemory-policy is {policy}: when memory runs out Redis may evict queued jobs; \
@@ -126,7 +126,7 @@ pub fn eviction_risk(policy: &str) -> Option<String> {
 }
 
 /// Whether Redis refused the credentials or a permission.
-pub fn is_denial(e: &RedisError) -> bool {
+pub(crate) fn is_denial(e: &RedisError) -> bool {
     e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOPERM" | "WRONGPASS" | "NOAUTH"))
 }
@@ -236,7 +236,7 @@ fn mask_secret(text: &str, config: &RedisConfig) -> String {
 
 /// A handle on Redis; cheap to clone.
 #[derive(Clone)]
-pub struct Broker {
+pub(crate) struct Broker {
     inner: Arc<Inner>,
 }
 
@@ -259,7 +259,7 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// A broker for the configured Redis. Connects lazily: this does no I/O,
     /// but must run inside a tokio runtime (the pool starts a reaper task).
-    pub fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
         let target = Arc::new(target(config)?);
         let timeout = config.response_timeout;
         let manager = Manager {
@@ -285,7 +285,7 @@ impl Broker {
 
     /// The URL (or the sentinels and the master's name), passwords masked,
     /// for messages.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.inner.label.clone()
     }
 
@@ -293,7 +293,7 @@ impl Broker {
     /// in a task of its own for as long as the broker lives, so that a
     /// failover is followed at once (connection errors and `READONLY` are
     /// followed anyway). Nothing to do for a fixed address.
-    pub fn follow_failovers(&self) {
+    pub(crate) fn follow_failovers(&self) {
         if let Target::Sentinel(_) = &*self.inner.target {
             tokio::spawn(target::watch_switches(Arc::downgrade(&self.inner.target)));
         }
@@ -301,7 +301,7 @@ impl Broker {
 
     /// Connects and PINGs on a fresh connection, to report precisely why
     /// Redis is unreachable.
-    pub async fn ping(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn ping(&self) -> Result<(), BrokerError> {
         let timeout = self.inner.response_timeout.max(Duration::from_secs(1));
         let unreachable = |e: RedisError| match is_denial(&e) {
             true => BrokerError::Denied {
@@ -328,7 +328,7 @@ impl Broker {
 
     /// Redis's `maxmemory-policy`, if this user may read it (managed
     /// services often refuse or rename `CONFIG`).
-    pub async fn maxmemory_policy(&self) -> Option<String> {
+    pub(crate) async fn maxmemory_policy(&self) -> Option<String> {
         let mut conn = self.conn().await.ok()?;
         let reply: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
@@ -376,7 +376,7 @@ impl Broker {
     /// moved a job (and returns it) or returns nothing.
     /// `key` is the key it blocks on: in a cluster, the node that holds
     /// it is the one that knows the connection.
-    pub async fn unblock(&self, client_id: u64, key: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn unblock(&self, client_id: u64, key: &str) -> Result<(), BrokerError> {
         let mut conn = self.conn().await?;
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(client_id);
@@ -424,7 +424,7 @@ impl Broker {
     }
 
     /// With Sentinel, the address of the master the sentinels name.
-    pub async fn master_address(&self) -> Option<String> {
+    pub(crate) async fn master_address(&self) -> Option<String> {
         match &*self.inner.target {
             Target::Fixed(_) | Target::Cluster(_) => None,
             Target::Sentinel(_) => {
@@ -435,7 +435,7 @@ impl Broker {
     }
 
     /// Publishes `message` on `channel`; returns how many subscribers got it.
-    pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, BrokerError> {
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, BrokerError> {
         let mut conn = self.conn().await?;
         Ok(redis::cmd("PUBLISH")
             .arg(channel)

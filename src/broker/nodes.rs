@@ -11,7 +11,7 @@ impl Broker {
     /// (re)lists the node in each queue's `{K}:nodes` set, in one round trip.
     /// The daemon beats once before it takes any job, so a node that dies
     /// right after its first pop is still found by reapers.
-    pub async fn heartbeat(
+    pub(crate) async fn heartbeat(
         &self,
         node: &str,
         fields: &[(String, String)],
@@ -35,7 +35,7 @@ impl Broker {
     }
 
     /// Whether each node's heartbeat key still exists.
-    pub async fn nodes_alive(&self, nodes: &[String]) -> Result<Vec<bool>, BrokerError> {
+    pub(crate) async fn nodes_alive(&self, nodes: &[String]) -> Result<Vec<bool>, BrokerError> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -49,7 +49,7 @@ impl Broker {
     }
 
     /// Deletes a node's heartbeat key (last step of a clean shutdown).
-    pub async fn remove_node(&self, node: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn remove_node(&self, node: &str) -> Result<(), BrokerError> {
         let mut conn = self.conn().await?;
         redis::cmd("DEL")
             .arg(keys::node(node))
@@ -59,7 +59,7 @@ impl Broker {
     }
 
     /// The heartbeat hashes of `nodes`; `None` for a node that is gone.
-    pub async fn node_infos(
+    pub(crate) async fn node_infos(
         &self,
         nodes: &[String],
     ) -> Result<Vec<Option<HashMap<String, String>>>, BrokerError> {

@@ -54,7 +54,7 @@ const PROBES: &[&[&str]] = &[
 impl Broker {
     /// The commands this user may not run for the queue stored in `list`,
     /// with the events on `channel`: one "command: Redis's words" each.
-    pub async fn refused_commands(
+    pub(crate) async fn refused_commands(
         &self,
         list: &str,
         channel: &str,

@@ -13,13 +13,13 @@ use super::{Broker, BrokerError, Conn, QueueKeys};
 
 /// What one take moved into this node's in-flight list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Taken {
+pub(crate) struct Taken {
     /// The items, oldest first; a stand-in in the place of an item too
     /// large to read.
-    pub items: Vec<Vec<u8>>,
+    pub(crate) items: Vec<Vec<u8>>,
     /// Whether the one item taken is a suspect, to be run alone:
     /// `lua/take.lua`'s verdict, the only definition of a suspect.
-    pub suspect: bool,
+    pub(crate) suspect: bool,
 }
 
 impl FromRedisValue for Taken {
@@ -42,7 +42,7 @@ impl FromRedisValue for Taken {
 
 /// How a job's run ended, as recorded in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done. Releases the job's unique lock, if it holds one.
     Succeeded {
         /// The job id (owner of the unique lock); only read to release
@@ -88,7 +88,7 @@ pub enum Outcome {
 
 /// Where the reaper sends a recovered job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoverTo {
+pub(crate) enum RecoverTo {
     /// Back to the head of the queue.
     Queue,
     /// To the dead letter list (poison).
@@ -97,20 +97,20 @@ pub enum RecoverTo {
 
 /// One job a recovery moves out of an in-flight list.
 #[derive(Debug, Clone)]
-pub struct Move {
+pub(crate) struct Move {
     /// The item as it sits in the list.
-    pub item: Vec<u8>,
+    pub(crate) item: Vec<u8>,
     /// Where it goes.
-    pub to: RecoverTo,
+    pub(crate) to: RecoverTo,
     /// What goes there in its place (deliveries counted).
-    pub replacement: Vec<u8>,
+    pub(crate) replacement: Vec<u8>,
     /// Its status record's new fields, if its queue tracks jobs.
-    pub status: Option<StatusUpdate>,
+    pub(crate) status: Option<StatusUpdate>,
 }
 
 /// What became of one job a recovery tried to move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovered {
+pub(crate) enum Recovered {
     /// Back at the head of its queue.
     Requeued,
     /// In the dead letter list.
@@ -121,7 +121,7 @@ pub enum Recovered {
 
 /// One queue, from one node's point of view.
 #[derive(Clone, Debug)]
-pub struct QueueStore {
+pub(crate) struct QueueStore {
     broker: Broker,
     keys: Arc<QueueKeys>,
     dead_cap: u32,
@@ -129,7 +129,7 @@ pub struct QueueStore {
 
 impl QueueStore {
     /// The store of one queue; `dead_cap` bounds its dead letter list.
-    pub fn new(broker: Broker, keys: QueueKeys, dead_cap: u32) -> Self {
+    pub(crate) fn new(broker: Broker, keys: QueueKeys, dead_cap: u32) -> Self {
         Self {
             broker,
             keys: Arc::new(keys),
@@ -139,22 +139,22 @@ impl QueueStore {
 
     /// Whether `other` is this very store (a clone of it), not merely one
     /// of the same queue.
-    pub fn same_as(&self, other: &QueueStore) -> bool {
+    pub(crate) fn same_as(&self, other: &QueueStore) -> bool {
         Arc::ptr_eq(&self.keys, &other.keys)
     }
 
     /// The queue's keys.
-    pub fn keys(&self) -> &QueueKeys {
+    pub(crate) fn keys(&self) -> &QueueKeys {
         &self.keys
     }
 
     /// The dead letter list's length cap.
-    pub fn dead_cap(&self) -> u32 {
+    pub(crate) fn dead_cap(&self) -> u32 {
         self.dead_cap
     }
 
     /// The broker this store uses.
-    pub fn broker(&self) -> &Broker {
+    pub(crate) fn broker(&self) -> &Broker {
         &self.broker
     }
 
@@ -162,7 +162,11 @@ impl QueueStore {
     /// item larger than the queue's payloads may be (`max_payload_bytes`
     /// and the envelope's allowance) goes there as its stand-in, read by no
     /// one (see `lua/take.lua`).
-    pub async fn take(&self, max: usize, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
+    pub(crate) async fn take(
+        &self,
+        max: usize,
+        max_payload_bytes: usize,
+    ) -> Result<Taken, BrokerError> {
         let mut conn = self.broker.conn().await?;
         let call = take::Call {
             keys: &self.keys,
@@ -173,7 +177,7 @@ impl QueueStore {
     }
 
     /// A dedicated connection for blocking fetches of at most `block` each.
-    pub async fn fetcher(&self, block: Duration) -> Result<Fetcher, BrokerError> {
+    pub(crate) async fn fetcher(&self, block: Duration) -> Result<Fetcher, BrokerError> {
         let mut conn = self.broker.dedicated(block).await?;
         // Named for CLIENT LIST; its id lets a stop cut a pop short.
         let name = format!("conveyor:{}:{}", self.keys.node, self.keys.name);
@@ -200,7 +204,7 @@ impl QueueStore {
 
     /// Moves up to `limit` due jobs to the queue. Returns how many moved and
     /// when the next scheduled job is due (ms since the epoch), if any.
-    pub async fn promote(
+    pub(crate) async fn promote(
         &self,
         now_ms: i64,
         limit: usize,
@@ -217,7 +221,7 @@ impl QueueStore {
 
     /// Asks the sliding window whether a job may start now; logs the start
     /// if so. Returns `None` when allowed, else how long until a slot frees.
-    pub async fn rate_check(
+    pub(crate) async fn rate_check(
         &self,
         key: Option<&str>,
         now_ms: i64,
@@ -238,7 +242,7 @@ impl QueueStore {
     }
 
     /// The nodes that may hold an in-flight list of this queue.
-    pub async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
+    pub(crate) async fn nodes(&self) -> Result<Vec<String>, BrokerError> {
         let mut conn = self.broker.conn().await?;
         Ok(redis::cmd("SMEMBERS")
             .arg(&self.keys.nodes)
@@ -248,7 +252,7 @@ impl QueueStore {
 
     /// This node's whole in-flight list, oldest first. Bounded by the
     /// queue's concurrency plus one batch.
-    pub async fn own_inflight(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
+    pub(crate) async fn own_inflight(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
         let mut conn = self.broker.conn().await?;
         Ok(redis::cmd("LRANGE")
             .arg(&self.keys.inflight)
@@ -261,7 +265,7 @@ impl QueueStore {
     /// Up to `limit` items of a dead node's in-flight list, oldest first,
     /// each item too large to read first replaced there by its stand-in
     /// (earlier versions parked such items in flight; see `lua/shrink.lua`).
-    pub async fn inflight_items(
+    pub(crate) async fn inflight_items(
         &self,
         node: &str,
         limit: usize,
@@ -280,7 +284,11 @@ impl QueueStore {
     /// writes their status records in the same step. Returns, per move,
     /// whether it happened (another reaper, or the job's own outcome, may
     /// have won).
-    pub async fn recover(&self, node: &str, moves: &[Move]) -> Result<Vec<Recovered>, BrokerError> {
+    pub(crate) async fn recover(
+        &self,
+        node: &str,
+        moves: &[Move],
+    ) -> Result<Vec<Recovered>, BrokerError> {
         // On a cluster a status record lives in another slot: written after.
         let cluster = self.broker.is_cluster();
         let call = recover::Call {
@@ -317,7 +325,7 @@ impl QueueStore {
     }
 
     /// Forgets a node whose in-flight list is empty; keeps it listed otherwise.
-    pub async fn forget_node_if_idle(&self, node: &str) -> Result<bool, BrokerError> {
+    pub(crate) async fn forget_node_if_idle(&self, node: &str) -> Result<bool, BrokerError> {
         let mut conn = self.broker.conn().await?;
         let len: u64 = redis::cmd("LLEN")
             .arg(self.keys.inflight_of(node))
@@ -345,7 +353,7 @@ impl QueueStore {
 /// same round trip right behind it, takes the job, or its stand-in. A job
 /// still reaches an idle daemon the moment it is pushed, in one round trip,
 /// and a job sits in no list of this node until the script took it.
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     conn: Conn,
     client_id: u64,
     keys: Arc<QueueKeys>,
@@ -354,7 +362,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// The server's id of this connection, for [`Broker::unblock`].
-    pub fn client_id(&self) -> u64 {
+    pub(crate) fn client_id(&self) -> u64 {
         self.client_id
     }
 
@@ -365,7 +373,7 @@ impl Fetcher {
     /// Do not drop this future to stop waiting: if Redis took a job just
     /// then, it would sit in the in-flight list unseen. Cut the wait short
     /// with [`Broker::unblock`] and let the future finish instead.
-    pub async fn next(&mut self, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
+    pub(crate) async fn next(&mut self, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
         if self.conn.is_stale() {
             // The master it waits on is gone or demoted: a new fetcher
             // connects to the new one.
@@ -402,3 +410,6 @@ impl Fetcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -82,7 +82,7 @@ impl Broker {
     /// Refuses a Sentinel or a Cluster node given as the plain `url`,
     /// which would otherwise answer PING and then fail every job command.
     /// A user who may not run INFO passes: then we cannot tell.
-    pub async fn standalone(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn standalone(&self) -> Result<(), BrokerError> {
         if self.is_cluster() {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use super::scripts::tick;
 
 /// What became of one daemon's try at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ticked {
+pub(crate) enum Ticked {
     /// Enqueued, by this call.
     Enqueued,
     /// Handled already (by another daemon, or an earlier call).
@@ -20,24 +20,24 @@ pub enum Ticked {
 
 /// One tick of a schedule, as the script takes it.
 #[derive(Debug, Clone)]
-pub struct Tick<'a> {
+pub(crate) struct Tick<'a> {
     /// The schedule's name.
-    pub schedule: &'a str,
+    pub(crate) schedule: &'a str,
     /// The tick, in unix seconds.
-    pub at: i64,
+    pub(crate) at: i64,
     /// What the schedule's ticks are computed from.
-    pub spec: &'a str,
+    pub(crate) spec: &'a str,
     /// The job's id (`<name>:<tick>`).
-    pub id: &'a str,
+    pub(crate) id: &'a str,
     /// The job's envelope.
-    pub envelope: &'a str,
+    pub(crate) envelope: &'a str,
     /// The unique lock's lifetime in ms, when the schedule's jobs are unique.
-    pub unique_ms: Option<u64>,
+    pub(crate) unique_ms: Option<u64>,
 }
 
 impl QueueStore {
     /// Enqueues `tick` unless it (or a later tick) was handled already.
-    pub async fn tick(&self, tick: &Tick<'_>) -> Result<Ticked, BrokerError> {
+    pub(crate) async fn tick(&self, tick: &Tick<'_>) -> Result<Ticked, BrokerError> {
         let call = tick::Call {
             keys: self.keys(),
             tick,
@@ -54,7 +54,7 @@ impl QueueStore {
 
     /// The last tick of schedule `name` that was enqueued (or where it
     /// started), in unix seconds.
-    pub async fn last_tick(&self, name: &str) -> Result<Option<i64>, BrokerError> {
+    pub(crate) async fn last_tick(&self, name: &str) -> Result<Option<i64>, BrokerError> {
         let mut conn = self.broker().conn().await?;
         let last: Option<String> = redis::cmd("GET")
             .arg(self.keys().schedule(name))

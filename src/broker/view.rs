@@ -13,14 +13,14 @@ use crate::envelope::item_limit;
 /// First bytes read of an item larger than a view's bound: room for every
 /// field conveyor writes before a payload (an id of 200 characters, even
 /// escaped) and a glimpse of the payload.
-pub const VIEW_HEAD: usize = 4096;
+pub(crate) const VIEW_HEAD: usize = 4096;
 
 /// Bytes of items one script call reads at most (it reads at least one).
 const BUDGET: usize = 8 << 20;
 
 /// What holds the items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Store {
+pub(crate) enum Store {
     /// A list, read from its head.
     List,
     /// A sorted set, read by rank, lowest score first.
@@ -39,17 +39,17 @@ impl Store {
 
 /// How much of each item a view reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// An item up to this many bytes is read whole.
-    pub whole: usize,
+    pub(crate) whole: usize,
     /// Of a larger one, this many first bytes.
-    pub head: usize,
+    pub(crate) head: usize,
 }
 
 impl Bounds {
     /// Whole, every item a queue of `max_payload_bytes` would run (and
     /// every dead entry written for one); of a larger one, [`VIEW_HEAD`].
-    pub fn for_queue(max_payload_bytes: usize) -> Self {
+    pub(crate) fn for_queue(max_payload_bytes: usize) -> Self {
         Self {
             whole: item_limit(max_payload_bytes),
             head: VIEW_HEAD,
@@ -58,7 +58,7 @@ impl Bounds {
 
     /// Only the first [`VIEW_HEAD`] bytes of each item: enough to find an
     /// id, for searches.
-    pub fn heads() -> Self {
+    pub(crate) fn heads() -> Self {
         Self {
             whole: VIEW_HEAD,
             head: VIEW_HEAD,
@@ -68,27 +68,27 @@ impl Bounds {
 
 /// One item as a view read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Viewed {
+pub(crate) struct Viewed {
     /// Its index in the list (its rank in a sorted set) when it was read.
-    pub index: u64,
+    pub(crate) index: u64,
     /// Its size in bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// All of it, or its first bytes.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// Its score, in a sorted set (conveyor's are times in ms).
-    pub score: Option<i64>,
+    pub(crate) score: Option<i64>,
 }
 
 impl Viewed {
     /// Whether `bytes` is all of the item.
-    pub fn is_whole(&self) -> bool {
+    pub(crate) fn is_whole(&self) -> bool {
         self.bytes.len() as u64 == self.size
     }
 }
 
 /// What takes a removed item's place.
 #[derive(Debug, Clone, Copy)]
-pub enum Then<'a> {
+pub(crate) enum Then<'a> {
     /// Nothing: the item is deleted.
     Nothing,
     /// `item` goes to the head of list `key`, cut to `cap` entries (0: no cap).
@@ -117,7 +117,7 @@ pub enum Then<'a> {
 impl Broker {
     /// Up to `count` items of `key` from index `start`, read within
     /// `bounds`; fewer only where the list or set ends.
-    pub async fn view(
+    pub(crate) async fn view(
         &self,
         key: &str,
         store: Store,
@@ -130,7 +130,7 @@ impl Broker {
 
     /// [`Broker::view`], ending early after an item that begins with
     /// `prefix` (unless it is empty): what a search reads.
-    pub async fn view_until(
+    pub(crate) async fn view_until(
         &self,
         key: &str,
         store: Store,
@@ -185,7 +185,7 @@ impl Broker {
     /// (the same size and first bytes there), does `then`, and releases
     /// the unique lock `lock` (its key and the id that must hold it).
     /// Whether the item was still there.
-    pub async fn remove_at(
+    pub(crate) async fn remove_at(
         &self,
         key: &str,
         store: Store,

@@ -17,58 +17,58 @@ const MAX_PER_CALL: usize = 500;
 /// order they were sent: an event never overtakes the outcome it reports,
 /// nor an earlier event. A writer keeps its lane until a flush fails.
 #[derive(Clone)]
-pub struct Lane {
+pub(crate) struct Lane {
     conn: super::Conn,
 }
 
 /// One outcome with the item it is for and the status record it writes.
-pub type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
+pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
 
 /// What a batch did.
 #[derive(Debug)]
-pub struct Written {
+pub(crate) struct Written {
     /// Per queue and entry, whether the outcome was recorded (false: the job
     /// was no longer in flight here).
-    pub recorded: Vec<Vec<bool>>,
+    pub(crate) recorded: Vec<Vec<bool>>,
     /// How many subscribe to the events channel.
-    pub subscribers: u64,
+    pub(crate) subscribers: u64,
 }
 
 /// The events and status records of a batch.
 #[derive(Clone, Copy)]
-pub struct Notices<'a> {
+pub(crate) struct Notices<'a> {
     /// Events of an earlier batch to publish now (already in the replay
     /// stream).
-    pub republish: &'a EventBatch,
+    pub(crate) republish: &'a EventBatch,
     /// New events: they go to the replay stream, and are published too if
     /// `heard`.
-    pub events: &'a EventBatch,
+    pub(crate) events: &'a EventBatch,
     /// Whether anyone subscribed at the last look; while nobody does, Redis
     /// would drop what is published.
-    pub heard: bool,
+    pub(crate) heard: bool,
     /// Status record updates that tell no outcome (those go with theirs).
-    pub statuses: &'a [StatusUpdate],
+    pub(crate) statuses: &'a [StatusUpdate],
 }
 
 /// Outcomes of one queue, each with the item as it was taken.
-pub struct QueueOutcomes<'a> {
+pub(crate) struct QueueOutcomes<'a> {
     /// The queue.
-    pub store: &'a QueueStore,
+    pub(crate) store: &'a QueueStore,
     /// Outcomes with their items and status records.
-    pub entries: Vec<Entry<'a>>,
+    pub(crate) entries: Vec<Entry<'a>>,
 }
 
 impl Lane {
     /// Whether its connection failed or reaches a master that is no longer
     /// the master (after a Sentinel failover): then take a new lane.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.conn.is_stale()
     }
 }
 
 impl Broker {
     /// A lane for a writer's flushes.
-    pub async fn lane(&self) -> Result<Lane, BrokerError> {
+    pub(crate) async fn lane(&self) -> Result<Lane, BrokerError> {
         Ok(Lane {
             conn: self.conn().await?,
         })
@@ -82,7 +82,7 @@ impl Broker {
     ///
     /// See [`Notices`] for how events are published. The answer says how
     /// many subscribe to the events channel now.
-    pub async fn write_batch(
+    pub(crate) async fn write_batch(
         &self,
         lane: &Lane,
         outcomes: &[QueueOutcomes<'_>],

@@ -11,18 +11,18 @@ use crate::api::{Cancelled, Client};
 
 /// Options of `conveyor cancel`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The queue's name.
-    pub queue: String,
+    pub(crate) queue: String,
     /// The job's id.
-    pub id: String,
+    pub(crate) id: String,
     /// How long to wait for a running job's daemon to stop it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub wait: Duration,
+    pub(crate) wait: Duration,
 }
 
 /// Cancels the job; says what it was doing.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let client = Client::with_broker(connect(&config).await?, &config, "cli");
     match client.cancel(&args.queue, &args.id, args.wait).await? {

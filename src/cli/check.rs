@@ -10,10 +10,10 @@ use crate::handlers::Registry;
 
 /// Options of `conveyor check`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub(crate) struct Args {}
 
 /// Runs the checks in order; the first failure decides the exit code.
-pub async fn run(
+pub(crate) async fn run(
     config_path: Option<&Path>,
     _args: Args,
     registry: &Registry,

@@ -16,15 +16,15 @@ use super::{Cli, OsError};
 zsh:   conveyor completions zsh > ~/.zfunc/_conveyor   (with fpath+=~/.zfunc before compinit)\n\
 fish:  conveyor completions fish > ~/.config/fish/completions/conveyor.fish"
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// The shell.
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// Prints the completion script. It is made whole first, then written:
 /// clap_complete panics on a failed write, where a closed stdout must end
 /// the command quietly (see `pipe`).
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut Cli::command(), "conveyor", &mut script);
     let mut out = std::io::stdout().lock();
@@ -35,13 +35,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Options of `conveyor manpages`.
 #[derive(Debug, clap::Args)]
-pub struct ManArgs {
+pub(crate) struct ManArgs {
     /// Where to write conveyor.1 and one page per command (conveyor-run.1, ...).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// Writes the man pages.
-pub fn manpages(args: ManArgs) -> anyhow::Result<()> {
+pub(crate) fn manpages(args: ManArgs) -> anyhow::Result<()> {
     let write = |dir: &Path| clap_mangen::generate_to(Cli::command(), dir);
     std::fs::create_dir_all(&args.dir)
         .and_then(|()| write(&args.dir))

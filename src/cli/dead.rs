@@ -9,15 +9,15 @@ use crate::logging::escaped;
 
 /// Options of `conveyor dead`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// What to do.
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 /// The dead letter operations.
 #[derive(Debug, clap::Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// List dead jobs, newest first.
     List {
         /// The queue's name.
@@ -56,7 +56,7 @@ pub enum Action {
 }
 
 /// Runs one dead letter operation.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let client = Client::with_broker(connect(&config).await?, &config, "cli");
     let key = |queue: &str| config.queue_key(queue);

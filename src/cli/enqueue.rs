@@ -31,41 +31,41 @@ const MAX_REPORTED: usize = 10;
     group(clap::ArgGroup::new("input").required(true).args(["payload", "file"])),
     override_usage = "conveyor enqueue <QUEUE> <PAYLOAD | - | --file FILE> [OPTIONS]"
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// The queue's name.
-    pub queue: String,
+    pub(crate) queue: String,
     /// The payload as JSON, or `-` to read one JSON document from stdin.
-    pub payload: Option<String>,
+    pub(crate) payload: Option<String>,
     /// Enqueue every line of an NDJSON file as a job (`-` for stdin).
     #[arg(long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Run no earlier than this from now: `30s`, `5m`, `2h`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "at")]
-    pub delay: Option<Duration>,
+    pub(crate) delay: Option<Duration>,
     /// Run no earlier than this time: RFC 3339 (`2026-11-24T10:00:00Z`) or Unix seconds.
     #[arg(long, value_name = "TIME")]
-    pub at: Option<String>,
+    pub(crate) at: Option<String>,
     /// Attempts before the job is dead, overriding the queue's setting.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// Do not enqueue if an equal job was enqueued within this long and has
     /// not finished: `10m`, `1h`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub unique_for: Option<Duration>,
+    pub(crate) unique_for: Option<Duration>,
     /// What makes jobs equal for --unique-for [default: a digest of the payload].
     #[arg(long, value_name = "KEY", requires = "unique_for")]
-    pub unique_key: Option<String>,
+    pub(crate) unique_key: Option<String>,
     /// Enqueue to a queue this configuration does not list (a daemon with
     /// another configuration runs it).
     #[arg(long)]
-    pub unconfigured: bool,
+    pub(crate) unconfigured: bool,
     /// Print no job ids.
     #[arg(long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// Enqueues and prints the id of each job enqueued.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let due_ms = due_time(&args)?;
     if let Some(ttl) = args.unique_for {

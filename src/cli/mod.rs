@@ -11,36 +11,36 @@ use crate::config::{Config, ConfigError};
 use crate::daemon::DaemonError;
 use crate::handlers::{CheckError, Registry};
 
-pub mod cancel;
-pub mod check;
-pub mod completions;
-pub mod dead;
-pub mod enqueue;
-pub mod monitor;
-pub mod pause;
-pub mod pipe;
-pub mod run;
-pub mod schedules;
-pub mod stats;
-pub mod status;
-pub mod web;
+pub(crate) mod cancel;
+pub(crate) mod check;
+pub(crate) mod completions;
+pub(crate) mod dead;
+pub(crate) mod enqueue;
+pub(crate) mod monitor;
+pub(crate) mod pause;
+pub(crate) mod pipe;
+pub(crate) mod run;
+pub(crate) mod schedules;
+pub(crate) mod stats;
+pub(crate) mod status;
+pub(crate) mod web;
 
 /// EX_USAGE: the command was used wrongly.
-pub const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 /// EX_DATAERR: the input data was bad.
-pub const EX_DATAERR: u8 = 65;
+pub(crate) const EX_DATAERR: u8 = 65;
 /// EX_UNAVAILABLE: Redis or SMTP could not be reached.
-pub const EX_UNAVAILABLE: u8 = 69;
+pub(crate) const EX_UNAVAILABLE: u8 = 69;
 /// EX_NOPERM: Redis refused the credentials or a permission.
-pub const EX_NOPERM: u8 = 77;
+pub(crate) const EX_NOPERM: u8 = 77;
 /// EX_SOFTWARE: an internal error.
-pub const EX_SOFTWARE: u8 = 70;
+pub(crate) const EX_SOFTWARE: u8 = 70;
 /// EX_OSERR: the operating system refused something.
-pub const EX_OSERR: u8 = 71;
+pub(crate) const EX_OSERR: u8 = 71;
 /// EX_IOERR: input/output failed.
-pub const EX_IOERR: u8 = 74;
+pub(crate) const EX_IOERR: u8 = 74;
 /// EX_CONFIG: the configuration is unusable.
-pub const EX_CONFIG: u8 = 78;
+pub(crate) const EX_CONFIG: u8 = 78;
 
 /// The top-level help: the commands in the groups a newcomer looks for.
 const HELP: &str = "\
@@ -77,19 +77,19 @@ config/conveyor.toml, whichever exists first.
 /// conveyor: a Redis-backed background job worker.
 #[derive(Debug, Parser)]
 #[command(name = "conveyor", version, about, max_term_width = 100, help_template = HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file [default: $CONVEYOR_CONFIG, /etc/conveyor/conveyor.toml,
     /// config/conveyor.toml, whichever exists first]
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: take jobs from the configured queues and run them.
     Run(run::Args),
     /// Enqueue a job (prints its id), or many from an NDJSON file.
@@ -123,13 +123,13 @@ pub enum Command {
 
 impl Command {
     /// The daemon logs what it does; the other commands only warnings.
-    pub fn default_log_level(&self) -> &'static str {
+    pub(crate) fn default_log_level(&self) -> &'static str {
         if self.is_daemon() { "info" } else { "warn" }
     }
 
     /// Whether it serves until stopped (`run`, `web`) rather than prints
     /// what was asked for.
-    pub fn is_daemon(&self) -> bool {
+    pub(crate) fn is_daemon(&self) -> bool {
         matches!(self, Command::Run(_) | Command::Web(_))
     }
 }
@@ -137,7 +137,7 @@ impl Command {
 /// Runs a parsed command line with the handlers of `registry`. The daemon
 /// sizes its runtime from its configuration; the other commands run on one
 /// of the machine's size.
-pub fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
+pub(crate) fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Run(args) => run::run(config, args, registry),
@@ -177,20 +177,20 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 /// The command was used wrongly (exit 64).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 /// The operating system refused something (exit 71).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct OsError(pub String);
+pub(crate) struct OsError(pub String);
 
 /// The input data was bad (exit 65).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InputError(pub String);
+pub(crate) struct InputError(pub String);
 
 /// The sysexits code for an error, from the typed error inside it.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<UsageError>() {
             return EX_USAGE;

@@ -23,24 +23,24 @@ const PAGE: usize = 1000;
 
 /// Options of `conveyor monitor`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Only events of this queue (repeatable).
     #[arg(long = "queue", short = 'q', value_name = "Q")]
-    pub queues: Vec<String>,
+    pub(crate) queues: Vec<String>,
     /// Only events of this type (repeatable); `job.*` for a family.
     #[arg(long = "type", short = 't', value_name = "TYPE")]
-    pub types: Vec<String>,
+    pub(crate) types: Vec<String>,
     /// Print the events as published, one JSON object per line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// First replay what the stream kept after this stream id, or from this
     /// long ago (`5m`, `1h`).
     #[arg(long, value_name = "ID|DURATION")]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
 }
 
 /// Follows events until Ctrl-C or SIGTERM.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let broker = connect(&config).await?;
     broker.follow_failovers();

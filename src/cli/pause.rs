@@ -9,17 +9,17 @@ use crate::api::Client;
 
 /// Options of `conveyor pause` and `conveyor resume`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The queue's name.
-    pub queue: String,
+    pub(crate) queue: String,
     /// A queue this configuration does not list (a daemon with another
     /// configuration runs it).
     #[arg(long)]
-    pub unconfigured: bool,
+    pub(crate) unconfigured: bool,
 }
 
 /// Pauses (`true`) or resumes the queue; says what changed.
-pub async fn run(config_path: Option<&Path>, args: Args, pause: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args, pause: bool) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     if !args.unconfigured && !config.queues.contains_key(&args.queue) {
         return Err(UsageError(format!(

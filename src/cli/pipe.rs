@@ -20,7 +20,7 @@ use std::panic::PanicHookInfo;
 
 /// The exit code of a command whose stdout was closed by its reader: 128 +
 /// SIGPIPE, as a shell reports a command the signal killed.
-pub const EX_CLOSED_PIPE: u8 = 141;
+pub(crate) const EX_CLOSED_PIPE: u8 = 141;
 
 /// Whether a panic is `println!`'s on a closed stdout (EPIPE).
 pub(crate) fn is_closed_stdout_panic(info: &PanicHookInfo<'_>) -> bool {

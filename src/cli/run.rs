@@ -10,19 +10,23 @@ use crate::shutdown::Shutdown;
 
 /// Options of `conveyor run`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Run only this queue (repeatable); every configured queue by default.
     #[arg(long = "queue", short = 'q', value_name = "Q")]
-    pub queues: Vec<String>,
+    pub(crate) queues: Vec<String>,
     /// Override the concurrency of every queue run.
     #[arg(long, value_name = "N")]
-    pub concurrency: Option<u32>,
+    pub(crate) concurrency: Option<u32>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, on a runtime of the configured
 /// number of threads. SIGHUP reads the configuration again (with the same
 /// --queue and --concurrency) and applies it.
-pub fn run(config_path: Option<&Path>, args: Args, registry: &Registry) -> anyhow::Result<()> {
+pub(crate) fn run(
+    config_path: Option<&Path>,
+    args: Args,
+    registry: &Registry,
+) -> anyhow::Result<()> {
     if args.concurrency.is_some_and(|n| n == 0 || n > 10_000) {
         return Err(UsageError("--concurrency must be between 1 and 10000".into()).into());
     }

@@ -8,14 +8,14 @@ use crate::api::Client;
 
 /// Options of `conveyor schedules`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// One JSON object per schedule and line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Prints every configured schedule.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     if config.schedules.is_empty() {
         if !args.json {

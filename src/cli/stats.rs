@@ -16,20 +16,20 @@ use crate::clock::age;
 
 /// Options of `conveyor stats`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// One JSON object per snapshot, one per line.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Refresh until Ctrl-C.
     #[arg(long, short = 'w')]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// How often --watch refreshes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 }
 
 /// Prints one snapshot, or refreshes until interrupted.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     if args.interval < Duration::from_millis(100) {
         return Err(UsageError("--interval must be at least 100ms".into()).into());
     }

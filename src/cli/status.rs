@@ -8,12 +8,12 @@ use crate::logging::escaped;
 
 /// Options of `conveyor status`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The job's id.
-    pub id: String,
+    pub(crate) id: String,
     /// Print the record as one JSON object.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// The fields in the order a person reads them.
@@ -32,7 +32,7 @@ const ORDER: &[&str] = &[
 ];
 
 /// Prints the record, or says why there is none (exit 65).
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let broker = connect(&config).await?;
     let record = broker.job_status(&args.id).await?;

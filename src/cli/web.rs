@@ -16,14 +16,14 @@ use crate::api::Client;
 
 /// Options of `conveyor web`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Listen here instead of the configuration's `[web] listen`.
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
 }
 
 /// Serves until SIGINT or SIGTERM.
-pub async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let mut config = load_config(config_path)?;
     if let Some(listen) = args.listen {
         config.web.listen = Some(listen);

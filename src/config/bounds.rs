@@ -45,7 +45,7 @@ pub const CONCURRENCY: RangeInclusive<u64> = 1..=10_000;
 pub const MAX_ATTEMPTS: RangeInclusive<u64> = 1..=1_000_000;
 /// `queues.<q>.backoff.base` and `.max` (`base` at most `max`). The most a
 /// job waits for its next attempt, 7 days, is also the most a handler may
-/// ask for ([`crate::job::MAX_RETRY_IN`] names it).
+/// ask for ([`HandlerError::retry_in`](crate::HandlerError::retry_in)).
 pub const BACKOFF: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
 /// `queues.<q>.timeout`: one run of the handler.
 pub const TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
@@ -61,14 +61,15 @@ pub const DEAD_MAX_JOBS: RangeInclusive<u64> = 1..=10_000_000;
 pub const TRACK_TTL: RangeInclusive<Duration> = SECOND..=YEAR;
 /// `schedules.<s>.unique_for`.
 pub const UNIQUE_FOR: RangeInclusive<Duration> = SECOND..=YEAR;
-/// `schedules.<s>.every` (whole seconds), checked by
-/// [`crate::schedule::Spec::every`], whose bound it is.
-pub use crate::schedule::EVERY;
+/// `schedules.<s>.every`: the intervals a schedule may tick at, whole
+/// seconds, 1s to a year. Checked by the schedule's parser
+/// (`schedule::Spec::every`), which needs whole seconds.
+pub const EVERY: RangeInclusive<Duration> = SECOND..=YEAR;
 /// A handler's cached response (the `http` handler's `cache_ttl`).
 pub const CACHE_TTL: RangeInclusive<Duration> = SECOND..=YEAR;
 
 /// Refuses `value` of the setting `key` outside `bounds`.
-pub fn duration(
+pub(crate) fn duration(
     key: &str,
     value: Duration,
     bounds: &RangeInclusive<Duration>,
@@ -85,7 +86,7 @@ pub fn duration(
 }
 
 /// Refuses `value` of the setting `key` outside `bounds`.
-pub fn number(
+pub(crate) fn number(
     key: &str,
     value: impl TryInto<u64> + Copy + std::fmt::Display,
     bounds: &RangeInclusive<u64>,

@@ -16,25 +16,25 @@ use super::{Envelope, Fields, Key, Malformed, RawItem, envelope_from_fields};
 /// up to six bytes each once escaped) the daemon adds when it retries a job.
 /// A job whose payload fits `max_payload_bytes` never outgrows its queue
 /// by failing.
-pub const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
+pub(crate) const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
 
 /// How many first bytes of an item too large to read are kept, with its
 /// size, in its dead letter (`raw_head`, `raw_size`).
-pub const HEAD_BYTES: usize = 1024;
+pub(crate) const HEAD_BYTES: usize = 1024;
 
 /// The largest list item the daemon reads for a queue whose payloads may be
 /// `max_payload_bytes` long. A larger item is never read whole: the script
 /// that takes jobs replaces it, in Redis, by a stand-in holding its first
 /// [`HEAD_BYTES`] and its size, which is dead-lettered. `lua/take.lua`
 /// receives this bound from its encoder.
-pub fn item_limit(max_payload_bytes: usize) -> usize {
+pub(crate) fn item_limit(max_payload_bytes: usize) -> usize {
     max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)
 }
 
 /// The one size rule, which `conveyor enqueue` applies to the envelope it
 /// is about to push and the daemon to every item it takes: a payload of at
 /// most `max_payload_bytes`, in an item of at most [`item_limit`] bytes.
-pub fn check_size(item_len: usize, payload_len: usize, max: usize) -> Result<(), Malformed> {
+pub(crate) fn check_size(item_len: usize, payload_len: usize, max: usize) -> Result<(), Malformed> {
     if payload_len > max {
         return Err(Malformed::TooLarge {
             what: "payload",
@@ -72,7 +72,7 @@ impl Head {
 
     /// What is kept of an item of `size` bytes that begins with `first`
     /// (of which at most [`HEAD_BYTES`] are kept).
-    pub fn new(first: &[u8], size: u64) -> Self {
+    pub(crate) fn new(first: &[u8], size: u64) -> Self {
         let cut = &first[..first.len().min(HEAD_BYTES)];
         let first = match std::str::from_utf8(cut) {
             Ok(text) => RawItem::Text(text.to_owned()),
@@ -90,7 +90,7 @@ impl Head {
 /// `{"id":"<id>"` (1 to 200 printable ASCII characters, no escapes), as
 /// every envelope conveyor writes does; the same rule as
 /// `broker/lua/stand_in.lua`, which applies it inside Redis.
-pub fn id_in_head(item: &[u8]) -> Option<String> {
+pub(crate) fn id_in_head(item: &[u8]) -> Option<String> {
     fn skip_space(s: &[u8]) -> &[u8] {
         let n = s
             .iter()
@@ -114,7 +114,7 @@ pub fn id_in_head(item: &[u8]) -> Option<String> {
 /// show it: the top-level fields complete in `head`, a `null` payload
 /// unless the payload is one of them. `None` when the id is not among them
 /// or a field is wrong. Every envelope conveyor writes begins with its id.
-pub fn glimpse(head: &[u8]) -> Option<Envelope> {
+pub(crate) fn glimpse(head: &[u8]) -> Option<Envelope> {
     struct Collect<'a, 'de>(&'a mut Vec<(Cow<'de, str>, &'de RawValue)>);
     impl<'de> de::DeserializeSeed<'de> for Collect<'_, 'de> {
         type Value = ();

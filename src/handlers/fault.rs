@@ -27,7 +27,7 @@ use crate::job::Job;
 
 /// Misbehaves as its payload asks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Fault;
+pub(crate) struct Fault;
 
 #[derive(Deserialize, Default)]
 struct Orders {

@@ -26,13 +26,13 @@ pub use crate::broker::store::{HandlerStore, StoreError};
 use crate::config::{Config, ConfigError, QueueConfig};
 pub use crate::job::{HandlerError, Job};
 
-pub mod email;
+pub(crate) mod email;
 pub mod exec;
 #[cfg(feature = "fault-injection")]
-pub mod fault;
-pub mod http;
-pub mod noop;
-pub mod publish;
+pub(crate) mod fault;
+pub(crate) mod http;
+pub(crate) mod noop;
+pub(crate) mod publish;
 
 /// Runs jobs of one kind.
 ///
@@ -229,7 +229,7 @@ impl<'a> HandlerContext<'a> {
 
     /// A variable of the environment (or of the configuration's
     /// [`Config::env_overrides`]): where a handler reads its own overrides
-    /// and secrets ([`crate::config::secret`]).
+    /// and secrets.
     pub fn env(&self, name: &str) -> Option<String> {
         self.config.env(name)
     }
@@ -254,7 +254,7 @@ pub type Factory =
 
 /// Hides the secrets a handler's table may hold (its node-wide settings,
 /// or a queue's options) when the configuration is printed.
-pub type Masker = Arc<dyn Fn(&mut toml::Table) + Send + Sync>;
+pub(crate) type Masker = Arc<dyn Fn(&mut toml::Table) + Send + Sync>;
 
 /// Handler names and how to build each.
 #[derive(Clone, Default)]
@@ -299,6 +299,12 @@ impl Registry {
     ) -> &mut Self {
         self.factories.insert(name.to_owned(), Arc::new(factory));
         self
+    }
+
+    /// How handler `name` is built, if it is registered: a handler of one's
+    /// own can wrap a built-in one (`registry.factory("email")`).
+    pub fn factory(&self, name: &str) -> Option<Factory> {
+        self.factories.get(name).cloned()
     }
 
     /// Adds a handler that takes no options; every queue naming it shares it.

@@ -7,7 +7,7 @@ use crate::job::Job;
 
 /// Does nothing, successfully.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Noop;
+pub(crate) struct Noop;
 
 #[async_trait]
 impl Handler for Noop {

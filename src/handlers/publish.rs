@@ -11,7 +11,7 @@ use crate::config::ConfigError;
 use crate::job::Job;
 
 /// Publishes payloads on one channel.
-pub struct Publish {
+pub(crate) struct Publish {
     store: HandlerStore,
     channel: String,
 }
@@ -25,7 +25,7 @@ struct Options {
 
 impl Publish {
     /// Builds the handler of a queue; its `channel` is required.
-    pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    pub(crate) fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
         let options: Options = ctx.options()?;
         let channel = match options.channel {
             Some(c) if !c.is_empty() => c,

@@ -57,7 +57,7 @@ mod page;
 mod server;
 
 use auth::Auth;
-pub use server::bind;
+pub(crate) use server::bind;
 
 /// Jobs of each list the dashboard and the API show at most by default.
 const DEFAULT_LIMIT: u64 = 20;
@@ -86,7 +86,7 @@ struct Web {
 /// configuration's, and so are the queues whose jobs keep their share of
 /// the open files limit (see [`descriptors`]). `metrics` are the daemon's
 /// counters (`None` for `conveyor web`).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     client: Client,
     metrics: Option<Arc<Metrics>>,

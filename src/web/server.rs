@@ -65,7 +65,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 const BACKLOG: u32 = 1024;
 
 /// Binds `[web] listen`; a port in use or not ours is a configuration error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
     let listen = || {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

@@ -26,6 +26,17 @@ pub mod server;
 
 pub use server::{Family, free_port};
 
+/// Now in milliseconds since the epoch, as conveyor's scores and events
+/// write it.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Now as RFC 3339 with milliseconds, UTC, as envelopes write it.
+pub fn now_rfc3339() -> String {
+    format!("{:.3}", jiff::Timestamp::now())
+}
+
 /// A private server of the family the run chose ([`Family::chosen`]) on a
 /// unix socket.
 pub struct Redis {

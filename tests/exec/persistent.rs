@@ -98,7 +98,7 @@ async fn a_retry_waits_the_delay_the_worker_asked_for() {
         config(&redis, &queue(&worker, "persistent", settings, "")),
         builtin(),
     );
-    let before = conveyor::clock::now_ms();
+    let before = crate::common::now_ms();
     push(&mut conn, "again", json!({"do": "retry_once", "ms": 1500})).await;
     let record = wait_state(&conn, "again", "retrying").await;
     assert_eq!(record["last_error"], "not yet");

@@ -99,7 +99,7 @@ const MARKER_SLACK: Duration = Duration::from_secs(24 * 3600);
 const MARKER_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Sends the email a job describes.
-pub struct Email {
+pub(crate) struct Email {
     deliver: Deliver,
     templates: Option<Templates>,
     from: Mailbox,
@@ -120,7 +120,7 @@ enum Deliver {
 impl Email {
     /// Builds the handler of a queue from `[email]`; an unusable setting is a
     /// configuration error, found at start-up and by `conveyor check`.
-    pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+    pub(crate) fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
         // Shared by every email queue, the transport is set in `[email]`.
         ctx.no_options()?;
         let email = &Settings::read(ctx)?;

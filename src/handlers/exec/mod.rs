@@ -51,7 +51,7 @@ mod oneshot;
 mod pool;
 mod process;
 mod protocol;
-pub mod supervisor;
+pub(crate) mod supervisor;
 mod user;
 
 use pool::Pool;
@@ -98,7 +98,7 @@ enum Mode {
 }
 
 /// Runs jobs through the queue's program.
-pub struct Exec {
+pub(crate) struct Exec {
     spec: Spec,
     kind: Kind,
 }
@@ -111,7 +111,7 @@ enum Kind {
 /// Builds the `exec` handler of a queue from `[queues.<q>.exec]`, its
 /// workers supervised by this very program (which [`crate::main_with`]
 /// makes able to).
-pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+pub(crate) fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
     static THIS_PROGRAM: LazyLock<Result<Supervisor, String>> = LazyLock::new(|| {
         std::env::current_exe()
             .map(Supervisor::new)

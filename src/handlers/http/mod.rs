@@ -114,7 +114,7 @@ struct JobRequest {
 }
 
 /// Sends each job as an HTTP request.
-pub struct Http {
+pub(crate) struct Http {
     queue: String,
     /// The queue's name as the `conveyor-queue` header.
     queue_header: HeaderValue,
@@ -137,7 +137,7 @@ pub struct Http {
 pub(crate) use mask::mask_secrets;
 
 /// Builds the `http` handler of a queue from `[queues.<q>.http]`.
-pub fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
+pub(crate) fn build(ctx: &HandlerContext<'_>) -> Result<Arc<dyn Handler>, ConfigError> {
     let at = ctx.options_path();
     let invalid = |field: &str, msg: String| ConfigError::Invalid(format!("{at}.{field}: {msg}"));
     let options: Options = ctx.options()?;

@@ -80,7 +80,7 @@ impl Ids {
 /// Runs the supervisor if the command line asks for it (the binary's first
 /// argument is [`FLAG`]); `None` otherwise. Called first thing by
 /// [`crate::main_with`], before logging or a runtime exist.
-pub fn main_if_asked() -> Option<ExitCode> {
+pub(crate) fn main_if_asked() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
     if args.next()? != FLAG {
         return None;
