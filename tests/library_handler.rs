@@ -199,3 +199,110 @@ async fn its_settings_and_options_are_checked_like_a_built_ins() {
     let err = refused("[tallly]\nstep = 2\n[queues.t]\nhandler = \"noop\"\n");
     assert!(err.contains("[tallly] is not a table"), "{err}");
 }
+
+/// A program enqueues typed payloads through `api::Client::enqueue`, with
+/// the options `conveyor enqueue` has, and the daemon runs them: the item
+/// is the envelope the wire format describes, a delayed job waits in the
+/// schedule, a unique one is not enqueued twice, and a payload too large
+/// for its queue is refused with nothing pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_enqueues_typed_jobs_that_the_daemon_runs() {
+    use conveyor::api::{ApiError, Client, EnqueueOptions, Enqueued};
+
+    #[derive(serde::Serialize)]
+    struct Resize<'a> {
+        image: &'a str,
+        width: u32,
+    }
+
+    let redis = Redis::start();
+    let mut conn = redis.conn().await;
+    let config = config(
+        &redis,
+        "[queues.work]\nhandler = \"noop\"\nmax_payload_bytes = 64\n",
+    );
+    let client = Client::new(&config, "app").unwrap();
+    let first = Resize {
+        image: "a.png",
+        width: 300,
+    };
+    let Enqueued::Queued { id } = client
+        .enqueue("work", &first, &EnqueueOptions::default())
+        .await
+        .unwrap()
+    else {
+        panic!("a plain job is queued");
+    };
+    let items: Vec<Vec<u8>> = conn.lrange("jobs:work", 0, -1).await.unwrap();
+    assert_eq!(items.len(), 1);
+    let envelope = conveyor::envelope::parse_item(&items[0], 1 << 20)
+        .unwrap()
+        .envelope;
+    assert_eq!(envelope.id, id);
+    assert_eq!(envelope.attempt, 0);
+    assert_eq!(envelope.payload.get(), r#"{"image":"a.png","width":300}"#);
+
+    let later = EnqueueOptions {
+        delay: Some(Duration::from_secs(3600)),
+        max_attempts: Some(2),
+        ..Default::default()
+    };
+    client.enqueue("work", &first, &later).await.unwrap();
+    assert_eq!(zcard(&mut conn, "{jobs:work}:scheduled").await, 1);
+
+    let once = EnqueueOptions {
+        unique_for: Some(Duration::from_secs(600)),
+        unique_key: Some("b.png".into()),
+        ..Default::default()
+    };
+    let second = Resize {
+        image: "b.png",
+        width: 10,
+    };
+    let Enqueued::Queued { id: holder } = client.enqueue("work", &second, &once).await.unwrap()
+    else {
+        panic!("the first unique job is queued");
+    };
+    assert_eq!(
+        client.enqueue("work", &second, &once).await.unwrap(),
+        Enqueued::Duplicate { holder }
+    );
+
+    let large = Resize {
+        image: &"x".repeat(100),
+        width: 1,
+    };
+    let refused = client
+        .enqueue("work", &large, &EnqueueOptions::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiError::Invalid(e)) if e.contains("payload")),
+        "{refused:?}"
+    );
+    let zero = EnqueueOptions {
+        max_attempts: Some(0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        client.enqueue("work", &first, &zero).await,
+        Err(ApiError::Invalid(_))
+    ));
+    assert_eq!(
+        llen(&mut conn, "jobs:work").await,
+        2,
+        "nothing refused was pushed"
+    );
+
+    let daemon = TestDaemon::start(config, Registry::builtin());
+    wait_until(
+        "the daemon runs the two waiting jobs",
+        Duration::from_secs(20),
+        || {
+            let mut c = conn.clone();
+            async move { stat(&mut c, "jobs:work", "processed").await == 2 }
+        },
+    )
+    .await;
+    assert_eq!(zcard(&mut conn, "{jobs:work}:scheduled").await, 1);
+    daemon.stop().await.unwrap();
+}

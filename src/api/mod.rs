@@ -30,11 +30,13 @@ use crate::event::{Draft, EventType};
 use crate::job::JobState;
 
 mod dead;
+pub(crate) mod enqueue;
 mod node;
 
 pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
 pub use dead::RetriedAll;
+pub use enqueue::{EnqueueOptions, Enqueued};
 pub use node::{NodeInfo, QueueLoad};
 
 /// `max_payload_bytes` of a queue this configuration does not list.
@@ -54,6 +56,10 @@ pub enum ApiError {
     /// first bytes of an item too large to run cannot be retried).
     #[error("{0}")]
     Refused(String),
+    /// What was asked is not valid (a payload that does not serialize or
+    /// is too large, an option out of its bounds).
+    #[error("{0}")]
+    Invalid(String),
     /// Redis failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),

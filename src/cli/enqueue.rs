@@ -7,18 +7,33 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use sha2::{Digest as _, Sha256};
 
 use super::{InputError, UsageError, connect, load_config};
+use crate::api::EnqueueOptions;
+use crate::api::enqueue::{Announcer, digest};
 use crate::broker::admin::{Enqueued, NewJob};
-use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::{Broker, QueueKeys};
-use crate::config::{Config, EventLevel};
-use crate::event::{Draft, EventType};
-use crate::job::JobState;
 
 use crate::clock::{now_ms, now_rfc3339};
 use crate::envelope::{check_size, new_envelope_json, new_id};
+
+/// The node `conveyor enqueue`'s events name: this process.
+fn node() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("cli-{host}-{}", std::process::id())
+}
+
+/// The options of the jobs `args` asks for.
+fn options(args: &Args) -> EnqueueOptions {
+    EnqueueOptions {
+        delay: None,
+        max_attempts: args.max_attempts,
+        unique_for: args.unique_for,
+        unique_key: args.unique_key.clone(),
+    }
+}
 
 /// Jobs per pipeline when loading a file.
 const CHUNK: usize = 2000;
@@ -107,7 +122,7 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
         ],
         Some(path) => payloads_of(path, &text, limit)?,
     };
-    let mut announcer = Announcer::new(&config, &args.queue);
+    let mut announcer = Announcer::new(&config, &args.queue, node());
     let broker = connect(&config).await?;
     let keys = QueueKeys::new(&args.queue, &config.queue_key(&args.queue), "cli");
     if args.file.is_some() {
@@ -116,7 +131,7 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
     let now = now_rfc3339();
     let jobs: Vec<NewJob> = payloads
         .into_iter()
-        .map(|payload| announcer.job(payload, &args, due_ms, &now))
+        .map(|payload| announcer.job(payload, &options(&args), due_ms, &now))
         .collect();
     let outcome = broker.enqueue(&keys, &jobs, &announcer.sink).await?;
     match outcome.first() {
@@ -167,12 +182,13 @@ async fn load_file(
     // work at the same time, and chunks still land in file order.
     let mut payloads = payloads.into_iter();
     let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Sent>>> = None;
+    let options = options(args);
     loop {
         let now = now_rfc3339();
         let chunk: Vec<NewJob> = payloads
             .by_ref()
             .take(CHUNK)
-            .map(|payload| announcer.job(payload, args, due_ms, &now))
+            .map(|payload| announcer.job(payload, &options, due_ms, &now))
             .collect();
         if let Some(sent) = in_flight.take() {
             let (jobs, outcomes) = sent.await??;
@@ -216,95 +232,6 @@ async fn load_file(
         }
     );
     Ok(())
-}
-
-/// Turns jobs into `job.enqueued` events (and status records, for a
-/// tracked queue) from this CLI process, which numbers its events like a
-/// node does. A unique job found to be a duplicate is not announced; its
-/// number is then skipped.
-struct Announcer {
-    sink: EventSink,
-    level: EventLevel,
-    track: Option<Duration>,
-    queue: String,
-    node: String,
-    seq: u64,
-}
-
-impl Announcer {
-    fn new(config: &Config, queue: &str) -> Self {
-        let q = config.queues.get(queue);
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into());
-        Self {
-            sink: EventSink::new(&config.events.channel, config.events.stream_maxlen),
-            level: q.map(|q| q.events).unwrap_or(EventLevel::All),
-            track: q.filter(|q| q.track).map(|q| q.track_ttl),
-            queue: queue.to_owned(),
-            node: format!("cli-{host}-{}", std::process::id()),
-            seq: 0,
-        }
-    }
-
-    /// A job for `payload`, with its event and status record.
-    fn job(&mut self, payload: &RawValue, args: &Args, due_ms: Option<i64>, now: &str) -> NewJob {
-        let unique = args.unique_for.map(|ttl| {
-            let key = args
-                .unique_key
-                .clone()
-                .unwrap_or_else(|| digest(payload.get()));
-            (key, ttl)
-        });
-        let id = new_id();
-        let envelope = new_envelope_json(
-            &id,
-            payload,
-            args.max_attempts,
-            now,
-            unique.as_ref().map(|(k, _)| k.as_str()),
-        );
-        let mut job = NewJob {
-            id,
-            envelope,
-            due_ms,
-            unique,
-            event: None,
-            status: None,
-        };
-        if self.level != EventLevel::Off {
-            self.seq += 1;
-            let event = Draft::job(EventType::Enqueued, &self.queue, &job.id, 0);
-            job.event = Some(event.to_json(&self.node, now, self.seq));
-        }
-        if let Some(ttl) = self.track {
-            let state = if due_ms.is_some() {
-                JobState::Scheduled
-            } else {
-                JobState::Waiting
-            };
-            job.status = Some(StatusUpdate {
-                id: job.id.clone(),
-                fields: vec![
-                    ("queue", self.queue.clone()),
-                    ("state", state.as_str().to_owned()),
-                    ("attempt", "0".to_owned()),
-                    ("enqueued_at", now.to_owned()),
-                    ("updated_at", now.to_owned()),
-                ],
-                ttl,
-            });
-        }
-        job
-    }
-}
-
-/// SHA-256 of the payload's text, hex: the default unique key.
-fn digest(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// When the job is due, if later than now.

@@ -206,7 +206,9 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<crate::api::ApiError>() {
             return match e {
-                crate::api::ApiError::NotFound(_) | crate::api::ApiError::Refused(_) => EX_DATAERR,
+                crate::api::ApiError::NotFound(_)
+                | crate::api::ApiError::Refused(_)
+                | crate::api::ApiError::Invalid(_) => EX_DATAERR,
                 crate::api::ApiError::Unfinished(_) => EX_SOFTWARE,
                 crate::api::ApiError::Broker(b) => broker_code(b),
             };

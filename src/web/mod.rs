@@ -171,6 +171,7 @@ impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match &e {
             ApiError::NotFound(_) => Failure(StatusCode::NOT_FOUND, e.to_string()),
+            ApiError::Invalid(_) => Failure(StatusCode::BAD_REQUEST, e.to_string()),
             ApiError::Unfinished(_) | ApiError::Refused(_) => {
                 Failure(StatusCode::CONFLICT, e.to_string())
             }
