@@ -144,11 +144,11 @@ impl ScheduleConfig {
 
 /// What is wrong with a schedule, and in which of its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScheduleError {
+pub(crate) struct ScheduleError {
     /// The setting, if the fault is in one.
-    pub field: Option<&'static str>,
+    pub(crate) field: Option<&'static str>,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ScheduleError {
@@ -327,7 +327,7 @@ impl Backoff {
     /// `base * 2^(attempt-1)` capped at `max`, then "equal jitter" (a random
     /// point in its upper half) so that jobs that failed together do not all
     /// come back together, while each still waits at least half its delay.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
         let full = self.base.saturating_mul(exp).min(self.max);
         let half = full / 2;
@@ -645,7 +645,7 @@ impl MaskedUrl {
     }
 
     /// Whether the URL carries a password.
-    pub fn has_password(&self) -> bool {
+    pub(crate) fn has_password(&self) -> bool {
         self.masked() != self.0
     }
 
@@ -655,7 +655,7 @@ impl MaskedUrl {
     }
 
     /// The text the mask hides, for scrubbing it from other messages.
-    pub fn hidden(&self) -> Vec<&str> {
+    pub(crate) fn hidden(&self) -> Vec<&str> {
         password_spans(&self.0)
             .into_iter()
             .map(|span| &self.0[span])
@@ -809,7 +809,7 @@ impl Config {
     }
 
     /// The file `load` reads when given none.
-    pub fn find() -> Result<PathBuf, ConfigError> {
+    pub(crate) fn find() -> Result<PathBuf, ConfigError> {
         if let Some(path) = std::env::var_os("CONVEYOR_CONFIG").filter(|p| !p.is_empty()) {
             return Ok(PathBuf::from(path));
         }

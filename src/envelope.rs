@@ -207,7 +207,8 @@ impl Serialize for Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// A payload larger than the queue's `max_payload_bytes`, or an item
-    /// larger than [`item_limit`] (see [`check_size`]).
+    /// larger than that plus 64 KiB for the envelope (the one size rule,
+    /// which the daemon and `conveyor enqueue` both apply).
     #[error("{what} of {len} bytes exceeds max_payload_bytes ({max})")]
     TooLarge {
         /// `payload` or `item`: what was measured.
@@ -236,10 +237,10 @@ pub struct Parsed {
     pub was_raw: bool,
 }
 
-/// Reads one list item under [`check_size`] for a queue's
+/// Reads one list item under the size rule (see [`Malformed::TooLarge`]) for a queue's
 /// `max_payload_bytes` (`usize::MAX` to read any). Never panics, whatever
 /// the bytes. A stand-in for an item too large to read is returned as the
-/// envelope it is; [`read_job`] refuses it.
+/// envelope it is; the daemon refuses to run it.
 pub fn parse_item(item: &[u8], max_bytes: usize) -> Result<Parsed, Malformed> {
     if item.len() > item_limit(max_bytes) {
         return Err(Malformed::TooLarge {

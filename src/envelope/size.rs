@@ -57,7 +57,7 @@ pub(crate) fn check_size(item_len: usize, payload_len: usize, max: usize) -> Res
 /// What is kept of an item too large to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
-    /// Its first bytes (at most [`HEAD_BYTES`]): as text when they are
+    /// Its first bytes (at most 1 KiB): as text when they are
     /// UTF-8 (cut back to a whole character), else base64.
     pub first: RawItem,
     /// Its whole size in bytes.

@@ -339,7 +339,7 @@ impl Registry {
     }
 
     /// The known names, sorted.
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.factories.keys().map(String::as_str).collect()
     }
 
@@ -367,7 +367,7 @@ impl Registry {
 
     /// Refuses a top-level table that is neither conveyor's own nor named
     /// after a handler of this registry (a typo such as `[emial]`).
-    pub fn check_settings(&self, config: &Config) -> Result<(), ConfigError> {
+    pub(crate) fn check_settings(&self, config: &Config) -> Result<(), ConfigError> {
         match config
             .handlers
             .keys()
