@@ -1,45 +1,16 @@
 //! Operations of the command line: enqueueing, the dead letter list, counters.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use redis::{Pipeline, Value};
 
 use super::events::{EventSink, StatusUpdate};
+pub(crate) use super::scripts::enqueue_unique::{Enqueued, NewJob};
 use super::scripts::{cancel, dead_retry, enqueue_unique, publish_if_heard, run_now, view};
 use super::stats::Stat;
 use super::view::{Bounds, Store, Then, Viewed};
 use super::{Broker, BrokerError, QueueKeys};
 use crate::event::EventBatch;
-
-/// A job to enqueue.
-#[derive(Debug, Clone)]
-pub(crate) struct NewJob {
-    /// Its id (also stored in a unique lock).
-    pub(crate) id: String,
-    /// The envelope JSON.
-    pub(crate) envelope: String,
-    /// Run no earlier than this (ms since the epoch); `None` for now.
-    pub(crate) due_ms: Option<i64>,
-    /// Enqueue only if no other job holds this lock; hold it this long.
-    pub(crate) unique: Option<(String, Duration)>,
-    /// Its `job.enqueued` event, published before the job can be taken.
-    pub(crate) event: Option<String>,
-    /// Its first status record, written before the job can be taken.
-    pub(crate) status: Option<StatusUpdate>,
-}
-
-/// What became of one enqueued job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Enqueued {
-    /// Waiting or scheduled.
-    Queued,
-    /// Not enqueued: another job holds the unique lock.
-    Duplicate {
-        /// That job's id.
-        holder: String,
-    },
-}
 
 /// A queue's size and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

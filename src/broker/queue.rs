@@ -8,6 +8,7 @@ use std::time::Duration;
 use redis::{FromRedisValue, Value};
 
 use super::events::StatusUpdate;
+pub(crate) use super::scripts::recover::{Move, RecoverTo};
 use super::scripts::{promote, ratelimit, recover, shrink, take};
 use super::{Broker, BrokerError, Conn, QueueKeys};
 
@@ -84,28 +85,6 @@ pub(crate) enum Outcome {
         /// When, in ms since the epoch.
         due_ms: i64,
     },
-}
-
-/// Where the reaper sends a recovered job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecoverTo {
-    /// Back to the head of the queue.
-    Queue,
-    /// To the dead letter list (poison).
-    Dead,
-}
-
-/// One job a recovery moves out of an in-flight list.
-#[derive(Debug, Clone)]
-pub(crate) struct Move {
-    /// The item as it sits in the list.
-    pub(crate) item: Vec<u8>,
-    /// Where it goes.
-    pub(crate) to: RecoverTo,
-    /// What goes there in its place (deliveries counted).
-    pub(crate) replacement: Vec<u8>,
-    /// Its status record's new fields, if its queue tracks jobs.
-    pub(crate) status: Option<StatusUpdate>,
 }
 
 /// What became of one job a recovery tried to move.

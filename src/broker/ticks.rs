@@ -4,6 +4,7 @@
 use super::BrokerError;
 use super::queue::QueueStore;
 use super::scripts::tick;
+pub(crate) use super::scripts::tick::Tick;
 
 /// What became of one daemon's try at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,23 +17,6 @@ pub(crate) enum Ticked {
     Started,
     /// Recorded but skipped: an earlier tick's job still holds the lock.
     Skipped,
-}
-
-/// One tick of a schedule, as the script takes it.
-#[derive(Debug, Clone)]
-pub(crate) struct Tick<'a> {
-    /// The schedule's name.
-    pub(crate) schedule: &'a str,
-    /// The tick, in unix seconds.
-    pub(crate) at: i64,
-    /// What the schedule's ticks are computed from.
-    pub(crate) spec: &'a str,
-    /// The job's id (`<name>:<tick>`).
-    pub(crate) id: &'a str,
-    /// The job's envelope.
-    pub(crate) envelope: &'a str,
-    /// The unique lock's lifetime in ms, when the schedule's jobs are unique.
-    pub(crate) unique_ms: Option<u64>,
 }
 
 impl QueueStore {

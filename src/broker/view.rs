@@ -6,26 +6,14 @@
 //! dead list written by an earlier version may hold entries of 100 MB:
 //! `conveyor dead`, `cancel` and the dashboard read a few KiB of each.
 
+pub(crate) use super::scripts::remove_at::Then;
+pub(crate) use super::scripts::view::{Bounds, Store, VIEW_HEAD, Viewed};
 use super::scripts::{remove_at, view};
 use super::{Broker, BrokerError};
 use crate::envelope::item_limit;
 
-/// First bytes read of an item larger than a view's bound: room for every
-/// field conveyor writes before a payload (an id of 200 characters, even
-/// escaped) and a glimpse of the payload.
-pub(crate) const VIEW_HEAD: usize = 4096;
-
 /// Bytes of items one script call reads at most (it reads at least one).
 const BUDGET: usize = 8 << 20;
-
-/// What holds the items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Store {
-    /// A list, read from its head.
-    List,
-    /// A sorted set, read by rank, lowest score first.
-    Zset,
-}
 
 impl Store {
     /// Its name in a script's ARGV.
@@ -35,15 +23,6 @@ impl Store {
             Store::Zset => "zset",
         }
     }
-}
-
-/// How much of each item a view reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Bounds {
-    /// An item up to this many bytes is read whole.
-    pub(crate) whole: usize,
-    /// Of a larger one, this many first bytes.
-    pub(crate) head: usize,
 }
 
 impl Bounds {
@@ -66,52 +45,11 @@ impl Bounds {
     }
 }
 
-/// One item as a view read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Viewed {
-    /// Its index in the list (its rank in a sorted set) when it was read.
-    pub(crate) index: u64,
-    /// Its size in bytes.
-    pub(crate) size: u64,
-    /// All of it, or its first bytes.
-    pub(crate) bytes: Vec<u8>,
-    /// Its score, in a sorted set (conveyor's are times in ms).
-    pub(crate) score: Option<i64>,
-}
-
 impl Viewed {
     /// Whether `bytes` is all of the item.
     pub(crate) fn is_whole(&self) -> bool {
         self.bytes.len() as u64 == self.size
     }
-}
-
-/// What takes a removed item's place.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Then<'a> {
-    /// Nothing: the item is deleted.
-    Nothing,
-    /// `item` goes to the head of list `key`, cut to `cap` entries (0: no cap).
-    PushHead {
-        /// The list.
-        key: &'a str,
-        /// What to push.
-        item: &'a [u8],
-        /// The list's length cap, 0 for none.
-        cap: u32,
-    },
-    /// `item` goes to the tail of list `key`.
-    PushTail {
-        /// The list.
-        key: &'a str,
-        /// What to push.
-        item: &'a [u8],
-    },
-    /// The item itself goes to the head of list `key`, never read here.
-    MoveHead {
-        /// The list.
-        key: &'a str,
-    },
 }
 
 impl Broker {

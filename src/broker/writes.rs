@@ -5,8 +5,9 @@
 use redis::{Pipeline, ServerErrorKind, Value};
 
 use super::events::{EventSink, StatusUpdate};
-use super::queue::{Outcome, QueueStore};
+use super::queue::QueueStore;
 use super::scripts::finish;
+pub(crate) use super::scripts::finish::Entry;
 use super::{Broker, BrokerError};
 use crate::event::EventBatch;
 
@@ -20,9 +21,6 @@ const MAX_PER_CALL: usize = 500;
 pub(crate) struct Lane {
     conn: super::Conn,
 }
-
-/// One outcome with the item it is for and the status record it writes.
-pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
 
 /// What a batch did.
 #[derive(Debug)]

@@ -8,11 +8,39 @@ use redis::{ScriptInvocation, Value};
 
 use super::Record;
 use crate::broker::BrokerError;
-use crate::broker::admin::{Enqueued, NewJob};
-use crate::broker::events::EventSink;
+use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::{QueueKeys, keys};
 
 script!("enqueue_unique.lua");
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub(crate) struct NewJob {
+    /// Its id (also stored in a unique lock).
+    pub(crate) id: String,
+    /// The envelope JSON.
+    pub(crate) envelope: String,
+    /// Run no earlier than this (ms since the epoch); `None` for now.
+    pub(crate) due_ms: Option<i64>,
+    /// Enqueue only if no other job holds this lock; hold it this long.
+    pub(crate) unique: Option<(String, Duration)>,
+    /// Its `job.enqueued` event, published before the job can be taken.
+    pub(crate) event: Option<String>,
+    /// Its first status record, written before the job can be taken.
+    pub(crate) status: Option<StatusUpdate>,
+}
+
+/// What became of one enqueued job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Waiting or scheduled.
+    Queued,
+    /// Not enqueued: another job holds the unique lock.
+    Duplicate {
+        /// That job's id.
+        holder: String,
+    },
+}
 
 /// KEYS[5]: the job's status record, when the script writes it.
 const RECORD_KEY: usize = 5;

@@ -6,11 +6,14 @@
 use redis::Pipeline;
 
 use super::Record;
+use crate::broker::events::StatusUpdate;
 use crate::broker::queue::Outcome;
-use crate::broker::writes::Entry;
 use crate::broker::{QueueKeys, keys};
 
 script!("finish.lua");
+
+/// One outcome with the item it is for and the status record it writes.
+pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
 
 /// KEYS[1..=5]: the in-flight list, the queue list, the scheduled set, the
 /// dead letter list and the stats hash. The unique locks and status records

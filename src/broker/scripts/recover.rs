@@ -6,10 +6,32 @@
 use redis::ScriptInvocation;
 
 use super::Record;
-use crate::broker::queue::{Move, RecoverTo};
+use crate::broker::events::StatusUpdate;
 use crate::broker::{QueueKeys, keys};
 
 script!("recover.lua");
+
+/// Where the reaper sends a recovered job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecoverTo {
+    /// Back to the head of the queue.
+    Queue,
+    /// To the dead letter list (poison).
+    Dead,
+}
+
+/// One job a recovery moves out of an in-flight list.
+#[derive(Debug, Clone)]
+pub(crate) struct Move {
+    /// The item as it sits in the list.
+    pub(crate) item: Vec<u8>,
+    /// Where it goes.
+    pub(crate) to: RecoverTo,
+    /// What goes there in its place (deliveries counted).
+    pub(crate) replacement: Vec<u8>,
+    /// Its status record's new fields, if its queue tracks jobs.
+    pub(crate) status: Option<StatusUpdate>,
+}
 
 /// KEYS[1..=4]: the in-flight list, the queue list, the dead letter list
 /// and the stats hash. The status records the jobs name by index come

@@ -5,9 +5,37 @@
 
 use redis::ScriptInvocation;
 
-use crate::broker::view::{Store, Then, VIEW_HEAD, Viewed};
+use super::view::{Store, VIEW_HEAD, Viewed};
 
 script!("remove_at.lua");
+
+/// What takes a removed item's place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Then<'a> {
+    /// Nothing: the item is deleted.
+    Nothing,
+    /// `item` goes to the head of list `key`, cut to `cap` entries (0: no cap).
+    PushHead {
+        /// The list.
+        key: &'a str,
+        /// What to push.
+        item: &'a [u8],
+        /// The list's length cap, 0 for none.
+        cap: u32,
+    },
+    /// `item` goes to the tail of list `key`.
+    PushTail {
+        /// The list.
+        key: &'a str,
+        /// What to push.
+        item: &'a [u8],
+    },
+    /// The item itself goes to the head of list `key`, never read here.
+    MoveHead {
+        /// The list.
+        key: &'a str,
+    },
+}
 
 /// One call of `remove_at.lua`.
 pub(crate) struct Call<'a> {

@@ -5,9 +5,25 @@
 use redis::ScriptInvocation;
 
 use crate::broker::QueueKeys;
-use crate::broker::ticks::Tick;
 
 script!("tick.lua");
+
+/// One tick of a schedule, as the script takes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Tick<'a> {
+    /// The schedule's name.
+    pub(crate) schedule: &'a str,
+    /// The tick, in unix seconds.
+    pub(crate) at: i64,
+    /// What the schedule's ticks are computed from.
+    pub(crate) spec: &'a str,
+    /// The job's id (`<name>:<tick>`).
+    pub(crate) id: &'a str,
+    /// The job's envelope.
+    pub(crate) envelope: &'a str,
+    /// The unique lock's lifetime in ms, when the schedule's jobs are unique.
+    pub(crate) unique_ms: Option<u64>,
+}
 
 /// One call of `tick.lua`.
 pub(crate) struct Call<'a> {

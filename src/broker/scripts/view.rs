@@ -4,9 +4,43 @@
 
 use redis::ScriptInvocation;
 
-use crate::broker::view::{Bounds, Store};
-
 script!("view.lua");
+
+/// First bytes read of an item larger than a view's bound: room for every
+/// field conveyor writes before a payload (an id of 200 characters, even
+/// escaped) and a glimpse of the payload.
+pub(crate) const VIEW_HEAD: usize = 4096;
+
+/// What holds the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// A list, read from its head.
+    List,
+    /// A sorted set, read by rank, lowest score first.
+    Zset,
+}
+
+/// How much of each item a view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// An item up to this many bytes is read whole.
+    pub(crate) whole: usize,
+    /// Of a larger one, this many first bytes.
+    pub(crate) head: usize,
+}
+
+/// One item as a view read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Viewed {
+    /// Its index in the list (its rank in a sorted set) when it was read.
+    pub(crate) index: u64,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// All of it, or its first bytes.
+    pub(crate) bytes: Vec<u8>,
+    /// Its score, in a sorted set (conveyor's are times in ms).
+    pub(crate) score: Option<i64>,
+}
 
 /// One call of `view.lua`.
 pub(crate) struct Call<'a> {
