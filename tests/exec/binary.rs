@@ -255,9 +255,39 @@ fn check_starts_the_worker_and_reports_one_that_dies_at_once() {
     let broken = script(dir.path(), "broken.py", "import no_such_module\n");
     let cfg = config_file(dir.path(), &redis, &queue(&broken, "persistent", "", ""));
     let (code, out, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 69, "{out}{err}");
+    assert_eq!(code, 78, "a configuration error: {out}{err}");
     assert!(
         err.contains("exited at once (exit status: 1)") && err.contains("ModuleNotFoundError"),
         "{err}"
+    );
+}
+
+/// `run` with a worker that dies at start says so once, at warning level,
+/// with the worker's stderr, rather than only "running".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_warns_once_with_its_stderr_when_the_worker_dies_at_start() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = script(dir.path(), "broken.py", "import no_such_module\n");
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        &queue(&broken, "persistent", "concurrency = 3", ""),
+    );
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null());
+    let (_daemon, logs) = spawn_logged(cmd);
+    let said = |l: &String| l.contains("the worker exited at start");
+    wait_until("the warning", std::time::Duration::from_secs(20), || {
+        let logs = logs.clone();
+        async move { logs.lines().iter().any(said) }
+    })
+    .await;
+    let warnings: Vec<String> = logs.lines().into_iter().filter(said).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("ModuleNotFoundError"),
+        "{warnings:?}"
     );
 }

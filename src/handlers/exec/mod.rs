@@ -355,15 +355,20 @@ impl Handler for Exec {
                 return Ok(());
             }
         };
+        // A worker that cannot start or exits at once is the configuration's
+        // to fix (exit 78); only a lack of resources may pass by itself.
         let mut process = self.spec.spawn().map_err(|e| {
-            CheckError::Unavailable(format!(
-                "exec {}: cannot start {command}: {e}",
-                self.spec.queue
-            ))
+            let why = format!("exec {}: cannot start {command}: {e}", self.spec.queue);
+            match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    CheckError::Refused(why)
+                }
+                _ => CheckError::Unavailable(why),
+            }
         })?;
         if let Ok(status) = tokio::time::timeout(CHECK_WATCH, process.exit_status()).await {
             let status = status.map_or_else(|e| e, |s| s.to_string());
-            return Err(CheckError::Unavailable(format!(
+            return Err(CheckError::Refused(format!(
                 "exec {}: {command} exited at once ({status}); stderr: {}",
                 self.spec.queue,
                 process.stderr_tail()
@@ -379,7 +384,7 @@ impl Handler for Exec {
 
     async fn start(&self) {
         if let Kind::Persistent(pool) = &self.kind {
-            pool.start();
+            pool.start(CHECK_WATCH);
         }
     }
 

@@ -52,9 +52,31 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the processes.
-    pub(super) fn start(&self) {
-        for _ in 0..self.size {
+    /// Starts the processes. The first is watched for `watch` before it
+    /// joins the others: one that exits at once (a script's path mistyped,
+    /// an import that fails) is said once, at warning level, with its
+    /// stderr, since the queue's jobs fail until the worker is fixed.
+    pub(super) fn start(self: &Arc<Self>, watch: Duration) {
+        let mut first = match self.spawn() {
+            Ok(process) => process,
+            Err(e) => {
+                tracing::error!(queue = %self.spec.queue, error = %e, "no worker process started");
+                return;
+            }
+        };
+        let pool = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(watch, first.exit_status()).await {
+                Ok(status) => tracing::warn!(
+                    queue = %pool.spec.queue,
+                    status = %status.map_or_else(|e| e, |s| s.to_string()),
+                    stderr = %first.stderr_tail(),
+                    "the worker exited at start: this queue's jobs fail until it is fixed"
+                ),
+                Err(_) => pool.keep(first),
+            }
+        });
+        for _ in 1..self.size {
             if !self.replenish() {
                 break;
             }
