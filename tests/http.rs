@@ -82,7 +82,7 @@ async fn a_job_is_posted_with_its_headers_signed_and_its_answer_kept() {
     assert_eq!(code, 0, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["result"], json!({"ok": true, "n": 1}));
-    assert_eq!(shown["attempt"], "1");
+    assert_eq!(shown["attempt"], 1, "a number, as in the envelope");
 
     let request = server.to("/ok").remove(0);
     assert_eq!(request.method, "POST");
@@ -474,11 +474,45 @@ async fn secrets_stay_out_of_logs_events_and_errors() {
     let request = server.to("/bad").remove(0);
     assert_eq!(request.headers["authorization"], "Bearer s3cr3t-t0ken");
     verify(&request, SECRET).unwrap();
+    assert!(
+        logs.lines()
+            .iter()
+            .any(|l| l.contains("hooks") && l.contains("signing: yes")),
+        "the start log says the queue signs: {:?}",
+        logs.lines()
+    );
     let events = stream_entries(&mut conn, "conveyor:events").await;
     let everything = format!("{:?}\n{dead:?}\n{events:?}", logs.lines());
     for secret in ["s3cr3t-t0ken", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
+}
+
+#[test]
+fn check_says_whether_each_http_queue_signs() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http = "url = \"http://127.0.0.1:9/hook\"".to_owned();
+    let cfg = config_file(dir.path(), &redis, &queue("", &http));
+    let check = |secret: Option<&str>| {
+        let mut cmd = conveyor();
+        cmd.args(["check", "--config", cfg.to_str().unwrap()]);
+        if let Some(secret) = secret {
+            cmd.env("CONVEYOR_HTTP_SECRET_HOOKS", secret);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check(None);
+    assert!(
+        out.contains("http hooks: ok (")
+            && out.contains("signing: no (no CONVEYOR_HTTP_SECRET_HOOKS set)"),
+        "{out}"
+    );
+    let out = check(Some(SECRET));
+    assert!(out.contains("signing: yes"), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

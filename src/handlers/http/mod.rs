@@ -448,13 +448,28 @@ impl Handler for Http {
             (Some((url, ..)), false) => format!("{} {}", self.method, mask_url(url.as_str())),
             (None, false) => String::new(),
         };
-        let signed = if self.key.is_some() { ", signed" } else { "" };
-        report(format!("http {}: ok ({target}{signed})", self.queue));
+        report(format!(
+            "http {}: ok ({target}; {})",
+            self.queue,
+            self.signing()
+        ));
         Ok(())
+    }
+
+    async fn start(&self) {
+        tracing::info!(queue = %self.queue, "{}", self.signing());
     }
 }
 
 impl Http {
+    /// Whether its requests are signed, and if not, what would sign them.
+    fn signing(&self) -> String {
+        match self.key {
+            Some(_) => "signing: yes".to_owned(),
+            None => format!("signing: no (no {} set)", sign::variable(&self.queue)),
+        }
+    }
+
     /// The job's request: the target's headers and ours, the body.
     fn request(
         &self,

@@ -53,6 +53,15 @@ impl SigningKey {
     }
 }
 
+/// `CONVEYOR_HTTP_SECRET_<QUEUE>`: the variable that holds queue `queue`'s
+/// signing secret.
+pub(crate) fn variable(queue: &str) -> String {
+    format!(
+        "CONVEYOR_HTTP_SECRET_{}",
+        queue.to_uppercase().replace(['-', '.'], "_")
+    )
+}
+
 /// The signing key of queue `queue`, from (in order)
 /// `CONVEYOR_HTTP_SECRET_<QUEUE>` (upper case, `-` as `_`), the file its
 /// `_FILE` variant names, or the systemd credential `http_secret_<queue>`;
@@ -61,10 +70,7 @@ pub(crate) fn key_of(
     queue: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<SigningKey>, ConfigError> {
-    let var = format!(
-        "CONVEYOR_HTTP_SECRET_{}",
-        queue.to_uppercase().replace(['-', '.'], "_")
-    );
+    let var = variable(queue);
     if let Some(secret) = env(&var).filter(|s| !s.is_empty()) {
         return SigningKey::parse(&Secret::new(secret), &var).map(Some);
     }
