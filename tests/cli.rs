@@ -375,8 +375,12 @@ async fn dead_list_retry_and_purge() {
         .unwrap();
     let (code, _, err) = s.cli(&["dead", "purge", "work", "--all"]);
     assert_eq!(code, 0);
-    assert!(err.contains("purged 2"), "{err}");
+    assert!(err.contains("purged 2 dead jobs"), "{err}");
     assert_eq!(llen(&mut conn, "{jobs:work}:dead").await, 0);
+    let _: () = conn.rpush("{jobs:work}:dead", entry("z")).await.unwrap();
+    let (code, _, err) = s.cli(&["dead", "purge", "work", "--all"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("purged 1 dead job of"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,11 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     // Health needs no token; everything else does.
     let health = get("/healthz").send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    // Nor the icon, where browsers look for it unasked.
+    let icon = get("/favicon.ico").send().await.unwrap();
+    assert_eq!(icon.status(), StatusCode::OK);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().await.unwrap().starts_with("<svg"));
     wait_until("/readyz says ready", Duration::from_secs(10), || async {
         get("/readyz")
             .send()

@@ -105,7 +105,8 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
             queue, all: true, ..
         } => {
             let n = client.purge_all_dead(&queue).await?;
-            eprintln!("conveyor: purged {n} dead jobs of {}", key(&queue));
+            let jobs = if n == 1 { "job" } else { "jobs" };
+            eprintln!("conveyor: purged {n} dead {jobs} of {}", key(&queue));
             Ok(())
         }
         Action::Retry { .. } | Action::Purge { .. } => {

@@ -47,9 +47,13 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
         let mut object = serde_json::Map::new();
         object.insert("id".into(), args.id.clone().into());
         for (k, v) in &record {
-            // The result is JSON text: given as the value it holds.
+            // The result is JSON text: given as the value it holds; the
+            // attempt is a number, as in the envelope.
             let value = match k.as_str() {
                 "result" => serde_json::from_str(v).unwrap_or_else(|_| v.clone().into()),
+                "attempt" => v
+                    .parse::<u64>()
+                    .map_or_else(|_| v.clone().into(), Into::into),
                 _ => v.clone().into(),
             };
             object.insert(k.clone(), value);

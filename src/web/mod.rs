@@ -126,6 +126,8 @@ fn router(web: Web) -> Router {
         .route("/logout", post(logout))
         .route("/assets/dashboard.css", get(page::css))
         .route("/assets/dashboard.js", get(page::js))
+        .route("/assets/icon.svg", get(page::icon))
+        .route("/favicon.ico", get(page::icon))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

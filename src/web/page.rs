@@ -23,6 +23,7 @@ const TEMPLATE: &str = include_str!("assets/dashboard.html");
 const CONTENT: &str = include_str!("assets/content.html");
 const CSS: &str = include_str!("assets/dashboard.css");
 const JS: &str = include_str!("assets/dashboard.js");
+const ICON: &str = include_str!("assets/icon.svg");
 
 /// Longest payload shown, in characters.
 const PAYLOAD_CHARS: usize = 2000;
@@ -266,7 +267,7 @@ pub(super) fn login(wrong: bool, status: StatusCode) -> Response {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>conveyor: sign in</title><link rel="stylesheet" href="/assets/dashboard.css"></head>
+<title>conveyor: sign in</title><link rel="icon" href="/assets/icon.svg" type="image/svg+xml"><link rel="stylesheet" href="/assets/dashboard.css"></head>
 <body><main class="login"><h1>conveyor</h1>{said}
 <form method="post" action="/login">
 <label for="token">Token</label>
@@ -284,6 +285,11 @@ pub(super) async fn css() -> Response {
 
 pub(super) async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
+}
+
+/// The icon, also at `/favicon.ico`, where browsers look for it unasked.
+pub(super) async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
