@@ -885,6 +885,10 @@ impl Config {
                 })?;
             handlers.insert(name, section);
         }
+        if let Some(queues) = table.get("queues") {
+            queues::check_lines(queues)
+                .map_err(|(name, e)| format!("{}\n(in [queues.{name}])", shown(e)))?;
+        }
         let core = toml::de::Deserializer::from(toml::Spanned::new(span, table));
         let mut config = Self::deserialize(core).map_err(shown)?;
         config.handlers = handlers;
@@ -1107,6 +1111,38 @@ mod queues {
             .collect()
     }
 
+    /// Reads each queue's own settings where they stand in the file, so
+    /// that a mistake in one (an unknown key, a wrong type) is reported at
+    /// its line; [`deserialize`] reads the queues as plain tables, which
+    /// know no lines. The handler's tables and `channel` are left to it.
+    pub(super) fn check_lines(
+        queues: &toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<(), (String, toml::de::Error)> {
+        let Some(queues) = queues.get_ref().as_table() else {
+            return Ok(());
+        };
+        for (name, queue) in queues {
+            let Some(table) = queue.get_ref().as_table() else {
+                continue;
+            };
+            let handler = table.get("handler").and_then(|h| h.get_ref().as_str());
+            let mut own = toml::de::DeTable::new();
+            for (key, value) in table {
+                let name: &str = key.get_ref();
+                if name != "channel"
+                    && Some(name) != handler
+                    && (!value.get_ref().is_table() || OWN_TABLES.contains(&name))
+                {
+                    own.insert(key.clone(), value.clone());
+                }
+            }
+            let own = toml::Spanned::new(queue.span(), toml::de::DeValue::Table(own));
+            QueueConfig::deserialize(toml::de::ValueDeserializer::from(own))
+                .map_err(|e| (name.get_ref().to_string(), e))?;
+        }
+        Ok(())
+    }
+
     fn queue(name: &str, mut table: toml::Table) -> Result<QueueConfig, String> {
         let handler = table
             .get("handler")
@@ -1258,6 +1294,28 @@ mod tests {
         let err =
             Config::from_toml("[queues.q]\nhandler = \"noop\"\nconcurency = 3\n").unwrap_err();
         assert!(err.contains("concurency"), "{err}");
+    }
+
+    /// A mistake in a queue's table is reported at its own line, not at
+    /// the first queue's header.
+    #[test]
+    fn a_queues_mistake_points_at_its_line() {
+        let first = "[queues.email]\nhandler = \"noop\"\n\n[queues.hash]\nhandler = \"noop\"\n";
+        let err = Config::from_toml(&format!("{first}concurency = 4\n")).unwrap_err();
+        assert!(
+            err.contains("line 6")
+                && err.contains("concurency = 4")
+                && err.contains("[queues.hash]"),
+            "{err}"
+        );
+        assert!(!err.contains("line 1,"), "{err}");
+        let err = Config::from_toml(&format!("{first}concurrency = \"four\"\n")).unwrap_err();
+        assert!(
+            err.contains("line 6") && err.contains("expected u32"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!("{first}backoff = {{ bse = \"1s\" }}\n")).unwrap_err();
+        assert!(err.contains("line 6") && err.contains("bse"), "{err}");
     }
 
     #[test]
