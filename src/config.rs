@@ -23,6 +23,20 @@ pub mod bounds;
 /// `$CONVEYOR_CONFIG`, then the service's path, then the example in a checkout.
 pub const DEFAULT_PATHS: &[&str] = &["/etc/conveyor/conveyor.toml", "config/conveyor.toml"];
 
+/// The user's own configuration: `$XDG_CONFIG_HOME/conveyor/conveyor.toml`,
+/// or `~/.config/conveyor/conveyor.toml`.
+fn user_config() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|home| Path::new(&home).join(".config"))
+        })?;
+    Some(base.join("conveyor").join("conveyor.toml"))
+}
+
 /// Crash deliveries after which a job is quarantined as poison. A job that
 /// takes its daemon down this many times would otherwise loop forever.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 3;
@@ -808,18 +822,27 @@ impl Config {
         Ok(config)
     }
 
-    /// The file `load` reads when given none.
+    /// The file `load` reads when given none: `$CONVEYOR_CONFIG`, else the
+    /// first of [`DEFAULT_PATHS`] and the user's own
+    /// (`$XDG_CONFIG_HOME/conveyor/conveyor.toml`, by default under
+    /// `~/.config`; `scripts/run-local` links it to the local run's) that
+    /// exists.
     pub(crate) fn find() -> Result<PathBuf, ConfigError> {
         if let Some(path) = std::env::var_os("CONVEYOR_CONFIG").filter(|p| !p.is_empty()) {
             return Ok(PathBuf::from(path));
         }
-        DEFAULT_PATHS
+        let places: Vec<PathBuf> = DEFAULT_PATHS
             .iter()
             .map(PathBuf::from)
+            .chain(user_config())
+            .collect();
+        places
+            .iter()
             .find(|p| p.exists())
+            .cloned()
             .ok_or_else(|| ConfigError::NotFound {
                 searched: std::iter::once("$CONVEYOR_CONFIG (unset)".to_owned())
-                    .chain(DEFAULT_PATHS.iter().map(|p| (*p).to_owned()))
+                    .chain(places.iter().map(|p| p.display().to_string()))
                     .collect(),
             })
     }
@@ -835,8 +858,10 @@ impl Config {
             message,
         })?;
         // Relative paths are relative to the file, not to wherever the daemon
-        // happens to be started from.
-        let base = path.parent().unwrap_or(Path::new("."));
+        // happens to be started from; to the file a link leads to, not to
+        // the link (the user's configuration links to the local run's).
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let base = real.parent().unwrap_or(Path::new("."));
         config.dir = base.to_owned();
         config.file = Some(path.to_owned());
         let redis = &mut config.redis;

@@ -219,10 +219,14 @@ fn help_groups_the_commands_for_a_newcomer() {
 
 /// `scripts/run-local`, stopped with Ctrl-C (SIGINT to its process group, as
 /// a terminal sends it) with jobs waiting and one delayed, and started
-/// again: they are all still there, as the README says.
+/// again: they are all still there, as the README says. The command finds
+/// the local run's configuration from any directory (the user's
+/// configuration links to it).
 #[test]
 fn run_local_keeps_the_jobs_across_a_ctrl_c() {
     let data = tempfile::tempdir().unwrap();
+    let xdg = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -234,6 +238,7 @@ fn run_local_keeps_the_jobs_across_a_ctrl_c() {
             .env("CONVEYOR_LOCAL_PORT", port.to_string())
             .env("CONVEYOR_BIN", env!("CARGO_BIN_EXE_conveyor"))
             .env("CONVEYOR_WEB_LISTEN", "127.0.0.1:0")
+            .env("XDG_CONFIG_HOME", xdg.path())
             .env_remove("REDIS_URL")
             .env_remove("CONVEYOR_CONFIG")
             .stdout(Stdio::null())
@@ -265,9 +270,10 @@ fn run_local_keeps_the_jobs_across_a_ctrl_c() {
     let first = start();
     let enqueue = |args: &[&str]| {
         let out = conveyor()
-            .args(["--config", "config/conveyor.toml", "enqueue"])
+            .arg("enqueue")
             .args(args)
-            .current_dir(repo)
+            .current_dir(elsewhere.path())
+            .env("XDG_CONFIG_HOME", xdg.path())
             .env("REDIS_URL", &url)
             .output()
             .unwrap();

@@ -309,6 +309,8 @@ pub fn conveyor() -> Command {
     let mut cmd = Command::new(binary());
     cmd.env_remove("REDIS_URL")
         .env_remove("CONVEYOR_CONFIG")
+        // Never the configuration of the user who runs the tests.
+        .env("XDG_CONFIG_HOME", "/nonexistent/conveyor-tests")
         .env_remove("CONVEYOR_LOG")
         .env_remove("CONVEYOR_SMTP_PASSWORD")
         .env_remove("CONVEYOR_WEB_TOKEN")
