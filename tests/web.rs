@@ -924,6 +924,25 @@ async fn the_dashboard_in_a_browser() {
     })
     .await;
 
+    // Purge all asks first, saying how many; Cancel leaves them be.
+    let purge_all = "form[action='/confirm/purge/fail'] button";
+    browser.send(json!({ "go": format!("{base}/?live=0") }));
+    browser.wait(&format!("!!document.querySelector(\"{purge_all}\")"));
+    browser.send(json!({ "click": purge_all }));
+    browser.wait("document.querySelector('#question')?.textContent.startsWith('Purge all 1 dead job of fail?')");
+    browser.send(json!({ "click": "#cancel" }));
+    browser.wait(&format!("!!document.querySelector(\"{purge_all}\")"));
+    assert_eq!(
+        dead(&mut conn, "jobs:fail").await.len(),
+        1,
+        "cancel purged nothing"
+    );
+    browser.send(json!({ "click": purge_all }));
+    browser.wait("!!document.querySelector('#purge')");
+    browser.send(json!({ "click": "#purge" }));
+    browser.wait("document.querySelector('.done')?.textContent === 'fail: 1 dead job purged'");
+    assert_eq!(dead(&mut conn, "jobs:fail").await.len(), 0);
+
     // A phone's width: the page is still one column of text.
     let shot = dir.path().join("phone.png");
     browser.send(json!({ "screenshot": shot, "width": 390, "height": 844 }));

@@ -18,6 +18,7 @@
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
+//! | `GET /confirm/purge/{q}` | the page that asks before the dashboard purges a dead list |
 //! | `POST /api/queues/{q}/scheduled/run` | `?id=ID`: run a scheduled job now |
 //! | `POST /api/queues/{q}/cancel` | `?id=ID`: cancel a waiting, scheduled or running job |
 //!
@@ -128,6 +129,7 @@ fn router(web: Web) -> Router {
         .route("/assets/dashboard.js", get(page::js))
         .route("/assets/icon.svg", get(page::icon))
         .route("/favicon.ico", get(page::icon))
+        .route("/confirm/purge/{queue}", get(confirm_purge))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -390,7 +392,8 @@ async fn act(
         }
         "dead/purge" if target.all() => {
             let n = c.purge_all_dead(queue).await?;
-            format!("{queue}: {n} dead jobs purged")
+            let jobs = if n == 1 { "job" } else { "jobs" };
+            format!("{queue}: {n} dead {jobs} purged")
         }
         "dead/purge" => {
             let id = target.id()?;
@@ -417,23 +420,45 @@ async fn dashboard(
     headers: HeaderMap,
     Query(q): Query<page::PageQuery>,
 ) -> Response {
-    if !web.auth.admits(&headers) {
-        if q.is_partial() {
-            // The page's refresh after the session ended: the script reloads
-            // the page, which then shows the login form.
-            return unauthorized().into_response();
-        }
-        if !web.auth.required() {
-            // No token, and a name that is not loopback: a rebound name.
-            return Failure(
+    if !web.auth.admits(&headers) && q.is_partial() {
+        // The page's refresh after the session ended: the script reloads
+        // the page, which then shows the login form.
+        return unauthorized().into_response();
+    }
+    if let Some(refused) = page_refused(&web, &headers) {
+        return refused;
+    }
+    page::dashboard(&web, &q).await
+}
+
+/// `GET /confirm/purge/<q>`: the question the dashboard's Purge all asks.
+async fn confirm_purge(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+) -> Response {
+    if let Some(refused) = page_refused(&web, &headers) {
+        return refused;
+    }
+    page::confirm_purge(&web, &queue).await
+}
+
+/// What a page answers someone it does not admit: the login form, or with
+/// no token set, a refusal (a name that is not loopback: a rebound name).
+fn page_refused(web: &Web, headers: &HeaderMap) -> Option<Response> {
+    if web.auth.admits(headers) {
+        return None;
+    }
+    if !web.auth.required() {
+        return Some(
+            Failure(
                 StatusCode::FORBIDDEN,
                 "this dashboard answers to a loopback address only".into(),
             )
-            .into_response();
-        }
-        return page::login(false, StatusCode::OK);
+            .into_response(),
+        );
     }
-    page::dashboard(&web, &q).await
+    Some(page::login(false, StatusCode::OK))
 }
 
 #[derive(Deserialize)]

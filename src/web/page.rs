@@ -21,6 +21,7 @@ use crate::template_value::from_json;
 
 const TEMPLATE: &str = include_str!("assets/dashboard.html");
 const CONTENT: &str = include_str!("assets/content.html");
+const CONFIRM: &str = include_str!("assets/confirm.html");
 const CSS: &str = include_str!("assets/dashboard.css");
 const JS: &str = include_str!("assets/dashboard.js");
 const ICON: &str = include_str!("assets/icon.svg");
@@ -38,6 +39,8 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         .expect("the dashboard template parses");
     env.add_template("content.html", CONTENT)
         .expect("the dashboard template parses");
+    env.add_template("confirm.html", CONFIRM)
+        .expect("the confirmation template parses");
     env
 });
 
@@ -254,6 +257,34 @@ fn row(id: String, attempt: u32, when: String, error: Option<String>, payload: S
         when,
         error: error.unwrap_or_default(),
         payload,
+    }
+}
+
+/// "Purge all N dead jobs of Q?": what the dashboard's Purge all leads to,
+/// since a purge cannot be undone. Its button posts the purge.
+pub(super) async fn confirm_purge(web: &Web, queue: &str) -> Response {
+    let dead = match web.client.overview().await {
+        Ok(overview) => overview
+            .queues
+            .iter()
+            .find(|q| q.name == queue)
+            .map(|q| q.counts.dead),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let Some(dead) = dead else {
+        return (StatusCode::NOT_FOUND, format!("no queue {queue:?}")).into_response();
+    };
+    let context = minijinja::context! {
+        queue => queue,
+        path => utf8_percent_encode(queue, NON_ALPHANUMERIC).to_string(),
+        dead => dead,
+    };
+    match TEMPLATES
+        .get_template("confirm.html")
+        .and_then(|t| t.render(context))
+    {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
