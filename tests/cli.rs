@@ -308,6 +308,48 @@ fn an_unreachable_redis_exits_69_and_says_where() {
     }
 }
 
+/// `dead list` without a queue: every configured queue's, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_list_without_a_queue_lists_every_queues() {
+    let s = setup("[queues.work]\nhandler = \"noop\"\n[queues.mail]\nhandler = \"noop\"\n");
+    let mut conn = s.redis.conn().await;
+    let entry = |id: &str, died: &str| {
+        json!({"id": id, "payload": {}, "attempt": 2, "last_error": format!("{id} failed"), "died_at": died})
+            .to_string()
+    };
+    let _: () = conn
+        .rpush("{jobs:work}:dead", entry("w-1", "2026-01-01T00:00:02.000Z"))
+        .await
+        .unwrap();
+    let _: () = conn
+        .rpush("{jobs:mail}:dead", entry("m-1", "2026-01-01T00:00:03.000Z"))
+        .await
+        .unwrap();
+    let (code, out, err) = s.cli(&["dead", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("queue") && lines[0].contains("died_at"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("mail") && lines[1].contains("m-1 failed"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("work") && lines[2].contains("w-1"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 3, "{out}");
+    let (code, out, _) = s.cli(&["dead", "list", "--json", "--limit", "1"]);
+    assert_eq!(code, 0);
+    let job: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (job["queue"].as_str(), job["id"].as_str()),
+        (Some("mail"), Some("m-1"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_list_retry_and_purge() {
     let s = setup("[queues.work]\nhandler = \"fault\"\n");

@@ -18,11 +18,13 @@ pub(crate) struct Args {
 /// The dead letter operations.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Action {
-    /// List dead jobs, newest first.
+    /// List dead jobs, newest first: of one queue, or of every configured
+    /// queue.
     List {
-        /// The queue's name.
-        queue: String,
-        /// Print each entry as stored, one JSON object per line.
+        /// The queue's name; without it, every configured queue's.
+        queue: Option<String>,
+        /// Print each entry as stored, one JSON object per line (every
+        /// queue's: each job's fields with its queue's name).
         #[arg(long)]
         json: bool,
         /// Show at most this many.
@@ -62,8 +64,18 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
     let key = |queue: &str| config.queue_key(queue);
     match args.action {
         Action::List {
-            queue, json, limit, ..
+            queue: Some(queue),
+            json,
+            limit,
         } => list(&client, &queue, &key(&queue), json, limit).await,
+        Action::List {
+            queue: None,
+            json,
+            limit,
+        } => {
+            let queues: Vec<&String> = config.queues.keys().collect();
+            list_all(&client, &queues, json, limit).await
+        }
         Action::Retry {
             queue,
             id: Some(id),
@@ -144,6 +156,52 @@ async fn list(
     for job in &jobs {
         println!(
             "{:<24}  {:<32}  {:>7}  {}",
+            escaped(job.died_at.as_deref().unwrap_or("-")),
+            escaped(&job.id),
+            job.attempt,
+            escaped(job.last_error.as_deref().unwrap_or("-"))
+        );
+    }
+    Ok(())
+}
+
+/// The dead jobs of every queue in `queues`, newest first, at most `limit`.
+async fn list_all(
+    client: &Client,
+    queues: &[&String],
+    json: bool,
+    limit: u64,
+) -> anyhow::Result<()> {
+    let mut jobs: Vec<(&str, DeadJob)> = Vec::new();
+    for queue in queues {
+        for job in client.dead_jobs(queue, 0, limit).await? {
+            jobs.push((queue.as_str(), job));
+        }
+    }
+    // RFC 3339 times in UTC sort as text; a job without one goes last.
+    jobs.sort_by(|a, b| b.1.died_at.cmp(&a.1.died_at));
+    jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    if json {
+        for (queue, job) in &jobs {
+            let mut object = serde_json::to_value(job)?;
+            object["queue"] = (*queue).into();
+            println!("{object}");
+        }
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        eprintln!("conveyor: no dead jobs in any queue");
+        return Ok(());
+    }
+    let width = jobs.iter().map(|(q, _)| q.len()).max().unwrap_or(0).max(5);
+    println!(
+        "{:<width$}  {:<24}  {:<32}  {:>7}  error",
+        "queue", "died_at", "id", "attempt"
+    );
+    for (queue, job) in &jobs {
+        println!(
+            "{:<width$}  {:<24}  {:<32}  {:>7}  {}",
+            escaped(queue),
             escaped(job.died_at.as_deref().unwrap_or("-")),
             escaped(&job.id),
             job.attempt,
