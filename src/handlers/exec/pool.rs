@@ -52,35 +52,44 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the processes. The first is watched for `watch` before it
-    /// joins the others: one that exits at once (a script's path mistyped,
-    /// an import that fails) is said once, at warning level, with its
-    /// stderr, since the queue's jobs fail until the worker is fixed.
+    /// Starts the processes, and looks at them again after `watch`: one
+    /// that exited at once (a script's path mistyped, an import that
+    /// fails) is said once, at warning level, with its stderr, since the
+    /// queue's jobs fail until the worker is fixed. (A process a job took
+    /// meanwhile shows its failure in that job.)
     pub(super) fn start(self: &Arc<Self>, watch: Duration) {
-        let mut first = match self.spawn() {
-            Ok(process) => process,
-            Err(e) => {
-                tracing::error!(queue = %self.spec.queue, error = %e, "no worker process started");
-                return;
-            }
-        };
-        let pool = self.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(watch, first.exit_status()).await {
-                Ok(status) => tracing::warn!(
-                    queue = %pool.spec.queue,
-                    status = %status.map_or_else(|e| e, |s| s.to_string()),
-                    stderr = %first.stderr_tail(),
-                    "the worker exited at start: this queue's jobs fail until it is fixed"
-                ),
-                Err(_) => pool.keep(first),
-            }
-        });
-        for _ in 1..self.size {
+        for _ in 0..self.size {
             if !self.replenish() {
                 break;
             }
         }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(watch).await;
+            // The ended ones leave the pool (a job would only find them
+            // gone); the first is said, once its stderr is read.
+            let ended: Vec<(Process, String)> = {
+                let mut idle = pool.idle();
+                let (mut gone, mut alive) = (Vec::new(), Vec::new());
+                for mut process in std::mem::take(&mut idle.processes) {
+                    match process.ended() {
+                        Some(status) => gone.push((process, status)),
+                        None => alive.push(process),
+                    }
+                }
+                idle.processes = alive;
+                gone
+            };
+            if let Some((mut process, status)) = ended.into_iter().next() {
+                process.stderr_read(Duration::from_millis(500)).await;
+                tracing::warn!(
+                    queue = %pool.spec.queue,
+                    %status,
+                    stderr = %process.stderr_tail(),
+                    "the worker exited at start: this queue's jobs fail until it is fixed"
+                );
+            }
+        });
     }
 
     /// Starts one process into the idle set; false if it could not start.

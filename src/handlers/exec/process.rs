@@ -138,6 +138,14 @@ impl Process {
         status
     }
 
+    /// How it ended, if it has, as words; `None` while it runs. Does not
+    /// wait.
+    pub(super) fn ended(&mut self) -> Option<String> {
+        let status = self.child.child.as_mut()?.try_wait().ok()??;
+        self.child.exited = true;
+        Some(status.to_string())
+    }
+
     /// Gives the stderr reader up to `within` to reach the end of stderr.
     pub(super) async fn stderr_read(&mut self, within: Duration) {
         if let Some(reader) = self.stderr_reader.as_mut() {
