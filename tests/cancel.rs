@@ -113,9 +113,11 @@ async fn a_waiting_a_scheduled_and_a_running_job_are_cancelled() {
     assert!(logs.contains("cancel asked; stopping the job"));
 
     let dead = dead(&mut conn, "jobs:work").await;
-    for id in [&running, &waiting, &scheduled] {
+    for (id, attempts) in [(&running, 1), (&waiting, 0), (&scheduled, 0)] {
         let entry = dead.iter().find(|e| e["id"] == id.as_str()).unwrap();
         assert_eq!(entry["last_error"], "cancelled", "{entry}");
+        // The running one's attempt was made: it counts, as in its status.
+        assert_eq!(entry["attempt"], attempts, "{entry}");
     }
     assert_eq!(llen(&mut conn, "jobs:work").await, 0);
     assert_eq!(

@@ -276,7 +276,7 @@ impl Processor {
         let reason = "cancelled";
         let status = self.dead_status(job, reason, job.attempt());
         if self
-            .record(job.item_bytes(), self.dead(job, reason, false), status)
+            .record(job.item_bytes(), self.dead(job, reason, true), status)
             .await
         {
             self.emit(EventType::Cancelled, |kind| {
