@@ -181,6 +181,27 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     let page = get("/").send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"type="password""#), "a login form: {page}");
     assert!(!page.contains("Queues"), "{page}");
+    // The purge question is a page like the dashboard: the login form
+    // first; signed in, an unknown or hostile queue name is a 404 that
+    // echoes nothing of it.
+    let ask = get("/confirm/purge/fail")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        ask.contains(r#"type="password""#) && !ask.contains("Purge all"),
+        "{ask}"
+    );
+    let r = authed(get("/confirm/purge/%3Cscript%3Ewindow.pwned=1")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let said = r.text().await.unwrap();
+    assert!(
+        !said.contains("script") && !said.contains("pwned"),
+        "{said}"
+    );
     // The page's refresh is told to reload (and so show the login form).
     let refresh = get("/?partial=1").send().await.unwrap();
     assert_eq!(refresh.status(), StatusCode::UNAUTHORIZED);

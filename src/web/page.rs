@@ -272,7 +272,8 @@ pub(super) async fn confirm_purge(web: &Web, queue: &str) -> Response {
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
     let Some(dead) = dead else {
-        return (StatusCode::NOT_FOUND, format!("no queue {queue:?}")).into_response();
+        // The name is not echoed: it came in the URL, from anyone.
+        return (StatusCode::NOT_FOUND, "no such queue is configured").into_response();
     };
     let context = minijinja::context! {
         queue => queue,
