@@ -71,7 +71,7 @@ async fn sigterm_requeues_what_outlives_the_timeout_at_the_head_and_exits_0() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let mut conn = redis.conn().await;
-    let (mut child, _logs) = start(&redis, dir.path(), "1s", 2);
+    let (mut child, logs) = start(&redis, dir.path(), "1s", 2);
     let long = |id: &str| format!(r#"{{"id":"{id}","payload":{{"sleep_ms":600000}},"attempt":0}}"#);
     let _: () = conn
         .rpush(Q, &[long("long-1"), long("long-2")])
@@ -103,6 +103,13 @@ async fn sigterm_requeues_what_outlives_the_timeout_at_the_head_and_exits_0() {
         "interrupted jobs are back at the head, unchanged"
     );
     assert_eq!(&queue[2..], ["\"w1\"", "\"w2\""]);
+    wait_until("the log says the timeout cut the jobs short", WAIT, || {
+        let logs = logs.clone();
+        async move {
+            logs.contains("the shutdown timeout (1s) is over: requeueing the jobs still running")
+        }
+    })
+    .await;
     assert_eq!(in_flight(&mut conn, Q).await, 0);
     assert_eq!(
         stat(&mut conn, Q, "failed").await,
@@ -146,6 +153,17 @@ async fn a_second_sigint_skips_the_wait_but_still_requeues() {
     assert_eq!(env["payload"], serde_json::json!({"sleep_ms": 600000}));
     assert_eq!(env["attempt"], 0);
     assert_eq!(in_flight(&mut conn, Q).await, 0);
+    // The log says why the jobs were cut short, and not that time ran out.
+    wait_until(
+        "the log says the second SIGINT cut the job short",
+        WAIT,
+        || {
+            let logs = logs.clone();
+            async move { logs.contains("second SIGINT: requeueing the jobs still running") }
+        },
+    )
+    .await;
+    assert!(!logs.contains("is over"), "{:?}", logs.lines());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

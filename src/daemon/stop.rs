@@ -34,17 +34,17 @@ impl Running {
         // 2. Drain: running jobs get `shutdown_timeout` (a second SIGINT cuts it
         //    short). The heartbeat keeps beating meanwhile, so no peer declares
         //    this node dead and hands its running jobs to someone else.
-        let drained = tokio::select! {
-            _ = self.queues.join() => true,
-            _ = tokio::time::sleep(timeout) => false,
-            _ = shutdown.hurry.cancelled() => false,
+        let cut_short = tokio::select! {
+            _ = self.queues.join() => None,
+            _ = tokio::time::sleep(timeout) => Some(format!("the shutdown timeout ({}) is over", human(timeout))),
+            _ = shutdown.hurry.cancelled() => Some("second SIGINT".to_owned()),
         };
         // 3. Requeue stragglers at the head of their queue: they were
         //    interrupted, not failed, and run first on the next node.
-        if !drained {
+        if let Some(why) = cut_short {
             tracing::warn!(
                 jobs = self.queues.busy(),
-                "drain incomplete; requeueing unfinished jobs at the head of their queues"
+                "{why}: requeueing the jobs still running at the head of their queues"
             );
             self.stops.abandon.cancel();
         }

@@ -134,7 +134,7 @@ impl Processor {
             result = tokio::time::timeout(timeout, run) => result,
             _ = abandon.cancelled() => {
                 job.cancel();
-                tracing::info!("still running at the end of the shutdown timeout; requeued at the head of its queue");
+                tracing::info!("interrupted by the shutdown; requeued at the head of its queue");
                 return self.requeue(&job).await;
             }
             _ = cancel.token.cancelled() => {
