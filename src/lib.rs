@@ -113,6 +113,9 @@ pub fn main_with(registry: Registry) -> ExitCode {
         eprintln!("conveyor: cannot protect the process's memory from other processes: {e}");
         return ExitCode::from(cli::EX_OSERR);
     }
+    // A shell asking for completions (`COMPLETE=bash conveyor -- ...`):
+    // answered here, and the process exits.
+    cli::completions::answer_if_asked();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,11 +1,13 @@
 //! The command line against a private redis-server: enqueue (one, stdin,
 //! delayed, unique, bulk), dead list/retry/purge, stats, check, and the
 //! sysexits codes for bad usage, bad input, bad config and no Redis; a
-//! closed stdout (`cli/pipe.rs`).
+//! closed stdout (`cli/pipe.rs`); shell completion (`cli/completion.rs`).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
+#[path = "cli/completion.rs"]
+mod completion;
 #[path = "cli/pipe.rs"]
 mod pipe;
 

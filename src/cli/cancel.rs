@@ -13,6 +13,7 @@ use crate::api::{Cancelled, Client};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The queue's name.
+    #[arg(add = super::completions::queue_names())]
     pub(crate) queue: String,
     /// The job's id.
     pub(crate) id: String,

@@ -22,6 +22,7 @@ pub(crate) enum Action {
     /// queue.
     List {
         /// The queue's name; without it, every configured queue's.
+        #[arg(add = super::completions::queue_names())]
         queue: Option<String>,
         /// Print each entry as stored, one JSON object per line (every
         /// queue's: each job's fields with its queue's name).
@@ -35,6 +36,7 @@ pub(crate) enum Action {
     #[command(override_usage = "conveyor dead retry <QUEUE> <ID | --all>")]
     Retry {
         /// The queue's name.
+        #[arg(add = super::completions::queue_names())]
         queue: String,
         /// The job's id (`conveyor dead list` shows them), or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -47,6 +49,7 @@ pub(crate) enum Action {
     #[command(override_usage = "conveyor dead purge <QUEUE> <ID | --all>")]
     Purge {
         /// The queue's name.
+        #[arg(add = super::completions::queue_names())]
         queue: String,
         /// The job's id (`conveyor dead list` shows them), or --all.
         #[arg(required_unless_present = "all", conflicts_with = "all")]

@@ -48,6 +48,7 @@ const MAX_REPORTED: usize = 10;
 )]
 pub(crate) struct Args {
     /// The queue's name.
+    #[arg(add = super::completions::queue_names())]
     pub(crate) queue: String,
     /// The payload as JSON, or `-` to read one JSON document from stdin.
     pub(crate) payload: Option<String>,

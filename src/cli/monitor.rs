@@ -25,7 +25,7 @@ const PAGE: usize = 1000;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Only events of this queue (repeatable).
-    #[arg(long = "queue", short = 'q', value_name = "Q")]
+    #[arg(long = "queue", short = 'q', value_name = "Q", add = super::completions::queue_names())]
     pub(crate) queues: Vec<String>,
     /// Only events of this type (repeatable); `job.*` for a family.
     #[arg(long = "type", short = 't', value_name = "TYPE")]

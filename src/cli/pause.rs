@@ -11,6 +11,7 @@ use crate::api::Client;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The queue's name.
+    #[arg(add = super::completions::queue_names())]
     pub(crate) queue: String,
     /// A queue this configuration does not list (a daemon with another
     /// configuration runs it).

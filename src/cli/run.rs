@@ -12,7 +12,7 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Run only this queue (repeatable); every configured queue by default.
-    #[arg(long = "queue", short = 'q', value_name = "Q")]
+    #[arg(long = "queue", short = 'q', value_name = "Q", add = super::completions::queue_names())]
     pub(crate) queues: Vec<String>,
     /// Override the concurrency of every queue run.
     #[arg(long, value_name = "N")]
