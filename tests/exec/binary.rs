@@ -248,7 +248,9 @@ fn check_starts_the_worker_and_reports_one_that_dies_at_once() {
     let (code, out, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("exec work: ok (") && out.contains("good.py, persistent"),
+        out.contains("exec work: ok (")
+            && out.contains("good.py, persistent")
+            && out.contains("started, waiting for jobs after"),
         "{out}"
     );
 
@@ -257,9 +259,52 @@ fn check_starts_the_worker_and_reports_one_that_dies_at_once() {
     let (code, out, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 78, "a configuration error: {out}{err}");
     assert!(
-        err.contains("exited at once (exit status: 1)") && err.contains("ModuleNotFoundError"),
+        err.contains("exited at start (exit status: 1)") && err.contains("ModuleNotFoundError"),
         "{err}"
     );
+}
+
+/// An interpreter's version shim (pyenv's, say) takes seconds before the
+/// interpreter runs and finds its script missing: `check` and `run` still
+/// see the worker exit at start, however long that takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_after_a_slow_start_is_caught_by_check_and_run() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Looks around with helpers for two seconds, as a shim does, then runs
+    // the interpreter in its place.
+    let shim = script(
+        dir.path(),
+        "python3",
+        "#!/bin/sh\nsleep 1; sleep 1\nexec python3 \"$@\"\n",
+    );
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[queues.work]\nhandler = \"exec\"\n[queues.work.exec]\ncommand = [\"{}\", \"/no/such/script.py\"]\n",
+        shim.display()
+    );
+    let cfg = config_file(dir.path(), &redis, &text);
+    let (code, out, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(
+        err.contains("exited at start (exit status: 2)") && err.contains("No such file"),
+        "{err}"
+    );
+
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null());
+    let (_daemon, logs) = spawn_logged(cmd);
+    wait_until("the warning", std::time::Duration::from_secs(20), || {
+        let logs = logs.clone();
+        async move {
+            logs.lines()
+                .iter()
+                .any(|l| l.contains("the worker exited at start") && l.contains("No such file"))
+        }
+    })
+    .await;
 }
 
 /// `run` with a worker that dies at start says so once, at warning level,

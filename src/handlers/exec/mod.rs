@@ -51,6 +51,7 @@ mod oneshot;
 mod pool;
 mod process;
 mod protocol;
+mod settle;
 pub(crate) mod supervisor;
 mod user;
 
@@ -63,8 +64,12 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// `max_jobs_per_process`: 0 (never replace), or this many jobs at most.
 const MAX_JOBS_PER_PROCESS: std::ops::RangeInclusive<u64> = 0..=1_000_000_000;
 
-/// How long `conveyor check` watches a persistent worker it started.
+/// How long a persistent worker just started is watched at least
+/// (`conveyor check`, and the daemon's look at its new processes)...
 const CHECK_WATCH: Duration = Duration::from_millis(500);
+
+/// ...and at most, while it is still starting (`settle.rs`).
+const CHECK_SETTLE: Duration = Duration::from_secs(15);
 
 /// `[queues.<q>.exec]`
 #[derive(Debug, Deserialize)]
@@ -333,9 +338,10 @@ impl Handler for Exec {
         }
     }
 
-    /// A persistent worker is started and watched for a moment: one that
-    /// exits at once (a typo in a script's path, an import that fails) is
-    /// reported with its stderr.
+    /// A persistent worker is started and watched until it waits for jobs
+    /// (`settle.rs`): one that exits at start (a typo in a script's path,
+    /// an import that fails), however slowly it starts, is reported with
+    /// its stderr.
     async fn check(&self, report: &mut (dyn FnMut(String) + Send)) -> Result<(), CheckError> {
         let command = std::iter::once(self.spec.program.display().to_string())
             .chain(self.spec.args.iter().cloned())
@@ -366,17 +372,30 @@ impl Handler for Exec {
                 _ => CheckError::Unavailable(why),
             }
         })?;
-        if let Ok(status) = tokio::time::timeout(CHECK_WATCH, process.exit_status()).await {
-            let status = status.map_or_else(|e| e, |s| s.to_string());
-            return Err(CheckError::Refused(format!(
-                "exec {}: {command} exited at once ({status}); stderr: {}",
-                self.spec.queue,
-                process.stderr_tail()
-            )));
-        }
+        let how =
+            match settle::watch(process.pid, CHECK_WATCH, CHECK_SETTLE, || process.ended()).await {
+                settle::Start::Exited(status) => {
+                    process.stderr_read(Duration::from_millis(500)).await;
+                    return Err(CheckError::Refused(format!(
+                        "exec {}: {command} exited at start ({status}); stderr: {}",
+                        self.spec.queue,
+                        process.stderr_tail()
+                    )));
+                }
+                settle::Start::Settled(after) => {
+                    format!(
+                        "started, waiting for jobs after {:.1}s",
+                        after.as_secs_f64()
+                    )
+                }
+                settle::Start::Busy => format!(
+                    "started, still running after {}s, not yet waiting for jobs",
+                    CHECK_SETTLE.as_secs()
+                ),
+            };
         process.close(Duration::from_secs(2)).await;
         report(format!(
-            "exec {}: ok ({command}, {mode}{user}, started and stayed up)",
+            "exec {}: ok ({command}, {mode}{user}, {how})",
             self.spec.queue
         ));
         Ok(())
@@ -384,7 +403,7 @@ impl Handler for Exec {
 
     async fn start(&self) {
         if let Kind::Persistent(pool) = &self.kind {
-            pool.start(CHECK_WATCH);
+            pool.start(CHECK_WATCH, CHECK_SETTLE);
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::process::{Process, Spec};
 use super::protocol::{self, Line, Reply};
+use super::settle;
 use crate::job::{HandlerError, Job};
 
 /// How long a process retired after `max_jobs_per_process` jobs gets to
@@ -52,35 +53,31 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the processes, and looks at them again after `watch`: one
-    /// that exited at once (a script's path mistyped, an import that
-    /// fails) is said once, at warning level, with its stderr, since the
-    /// queue's jobs fail until the worker is fixed. (A process a job took
-    /// meanwhile shows its failure in that job.)
-    pub(super) fn start(self: &Arc<Self>, watch: Duration) {
+    /// Starts the processes, and watches the first until it waits for jobs
+    /// (at least `least`, at most `most`: `settle.rs`), looking at them all
+    /// meanwhile: one that exited at start (a script's path mistyped, an
+    /// import that fails), however slowly it started, is said once, at
+    /// warning level, with its stderr, since the queue's jobs fail until
+    /// the worker is fixed. (A process a job took meanwhile shows its
+    /// failure in that job.)
+    pub(super) fn start(self: &Arc<Self>, least: Duration, most: Duration) {
         for _ in 0..self.size {
             if !self.replenish() {
                 break;
             }
         }
+        let Some(first) = self.idle().processes.first().map(|p| p.pid) else {
+            return;
+        };
         let pool = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(watch).await;
-            // The ended ones leave the pool (a job would only find them
-            // gone); the first is said, once its stderr is read.
-            let ended: Vec<(Process, String)> = {
-                let mut idle = pool.idle();
-                let (mut gone, mut alive) = (Vec::new(), Vec::new());
-                for mut process in std::mem::take(&mut idle.processes) {
-                    match process.ended() {
-                        Some(status) => gone.push((process, status)),
-                        None => alive.push(process),
-                    }
-                }
-                idle.processes = alive;
-                gone
-            };
-            if let Some((mut process, status)) = ended.into_iter().next() {
+            let mut gone = None;
+            let start = settle::watch(first, least, most, || {
+                gone = pool.take_ended();
+                gone.as_ref().map(|(_, status)| status.clone())
+            });
+            start.await;
+            if let Some((mut process, status)) = gone {
                 process.stderr_read(Duration::from_millis(500)).await;
                 tracing::warn!(
                     queue = %pool.spec.queue,
@@ -90,6 +87,21 @@ impl Pool {
                 );
             }
         });
+    }
+
+    /// Takes the idle processes that ended out of the pool (a job would
+    /// only find them gone); returns the first, with how it ended.
+    fn take_ended(&self) -> Option<(Process, String)> {
+        let mut idle = self.idle();
+        let (mut gone, mut alive) = (Vec::new(), Vec::new());
+        for mut process in std::mem::take(&mut idle.processes) {
+            match process.ended() {
+                Some(status) => gone.push((process, status)),
+                None => alive.push(process),
+            }
+        }
+        idle.processes = alive;
+        gone.into_iter().next()
     }
 
     /// Starts one process into the idle set; false if it could not start.
