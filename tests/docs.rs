@@ -89,8 +89,9 @@ fn every_relative_link_and_anchor_leads_somewhere() {
             match anchors.get(&dest) {
                 Some(known) if known.iter().any(|a| a == anchor) => {}
                 Some(known) => broken.push(format!(
-                    "{}:{line}: no heading #{anchor} in {file} (there: {})",
+                    "{}:{line}: no heading #{anchor} in {} (there: {})",
                     page.name(),
+                    if file.is_empty() { "this page" } else { file },
                     known.join(", ")
                 )),
                 None => broken.push(format!(
