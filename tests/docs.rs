@@ -73,7 +73,7 @@ fn every_relative_link_and_anchor_leads_somewhere() {
                 continue; // outside the repository: not checked offline
             }
             checked += 1;
-            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
             let dest = if file.is_empty() {
                 page.path.clone()
             } else {
