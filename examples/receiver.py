@@ -5,7 +5,7 @@ specification's own library, then does the job.
     pip install flask standardwebhooks
     WEBHOOK_SECRET=whsec_... python3 examples/receiver.py
 
-The queue that sends it jobs (README, "http"), with the same secret in the
+The queue that sends it jobs (docs/handlers.md, "http"), with the same secret in the
 daemon's environment as CONVEYOR_HTTP_SECRET_GREET:
 
     [queues.greet]

@@ -1,8 +1,8 @@
-//! The shipped examples work as the README shows them: the Python and Node
-//! workers of `examples/` under the `exec` handler, the Flask endpoint
-//! `examples/receiver.py` under the `http` handler, and
+//! The shipped examples work as the README and docs/handlers.md show them:
+//! the Python and Node workers of `examples/` under the `exec` handler, the
+//! Flask endpoint `examples/receiver.py` under the `http` handler, and
 //! `examples/custom_handler.rs` running its own job kinds through the whole
-//! command line.
+//! command line. (`tests/docs.rs` checks that the pages show these files.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 

@@ -29,7 +29,7 @@
 //! times: n-1 *duplicated*), the dead letter list (*dead*, by id), and the
 //! queue, scheduled set and every in-flight list (*waiting*, by id). *Lost*
 //! is an id in none of them, and must be 0. *Time to recover* is defined per
-//! scenario next to its code and in the README's Reliability section.
+//! scenario next to its code and in docs/reliability.md.
 //!
 //! Scenarios run one at a time (a lock), so that their timings are not
 //! each other's noise on a 2-core machine.

@@ -1,6 +1,7 @@
-//! The first hour of a newcomer: the README's examples, as written, against
-//! the shipped configuration (a copy of `config/`, with `REDIS_URL` pointing
-//! at the test's own Redis), and the errors a newcomer meets first.
+//! The first hour of a newcomer: the examples of the README and
+//! docs/email.md, as written, against the shipped configuration (a copy of
+//! `config/`, with `REDIS_URL` pointing at the test's own Redis), and the
+//! errors a newcomer meets first.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 

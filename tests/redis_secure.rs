@@ -494,7 +494,8 @@ fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     (code, bounded_output(child, Duration::ZERO))
 }
 
-/// The README's ACL line for a worker user, less the password.
+/// The ACL line for a worker user of docs/redis.md ("Least privilege"),
+/// less the password.
 const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* resetchannels \
     &conveyor:* -@all +@connection +info +role +config|get +client|unblock +eval +evalsha \
     +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
@@ -502,17 +503,16 @@ const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* res
     +sadd +srem +smembers +xadd +xrange +publish +pubsub|numsub +subscribe";
 
 #[test]
-fn the_readme_acl_line_is_enough_for_everything_a_worker_does() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/redis.md")).unwrap();
     let documented = WORKER_ACL.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        readme
-            .split_whitespace()
+        page.split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
             .contains(&documented),
-        "the README does not give this ACL line: {documented}"
+        "docs/redis.md does not give this ACL line: {documented}"
     );
     let server = Server::start("admin-pw", None);
     let mut acl = vec!["ACL", "SETUSER", "worker", ">worker-pw"];
@@ -666,7 +666,7 @@ async fn sentinels_name_the_master_to_every_command() {
         "{out}"
     );
     shown.push(out);
-    // The README's worker user, on the master, named in the sentinel table.
+    // The documented worker user, on the master, named in the sentinel table.
     let user_password = "worker-pw";
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")

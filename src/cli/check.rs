@@ -85,8 +85,8 @@ pub(crate) async fn run(
         return Err(crate::broker::BrokerError::Denied {
             url: broker.url(),
             reason: format!(
-                "{} command(s) the daemon needs; the README's \"Least privilege\" gives a \
-                 user line that is enough",
+                "{} command(s) the daemon needs; \"Least privilege\" in docs/redis.md gives \
+                 a user line that is enough",
                 refused.len()
             ),
         }
