@@ -10,6 +10,8 @@ mod common;
 mod deadlines;
 #[path = "web/open_files.rs"]
 mod open_files;
+#[path = "web/results.rs"]
+mod results;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
