@@ -118,6 +118,21 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
     let (code, out) = cli(cfg, &["status", &tracked]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
+    // The tracked queue's results: its list in the queue's slot, each
+    // job's record in another, read together.
+    let (code, out, err) = run_cli_env(
+        &[
+            "--config", cfg, "results", "orders", "--limit", "50", "--json",
+        ],
+        &[("REDIS_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let results: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let jobs = results["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 21, "{out}");
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{out}");
+    assert!(jobs.iter().any(|j| j["id"] == tracked.as_str()), "{out}");
+    assert_eq!(results["expired"], 0, "{out}");
     // A job enqueued while the monitor listens shows in it.
     let (code, late) = cli(cfg, &["enqueue", "webhooks", "{\"late\":true}"]);
     assert_eq!(code, 0, "{late}");

@@ -146,6 +146,9 @@ async fn recovery_quarantine_and_shutdown_requeue_update_the_records() {
     );
     assert_eq!(poison["node"], node, "quarantined by the reaper here");
     assert!(poison.contains_key("finished_at"));
+    // Listed with the queue's results, among its failures.
+    let results = lrange(&mut conn, "{jobs:work}:results").await;
+    assert!(results.contains(&"poison".to_owned()), "{results:?}");
     // With one slot, the long job runs and the next waits behind it.
     let long = wait_for_state(&conn, "long", "running").await;
     assert_eq!(long["node"], node);

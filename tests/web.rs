@@ -10,6 +10,8 @@ mod common;
 mod deadlines;
 #[path = "web/open_files.rs"]
 mod open_files;
+#[path = "web/results.rs"]
+mod results;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
@@ -689,6 +691,21 @@ async fn a_listen_address_other_machines_reach_needs_a_token() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = authed(client.get(format!("{base}/api/stats"))).await;
     assert_eq!(r.status(), StatusCode::OK);
+    // A queue's results too: the API and the page.
+    let results = format!("{base}/api/results?queue=work");
+    let r = client.get(&results).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = authed(client.get(&results)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = body(client.get(format!("{base}/results/work"))).await;
+    assert!(page.contains("type=\"password\""), "the login form: {page}");
+    let page = body(
+        client
+            .get(format!("{base}/results/work"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert!(page.contains("results of"), "{page}");
     // A bad listen address or a port in use: exit 78, saying which.
     let taken = base.trim_start_matches("http://127.0.0.1:").to_owned();
     let listen = format!("127.0.0.1:{taken}");

@@ -32,12 +32,14 @@ use crate::job::JobState;
 mod dead;
 pub(crate) mod enqueue;
 mod node;
+mod results;
 
 pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
 pub use node::{NodeInfo, QueueLoad};
+pub use results::{Ended, MAX_RESULTS, Results};
 
 /// `max_payload_bytes` of a queue this configuration does not list.
 const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;

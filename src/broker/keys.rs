@@ -31,6 +31,9 @@ pub(crate) struct QueueKeys {
     /// `{K}:cancel`: ids of running jobs that `conveyor cancel` asks their
     /// daemon to stop.
     pub(crate) cancel: String,
+    /// `{K}:results`: ids of tracked jobs that ended (succeeded or dead),
+    /// newest first, capped; their status records tell the rest.
+    pub(crate) results: String,
 }
 
 impl QueueKeys {
@@ -48,6 +51,7 @@ impl QueueKeys {
             ratelimit: format!("{{{list}}}:ratelimit"),
             paused: format!("{{{list}}}:paused"),
             cancel: format!("{{{list}}}:cancel"),
+            results: format!("{{{list}}}:results"),
         }
     }
 
@@ -205,6 +209,7 @@ mod tests {
         assert_eq!(k.dead, "{jobs:email}:dead");
         assert_eq!(k.stats, "{jobs:email}:stats");
         assert_eq!(k.ratelimit, "{jobs:email}:ratelimit");
+        assert_eq!(k.results, "{jobs:email}:results");
         assert_eq!(k.unique("u1"), "{jobs:email}:unique:u1");
         assert_eq!(k.schedule("nightly"), "{jobs:email}:schedule:nightly");
         assert_eq!(

@@ -32,6 +32,7 @@ pub(crate) mod keys;
 pub(crate) mod nodes;
 mod probe;
 pub(crate) mod queue;
+pub(crate) mod results;
 mod scripts;
 mod server;
 pub(crate) mod stats;

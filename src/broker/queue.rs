@@ -274,6 +274,7 @@ impl QueueStore {
             keys: &self.keys,
             node,
             dead_cap: self.dead_cap,
+            results_cap: super::results::CAP,
             moves,
             records: !cluster,
         };

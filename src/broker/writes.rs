@@ -170,6 +170,7 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
     finish::Call {
         keys: store.keys(),
         dead_cap: store.dead_cap(),
+        results_cap: super::results::CAP,
         entries,
         records: !cluster,
     }

@@ -19,6 +19,7 @@ pub(crate) mod enqueue;
 pub(crate) mod monitor;
 pub(crate) mod pause;
 pub(crate) mod pipe;
+pub(crate) mod results;
 pub(crate) mod run;
 pub(crate) mod schedules;
 pub(crate) mod stats;
@@ -53,6 +54,7 @@ Run the daemon:
 Jobs:
   enqueue      Enqueue a job (prints its id), or many from an NDJSON file
   status       Show a tracked job's state and result
+  results      A tracked queue's recent results and failures, newest first
   dead         List, retry or purge dead jobs
 Watch:
   stats        Queues, counters and live nodes (--watch to follow)
@@ -102,6 +104,8 @@ pub(crate) enum Command {
     Stats(stats::Args),
     /// Show a tracked job's status record.
     Status(status::Args),
+    /// List a tracked queue's recent results and failures, newest first.
+    Results(results::Args),
     /// Stop every daemon taking a queue's jobs (running ones finish).
     Pause(pause::Args),
     /// Let the daemons take a paused queue's jobs again.
@@ -146,6 +150,7 @@ pub(crate) fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Monitor(args) => block_on(monitor::run(config, args)),
         Command::Stats(args) => block_on(stats::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
+        Command::Results(args) => block_on(results::run(config, args)),
         Command::Pause(args) => block_on(pause::run(config, args, true)),
         Command::Resume(args) => block_on(pause::run(config, args, false)),
         Command::Cancel(args) => block_on(cancel::run(config, args)),

@@ -15,6 +15,8 @@
 //! | `GET /api/stats` | the JSON of `conveyor stats --json` |
 //! | `GET /api/events` | lifecycle events as server-sent events (one JSON a line of each message's data) |
 //! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
+//! | `GET /api/results` | `?queue=Q&failed=1&limit=N`: the JSON of `conveyor results Q --json` |
+//! | `GET /results/{q}` | a tracked queue's recent results and failures (`?failed=1`) |
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
@@ -55,6 +57,7 @@ mod descriptors;
 mod events;
 mod notice;
 mod page;
+mod results;
 mod server;
 
 use auth::Auth;
@@ -130,12 +133,14 @@ fn router(web: Web) -> Router {
         .route("/assets/icon.svg", get(page::icon))
         .route("/favicon.ico", get(page::icon))
         .route("/confirm/purge/{queue}", get(confirm_purge))
+        .route("/results/{queue}", get(results::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/stats", get(stats))
         .route("/api/events", get(events::events))
         .route("/api/schedules", get(schedules))
+        .route("/api/results", get(results::api))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
         .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))

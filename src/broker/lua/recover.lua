@@ -5,30 +5,38 @@
 -- KEYS[2] the queue list K
 -- KEYS[3] the queue's dead letter list {K}:dead
 -- KEYS[4] the queue's stats hash {K}:stats
--- KEYS[5..] status records conveyor:job:<id> that jobs name by index
+-- KEYS[5] the queue's results list {K}:results
+-- KEYS[6..] status records conveyor:job:<id> that jobs name by index
 -- ARGV[1] the dead list's length cap
--- ARGV[2..] per job: the item as it sits in the in-flight list, 'queue' or
---           'dead', what to push in its place (deliveries counted), and the
---           index in KEYS of its status record (0 for none), followed if
---           not 0 by the record's lifetime in ms, a count n and n
---           field-value pairs. The caller lists them newest first, so that
---           pushing each to the head restores their original order there.
+-- ARGV[2] the results list's length cap
+-- ARGV[3..] per job: the item as it sits in the in-flight list, 'queue' or
+--           'dead', what to push in its place (deliveries counted), the id
+--           to list in the results if it goes dead ('' for none: its queue
+--           does not track jobs), and the index in KEYS of its status
+--           record (0 for none), followed if not 0 by the record's lifetime
+--           in ms, a count n and n field-value pairs. The caller lists them
+--           newest first, so that pushing each to the head restores their
+--           original order there.
 -- Returns one code per job: 1 requeued, 2 dead-lettered, 0 already gone
 -- (another reaper took it, or its outcome was recorded meanwhile).
-local codes, requeued, dead = {}, 0, 0
-local i = 2
+local codes, requeued, dead, listed = {}, 0, 0, 0
+local i = 3
 while i <= #ARGV do
-  local item, to, replacement = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local track, ttl, fields = tonumber(ARGV[i + 3]), nil, 0
-  if track > 0 then ttl, fields = ARGV[i + 4], tonumber(ARGV[i + 5]) end
-  local first = i + 6
-  i = track > 0 and first + 2 * fields or i + 4
+  local item, to, replacement, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local track, ttl, fields = tonumber(ARGV[i + 4]), nil, 0
+  if track > 0 then ttl, fields = ARGV[i + 5], tonumber(ARGV[i + 6]) end
+  local first = i + 7
+  i = track > 0 and first + 2 * fields or i + 5
   local code = 0
   if redis.call('LREM', KEYS[1], 1, item) == 1 then
     if to == 'dead' then
       redis.call('LPUSH', KEYS[3], replacement)
       dead = dead + 1
       code = 2
+      if id ~= '' then
+        redis.call('LPUSH', KEYS[5], id)
+        listed = listed + 1
+      end
     else
       redis.call('LPUSH', KEYS[2], replacement)
       requeued = requeued + 1
@@ -45,6 +53,9 @@ if dead > 0 then
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1)
   redis.call('HINCRBY', KEYS[4], 'dead', dead)
   redis.call('HINCRBY', KEYS[4], 'failed', dead)
+end
+if listed > 0 then
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[2]) - 1)
 end
 if requeued > 0 then
   redis.call('HINCRBY', KEYS[4], 'recovered', requeued)

@@ -1,7 +1,7 @@
 //! `lua/finish.lua`: records the outcomes of many jobs of one queue at once,
 //! each leaving the in-flight list in the step that records it (and writes
-//! its status record). Returns one flag per job: 1 recorded, 0 no longer in
-//! flight.
+//! its status record, and lists a tracked job that ended in the queue's
+//! results). Returns one flag per job: 1 recorded, 0 no longer in flight.
 
 use redis::Pipeline;
 
@@ -15,17 +15,24 @@ script!("finish.lua");
 /// One outcome with the item it is for and the status record it writes.
 pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
 
-/// KEYS[1..=5]: the in-flight list, the queue list, the scheduled set, the
-/// dead letter list and the stats hash. The unique locks and status records
-/// the jobs name by index come after them.
-const FIXED_KEYS: usize = 5;
+/// KEYS[1..=6]: the in-flight list, the queue list, the scheduled set, the
+/// dead letter list, the stats hash and the results list. The unique locks
+/// and status records the jobs name by index come after them.
+const FIXED_KEYS: usize = 6;
 
 /// One call of `finish.lua`: outcomes of one queue.
 pub(crate) struct Call<'a> {
-    /// KEYS[1..=5] the queue's keys seen from this node.
+    /// KEYS[1..=6] the queue's keys seen from this node.
     pub(crate) keys: &'a QueueKeys,
     /// ARGV[1] the dead letter list's length cap.
     pub(crate) dead_cap: u32,
+    /// ARGV[2] the results list's length cap. It is sent only when a job of
+    /// the call has a status record (0 otherwise: an untracked queue's
+    /// calls never touch the list), and the ids of the jobs with one that
+    /// succeed or die go to the list. (A unique job without a record in
+    /// the same call, which only a reload turning `track` on or off
+    /// mixes in, is listed too: readers skip ids without a record.)
+    pub(crate) results_cap: u32,
     /// ARGV[2..] the jobs, each with the item as taken and its status
     /// record, if any.
     pub(crate) entries: &'a [Entry<'a>],
@@ -66,7 +73,8 @@ impl Call<'_> {
             .arg(&k.list)
             .arg(&k.scheduled)
             .arg(&k.dead)
-            .arg(&k.stats);
+            .arg(&k.stats)
+            .arg(&k.results);
         for lock in &locks {
             cmd.arg(k.unique(lock));
         }
@@ -74,11 +82,17 @@ impl Call<'_> {
         for status in tracked.filter(|_| self.records) {
             cmd.arg(keys::job(&status.id));
         }
-        cmd.arg(self.dead_cap);
+        let listed = self.entries.iter().any(|e| e.2.is_some());
+        cmd.arg(self.dead_cap)
+            .arg(if listed { self.results_cap } else { 0 });
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS + locks.len();
         for (item, outcome, status) in self.entries {
-            let job = JobArgs::of(outcome, lock_index(outcome));
+            let mut job = JobArgs::of(outcome, lock_index(outcome));
+            if let Some(s) = status.filter(|_| job.ends()) {
+                // The results list needs it (whatever the record's slot).
+                job.id = &s.id;
+            }
             cmd.arg(job.op)
                 .arg(*item)
                 .arg(job.data)
@@ -113,17 +127,25 @@ struct JobArgs<'a> {
     /// When it is due (ms), the index in KEYS of its unique lock (0 for
     /// none), or 1 to count a requeue as recovered.
     num: i64,
-    /// The job id that must hold the lock to release it; '' for none.
+    /// The job id that must hold the lock to release it, or that goes to
+    /// the results list; '' for none.
     id: &'a str,
 }
 
 impl<'a> JobArgs<'a> {
+    /// Whether the job ends here (succeeded or dead): a tracked one is
+    /// listed in the queue's results.
+    fn ends(&self) -> bool {
+        matches!(self.op, "ok" | "dead")
+    }
+
     /// The values of `outcome`, whose unique lock is KEYS[`lock`] (0: none).
     fn of(outcome: &'a Outcome, lock: usize) -> Self {
         let args = |op, data, num, id| Self { op, data, num, id };
         let lock = lock as i64;
         match outcome {
-            // The id only matters to release a unique lock.
+            // The id matters here to release a unique lock only; a tracked
+            // job's is added for the results list by the caller.
             Outcome::Succeeded { id, unique_key } => match unique_key {
                 Some(_) => args("ok", "", lock, id),
                 None => args("ok", "", 0, ""),
@@ -227,6 +249,7 @@ mod tests {
         Call {
             keys: &k,
             dead_cap: 2,
+            results_cap: 10,
             entries: &entries,
             records: true,
         }
@@ -280,6 +303,10 @@ mod tests {
         }
         let gone: bool = conn.exists(keys::job("j-gone")).await.unwrap();
         assert!(!gone);
+        // The tracked jobs that ended here are listed, newest first; the
+        // one no longer in flight is not.
+        let listed: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(listed, ["j-dead", "j-ok"]);
     }
 
     #[tokio::test]
@@ -299,6 +326,7 @@ mod tests {
         Call {
             keys: &k,
             dead_cap: 10,
+            results_cap: 10,
             entries: &entries,
             records: false,
         }
@@ -309,5 +337,104 @@ mod tests {
         assert_eq!(processed, 1);
         let written: bool = conn.exists(keys::job("j1")).await.unwrap();
         assert!(!written);
+        // Listed all the same: the list is in the queue's slot.
+        let listed: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(listed, ["j1"]);
+    }
+
+    /// Runs one call of `entries` that are all in flight.
+    async fn finish(
+        conn: &mut redis::aio::MultiplexedConnection,
+        k: &QueueKeys,
+        entries: &[Entry<'_>],
+        results_cap: u32,
+    ) {
+        let items: Vec<&[u8]> = entries.iter().map(|e| e.0).collect();
+        let _: () = conn.rpush(&k.inflight, items).await.unwrap();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SCRIPT).ignore();
+        Call {
+            keys: k,
+            dead_cap: 10,
+            results_cap,
+            entries,
+            records: true,
+        }
+        .add_to(&mut pipe);
+        let (flags,): (Vec<u8>,) = pipe.query_async(conn).await.unwrap();
+        assert!(flags.iter().all(|f| *f == 1), "{flags:?}");
+    }
+
+    #[tokio::test]
+    async fn lists_tracked_jobs_that_ended_newest_first_within_the_cap() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let ids: Vec<String> = (0..7).map(|i| format!("j{i}")).collect();
+        let ok: Vec<Outcome> = ids
+            .iter()
+            .map(|_| Outcome::Succeeded {
+                id: String::new(),
+                unique_key: None,
+            })
+            .collect();
+        let recs: Vec<StatusUpdate> = ids
+            .iter()
+            .map(|id| record(id, JobState::Succeeded))
+            .collect();
+        let items: Vec<Vec<u8>> = ids.iter().map(|id| id.clone().into_bytes()).collect();
+        // Two flushes of a tracked queue, over a cap of 5.
+        for range in [0..4, 4..7] {
+            let entries: Vec<Entry<'_>> = range
+                .map(|i| (items[i].as_slice(), &ok[i], Some(&recs[i])))
+                .collect();
+            finish(&mut conn, &k, &entries, 5).await;
+        }
+        let listed: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(listed, ["j6", "j5", "j4", "j3", "j2"]);
+        // A retry, a snooze and a requeue end nothing: not listed.
+        let retry = Outcome::Retry {
+            envelope: "e".into(),
+            due_ms: 1,
+        };
+        let requeue = Outcome::Requeue { replacement: None };
+        let rec = record("j-retry", JobState::Retrying);
+        finish(
+            &mut conn,
+            &k,
+            &[(b"r1", &retry, Some(&rec)), (b"r2", &requeue, Some(&rec))],
+            5,
+        )
+        .await;
+        let after: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(after, listed);
+    }
+
+    #[tokio::test]
+    async fn an_untracked_queue_lists_nothing_even_for_its_unique_jobs() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let _: () = conn.set(k.unique("u"), "j-u").await.unwrap();
+        let unique = Outcome::Succeeded {
+            id: "j-u".into(),
+            unique_key: Some("u".into()),
+        };
+        let dead = Outcome::Dead {
+            envelope: "dead-env".into(),
+            id: "j-d".into(),
+            unique_key: None,
+        };
+        finish(
+            &mut conn,
+            &k,
+            &[(b"u", &unique, None), (b"d", &dead, None)],
+            5,
+        )
+        .await;
+        let exists: bool = conn.exists(&k.results).await.unwrap();
+        assert!(!exists, "no results list for an untracked queue");
+        let held: Option<String> = conn.get(k.unique("u")).await.unwrap();
+        assert_eq!(held, None, "its lock released all the same");
     }
 }

@@ -1,6 +1,7 @@
 //! `lua/recover.lua`: returns the in-flight jobs of a dead node to the head
 //! of their queue, or dead-letters the ones that crashed too many daemons,
-//! each with its status record. Returns one code per job: 1 requeued, 2
+//! each with its status record (a tracked job that goes dead is listed in
+//! the queue's results). Returns one code per job: 1 requeued, 2
 //! dead-lettered, 0 already gone.
 
 use redis::ScriptInvocation;
@@ -33,21 +34,24 @@ pub(crate) struct Move {
     pub(crate) status: Option<StatusUpdate>,
 }
 
-/// KEYS[1..=4]: the in-flight list, the queue list, the dead letter list
-/// and the stats hash. The status records the jobs name by index come
-/// after them.
-const FIXED_KEYS: usize = 4;
+/// KEYS[1..=5]: the in-flight list, the queue list, the dead letter list,
+/// the stats hash and the results list. The status records the jobs name
+/// by index come after them.
+const FIXED_KEYS: usize = 5;
 
 /// One call of `recover.lua`.
 pub(crate) struct Call<'a> {
-    /// KEYS[2..=4] the queue's keys.
+    /// KEYS[2..=5] the queue's keys.
     pub(crate) keys: &'a QueueKeys,
     /// KEYS[1] is this node's in-flight list.
     pub(crate) node: &'a str,
     /// ARGV[1] the dead letter list's length cap.
     pub(crate) dead_cap: u32,
-    /// ARGV[2..] the jobs, newest first: per job its item, where it goes,
-    /// what goes there, and its status record.
+    /// ARGV[2] the results list's length cap.
+    pub(crate) results_cap: u32,
+    /// ARGV[3..] the jobs, newest first: per job its item, where it goes,
+    /// what goes there, the id to list in the results (a tracked job that
+    /// goes dead: one with a status record) and its status record.
     pub(crate) moves: &'a [Move],
     /// Whether the status records are written by the script: false on a
     /// Redis Cluster, where a record lives in another slot than the queue
@@ -63,13 +67,19 @@ impl Call<'_> {
         inv.key(&k.list)
             .key(&k.dead)
             .key(&k.stats)
-            .arg(self.dead_cap);
+            .key(&k.results)
+            .arg(self.dead_cap)
+            .arg(self.results_cap);
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS;
         for m in self.moves {
             let to = match m.to {
                 RecoverTo::Queue => "queue",
                 RecoverTo::Dead => "dead",
+            };
+            let listed = match (m.to, &m.status) {
+                (RecoverTo::Dead, Some(s)) => s.id.as_str(),
+                _ => "",
             };
             let status = m.status.as_ref().filter(|_| self.records).map(|s| {
                 inv.key(keys::job(&s.id));
@@ -79,6 +89,7 @@ impl Call<'_> {
             inv.arg(&m.item)
                 .arg(to)
                 .arg(&m.replacement)
+                .arg(listed)
                 .arg(Record(status));
         }
         inv
@@ -129,6 +140,7 @@ mod tests {
             keys: &k,
             node: "gone",
             dead_cap: 2,
+            results_cap: 10,
             moves: &moves,
             records: true,
         }
@@ -161,6 +173,10 @@ mod tests {
         }
         let written: bool = conn.exists(keys::job("x")).await.unwrap();
         assert!(!written, "no record for a job no longer there");
+        // The tracked job quarantined is listed in the results; the ones
+        // requeued or gone are not.
+        let listed: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(listed, ["b"]);
     }
 
     #[tokio::test]
@@ -169,11 +185,16 @@ mod tests {
         let mut conn = redis.conn().await;
         let k = QueueKeys::new("q", "jobs:q", "n1");
         let _: () = conn.rpush(k.inflight_of("gone"), "a").await.unwrap();
-        let moves = [to("a", RecoverTo::Queue, "a+1", JobState::Waiting)];
+        let _: () = conn.rpush(k.inflight_of("gone"), "p").await.unwrap();
+        let moves = [
+            to("p", RecoverTo::Dead, "p-dead", JobState::Dead),
+            to("a", RecoverTo::Queue, "a+1", JobState::Waiting),
+        ];
         let codes: Vec<u8> = Call {
             keys: &k,
             node: "gone",
             dead_cap: 2,
+            results_cap: 10,
             moves: &moves,
             records: false,
         }
@@ -181,10 +202,13 @@ mod tests {
         .invoke_async(&mut conn)
         .await
         .unwrap();
-        assert_eq!(codes, [1]);
+        assert_eq!(codes, [2, 1]);
         let list: Vec<String> = conn.lrange(&k.list, 0, -1).await.unwrap();
         assert_eq!(list, ["a+1"]);
         let written: bool = conn.exists(keys::job("a")).await.unwrap();
         assert!(!written);
+        // Listed all the same: the list is in the queue's slot.
+        let listed: Vec<String> = conn.lrange(&k.results, 0, -1).await.unwrap();
+        assert_eq!(listed, ["p"]);
     }
 }
