@@ -12,6 +12,7 @@ use crate::logging::escaped;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The queue's name.
+    #[arg(add = super::completions::queue_names())]
     pub(crate) queue: String,
     /// Only the jobs that died.
     #[arg(long)]

@@ -87,6 +87,10 @@ fn bash_completes_commands_and_the_configured_queue_names() {
         ["alpha"]
     );
     assert_eq!(
+        complete(dir.path(), &["conveyor", "results", "a"], &env),
+        ["alpha"]
+    );
+    assert_eq!(
         complete(dir.path(), &["conveyor", "run", "--queue", "be"], &env),
         ["beta-2"]
     );
