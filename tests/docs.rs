@@ -1,5 +1,5 @@
 //! The documentation holds: README.md and docs/*.md, read as GitHub shows
-//! them. No servers: every relative link and `#anchor` leads somewhere;
+//! them. Every relative link and `#anchor` leads somewhere;
 //! every TOML block parses and, unless a marker says why not, passes the
 //! crate's own validation (the configuration's, then every handler's
 //! build, as at start); every other code block is an excerpt of a shipped
@@ -13,6 +13,10 @@
 //!   and trailing comments, is a line of PATH, in order.
 //! - `<!-- docs: tested by tests/FILE.rs::FUNCTION -->`: that test runs it.
 //! - `<!-- docs: not run: REASON -->`: nothing runs it, and why.
+//! - `<!-- docs: run NAME -->`: written to a file NAME, it runs as written
+//!   (`python3` with redis-py, `node` with npm's redis, as `scripts/test`
+//!   installs them) against a private redis-server whose URL is in
+//!   `REDIS_URL`, and pushes one job onto one queue.
 //! - `<!-- docs: syntax NAME -->`: written to a file NAME, it parses
 //!   (`python3` for `.py`, `node --check` for `.js` and `.mjs`).
 //! - `<!-- docs: with` TOML `-->`: a TOML fragment is validated after the
@@ -25,6 +29,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
 #[path = "docs/markdown.rs"]
 mod markdown;
 
@@ -250,7 +255,7 @@ fn every_other_block_is_an_excerpt_or_tested_or_says_why_not() {
                     failures.push(format!("{where_}: {e}"));
                 }
             }
-            let accounted = ["excerpt", "tested by", "not run:"]
+            let accounted = ["excerpt", "tested by", "not run:", "run"]
                 .iter()
                 .any(|d| block.directive(d).is_some());
             if block.lang != "toml" && !accounted {
@@ -263,6 +268,102 @@ fn every_other_block_is_an_excerpt_or_tested_or_says_why_not() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The blocks marked `run NAME` run as written, each against a private
+/// redis-server on a loopback port (the URL a newcomer's code reads from
+/// `REDIS_URL`), and leave exactly one job on one queue.
+#[test]
+fn the_snippets_marked_run_push_a_job() {
+    let mut ran = Vec::new();
+    for page in pages() {
+        for block in &page.blocks {
+            let Some(name) = block.directive("run") else {
+                continue;
+            };
+            let where_ = at(&page, block);
+            let port = common::free_port();
+            let _server = common::KillOnDrop(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let url = format!("redis://127.0.0.1:{port}/0");
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut conn = loop {
+                match client.get_connection() {
+                    Ok(conn) => break conn,
+                    Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            };
+            if let Err(e) = run(&name, &block.text, &url) {
+                panic!("{where_}: {e}");
+            }
+            let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+            assert_eq!(keys.len(), 1, "{where_}: {keys:?}");
+            let items: Vec<String> = redis::cmd("LRANGE")
+                .arg(&keys[0])
+                .arg(0)
+                .arg(-1)
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(items.len(), 1, "{where_}: {items:?}");
+            let job: serde_json::Value = serde_json::from_str(&items[0]).unwrap();
+            assert!(job.is_object(), "{where_}: {job}");
+            ran.push(name);
+        }
+    }
+    ran.sort();
+    assert_eq!(ran, ["enqueue.mjs", "enqueue.py"], "the README's snippets");
+}
+
+/// Runs the block as a file `name`, with `REDIS_URL`; within 30 s.
+fn run(name: &str, text: &str, url: &str) -> Result<(), String> {
+    // An ES module finds its packages in a node_modules above it.
+    let base = repo().join("target/nodedeps");
+    let dir = tempfile::tempdir_in(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    let mut command = match Path::new(name).extension().and_then(|e| e.to_str()) {
+        Some("py") => {
+            let mut c = Command::new("python3");
+            c.env("PYTHONPATH", repo().join("target/pydeps"));
+            c
+        }
+        Some("js" | "mjs") => Command::new("node"),
+        _ => return Err(format!("no way to run {name}")),
+    };
+    let mut child = command
+        .arg(&file)
+        .env("REDIS_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "{name} did not end within 30 s (a client left open?)"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "{name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 /// A line as compared: whitespace runs as one space, a trailing `#` or

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 /// The directives a marker may give (see `tests/docs.rs`).
-const DIRECTIVES: [&str; 8] = [
+const DIRECTIVES: [&str; 9] = [
     "excerpt",
+    "run",
     "tested by",
     "not run:",
     "syntax",
