@@ -1,5 +1,6 @@
 //! `conveyor cancel` against a real daemon: a waiting, a scheduled (and
-//! unique) and a running exec job each end dead with "cancelled"; the
+//! unique) and a running exec job each end dead with "cancelled", in their
+//! status records and the queue's results as in the dead letters; the
 //! running one's process is killed; an unknown id exits 65.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -41,7 +42,7 @@ async fn a_waiting_a_scheduled_and_a_running_job_are_cancelled() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let queues = format!(
-        "[queues.work]\nhandler = \"exec\"\nconcurrency = 1\ntimeout = \"2m\"\n\
+        "[queues.work]\nhandler = \"exec\"\nconcurrency = 1\ntimeout = \"2m\"\ntrack = true\n\
          [queues.work.exec]\ncommand = [\"sleep\", \"{}\"]\n",
         seconds()
     );
@@ -119,6 +120,24 @@ async fn a_waiting_a_scheduled_and_a_running_job_are_cancelled() {
         // The running one's attempt was made: it counts, as in its status.
         assert_eq!(entry["attempt"], attempts, "{entry}");
     }
+    // Their status records say so too, and the queue's results list them.
+    for id in [&running, &waiting, &scheduled] {
+        let (code, out) = cli(cfg, &["status", id, "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(record["state"], "dead", "{record}");
+        assert_eq!(record["last_error"], "cancelled", "{record}");
+    }
+    let (code, out) = cli(cfg, &["results", "work", "--failed", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [running.as_str(), scheduled.as_str(), waiting.as_str()]);
     assert_eq!(llen(&mut conn, "jobs:work").await, 0);
     assert_eq!(
         zcard(&mut conn, "{jobs:work}:scheduled").await,

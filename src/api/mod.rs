@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::broker::admin::Found;
-use crate::broker::events::EventSink;
+use crate::broker::events::{EventSink, StatusUpdate};
 use crate::broker::view::{Bounds, Store, Viewed};
 use crate::broker::{Broker, QueueKeys};
 use crate::clock::{now_ms, now_rfc3339, rfc3339_ms};
@@ -537,6 +537,9 @@ impl Client {
                 .await?;
             if moved {
                 let now = now_rfc3339();
+                if let Some(status) = self.cancelled_status(queue, id, envelope.attempt, &now) {
+                    self.broker.record_ended(&keys, &status).await?;
+                }
                 let event = Draft::job(EventType::Cancelled, queue, id, envelope.attempt)
                     .reason(was.as_str())
                     .to_json(&self.actor, &now, 1);
@@ -547,6 +550,31 @@ impl Client {
         Err(ApiError::Unfinished(format!(
             "job {id} kept moving; try again"
         )))
+    }
+
+    /// The status record of a waiting or scheduled job just cancelled, if
+    /// its queue tracks jobs: dead, as its dead letter says.
+    fn cancelled_status(
+        &self,
+        queue: &str,
+        id: &str,
+        attempt: u32,
+        now: &str,
+    ) -> Option<StatusUpdate> {
+        let config = self.config();
+        let q = config.queues.get(queue).filter(|q| q.track)?;
+        Some(StatusUpdate {
+            id: id.to_owned(),
+            fields: vec![
+                ("queue", queue.to_owned()),
+                ("state", JobState::Dead.as_str().to_owned()),
+                ("attempt", attempt.to_string()),
+                ("last_error", "cancelled".to_owned()),
+                ("finished_at", now.to_owned()),
+                ("updated_at", now.to_owned()),
+            ],
+            ttl: q.track_ttl,
+        })
     }
 
     /// Asks the daemons to stop a running job and waits until it is no

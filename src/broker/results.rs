@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::events::{StatusUpdate, add_statuses};
 use super::{Broker, BrokerError, QueueKeys, keys};
 
 /// Most ids a results list keeps: the newest thousand ended jobs of a
@@ -30,6 +31,28 @@ pub(crate) struct Listed {
 }
 
 impl Broker {
+    /// Records the end of a tracked job that ended outside the daemons'
+    /// outcome script (a waiting or scheduled job cancelled): its status
+    /// record, and its id in the results list, cut to [`CAP`]. Commands of
+    /// their own: on a Redis Cluster the record lives in another slot.
+    pub(crate) async fn record_ended(
+        &self,
+        q: &QueueKeys,
+        status: &StatusUpdate,
+    ) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        add_statuses(&mut pipe, std::slice::from_ref(status));
+        pipe.cmd("LPUSH").arg(&q.results).arg(&status.id).ignore();
+        pipe.cmd("LTRIM")
+            .arg(&q.results)
+            .arg(0)
+            .arg(CAP - 1)
+            .ignore();
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     /// The newest `limit` jobs of the results list of `q` whose record
     /// `keep` accepts, each id once (its newest place: a job retried from
     /// the dead letter list that ended again is there twice). Reads the
