@@ -65,11 +65,18 @@ impl Lane {
 }
 
 impl Broker {
-    /// A lane for a writer's flushes.
+    /// A lane for a writer's flushes, on a server that has the outcome
+    /// script: its first flush (and the first after a failover or a restart,
+    /// which take a new lane) then records its outcomes in the same round
+    /// trip as the events that report them, where a script the server did
+    /// not have would be sent again after those events.
     pub(crate) async fn lane(&self) -> Result<Lane, BrokerError> {
-        Ok(Lane {
-            conn: self.conn().await?,
-        })
+        let mut conn = self.conn().await?;
+        finish::SCRIPT
+            .prepare_invoke()
+            .load_async(&mut conn)
+            .await?;
+        Ok(Lane { conn })
     }
 
     /// Records outcomes and publishes events and status records in one
@@ -178,5 +185,45 @@ fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
     if cluster {
         let statuses: Vec<StatusUpdate> = entries.iter().filter_map(|e| e.2.cloned()).collect();
         super::events::add_statuses(pipe, &statuses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::fixture::TestRedis;
+    use crate::config::{MaskedUrl, RedisConfig};
+
+    /// A new lane has the outcome script loaded, so that no flush's
+    /// outcomes are sent again after its events.
+    #[tokio::test]
+    async fn a_new_lane_finds_the_outcome_script_loaded() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let config = RedisConfig {
+            url: MaskedUrl::new(redis.url()),
+            ..RedisConfig::default()
+        };
+        let broker = Broker::new(&config).unwrap();
+        let exists = |conn: &mut redis::aio::MultiplexedConnection| {
+            let mut conn = conn.clone();
+            async move {
+                let found: Vec<bool> = redis::cmd("SCRIPT")
+                    .arg("EXISTS")
+                    .arg(finish::SCRIPT.get_hash())
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                found[0]
+            }
+        };
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists(&mut conn).await);
+        let _lane = broker.lane().await.unwrap();
+        assert!(exists(&mut conn).await);
     }
 }
