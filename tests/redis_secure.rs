@@ -500,7 +500,7 @@ const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* res
     &conveyor:* -@all +@connection +info +role +config|get +client|unblock +eval +evalsha \
     +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
     +hincrby +pexpire +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
-    +sadd +srem +smembers +xadd +xrange +publish +pubsub|numsub +subscribe";
+    +sadd +srem +smembers +xadd +xrange +xrevrange +publish +pubsub|numsub +subscribe";
 
 #[test]
 fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {

@@ -297,3 +297,106 @@ async fn enqueue_and_the_daemon_apply_one_size_rule_and_keep_the_id() {
     let kept = dead.iter().find(|d| d["id"] == "env-over").unwrap();
     assert_eq!(kept["raw"], pushed[3]);
 }
+
+/// `conveyor status ID` says where any job is, tracked or not: waiting,
+/// scheduled, running on which node, dead; with its stored envelope and
+/// its events from the replay stream; a succeeded job by its record; an
+/// unknown id exits 65.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_finds_a_job_wherever_it_is() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        "[queues.work]\nhandler = \"fault\"\nconcurrency = 1\n\
+         [queues.kept]\nhandler = \"fault\"\ntrack = true\n",
+    );
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    };
+    let enqueue = |args: &[&str]| {
+        let mut all = vec!["enqueue"];
+        all.extend_from_slice(args);
+        let (code, out, err) = cli(&all);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    let status = |id: &str| {
+        let (code, out, err) = cli(&["status", id, "--json"]);
+        assert_eq!(code, 0, "{id}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let mut daemon = conveyor();
+    daemon.args(["run", "--config", &cfg]);
+    let (_daemon, _logs) = spawn_logged(daemon);
+    let conn = redis.conn().await;
+
+    let running = enqueue(&["work", r#"{"sleep_ms": 60000}"#]);
+    wait_until("the first job runs", WAIT, || {
+        let mut c = conn.clone();
+        async move { in_flight(&mut c, Q).await == 1 }
+    })
+    .await;
+    let waiting = enqueue(&["work", r#"{"name": "<b>\u001b[31m"}"#]);
+    let later = enqueue(&["work", "{}", "--delay", "1h"]);
+    let ok = enqueue(&["kept", "{}"]);
+    let bad = enqueue(&["kept", r#"{"fail": "permanent"}"#]);
+    wait_until("both kept jobs ended", WAIT, || {
+        let mut c = conn.clone();
+        async move { stat(&mut c, "jobs:kept", "processed").await == 2 }
+    })
+    .await;
+
+    let job = status(&running);
+    assert_eq!(
+        (job["where"].as_str(), job["queue"].as_str()),
+        (Some("running"), Some("work"))
+    );
+    assert!(!job["running_on"].as_str().unwrap().is_empty(), "{job}");
+    assert_eq!(job["envelope"]["payload"]["sleep_ms"], 60000, "{job}");
+    let job = status(&waiting);
+    assert_eq!(job["where"], "waiting", "{job}");
+    assert_eq!(job["state"], "waiting", "untracked: the place is its state");
+    assert_eq!(job["envelope"]["payload"]["name"], "<b>\u{1b}[31m", "{job}");
+    assert_eq!(status(&later)["where"], "scheduled");
+    let job = status(&bad);
+    assert_eq!(
+        (job["where"].as_str(), job["state"].as_str()),
+        (Some("dead"), Some("dead"))
+    );
+    assert_eq!(
+        job["envelope"]["last_error"], "fault: permanent failure",
+        "{job}"
+    );
+    let types: Vec<&str> = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"job.enqueued"), "{types:?}");
+    assert_eq!(types.last(), Some(&"job.dead"), "{types:?}");
+    let job = status(&ok);
+    assert_eq!(job["where"], "succeeded", "{job}");
+    assert!(job.get("envelope").is_none(), "in no list: {job}");
+    assert!(
+        job["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "job.succeeded"),
+        "{job}"
+    );
+
+    // For a person: the place, and the payload escaped.
+    let (code, out, _) = cli(&["status", &waiting]);
+    assert_eq!(code, 0);
+    assert!(out.contains("where        waiting"), "{out}");
+    assert!(out.contains("stored") && !out.contains('\u{1b}'), "{out}");
+    let (code, _, err) = cli(&["status", "no-such-job"]);
+    assert_eq!(code, 65, "{err}");
+}

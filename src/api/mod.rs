@@ -31,6 +31,7 @@ use crate::job::JobState;
 
 mod dead;
 pub(crate) mod enqueue;
+mod job;
 mod node;
 mod results;
 
@@ -38,6 +39,7 @@ pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
+pub use job::JobView;
 pub use node::{NodeInfo, QueueLoad};
 pub use results::{Ended, MAX_RESULTS, Results};
 

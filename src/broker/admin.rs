@@ -324,14 +324,7 @@ impl Broker {
         if let Some(item) = self.search(&q.scheduled, Store::Zset, id).await? {
             return Ok(Some(Found::Scheduled(item)));
         }
-        let nodes: Vec<String> = {
-            let mut conn = self.conn().await?;
-            redis::cmd("SMEMBERS")
-                .arg(&q.nodes)
-                .query_async(&mut conn)
-                .await?
-        };
-        for node in nodes {
+        for node in self.queue_nodes(q).await? {
             if self
                 .search(&q.inflight_of(&node), Store::List, id)
                 .await?
@@ -341,6 +334,15 @@ impl Broker {
             }
         }
         Ok(None)
+    }
+
+    /// The nodes that may hold an in-flight list of `q`.
+    pub(crate) async fn queue_nodes(&self, q: &QueueKeys) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("SMEMBERS")
+            .arg(&q.nodes)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// The first item of `key` that is the job `id`, as far as

@@ -66,6 +66,18 @@ impl Broker {
             .await
     }
 
+    /// Up to `count` entries older than `before` (exclusive; from the
+    /// newest when `None`), newest first.
+    pub(crate) async fn stream_before(
+        &self,
+        stream: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<String>)>, BrokerError> {
+        let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        self.entries("XREVRANGE", stream, &end, "-", count).await
+    }
+
     /// `XRANGE` or `XREVRANGE` from `start` to `end`, as `(id, events)`.
     async fn entries(
         &self,
