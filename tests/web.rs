@@ -8,6 +8,8 @@
 mod common;
 #[path = "web/deadlines.rs"]
 mod deadlines;
+#[path = "web/job.rs"]
+mod job;
 #[path = "web/open_files.rs"]
 mod open_files;
 #[path = "web/results.rs"]

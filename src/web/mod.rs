@@ -55,6 +55,7 @@ mod auth;
 mod connections;
 mod descriptors;
 mod events;
+mod job;
 mod notice;
 mod page;
 mod results;
@@ -134,6 +135,8 @@ fn router(web: Web) -> Router {
         .route("/favicon.ico", get(page::icon))
         .route("/confirm/purge/{queue}", get(confirm_purge))
         .route("/results/{queue}", get(results::page))
+        .route("/jobs", get(job::search))
+        .route("/jobs/{id}", get(job::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -141,6 +144,7 @@ fn router(web: Web) -> Router {
         .route("/api/events", get(events::events))
         .route("/api/schedules", get(schedules))
         .route("/api/results", get(results::api))
+        .route("/api/jobs/{id}", get(job::api))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
         .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))
