@@ -33,6 +33,7 @@ mod dead;
 pub(crate) mod enqueue;
 mod node;
 mod results;
+mod scale;
 
 pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
@@ -40,6 +41,7 @@ pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
 pub use node::{NodeInfo, QueueLoad};
 pub use results::{Ended, MAX_RESULTS, Results};
+pub use scale::Scale;
 
 /// `max_payload_bytes` of a queue this configuration does not list.
 const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;

@@ -16,6 +16,7 @@
 //! | `GET /api/events` | lifecycle events as server-sent events (one JSON a line of each message's data) |
 //! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
 //! | `GET /api/results` | `?queue=Q&failed=1&limit=N`: the JSON of `conveyor results Q --json` |
+//! | `GET /api/scale` | `?queue=Q`: the queue's demand and slots, for an autoscaler (KEDA) |
 //! | `GET /results/{q}` | a tracked queue's recent results and failures (`?failed=1`) |
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
@@ -58,6 +59,7 @@ mod events;
 mod notice;
 mod page;
 mod results;
+mod scale;
 mod server;
 
 use auth::Auth;
@@ -141,6 +143,7 @@ fn router(web: Web) -> Router {
         .route("/api/events", get(events::events))
         .route("/api/schedules", get(schedules))
         .route("/api/results", get(results::api))
+        .route("/api/scale", get(scale::api))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
         .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))
