@@ -14,6 +14,8 @@ mod job;
 mod open_files;
 #[path = "web/results.rs"]
 mod results;
+#[path = "web/scale.rs"]
+mod scale;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;

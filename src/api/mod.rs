@@ -34,6 +34,7 @@ pub(crate) mod enqueue;
 mod job;
 mod node;
 mod results;
+mod scale;
 
 pub use crate::broker::BrokerError;
 pub use crate::broker::admin::QueueCounts;
@@ -42,6 +43,7 @@ pub use enqueue::{EnqueueOptions, Enqueued};
 pub use job::JobView;
 pub use node::{NodeInfo, QueueLoad};
 pub use results::{Ended, MAX_RESULTS, Results};
+pub use scale::Scale;
 
 /// `max_payload_bytes` of a queue this configuration does not list.
 const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;

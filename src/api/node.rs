@@ -26,7 +26,8 @@ pub struct NodeInfo {
     pub busy: u64,
     /// Events and status updates it dropped (Redis too slow or away).
     pub events_dropped: u64,
-    /// Per queue: jobs running and runs finished in the last minute.
+    /// Per queue: its slots, jobs running and runs finished in the last
+    /// minute.
     #[serde(skip)]
     pub load: BTreeMap<String, QueueLoad>,
 }
@@ -34,6 +35,10 @@ pub struct NodeInfo {
 /// One queue's load on one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueLoad {
+    /// The queue's slots on this node (its `concurrency`, as this node
+    /// runs it: `conveyor run --concurrency` may differ from the file);
+    /// 0 from a node of an earlier version, which does not write it.
+    pub concurrency: u64,
     /// Jobs running now.
     pub busy: u64,
     /// Runs finished in the last 60 seconds.
@@ -53,6 +58,7 @@ impl NodeInfo {
             ("events_dropped".to_owned(), self.events_dropped.to_string()),
         ];
         for (queue, load) in &self.load {
+            fields.push((format!("concurrency:{queue}"), load.concurrency.to_string()));
             fields.push((format!("busy:{queue}"), load.busy.to_string()));
             fields.push((format!("rate_1m:{queue}"), load.rate_1m.to_string()));
         }
@@ -73,6 +79,7 @@ impl NodeInfo {
             .iter()
             .map(|q| {
                 let load = QueueLoad {
+                    concurrency: number(&format!("concurrency:{q}")),
                     busy: number(&format!("busy:{q}")),
                     rate_1m: number(&format!("rate_1m:{q}")),
                 };
@@ -119,6 +126,7 @@ mod tests {
         info.load.insert(
             "a".into(),
             QueueLoad {
+                concurrency: 4,
                 busy: 2,
                 rate_1m: 90,
             },
@@ -126,6 +134,7 @@ mod tests {
         info.load.insert(
             "b".into(),
             QueueLoad {
+                concurrency: 1,
                 busy: 1,
                 rate_1m: 0,
             },
@@ -135,5 +144,19 @@ mod tests {
         let json = serde_json::to_value(&info).expect("serializes");
         assert_eq!(json["pid"], "42");
         assert_eq!(json["queues"], "a,b");
+        assert_eq!(fields["concurrency:a"], "4");
+    }
+
+    /// A node of an earlier version writes no `concurrency:<q>`: it reads
+    /// as 0, which readers take as "not said".
+    #[test]
+    fn a_record_without_concurrency_reads_as_zero() {
+        let fields: HashMap<String, String> = [("queues", "a"), ("busy:a", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let info = NodeInfo::from_fields(&fields);
+        assert_eq!(info.load["a"].concurrency, 0);
+        assert_eq!(info.load["a"].busy, 2);
     }
 }

@@ -280,6 +280,23 @@ impl Broker {
         }
         Ok(counts)
     }
+
+    /// How many of the queue's scheduled jobs are due at `now_ms` (their
+    /// score at or before it): jobs a scheduler moves to the queue within
+    /// a second, which a reading of the queue alone does not see yet.
+    pub(crate) async fn scheduled_due(
+        &self,
+        q: &QueueKeys,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("ZCOUNT")
+            .arg(&q.scheduled)
+            .arg("-inf")
+            .arg(now_ms)
+            .query_async(&mut conn)
+            .await?)
+    }
 }
 
 /// Where `conveyor cancel` found a job.

@@ -1,7 +1,7 @@
 //! The heartbeat: keeps `conveyor:node:<node>` alive (host, pid, version,
-//! start time, queues, busy slots, events dropped, per-queue rate over the
-//! last minute) and this node listed in each queue's
-//! `{K}:nodes` set. It stops last in a shutdown, so that no peer mistakes a
+//! start time, queues, busy slots, events dropped, and per queue its
+//! concurrency, busy slots and rate over the last minute) and this node
+//! listed in each queue's `{K}:nodes` set. It stops last in a shutdown, so that no peer mistakes a
 //! draining node for a dead one and takes its running jobs.
 
 use std::sync::Arc;
@@ -64,7 +64,8 @@ impl Heartbeat {
         }
         let keys: Vec<&QueueKeys> = processors.iter().map(|p| p.store().keys()).collect();
         // Per queue, for `conveyor stats`: jobs running, and runs finished
-        // in the last minute (summed over nodes it is the queue's rate).
+        // in the last minute (summed over nodes it is the queue's rate);
+        // for `/api/scale`: the queue's slots here.
         let info = NodeInfo {
             host: self.node.host.clone(),
             pid: std::process::id(),
@@ -77,6 +78,7 @@ impl Heartbeat {
                 .iter()
                 .map(|p| {
                     let load = QueueLoad {
+                        concurrency: u64::from(p.concurrency()),
                         busy: p.busy() as u64,
                         rate_1m: p.last_minute(),
                     };

@@ -16,7 +16,10 @@
 //! | `GET /api/events` | lifecycle events as server-sent events (one JSON a line of each message's data) |
 //! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
 //! | `GET /api/results` | `?queue=Q&failed=1&limit=N`: the JSON of `conveyor results Q --json` |
+//! | `GET /api/scale` | `?queue=Q`: the queue's demand and slots, for an autoscaler (KEDA) |
 //! | `GET /results/{q}` | a tracked queue's recent results and failures (`?failed=1`) |
+//! | `GET /api/jobs/{id}` | what is known of one job: `conveyor status ID --json`'s view |
+//! | `GET /jobs/{id}`, `GET /jobs?id=` | a job's page; the search box's target |
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
@@ -59,6 +62,7 @@ mod job;
 mod notice;
 mod page;
 mod results;
+mod scale;
 mod server;
 
 use auth::Auth;
@@ -145,6 +149,7 @@ fn router(web: Web) -> Router {
         .route("/api/schedules", get(schedules))
         .route("/api/results", get(results::api))
         .route("/api/jobs/{id}", get(job::api))
+        .route("/api/scale", get(scale::api))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
         .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))
