@@ -137,7 +137,10 @@ async fn a_waiting_a_scheduled_and_a_running_job_are_cancelled() {
         .iter()
         .map(|j| j["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [running.as_str(), scheduled.as_str(), waiting.as_str()]);
+    assert_eq!(
+        ids,
+        [running.as_str(), scheduled.as_str(), waiting.as_str()]
+    );
     assert_eq!(llen(&mut conn, "jobs:work").await, 0);
     assert_eq!(
         zcard(&mut conn, "{jobs:work}:scheduled").await,

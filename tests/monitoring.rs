@@ -7,35 +7,20 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
+#[path = "monitoring/prometheus.rs"]
+mod prometheus;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use prometheus::{Prometheus, prometheus_tool};
 use serde_json::Value;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `program` of Debian's `prometheus` package: where scripts/test unpacks
-/// it, else from the PATH.
-fn prometheus_tool(program: &str) -> PathBuf {
-    let unpacked = repo().join("target/promtool/usr/bin").join(program);
-    if unpacked.exists() {
-        return unpacked;
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|p| p.exists())
-        })
-        .unwrap_or_else(|| {
-            panic!("{program}: scripts/test installs it (Debian package prometheus)")
-        })
 }
 
 /// `promtool ARGS` in contrib/prometheus: whether it succeeded, and what it said.
@@ -198,90 +183,20 @@ fn the_dashboard_is_json_with_its_datasource_on_every_panel_and_query() {
     }
 }
 
-/// A Prometheus of its own: its configuration, data and port.
-struct Prometheus {
-    _process: KillOnDrop,
-    logs: Logs,
-    base: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Runs contrib/prometheus/prometheus.yml (with alerts.yml beside
-    /// it), scraping `target` every second.
-    async fn start(target: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let shipped =
-            std::fs::read_to_string(repo().join("contrib/prometheus/prometheus.yml")).unwrap();
-        let mut config = shipped.clone();
-        for (from, to) in [
-            ("scrape_interval: 15s", "scrape_interval: 1s"),
-            ("evaluation_interval: 15s", "evaluation_interval: 1s"),
-            ("127.0.0.1:9740", target),
-        ] {
-            assert!(config.contains(from), "prometheus.yml has {from}");
-            config = config.replace(from, to);
-        }
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        std::fs::write(dir.path().join("alerts.yml"), alert_rules()).unwrap();
-        let base = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(prometheus_tool("prometheus"));
-        cmd.arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={base}"))
-        .stdout(Stdio::null());
-        let (process, logs) = spawn_logged(cmd);
-        let prometheus = Self {
-            _process: process,
-            logs,
-            base: format!("http://{base}"),
-            http: reqwest::Client::new(),
-            _dir: dir,
-        };
-        wait_until("Prometheus is ready", Duration::from_secs(20), || async {
-            let ready = prometheus.http.get(format!("{}/-/ready", prometheus.base));
-            ready.send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        prometheus
+/// contrib/prometheus/prometheus.yml (with alerts.yml beside it), run
+/// scraping `target` every second.
+async fn shipped_prometheus(target: &str) -> Prometheus {
+    let mut config =
+        std::fs::read_to_string(repo().join("contrib/prometheus/prometheus.yml")).unwrap();
+    for (from, to) in [
+        ("scrape_interval: 15s", "scrape_interval: 1s"),
+        ("evaluation_interval: 15s", "evaluation_interval: 1s"),
+        ("127.0.0.1:9740", target),
+    ] {
+        assert!(config.contains(from), "prometheus.yml has {from}");
+        config = config.replace(from, to);
     }
-
-    /// `GET /api/v1/<path>`'s `data`; the answer must be a success.
-    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
-        let response = self
-            .http
-            .get(format!("{}/api/v1/{path}", self.base))
-            .query(query)
-            .send()
-            .await
-            .unwrap();
-        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-        assert_eq!(body["status"], "success", "{path} {query:?}: {body}");
-        body["data"].clone()
-    }
-
-    /// The instant vector `expr` gives now.
-    async fn query(&self, expr: &str) -> Vec<Value> {
-        let data = self.api("query", &[("query", expr)]).await;
-        assert_eq!(data["resultType"], "vector", "{expr}: {data}");
-        data["result"].as_array().unwrap().clone()
-    }
-
-    /// The single value `expr` gives now, if it gives one.
-    async fn value(&self, expr: &str) -> Option<f64> {
-        let result = self.query(expr).await;
-        let [sample] = result.as_slice() else {
-            return None;
-        };
-        sample["value"][1].as_str()?.parse().ok()
-    }
+    Prometheus::start(&config, &[("alerts.yml", &alert_rules())]).await
 }
 
 /// `n` jobs of `payload` on `queue`, by `conveyor enqueue --file`.
@@ -320,7 +235,7 @@ async fn every_dashboard_query_and_alert_rule_runs_on_a_real_prometheus() {
     enqueue(cfg, dir.path(), "work", "{}", 10);
     enqueue(cfg, dir.path(), "fail", r#"{"fail": "permanent"}"#, 3);
 
-    let prometheus = Prometheus::start(&target).await;
+    let prometheus = shipped_prometheus(&target).await;
     let scraped = |expr: &'static str, want: f64| {
         let prometheus = &prometheus;
         async move { prometheus.value(expr).await == Some(want) }
