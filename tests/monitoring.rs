@@ -9,6 +9,8 @@
 mod common;
 #[path = "monitoring/prometheus.rs"]
 mod prometheus;
+#[path = "monitoring/queries.rs"]
+mod queries;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use prometheus::{Prometheus, prometheus_tool};
+use queries::{as_grafana_sends, dashboard_queries, metric_names};
 use serde_json::Value;
 
 fn repo() -> &'static Path {
@@ -50,57 +53,6 @@ fn alert_count() -> usize {
 fn dashboard() -> Value {
     let text = std::fs::read_to_string(repo().join("contrib/grafana/conveyor.json")).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("conveyor.json is no JSON: {e}"))
-}
-
-/// Every panel's title and the `expr` of each of its targets.
-fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
-    let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap().to_owned();
-            queries.push((panel["title"].as_str().unwrap().to_owned(), expr));
-        }
-    }
-    queries
-}
-
-/// `expr` as Grafana sends it, with `queue` chosen in the `$queue`
-/// variable (a name, or `.*` for All) and a minute's rate interval.
-fn as_grafana_sends(expr: &str, queue: &str) -> String {
-    let sent = expr
-        .replace("$__rate_interval", "1m")
-        .replace("${queue}", queue)
-        .replace("$queue", queue);
-    assert!(
-        !sent.contains('$'),
-        "a Grafana variable this test does not know in {expr}"
-    );
-    sent
-}
-
-/// The metric names `expr` uses: conveyor's own, and Prometheus's `up`.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    let mut rest = expr;
-    while let Some(at) = rest.find(|c: char| ident(c)) {
-        let tail = &rest[at..];
-        let end = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
-        let word = &tail[..end];
-        let starts_word = at == 0 || !rest[..at].ends_with(['"', '.']);
-        if starts_word && (word.starts_with("conveyor_") || tail.starts_with("up{")) {
-            names.insert(word.to_owned());
-        }
-        rest = &tail[end..];
-    }
-    names
-}
-
-#[test]
-fn metric_names_finds_the_names_and_not_labels_or_functions() {
-    let expr = r#"max(conveyor_nodes) == 0 or absent(up{job="conveyor_x"} == 1)"#;
-    let want: BTreeSet<String> = ["conveyor_nodes", "up"].map(String::from).into();
-    assert_eq!(metric_names(expr), want);
 }
 
 #[test]
@@ -184,16 +136,13 @@ fn the_dashboard_is_json_with_its_datasource_on_every_panel_and_query() {
 }
 
 /// contrib/prometheus/prometheus.yml (with alerts.yml beside it), run
-/// scraping `target` every second.
-async fn shipped_prometheus(target: &str) -> Prometheus {
+/// scraping `target` and evaluating the rules every `interval`.
+async fn shipped_prometheus(target: &str, interval: &str) -> Prometheus {
     let mut config =
         std::fs::read_to_string(repo().join("contrib/prometheus/prometheus.yml")).unwrap();
-    for (from, to) in [
-        ("scrape_interval: 15s", "scrape_interval: 1s"),
-        ("evaluation_interval: 15s", "evaluation_interval: 1s"),
-        ("127.0.0.1:9740", target),
-    ] {
+    for (from, to) in [("15s", interval), ("127.0.0.1:9740", target)] {
         assert!(config.contains(from), "prometheus.yml has {from}");
+        // Every 15s is an interval: the scrape's and the rules'.
         config = config.replace(from, to);
     }
     Prometheus::start(&config, &[("alerts.yml", &alert_rules())]).await
@@ -235,7 +184,7 @@ async fn every_dashboard_query_and_alert_rule_runs_on_a_real_prometheus() {
     enqueue(cfg, dir.path(), "work", "{}", 10);
     enqueue(cfg, dir.path(), "fail", r#"{"fail": "permanent"}"#, 3);
 
-    let prometheus = shipped_prometheus(&target).await;
+    let prometheus = shipped_prometheus(&target, "1s").await;
     let scraped = |expr: &'static str, want: f64| {
         let prometheus = &prometheus;
         async move { prometheus.value(expr).await == Some(want) }
@@ -363,4 +312,67 @@ async fn every_dashboard_query_and_alert_rule_runs_on_a_real_prometheus() {
         "{:?}",
         prometheus.logs.lines()
     );
+}
+
+/// Whether `alert` is pending or firing, with `labels` among its labels.
+async fn alert_active(prometheus: &Prometheus, alert: &str, labels: &[(&str, &str)]) -> bool {
+    let alerts = prometheus.api("alerts", &[]).await;
+    alerts["alerts"].as_array().unwrap().iter().any(|a| {
+        a["labels"]["alertname"] == alert && labels.iter().all(|(k, v)| a["labels"][k] == *v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_then_no_daemon_start_their_alerts_on_a_real_prometheus() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        "[web]\nlisten = \"127.0.0.1:0\"\n[queues.work]\nhandler = \"noop\"\n",
+    );
+    let mut daemon = conveyor();
+    daemon.args(["--config", cfg.to_str().unwrap(), "run"]);
+    let (daemon, logs) = spawn_logged(daemon);
+    let target = web_address(&logs).await.replace("http://", "");
+    // Without Redis, /metrics answers after its 2 s wait for it: the
+    // scrape's timeout (the interval here, 10 s by default) must be longer.
+    let prometheus = shipped_prometheus(&target, "3s").await;
+    wait_until(
+        "a scrape with Redis up",
+        Duration::from_secs(20),
+        || async {
+            prometheus.value("conveyor_redis_up").await == Some(1.0)
+                && prometheus.value("conveyor_nodes").await == Some(1.0)
+        },
+    )
+    .await;
+    // Before its first scrape, Prometheus saw no target up: the no-node
+    // alert may have gone pending (its `for:` is there for that); an
+    // evaluation after the scrape ends it.
+    wait_until("neither alert active", Duration::from_secs(20), || async {
+        !alert_active(&prometheus, "ConveyorRedisDown", &[]).await
+            && !alert_active(&prometheus, "ConveyorNoNodeAlive", &[]).await
+    })
+    .await;
+
+    // Redis goes: the daemon says so, and the Redis alert starts.
+    redis.kill();
+    let instance = [("instance", target.as_str())];
+    wait_until(
+        "ConveyorRedisDown pending",
+        Duration::from_secs(30),
+        || async { alert_active(&prometheus, "ConveyorRedisDown", &instance).await },
+    )
+    .await;
+    assert_eq!(prometheus.value("up").await, Some(1.0));
+
+    // The daemon goes too: no scrape answers, and the no-node alert starts.
+    drop(daemon);
+    wait_until(
+        "ConveyorNoNodeAlive pending",
+        Duration::from_secs(30),
+        || async { alert_active(&prometheus, "ConveyorNoNodeAlive", &[]).await },
+    )
+    .await;
 }
