@@ -46,6 +46,8 @@ pub struct Job {
     item: bytes::Bytes,
     envelope: Envelope,
     was_raw: bool,
+    /// When the daemon took it (made this job of it).
+    taken: Instant,
     deadline: Instant,
     /// Made on first use: most runs are never cancelled, nor asked.
     cancel: OnceLock<CancellationToken>,
@@ -55,12 +57,14 @@ pub struct Job {
 impl Job {
     /// A job from an item that parsed.
     pub fn new(queue: Arc<str>, item: impl Into<bytes::Bytes>, parsed: Parsed) -> Self {
+        let taken = Instant::now();
         Self {
             queue,
             item: item.into(),
             envelope: parsed.envelope,
             was_raw: parsed.was_raw,
-            deadline: Instant::now() + UNSET_TIMEOUT,
+            taken,
+            deadline: taken + UNSET_TIMEOUT,
             cancel: OnceLock::new(),
             result: Mutex::new(None),
         }
@@ -157,6 +161,27 @@ impl Job {
             .checked_add(timeout)
             .or_else(|| now.checked_add(MAX_TIMEOUT))
             .unwrap_or(now);
+    }
+
+    /// How long its first run waited to start: since the envelope's
+    /// `created_at` (push time, as producers and `conveyor enqueue` write
+    /// it), or since the daemon took it when it has none (a raw payload).
+    /// `None` for a later attempt, whose wait is its backoff.
+    pub(crate) fn waited(&self, now_ms: i64) -> Option<Duration> {
+        if self.envelope.attempt > 0 {
+            return None;
+        }
+        let pushed = self
+            .envelope
+            .created_at
+            .as_deref()
+            .and_then(|at| at.parse::<jiff::Timestamp>().ok());
+        Some(match pushed {
+            Some(at) => Duration::from_millis(
+                u64::try_from(now_ms.saturating_sub(at.as_millisecond())).unwrap_or(0),
+            ),
+            None => self.taken.elapsed(),
+        })
     }
 
     /// Tells whoever watches [`Job::cancelled`] that the run is over.

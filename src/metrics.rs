@@ -6,6 +6,8 @@
 //!   daemon: `succeeded`, `failed` (every failed run), `retried`, `dead`,
 //!   `recovered` (put back by a shutdown or a reaper).
 //! - `conveyor_job_duration_seconds{queue}`: handler runs, as a histogram.
+//! - `conveyor_job_wait_seconds{queue}`: push to the start of a first run,
+//!   as a histogram.
 //! - `conveyor_queue_jobs{queue,state}`, `conveyor_queue_oldest_seconds{queue}`,
 //!   `conveyor_queue_paused{queue}`, `conveyor_nodes`: from Redis.
 //! - `conveyor_events_dropped_total`: events this daemon could not publish.
@@ -29,6 +31,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Bounds of the waiting-time histogram's buckets, in seconds: a
+/// millisecond to a day, for queues that keep up and queues that lag.
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
 /// The outcomes `conveyor_jobs_total` counts.
 const OUTCOMES: [&str; 5] = ["succeeded", "failed", "retried", "dead", "recovered"];
 
@@ -36,6 +44,7 @@ const OUTCOMES: [&str; 5] = ["succeeded", "failed", "retried", "dead", "recovere
 pub(crate) struct Metrics {
     jobs: IntCounterVec,
     duration: HistogramVec,
+    wait: HistogramVec,
     events_dropped: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
@@ -48,6 +57,7 @@ pub(crate) struct QueueMetrics {
     dead: IntCounter,
     recovered: IntCounter,
     duration: Histogram,
+    wait: Histogram,
 }
 
 impl Default for Metrics {
@@ -76,9 +86,19 @@ impl Metrics {
             &["queue"],
         )
         .expect("the metric's name and labels are valid");
+        let wait = HistogramVec::new(
+            HistogramOpts::new(
+                "conveyor_job_wait_seconds",
+                "How long jobs waited from push to the start of their first run, on this daemon.",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+            &["queue"],
+        )
+        .expect("the metric's name and labels are valid");
         Self {
             jobs,
             duration,
+            wait,
             events_dropped: OnceLock::new(),
         }
     }
@@ -93,6 +113,7 @@ impl Metrics {
             dead: counter(OUTCOMES[3]),
             recovered: counter(OUTCOMES[4]),
             duration: self.duration.with_label_values(&[name]),
+            wait: self.wait.with_label_values(&[name]),
         }
     }
 
@@ -104,6 +125,7 @@ impl Metrics {
     fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.jobs.collect();
         families.extend(self.duration.collect());
+        families.extend(self.wait.collect());
         if let Some(read) = self.events_dropped.get() {
             let dropped = IntCounter::new(
                 "conveyor_events_dropped_total",
@@ -118,6 +140,11 @@ impl Metrics {
 }
 
 impl QueueMetrics {
+    /// A first run that starts after waiting `waited`.
+    pub(crate) fn started(&self, waited: Duration) {
+        self.wait.observe(waited.as_secs_f64());
+    }
+
     /// A run that succeeded after `took`.
     pub(crate) fn succeeded(&self, took: Duration) {
         self.succeeded.inc();

@@ -221,11 +221,18 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     let (code, out) = cli(cfg, &["enqueue", "fail", &hostile.to_string()]);
     assert_eq!(code, 0, "{out}");
     let dead_id = out.trim().to_owned();
+    // And one its producer pushed three seconds ago, which succeeds.
+    let pushed = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3);
+    let waited = json!({ "id": "waited", "payload": {}, "attempt": 0, "created_at": format!("{pushed:.3}") });
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "jobs:fail", waited.to_string())
+        .await
+        .unwrap();
     wait_until("20 done and 1 dead", Duration::from_secs(20), || {
         let mut c = conn.clone();
         async move {
             stat(&mut c, "jobs:work", "processed").await == 20
                 && llen(&mut c, "{jobs:fail}:dead").await == 1
+                && stat(&mut c, "jobs:fail", "processed").await == 2
         }
     })
     .await;
@@ -306,6 +313,19 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
             r#"conveyor_job_duration_seconds_bucket{queue="work",le="+Inf"}"#
         ),
         Some(20.0)
+    );
+    // Waiting time, push to the first run's start: the jobs enqueued just
+    // now waited under a second, the one pushed three seconds ago longer.
+    let wait = |queue: &str, le: &str| {
+        sample(
+            &text,
+            &format!(r#"conveyor_job_wait_seconds_bucket{{queue="{queue}",le="{le}"}}"#),
+        )
+    };
+    assert_eq!(wait("work", "1"), Some(20.0), "{text}");
+    assert_eq!(
+        (wait("fail", "1"), wait("fail", "30")),
+        (Some(1.0), Some(2.0))
     );
     assert_eq!(
         sample(&text, r#"conveyor_queue_jobs{queue="fail",state="dead"}"#),
@@ -399,7 +419,7 @@ async fn the_api_metrics_and_actions_of_a_running_daemon() {
     wait_until("the retried job ran again", Duration::from_secs(20), || {
         let mut c = conn.clone();
         async move {
-            stat(&mut c, "jobs:fail", "processed").await == 2
+            stat(&mut c, "jobs:fail", "processed").await == 3
                 && llen(&mut c, "{jobs:fail}:dead").await == 1
         }
     })

@@ -118,6 +118,9 @@ impl Processor {
 
         let timeout = job.timeout(self.config.timeout);
         job.start_run(timeout);
+        if let Some(waited) = job.waited(self.clock.now_ms()) {
+            self.metrics.started(waited);
+        }
         self.emit(EventType::Started, |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
