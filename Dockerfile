@@ -19,6 +19,12 @@ RUN apt-get update \
        --home-dir /nonexistent --shell /usr/sbin/nologin conveyor
 COPY --from=build /conveyor /usr/local/bin/conveyor
 COPY config/conveyor.toml /etc/conveyor/conveyor.toml
+COPY config/templates /etc/conveyor/templates
+# The example's file transport writes mail beside the configuration, which
+# the conveyor user cannot write: a directory of its own, as the package's.
+RUN sed -i 's|^dir = "outbox"$|dir = "/var/lib/conveyor/outbox"|' /etc/conveyor/conveyor.toml \
+    && grep -q '^dir = "/var/lib/conveyor/outbox"$' /etc/conveyor/conveyor.toml \
+    && install -d -o 10001 -g 10001 /var/lib/conveyor /var/lib/conveyor/outbox
 # The dashboard, /metrics, /healthz, /readyz and the API on every address:
 # a probe or a scraper reaches the pod's address, not its loopback. Beyond
 # loopback conveyor refuses to start without CONVEYOR_WEB_TOKEN (16
