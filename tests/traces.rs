@@ -2,7 +2,8 @@
 //! server decoding each `ExportTraceServiceRequest` with PyPI's
 //! opentelemetry-proto) and a producer's span made with the OpenTelemetry
 //! Python SDK: each attempt a consumer span, the first under the
-//! producer's span and a retry in a trace of its own linked to it; log lines
+//! producer's span and a retry in a trace of its own linked to it; the
+//! context passed on to an http receiver and an exec worker; log lines
 //! carrying the span's ids; and a collector that is away costing the jobs
 //! nothing, its spans counted as dropped.
 
@@ -11,6 +12,8 @@
 #[path = "traces/collector.rs"]
 mod collector;
 mod common;
+#[path = "http/mod.rs"]
+mod http;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use collector::{Collector, producer_span};
 use common::*;
+use http::HttpServer;
 use serde_json::{Value, json};
 
 /// OTLP's number for a consumer span, and for the statuses.
@@ -154,6 +158,66 @@ async fn the_first_attempt_is_the_producers_child_and_a_retry_a_linked_trace() {
             assert_eq!(line["span_id"], span["span_id"], "{line}");
         }
     }
+}
+
+/// An oneshot exec worker that appends the request it was given to the
+/// file its payload names.
+const RECORDER: &str = r#"
+import json, sys
+req = json.loads(sys.stdin.read())
+with open(req["payload"]["out"], "a") as out:
+    out.write(json.dumps(req) + "\n")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_span_goes_on_to_an_http_receiver_and_an_exec_worker() {
+    let redis = Redis::start();
+    let collector = Collector::start();
+    let server = HttpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("recorder.py");
+    std::fs::write(&worker, RECORDER).unwrap();
+    let requests = dir.path().join("requests.jsonl");
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        &format!(
+            "[queues.hooks]\nhandler = \"http\"\n[queues.hooks.http]\nurl = \"{}\"\n\
+             [queues.work]\nhandler = \"exec\"\n[queues.work.exec]\n\
+             command = [\"python3\", \"{}\"]\nmode = \"oneshot\"\n",
+            server.url("/ok"),
+            worker.display()
+        ),
+    );
+    let (_daemon, _logs) = spawn_logged(daemon(&cfg, &collector.endpoint()));
+    let (traceparent, tracestate) = producer_span();
+    let tp = ["--traceparent", traceparent.as_str()];
+    let state = [("TRACESTATE", tracestate.as_str())];
+    let hook = enqueue(&cfg, "hooks", r#"{"order": 7}"#, &tp, &state);
+    let out = json!({"out": requests}).to_string();
+    let work = enqueue(&cfg, "work", &out, &tp, &state);
+
+    let span = &collector.job_spans(&hook, 1).await[0];
+    let sent = format!(
+        "00-{}-{}-01",
+        span["trace_id"].as_str().unwrap(),
+        span["span_id"].as_str().unwrap()
+    );
+    let request = &server.to("/ok")[0];
+    assert_eq!(request.headers["traceparent"], sent);
+    assert_eq!(request.headers["tracestate"], "shop=checkout");
+
+    let span = &collector.job_spans(&work, 1).await[0];
+    let sent = format!(
+        "00-{}-{}-01",
+        span["trace_id"].as_str().unwrap(),
+        span["span_id"].as_str().unwrap()
+    );
+    let got: Value =
+        serde_json::from_str(std::fs::read_to_string(&requests).unwrap().trim()).unwrap();
+    assert_eq!(got["traceparent"], sent);
+    assert_eq!(got["tracestate"], "shop=checkout");
+    assert_eq!(got["id"], work.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
