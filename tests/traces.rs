@@ -288,3 +288,56 @@ async fn with_the_collector_away_jobs_run_at_once_and_spans_are_counted_dropped(
         started.elapsed()
     );
 }
+
+/// A Rust handler that keeps, as its result, the span context the daemon
+/// gave it, as a handler would start its own spans under it.
+struct Spans;
+
+#[conveyor::async_trait]
+impl conveyor::Handler for Spans {
+    async fn handle(&self, job: &conveyor::Job) -> Result<(), conveyor::HandlerError> {
+        use conveyor::opentelemetry::trace::TraceContextExt as _;
+        let cx = job.trace_context().expect("tracing is on");
+        let span = cx.span();
+        let ids = span.span_context();
+        job.set_result(&json!({
+            "trace_id": ids.trace_id().to_string(),
+            "span_id": ids.span_id().to_string(),
+            "traceparent": job.traceparent(),
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_handler_is_given_the_jobs_span_as_its_parent() {
+    let redis = Redis::start();
+    let collector = Collector::start();
+    let config = config(
+        &redis,
+        &format!(
+            "[tracing]\notlp_endpoint = \"{}\"\n[queues.spans]\nhandler = \"spans\"\ntrack = true\n",
+            collector.endpoint()
+        ),
+    );
+    let mut registry = builtin();
+    registry.register_handler("spans", Spans);
+    let daemon = TestDaemon::start(config, registry);
+    let mut conn = redis.conn().await;
+    let envelope = json!({"id": "rust-1", "payload": {}, "attempt": 0});
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "jobs:spans", envelope.to_string())
+        .await
+        .unwrap();
+    let done = wait_job_state(&conn, "rust-1", "succeeded", Duration::from_secs(20)).await;
+    let got: Value = serde_json::from_str(&done["result"]).unwrap();
+    let span = &collector.job_spans("rust-1", 1).await[0];
+    assert_eq!(got["trace_id"], span["trace_id"]);
+    assert_eq!(got["span_id"], span["span_id"]);
+    let (trace_id, span_id) = (
+        span["trace_id"].as_str().unwrap(),
+        span["span_id"].as_str().unwrap(),
+    );
+    assert_eq!(got["traceparent"], format!("00-{trace_id}-{span_id}-01"));
+    // No producer: the attempt is a trace's root.
+    assert_eq!(span["parent_span_id"], "");
+    daemon.stop().await.unwrap();
+}
