@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::duration::human;
 
 pub mod bounds;
+mod tracing;
+
+pub use tracing::TracingConfig;
 
 /// Where `conveyor` looks for its configuration when `--config` is not given:
 /// `$CONVEYOR_CONFIG`, then the service's path, then the example in a checkout.
@@ -67,6 +70,9 @@ pub struct Config {
     /// The dashboard, `/metrics` and the web API.
     #[serde(default)]
     pub web: WebConfig,
+    /// Where traces go (off unless an endpoint is set).
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// The top-level tables that are not conveyor's own: each the
     /// node-wide settings of the handler it is named after (`[email]`,
     /// `[exec]`), read and checked by that handler
@@ -929,7 +935,8 @@ impl Config {
         }
     }
 
-    /// Applies `REDIS_URL`, `CONVEYOR_WEB_LISTEN`, and the Redis and web
+    /// Applies `REDIS_URL`, `CONVEYOR_WEB_LISTEN`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_SERVICE_NAME`, and the Redis and web
     /// token sources (a handler applies its own, [`Config::env`]).
     /// `env` looks a variable up; tests pass their own.
     pub(crate) fn apply_env(
@@ -942,6 +949,7 @@ impl Config {
         }
         self.redis.password = secret(&env, "REDIS_PASSWORD", "redis_password")?;
         self.web.token = secret(&env, "CONVEYOR_WEB_TOKEN", "web_token")?;
+        self.tracing.apply_env(&env);
         if let Some(listen) = env("CONVEYOR_WEB_LISTEN") {
             self.web.listen = match listen.trim() {
                 "" => None,
@@ -975,6 +983,7 @@ impl Config {
         }
         self.redis.validate_target()?;
         self.redis.validate_tls()?;
+        self.tracing.validate()?;
         let channel = &self.events.channel;
         if channel.is_empty() {
             return invalid("events.channel must not be empty".into());
@@ -1107,7 +1116,15 @@ impl Config {
 }
 
 /// The top-level tables that are conveyor's own; any other is a handler's.
-pub const CORE_TABLES: &[&str] = &["redis", "daemon", "events", "web", "queues", "schedules"];
+pub const CORE_TABLES: &[&str] = &[
+    "redis",
+    "daemon",
+    "events",
+    "web",
+    "queues",
+    "schedules",
+    "tracing",
+];
 
 /// The `[queues]` table: each queue's table less the one named after its
 /// handler, which becomes [`QueueConfig::options`] for the handler to read.

@@ -151,6 +151,13 @@ impl Envelope {
         serde_json::to_string(self).expect("an envelope always serializes")
     }
 
+    /// The string value of a field this version keeps verbatim (such as
+    /// `traceparent`), if it is there and a string.
+    pub(crate) fn extra_text(&self, name: &str) -> Option<String> {
+        let (_, value) = self.extra.iter().find(|(k, _)| k == name)?;
+        serde_json::from_str(value.get()).ok()
+    }
+
     /// Records a failure reason, shortened to a bounded length.
     pub(crate) fn set_error(&mut self, error: &str) {
         self.last_error = Some(truncate(error, MAX_ERROR_LEN).into_owned());
@@ -497,6 +504,23 @@ pub(crate) fn new_envelope_json(
     serde_json::to_string(&new).expect("an envelope always serializes")
 }
 
+/// Adds the producer's span (`traceparent`, and `tracestate` if any) to
+/// the text of a new envelope ([`new_envelope_json`]'s, which ends with
+/// its object's `}`).
+pub(crate) fn add_trace(envelope: &mut String, traceparent: &str, tracestate: Option<&str>) {
+    if envelope.pop() != Some('}') {
+        unreachable!("a new envelope is a JSON object");
+    }
+    let string = |s: &str| serde_json::to_string(s).expect("a string is JSON");
+    envelope.push_str(",\"traceparent\":");
+    envelope.push_str(&string(traceparent));
+    if let Some(state) = tracestate {
+        envelope.push_str(",\"tracestate\":");
+        envelope.push_str(&string(state));
+    }
+    envelope.push('}');
+}
+
 /// A new job id: a UUIDv7 (ids sort by creation time), its random bits
 /// from a per-thread generator rather than a system call per id.
 pub(crate) fn new_id() -> String {
@@ -612,6 +636,24 @@ mod tests {
             ids[0][..12] <= ids[999][..12],
             "the time prefix does not go back"
         );
+    }
+
+    #[test]
+    fn a_traced_envelope_keeps_its_producers_span() {
+        let payload = RawValue::from_string("1".into()).expect("json");
+        let mut text = new_envelope_json("j1", &payload, None, "2026-01-01T00:00:00.000Z", None);
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        add_trace(&mut text, tp, Some("vendor=a1"));
+        let e = parse_item(text.as_bytes(), MAX)
+            .expect("an envelope")
+            .envelope;
+        assert_eq!(e.extra_text("traceparent").as_deref(), Some(tp));
+        assert_eq!(e.extra_text("tracestate").as_deref(), Some("vendor=a1"));
+        // Kept as it was through a retry's envelope.
+        let again = parse_item(e.to_json().as_bytes(), MAX)
+            .expect("an envelope")
+            .envelope;
+        assert_eq!(again.extra_text("traceparent").as_deref(), Some(tp));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Job {
     /// Made on first use: most runs are never cancelled, nor asked.
     cancel: OnceLock<CancellationToken>,
     result: Mutex<Option<Box<RawValue>>>,
+    /// This run's span, when tracing is on.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Job {
@@ -67,6 +69,7 @@ impl Job {
             deadline: taken + UNSET_TIMEOUT,
             cancel: OnceLock::new(),
             result: Mutex::new(None),
+            trace: None,
         }
     }
 
@@ -142,6 +145,44 @@ impl Job {
         }
         *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(json);
         Ok(())
+    }
+
+    /// This run's span as an OpenTelemetry context, when the daemon traces
+    /// (`[tracing]`): a Rust handler starts its own spans with it as their
+    /// parent (`tracer.start_with_context(name, cx)`), so they are children
+    /// of the job's. `None` when tracing is off.
+    pub fn trace_context(&self) -> Option<&opentelemetry::Context> {
+        self.trace.as_ref()
+    }
+
+    /// The W3C `traceparent` of this run's span, to pass on to a service
+    /// the handler calls (the http handler sends it as a header, the exec
+    /// handler in its request); `None` when tracing is off.
+    pub fn traceparent(&self) -> Option<String> {
+        use opentelemetry::trace::TraceContextExt as _;
+        let cx = self.trace.as_ref()?;
+        let span = cx.span();
+        let ids = span.span_context();
+        Some(format!(
+            "00-{}-{}-{:02x}",
+            ids.trace_id(),
+            ids.span_id(),
+            ids.trace_flags().to_u8()
+        ))
+    }
+
+    /// The W3C `tracestate` that goes with [`Job::traceparent`], if the
+    /// producer's trace has one.
+    pub fn tracestate(&self) -> Option<String> {
+        use opentelemetry::trace::TraceContextExt as _;
+        let cx = self.trace.as_ref()?;
+        let state = cx.span().span_context().trace_state().header();
+        (!state.is_empty()).then_some(state)
+    }
+
+    /// Gives this run its span.
+    pub(crate) fn set_trace(&mut self, cx: opentelemetry::Context) {
+        self.trace = Some(cx);
     }
 
     /// The result set so far, taken out of the job.

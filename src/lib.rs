@@ -85,11 +85,15 @@ pub(crate) mod metrics;
 pub(crate) mod schedule;
 pub mod shutdown;
 pub(crate) mod template_value;
+pub(crate) mod traces;
 pub(crate) mod web;
 
 pub use async_trait::async_trait;
 pub use handlers::{Handler, Registry};
 pub use job::{HandlerError, Job};
+/// The OpenTelemetry API [`Job::trace_context`] speaks, at the version this
+/// crate builds with: a Rust handler's spans are children of the job's.
+pub use opentelemetry;
 
 use std::process::ExitCode;
 

@@ -11,6 +11,8 @@
 //! - `conveyor_queue_jobs{queue,state}`, `conveyor_queue_oldest_seconds{queue}`,
 //!   `conveyor_queue_paused{queue}`, `conveyor_nodes`: from Redis.
 //! - `conveyor_events_dropped_total`: events this daemon could not publish.
+//! - `conveyor_spans_dropped_total`: trace spans this daemon dropped (its
+//!   export queue full, or the collector failing); shown when tracing is on.
 //! - `conveyor_redis_up`: whether Redis answered the scrape (the daemon's
 //!   counters are served either way).
 
@@ -46,6 +48,7 @@ pub(crate) struct Metrics {
     duration: HistogramVec,
     wait: HistogramVec,
     events_dropped: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    spans_dropped: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 /// One queue's counters, resolved once: recording is an atomic add.
@@ -100,6 +103,7 @@ impl Metrics {
             duration,
             wait,
             events_dropped: OnceLock::new(),
+            spans_dropped: OnceLock::new(),
         }
     }
 
@@ -122,6 +126,12 @@ impl Metrics {
         let _ = self.events_dropped.set(Box::new(read));
     }
 
+    /// Where `conveyor_spans_dropped_total` is read from (set once, when
+    /// tracing is on).
+    pub(crate) fn count_dropped_spans(&self, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.spans_dropped.set(Box::new(read));
+    }
+
     fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.jobs.collect();
         families.extend(self.duration.collect());
@@ -130,6 +140,15 @@ impl Metrics {
             let dropped = IntCounter::new(
                 "conveyor_events_dropped_total",
                 "Events and status updates this daemon dropped (Redis too slow or away).",
+            )
+            .expect("the metric's name is valid");
+            dropped.inc_by(read());
+            families.extend(dropped.collect());
+        }
+        if let Some(read) = self.spans_dropped.get() {
+            let dropped = IntCounter::new(
+                "conveyor_spans_dropped_total",
+                "Trace spans this daemon dropped (its export queue full, or the collector failing).",
             )
             .expect("the metric's name is valid");
             dropped.inc_by(read());

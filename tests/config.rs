@@ -73,6 +73,16 @@ use redis::AsyncCommands as _;
 /// message must say (the key, and why).
 const REFUSED: &[(&str, &str, &str)] = &[
     (
+        "a collector address that is not a URL",
+        "[tracing]\notlp_endpoint = \"127.0.0.1:4318\"\n[queues.q]\nhandler = \"noop\"\n",
+        "tracing.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) \"127.0.0.1:4318\" is not a URL",
+    ),
+    (
+        "a sample ratio above 1",
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5\n[queues.q]\nhandler = \"noop\"\n",
+        "tracing.sample_ratio 1.5 must be from 0 to 1",
+    ),
+    (
         "a job timeout past any clock",
         "[queues.q]\nhandler = \"noop\"\ntimeout = \"500000000000y\"\n",
         "queues.q.timeout must be between 1ms and 7days",

@@ -16,7 +16,7 @@ use crate::broker::events::{EventSink, StatusUpdate};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::config::bounds::{UNIQUE_FOR, duration};
 use crate::config::{Config, EventLevel};
-use crate::envelope::{check_size, new_envelope_json, new_id};
+use crate::envelope::{add_trace, check_size, new_envelope_json, new_id};
 use crate::event::{Draft, EventType};
 use crate::job::JobState;
 
@@ -34,6 +34,12 @@ pub struct EnqueueOptions {
     /// What makes jobs equal for `unique_for`; by default a digest of the
     /// payload's JSON.
     pub unique_key: Option<String>,
+    /// The producer's span as a W3C `traceparent`
+    /// (`00-<trace id>-<span id>-<flags>`): the job's first attempt is its
+    /// child in the traces (DESIGN section 15).
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 /// What became of a job given to [`Client::enqueue`].
@@ -79,6 +85,9 @@ impl Client {
         }
         if options.max_attempts == Some(0) {
             return Err(invalid("max_attempts must be at least 1".into()));
+        }
+        if let Some(traceparent) = &options.traceparent {
+            crate::traces::check_traceparent(traceparent).map_err(invalid)?;
         }
         let due_ms = match options.delay {
             None => None,
@@ -156,13 +165,16 @@ impl Announcer {
             (key, ttl)
         });
         let id = new_id();
-        let envelope = new_envelope_json(
+        let mut envelope = new_envelope_json(
             &id,
             payload,
             options.max_attempts,
             now,
             unique.as_ref().map(|(k, _)| k.as_str()),
         );
+        if let Some(traceparent) = &options.traceparent {
+            add_trace(&mut envelope, traceparent, options.tracestate.as_deref());
+        }
         self.last_id.clone_from(&id);
         let mut job = NewJob {
             id,

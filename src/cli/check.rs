@@ -53,6 +53,12 @@ pub(crate) async fn run(
         };
         println!("web: ok (http://{listen}/, {who})");
     }
+    if let Some(url) = config.tracing.traces_url() {
+        println!(
+            "tracing: ok (spans to {url} as {}, sample ratio {})",
+            config.tracing.service_name, config.tracing.sample_ratio
+        );
+    }
     let broker = connect(&config).await?;
     match broker.server().await? {
         Some(server) => println!("redis: ok ({}, {server})", broker.url()),

@@ -15,7 +15,7 @@ use crate::broker::admin::{Enqueued, NewJob};
 use crate::broker::{Broker, QueueKeys};
 
 use crate::clock::{now_ms, now_rfc3339};
-use crate::envelope::{check_size, new_envelope_json, new_id};
+use crate::envelope::{add_trace, check_size, new_envelope_json, new_id};
 
 /// The node `conveyor enqueue`'s events name: this process.
 fn node() -> String {
@@ -32,6 +32,8 @@ fn options(args: &Args) -> EnqueueOptions {
         max_attempts: args.max_attempts,
         unique_for: args.unique_for,
         unique_key: args.unique_key.clone(),
+        traceparent: args.traceparent.clone(),
+        tracestate: args.traceparent.as_ref().and(args.tracestate.clone()),
     }
 }
 
@@ -78,6 +80,20 @@ pub(crate) struct Args {
     /// Print no job ids.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// The producer's span (W3C trace context,
+    /// `00-<trace id>-<span id>-<flags>`): the job's first attempt is its
+    /// child in the traces.
+    #[arg(long, value_name = "TRACEPARENT", env = "TRACEPARENT", value_parser = traceparent)]
+    pub(crate) traceparent: Option<String>,
+    /// The W3C tracestate that goes with --traceparent.
+    #[arg(long, value_name = "TRACESTATE", env = "TRACESTATE")]
+    pub(crate) tracestate: Option<String>,
+}
+
+/// A `--traceparent` (or `TRACEPARENT`) the daemon can read.
+fn traceparent(value: &str) -> Result<String, String> {
+    crate::traces::check_traceparent(value.trim())?;
+    Ok(value.trim().to_owned())
 }
 
 /// Enqueues and prints the id of each job enqueued.
@@ -337,15 +353,17 @@ fn envelope_overhead(args: &Args) -> usize {
         .unique_for
         .map(|_| args.unique_key.clone().unwrap_or_else(|| digest("")));
     let zero = RawValue::from_string("0".into()).expect("0 is JSON");
-    new_envelope_json(
+    let mut envelope = new_envelope_json(
         &new_id(),
         &zero,
         args.max_attempts,
         &now_rfc3339(),
         key.as_deref(),
-    )
-    .len()
-        - 1
+    );
+    if let Some(traceparent) = &args.traceparent {
+        add_trace(&mut envelope, traceparent, args.tracestate.as_deref());
+    }
+    envelope.len() - 1
 }
 
 /// A payload the daemon will run: JSON, within the size rule the daemon

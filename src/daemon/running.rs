@@ -37,6 +37,8 @@ pub(super) struct Running {
     pub(super) heartbeat_task: JoinHandle<()>,
     pub(super) watchdog_task: JoinHandle<()>,
     pub(super) writer_task: JoinHandle<()>,
+    /// The tracer, flushed once no job runs.
+    pub(super) traces: Option<std::sync::Arc<crate::traces::Traces>>,
 }
 
 impl Running {

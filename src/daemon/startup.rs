@@ -48,6 +48,7 @@ impl Wiring {
             wake_scheduler,
             web,
             stops,
+            traces,
         } = self;
         let writer_task = tokio::spawn(writer.run(stops.writer.clone(), stops.give_up.clone()));
         // Listed as alive in every queue before the first job is taken.
@@ -100,6 +101,7 @@ impl Wiring {
             heartbeat_task,
             watchdog_task,
             writer_task,
+            traces,
         }))
     }
 

@@ -62,6 +62,11 @@ impl Running {
             .saturating_sub(stopping_since.elapsed())
             .max(HANDLER_GRACE);
         self.queues.shut_handlers(left).await;
+        //    The last jobs' spans go to the collector now that no job runs
+        //    (bounded by the export timeout: a collector away costs nothing).
+        if let Some(traces) = &self.traces {
+            traces.stop().await;
+        }
         // 6. Background components: nothing left for them to do on this node.
         self.stops.background.cancel();
         join_all(&mut self.background).await;

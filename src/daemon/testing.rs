@@ -63,6 +63,7 @@ pub(crate) fn processor_with(
             give_up: CancellationToken::new(),
             metrics: Default::default(),
             clock: clock.clone(),
+            traces: None,
         },
     ));
     (processor, writer)

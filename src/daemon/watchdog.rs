@@ -165,6 +165,7 @@ mod tests {
                 give_up: CancellationToken::new(),
                 metrics: Default::default(),
                 clock: Clock::system(),
+                traces: None,
             },
         ))
     }

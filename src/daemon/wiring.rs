@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
+use crate::traces::Traces;
 
 /// A node wired together, not started: [`Wiring::start`] starts it.
 pub(super) struct Wiring {
@@ -39,6 +40,8 @@ pub(super) struct Wiring {
     pub(super) wake_scheduler: Arc<Notify>,
     pub(super) web: Web,
     pub(super) stops: Stops,
+    /// The tracer, flushed once the last job has run.
+    pub(super) traces: Option<Arc<Traces>>,
 }
 
 impl Wiring {
@@ -69,6 +72,13 @@ impl Wiring {
             let events = events.clone();
             metrics.count_dropped_events(move || events.dropped());
         }
+        let traces = Traces::start(&config.tracing)
+            .map_err(ConfigError::Invalid)?
+            .map(Arc::new);
+        if let Some(traces) = &traces {
+            let dropped = traces.dropped();
+            metrics.count_dropped_spans(move || dropped.get());
+        }
         let web = Web::start(&config, &broker, &metrics).await?;
         let shared = NodeShared {
             scheduler: wake_scheduler.clone(),
@@ -78,6 +88,7 @@ impl Wiring {
             give_up: stops.give_up.clone(),
             metrics,
             clock: clock.clone(),
+            traces: traces.clone(),
         };
         let mut queues = Queues::new(
             broker.clone(),
@@ -110,6 +121,7 @@ impl Wiring {
             wake_scheduler,
             web,
             stops,
+            traces,
         })
     }
 }

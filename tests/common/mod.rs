@@ -321,7 +321,12 @@ pub fn conveyor() -> Command {
         .env_remove("CONVEYOR_LOG_FORMAT")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
-        .env_remove("RUST_BACKTRACE");
+        .env_remove("RUST_BACKTRACE")
+        // Traces only where a test asks for them.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE");
     cmd
 }
 

@@ -34,6 +34,7 @@ use crate::event::{Draft, EventType};
 use crate::handlers::Handler;
 use crate::job::JobState;
 use crate::metrics::{Metrics, QueueMetrics};
+use crate::traces::Traces;
 
 mod run;
 
@@ -155,6 +156,8 @@ pub(crate) struct Processor {
     pub(super) clock: Clock,
     /// The running jobs `conveyor cancel` can stop, by id.
     cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// Each attempt's span, when tracing is on.
+    traces: Option<Arc<Traces>>,
 }
 
 /// A running job's registration for `conveyor cancel`, withdrawn on drop.
@@ -193,6 +196,8 @@ pub(crate) struct NodeShared {
     pub(crate) metrics: Arc<Metrics>,
     /// The node's clock.
     pub(crate) clock: Clock,
+    /// The node's tracer; `None` when tracing is off.
+    pub(crate) traces: Option<Arc<Traces>>,
 }
 
 impl Processor {
@@ -211,6 +216,7 @@ impl Processor {
             give_up,
             metrics,
             clock,
+            traces,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
@@ -240,6 +246,7 @@ impl Processor {
             paused: tokio::sync::watch::Sender::new(false),
             cancels: Mutex::new(HashMap::new()),
             clock,
+            traces,
         }
     }
 

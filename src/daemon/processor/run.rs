@@ -26,6 +26,7 @@ use crate::event::{Draft, EventType};
 use crate::job::HandlerError;
 use crate::job::Job;
 use crate::job::JobState;
+use crate::traces::Attempt;
 
 impl Processor {
     /// Reads a taken item and runs it (alone if `suspect`: `lua/take.lua`
@@ -40,7 +41,16 @@ impl Processor {
         match read_job(&item, self.config.max_payload_bytes) {
             Ok(parsed) => {
                 let job = Job::new(self.name.clone(), item, parsed);
-                let span = tracing::info_span!("job", id = %job.id(), queue = %self.name, attempt = job.attempt());
+                // trace_id and span_id are filled in when the attempt's
+                // trace span starts (tracing on); unset, no line shows them.
+                let span = tracing::info_span!(
+                    "job",
+                    id = %job.id(),
+                    queue = %self.name,
+                    attempt = job.attempt(),
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
                 self.run_job(job, suspect, busy, abandon)
                     .instrument(span)
                     .await;
@@ -121,6 +131,11 @@ impl Processor {
         if let Some(waited) = job.waited(self.clock.now_ms()) {
             self.metrics.started(waited);
         }
+        // Tracing off: this branch is all the job pays.
+        let attempt = match &self.traces {
+            Some(traces) => traces.attempt(&self.name, &mut job),
+            None => Attempt::OFF,
+        };
         self.emit(EventType::Started, |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
         });
@@ -138,11 +153,13 @@ impl Processor {
             _ = abandon.cancelled() => {
                 job.cancel();
                 tracing::info!("interrupted by the shutdown; requeued at the head of its queue");
+                attempt.end("interrupted", None);
                 return self.requeue(&job).await;
             }
             _ = cancel.token.cancelled() => {
                 job.cancel();
                 drop(busy);
+                attempt.end("cancelled", Some("cancelled"));
                 return self.cancelled(&job).await;
             }
         };
@@ -150,7 +167,10 @@ impl Processor {
         let took = started.elapsed();
         drop(busy);
         let error = match result {
-            Ok(Ok(Ok(()))) => return self.succeed(&job, took).await,
+            Ok(Ok(Ok(()))) => {
+                attempt.end("succeeded", None);
+                return self.succeed(&job, took).await;
+            }
             Ok(Ok(Err(e))) => e,
             Ok(Err(panic)) => {
                 HandlerError::transient(format!("handler panicked: {}", panic_message(&*panic)))
@@ -160,7 +180,7 @@ impl Processor {
                 HandlerError::transient(format!("timed out after {}", human(timeout)))
             }
         };
-        self.fail(&job, error, took, max_attempts).await;
+        self.fail(&job, error, took, max_attempts, &attempt).await;
     }
 
     async fn succeed(&self, job: &Job, took: Duration) {
@@ -189,12 +209,20 @@ impl Processor {
         }
     }
 
-    async fn fail(&self, job: &Job, error: HandlerError, took: Duration, max_attempts: u32) {
+    async fn fail(
+        &self,
+        job: &Job,
+        error: HandlerError,
+        took: Duration,
+        max_attempts: u32,
+        attempt: &Attempt,
+    ) {
         let last = error.is_permanent() || job.attempt() >= max_attempts;
         self.metrics.failed(took, !last);
         let took = took.as_millis() as u64;
         self.completions.record();
         let message = error.to_string();
+        attempt.end(if last { "dead" } else { "retrying" }, Some(&message));
         let failed = |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
                 .took(took)

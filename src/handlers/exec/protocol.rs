@@ -1,5 +1,6 @@
 //! The line protocol between the daemon and a worker program: one request
-//! line in (`{"id", "queue", "attempt", "payload"}`), and, in persistent
+//! line in (`{"id", "queue", "attempt", "traceparent"?, "tracestate"?,
+//! "payload"}`, the trace fields when the daemon traces), and, in persistent
 //! mode, one reply line out (`{"id", "status": "ok" | "retry" | "fail",
 //! "result"?, "error"?, "retry_in_ms"?}`).
 
@@ -37,6 +38,15 @@ pub(super) fn request(job: &Job) -> Vec<u8> {
     );
     line.extend_from_slice(b",\"attempt\":");
     line.extend_from_slice(itoa::Buffer::new().format(job.attempt()).as_bytes());
+    for (name, value) in [
+        (&b",\"traceparent\":"[..], job.traceparent()),
+        (&b",\"tracestate\":"[..], job.tracestate()),
+    ] {
+        if let Some(value) = value {
+            line.extend_from_slice(name);
+            line.extend_from_slice(serde_json::to_string(&value).unwrap_or_default().as_bytes());
+        }
+    }
     line.extend_from_slice(b",\"payload\":");
     if memchr::memchr2(b'\n', b'\r', payload).is_some() {
         minify_into(payload, &mut line);
@@ -207,6 +217,35 @@ mod tests {
             std::str::from_utf8(&line).expect("utf8"),
             "{\"id\":\"a\\\"b\",\"queue\":\"thumbs\",\"attempt\":3,\"payload\":{\"x\": [1, 2],\"s\":\"é\"}}\n"
         );
+    }
+
+    #[test]
+    fn a_traced_jobs_request_carries_its_span() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        let mut j = job(r#"{"id":"t1","payload":{},"attempt":0}"#);
+        let state: TraceState = "vendor=a1".parse().expect("a trace state");
+        let ids = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("hex"),
+            SpanId::from_hex("b7ad6b7169203331").expect("hex"),
+            TraceFlags::SAMPLED,
+            false,
+            state,
+        );
+        j.set_trace(opentelemetry::Context::new().with_remote_span_context(ids));
+        let line = request(&j);
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(
+            v["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(v["tracestate"], "vendor=a1");
+        // Untraced: no such fields at all.
+        let plain: serde_json::Value =
+            serde_json::from_slice(&request(&job(r#"{"id":"t2","payload":{},"attempt":0}"#)))
+                .expect("JSON");
+        assert!(plain.get("traceparent").is_none());
     }
 
     #[test]

@@ -63,6 +63,8 @@ const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const CONVEYOR_QUEUE: HeaderName = HeaderName::from_static("conveyor-queue");
 const CONVEYOR_ATTEMPT: HeaderName = HeaderName::from_static("conveyor-attempt");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Headers the handler sets itself.
 const RESERVED: [HeaderName; 7] = [
@@ -494,6 +496,16 @@ impl Http {
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
         headers.insert(CONVEYOR_QUEUE, self.queue_header.clone());
         headers.insert(CONVEYOR_ATTEMPT, HeaderValue::from(job.attempt()));
+        // The job's span goes on (tracing on): the receiver's spans are its
+        // children. Over any the queue's own headers set.
+        if let Some(traceparent) = job.traceparent() {
+            if let Ok(value) = HeaderValue::try_from(traceparent) {
+                headers.insert(TRACEPARENT, value);
+            }
+            if let Some(value) = job.tracestate().and_then(|s| HeaderValue::try_from(s).ok()) {
+                headers.insert(TRACESTATE, value);
+            }
+        }
         if target.method != Method::GET {
             headers.insert(
                 header::CONTENT_TYPE,
