@@ -16,7 +16,9 @@
 //! - web: the throughput run with `/metrics` scraped every second and an
 //!   event stream open, against without (`conveyor/web.rs`);
 //! - valkey: the throughput run on a Valkey against the same on the Redis,
-//!   interleaved, and the ratio (`conveyor/valkey.rs`).
+//!   interleaved, and the ratio (`conveyor/valkey.rs`);
+//! - traces: the throughput run with tracing on (ratio 1.0, a live
+//!   receiver) against off, interleaved (`conveyor/traces.rs`).
 //!
 //! Its servers are started as the tests start theirs
 //! (`tests/common/server.rs`): Redis's `redis-server` from the PATH,
@@ -54,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure: all, throughput, latency, enqueue, exec, email, http,
-    /// scaleout, web, valkey.
+    /// scaleout, web, valkey, traces.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -115,6 +117,8 @@ mod scaleout;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/server.rs"]
 mod server;
+#[path = "conveyor/traces.rs"]
+mod traces;
 #[path = "conveyor/valkey.rs"]
 mod valkey;
 #[path = "conveyor/web.rs"]
@@ -183,6 +187,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "web" {
         web::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "traces" {
+        traces::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "valkey" {
         valkey::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
