@@ -615,6 +615,21 @@ fn listed(runs: &[f64]) -> String {
         .join(", ")
 }
 
+/// Prints, after `label`, the median of the runs' ratios `b / a` and each
+/// run's.
+fn ratios(label: &str, a: &[f64], b: &[f64]) {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+    println!(
+        "{label:<13}{:>9.2}          (median of the runs' ratios; runs: {})",
+        median(&ratios),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 /// The median over runs of each run's `q` quantile (each run's samples sorted).
 fn median_quantile(runs: &[Vec<f64>], q: f64) -> f64 {
     median(&runs.iter().map(|s| percentile(s, q)).collect::<Vec<_>>())

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Args, Workload, config_file, listed, median, payload, throughput};
+use super::{Args, Workload, config_file, listed, median, payload, ratios, throughput};
 
 pub(super) fn bench(
     args: &Args,
@@ -70,25 +70,12 @@ pub(super) fn bench(
             listed(rates)
         );
     }
-    let ratios: Vec<f64> = rates[0]
-        .iter()
-        .zip(&rates[1])
-        .map(|(off, on)| on / off)
-        .collect();
     let cost: Vec<f64> = rates[0]
         .iter()
         .zip(&rates[1])
         .map(|(off, on)| (1.0 / on - 1.0 / off) * 1e6)
         .collect();
-    println!(
-        "on/off       {:>9.2}          (median of the runs' ratios; runs: {})",
-        median(&ratios),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    ratios("on/off", &rates[0], &rates[1]);
     println!(
         "cost         {:>9.2} us/job   (wall time per job, on minus off; runs: {})",
         median(&cost),

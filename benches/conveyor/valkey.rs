@@ -11,7 +11,8 @@ use std::path::Path;
 
 use super::server::{Family, ServerProcess};
 use super::{
-    Args, Workload, config_file, listed, median, payload, server_version, start_server, throughput,
+    Args, Workload, config_file, listed, median, payload, ratios, server_version, start_server,
+    throughput,
 };
 
 pub(super) fn bench(
@@ -61,19 +62,6 @@ pub(super) fn bench(
             listed(rates)
         );
     }
-    let ratios: Vec<f64> = rates[0]
-        .iter()
-        .zip(&rates[1])
-        .map(|(redis, valkey)| valkey / redis)
-        .collect();
-    println!(
-        "valkey/redis  {:>9.2}          (median of the runs' ratios; runs: {})",
-        median(&ratios),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    ratios("valkey/redis", &rates[0], &rates[1]);
     Ok(())
 }

@@ -459,6 +459,13 @@ async fn confirm_purge(
 
 /// What a page answers someone it does not admit: the login form, or with
 /// no token set, a refusal (a name that is not loopback: a rebound name).
+/// The `?queue=` an API read needs: a 400 when it is missing or empty.
+fn queue_param(queue: Option<&str>) -> Result<&str, Failure> {
+    queue
+        .filter(|q| !q.is_empty())
+        .ok_or_else(|| Failure(StatusCode::BAD_REQUEST, "give ?queue=<queue name>".into()))
+}
+
 fn page_refused(web: &Web, headers: &HeaderMap) -> Option<Response> {
     if web.auth.admits(headers) {
         return None;

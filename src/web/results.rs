@@ -13,7 +13,7 @@ use minijinja::Environment;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
-use super::{DEFAULT_LIMIT, Failure, Web, page_refused};
+use super::{DEFAULT_LIMIT, Failure, Web, page_refused, queue_param};
 use crate::api::{ApiError, Ended, MAX_RESULTS};
 use crate::template_value::from_json;
 
@@ -59,12 +59,7 @@ pub(super) async fn api(
     Query(asked): Query<Asked>,
 ) -> Result<Response, Failure> {
     web.admit(&headers)?;
-    let Some(queue) = asked.queue.as_deref().filter(|q| !q.is_empty()) else {
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            "give ?queue=<queue name>".into(),
-        ));
-    };
+    let queue = queue_param(asked.queue.as_deref())?;
     web.configured(queue)?;
     let limit = asked.limit(DEFAULT_LIMIT);
     let results = web.client.results(queue, asked.failed(), limit).await?;

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Failure, Web};
+use super::{Failure, Web, queue_param};
 use crate::api::ApiError;
 
 /// `?queue=`.
@@ -23,12 +23,7 @@ pub(super) async fn api(
     Query(asked): Query<Asked>,
 ) -> Result<Response, Failure> {
     web.admit(&headers)?;
-    let Some(queue) = asked.queue.as_deref().filter(|q| !q.is_empty()) else {
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            "give ?queue=<queue name>".into(),
-        ));
-    };
+    let queue = queue_param(asked.queue.as_deref())?;
     match web.client.scale(queue).await {
         Ok(scale) => Ok(axum::Json(scale).into_response()),
         // The name is not echoed: it came in the URL, from anyone.
