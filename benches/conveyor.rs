@@ -18,7 +18,9 @@
 //! - valkey: the throughput run on a Valkey against the same on the Redis,
 //!   interleaved, and the ratio (`conveyor/valkey.rs`);
 //! - traces: the throughput run with tracing on (ratio 1.0, a live
-//!   receiver) against off, interleaved (`conveyor/traces.rs`).
+//!   receiver) against off, interleaved (`conveyor/traces.rs`);
+//! - slots: what a no-op job costs Redis and the daemon at 1, 8, 50, 200
+//!   and 500 slots, against a baseline build if given (`conveyor/slots.rs`).
 //!
 //! Its servers are started as the tests start theirs
 //! (`tests/common/server.rs`): Redis's `redis-server` from the PATH,
@@ -37,7 +39,7 @@ use conveyor::handlers::{Handler, HandlerError, Registry};
 use conveyor::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "conveyor's benchmark")]
 struct Args {
     /// Jobs per throughput run.
@@ -56,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure: all, throughput, latency, enqueue, exec, email, http,
-    /// scaleout, web, valkey, traces.
+    /// scaleout, web, valkey, traces, slots.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -100,6 +102,10 @@ struct Args {
     /// Run this daemon binary instead of the one just built (for A/B runs).
     #[arg(long)]
     daemon_bin: Option<PathBuf>,
+    /// `--mode slots`: alternate each run with this daemon binary and
+    /// compare.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// `cargo bench` passes --bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -117,6 +123,8 @@ mod scaleout;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/server.rs"]
 mod server;
+#[path = "conveyor/slots.rs"]
+mod slots;
 #[path = "conveyor/traces.rs"]
 mod traces;
 #[path = "conveyor/valkey.rs"]
@@ -190,6 +198,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "traces" {
         traces::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "slots" {
+        slots::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "valkey" {
         valkey::bench(&args, &url, &mut conn, redis_pid, dir.path())?;

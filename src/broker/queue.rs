@@ -230,7 +230,8 @@ impl QueueStore {
     }
 
     /// This node's whole in-flight list, oldest first. Bounded by the
-    /// queue's concurrency plus one batch.
+    /// processor's places in flight (its concurrency and the most it takes
+    /// ahead of its slots).
     pub(crate) async fn own_inflight(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
         let mut conn = self.broker.conn().await?;
         Ok(redis::cmd("LRANGE")

@@ -28,8 +28,9 @@ pub(crate) struct Written {
     /// Per queue and entry, whether the outcome was recorded (false: the job
     /// was no longer in flight here).
     pub(crate) recorded: Vec<Vec<bool>>,
-    /// How many subscribe to the events channel.
-    pub(crate) subscribers: u64,
+    /// How many subscribe to the events channel; `None` when the batch did
+    /// not ask.
+    pub(crate) subscribers: Option<u64>,
 }
 
 /// The events and status records of a batch.
@@ -46,6 +47,8 @@ pub(crate) struct Notices<'a> {
     pub(crate) heard: bool,
     /// Status record updates that tell no outcome (those go with theirs).
     pub(crate) statuses: &'a [StatusUpdate],
+    /// Whether to ask how many subscribe to the events channel.
+    pub(crate) ask: bool,
 }
 
 /// Outcomes of one queue, each with the item as it was taken.
@@ -99,6 +102,7 @@ impl Broker {
             events,
             heard,
             statuses,
+            ask,
         } = *notices;
         // Each script call covers one chunk of one queue's outcomes.
         let chunks: Vec<(usize, &[Entry<'_>])> = outcomes
@@ -121,14 +125,17 @@ impl Broker {
             super::events::add_publish(&mut pipe, sink, events);
         }
         super::events::add_stream(&mut pipe, sink, events);
-        super::events::add_subscriber_count(&mut pipe, sink);
+        if ask {
+            super::events::add_subscriber_count(&mut pipe, sink);
+        }
         let mut conn = lane.conn.clone();
         let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        if replies.len() != chunks.len() + 1 {
+        if replies.len() != chunks.len() + usize::from(ask) {
             return Err(BrokerError::Protocol(format!(
-                "{} replies to a batch of {} script calls and a count",
+                "{} replies to a batch of {} script calls and {} counts",
                 replies.len(),
-                chunks.len()
+                chunks.len(),
+                usize::from(ask)
             )));
         }
         let lost_script = |v: &Value| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript));
@@ -154,17 +161,22 @@ impl Broker {
                 replies[i] = answer;
             }
         }
-        let count = replies
-            .pop()
-            .ok_or_else(|| BrokerError::Protocol("no count".into()))?;
+        let count = match ask {
+            true => replies.pop(),
+            false => None,
+        };
         let mut recorded: Vec<Vec<bool>> = vec![Vec::new(); outcomes.len()];
         for ((q, _), reply) in chunks.iter().zip(replies) {
             let flags: Vec<u8> = redis::from_redis_value(reply.extract_error()?)?;
             recorded[*q].extend(flags.into_iter().map(|f| f == 1));
         }
+        let subscribers = match count {
+            Some(count) => Some(super::events::subscribers(count.extract_error()?)?),
+            None => None,
+        };
         Ok(Written {
             recorded,
-            subscribers: super::events::subscribers(count.extract_error()?)?,
+            subscribers,
         })
     }
 }

@@ -44,6 +44,8 @@ const EVENT_BATCH: usize = 2_000;
 /// outcome events, medians of 5). Each flush is started before the next is
 /// prepared, so Redis runs them in order (see [`Writer::run`]).
 const IN_FLIGHT: usize = 2;
+/// Least outcomes that start a flush while another is under way.
+const SECOND_FLUSH_LEAST: usize = 16;
 /// Longest that events wait for outcomes to travel with when nothing else
 /// is ready. Outcome events are emitted once their outcome is recorded, so
 /// on a busy daemon they would otherwise take a round trip of their own
@@ -51,6 +53,13 @@ const IN_FLIGHT: usize = 2;
 /// on one thread (169k vs 218k jobs/s, medians of 15), and nothing once
 /// they waited. An idle daemon's events go out this much later.
 const LINGER: Duration = Duration::from_millis(1);
+/// How often a writer asks whether anyone subscribes to the events channel,
+/// at most, while it writes (not with every flush: that was one command of
+/// every flush, a third of a command per job at 8 slots).
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// Most events kept for a subscriber who may have come since the last
+/// look: with more, the next flush looks.
+const HELD_MAX: usize = 10_000;
 /// Least time between two "events dropped" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -183,12 +192,17 @@ pub(crate) struct Writer {
     stamp: (i64, Stamp),
     /// The connection of the flushes under way; replaced after a failure.
     lane: Option<Lane>,
-    /// Whether anyone subscribed to the events channel at the last flush.
+    /// Whether anyone subscribed to the events channel at the last look.
     /// While nobody does, events only go to the replay stream (Redis would
-    /// drop them), and each flush asks again: if someone has come since,
-    /// the flush's events are published at the head of the next one, so a
-    /// new subscriber misses nothing that happened after it came.
+    /// drop them) and are kept in `held` until the next look, at most
+    /// [`LOOK_EVERY`] later: if someone has come since, they are published
+    /// at the head of the next flush, so a new subscriber misses nothing
+    /// that happened after it came.
     heard: bool,
+    /// When the last look was sent.
+    looked: Instant,
+    /// Events of flushes sent unheard since the last look.
+    held: EventBatch,
     /// Events of a flush sent unheard, to publish with the next.
     republish: EventBatch,
     /// Flushes under way whose events went unpublished: until they land,
@@ -242,6 +256,8 @@ fn with_capacity(
         stamp: (i64::MIN, Stamp::new(node, "")),
         lane: None,
         heard: false,
+        looked: Instant::now() - LOOK_EVERY,
+        held: EventBatch::default(),
         republish: EventBatch::default(),
         unheard_in_flight: 0,
         retried: Vec::new(),
@@ -258,13 +274,15 @@ struct Flight {
     events: usize,
     /// Its events, if it was sent while nobody listened.
     unheard: EventBatch,
-    /// Per request, whether it was recorded; and the channel's subscribers.
-    result: Result<(Vec<bool>, u64), BrokerError>,
+    /// Per request, whether it was recorded; and the channel's subscribers,
+    /// if it asked.
+    result: Result<(Vec<bool>, Option<u64>), BrokerError>,
 }
 
 impl Flight {
-    /// How many subscribed when it ran; `None` if it failed.
-    fn subscribers(&self) -> Option<u64> {
+    /// What it learnt of the subscribers: `None` if it failed, `Some(None)`
+    /// if it did not ask, else how many subscribed when it ran.
+    fn subscribers(&self) -> Option<Option<u64>> {
         self.result.as_ref().ok().map(|&(_, n)| n)
     }
 }
@@ -280,6 +298,8 @@ struct Prepared {
     republish: EventBatch,
     heard: bool,
     statuses: Vec<StatusUpdate>,
+    /// Whether to ask how many subscribe.
+    ask: bool,
 }
 
 impl Prepared {
@@ -317,6 +337,7 @@ impl Prepared {
                             events: &self.events,
                             heard: self.heard,
                             statuses: &self.statuses,
+                            ask: self.ask,
                         },
                     )
                     .await
@@ -366,7 +387,18 @@ impl Writer {
         // Until when events alone may wait for outcomes.
         let mut linger: Option<tokio::time::Instant> = None;
         loop {
-            let room = flights.len() < IN_FLIGHT;
+            // A second flush starts while one is under way only for enough
+            // outcomes: a few at a time would cost Redis a round trip each
+            // for little (jobs are taken ahead of the slots, so a worker
+            // does not wait for its last outcome to be written).
+            let second = flights.len() < IN_FLIGHT;
+            if second && !flights.is_empty() {
+                while let Ok(r) = self.outcomes.try_recv() {
+                    pending.push(r);
+                }
+            }
+            let room = flights.is_empty()
+                || (second && pending.len() + self.retried.len() >= SECOND_FLUSH_LEAST);
             let no_outcomes = pending.is_empty() && self.retried.is_empty();
             let idle =
                 no_outcomes && notes.is_empty() && statuses.is_empty() && self.republish.is_empty();
@@ -382,6 +414,10 @@ impl Writer {
                 None
             };
             let hold = no_outcomes && (!flights.is_empty() || lingering.is_some());
+            // Events sent unheard are kept for a subscriber who may have
+            // come since; the next look, at most LOOK_EVERY later, tells.
+            let look = (!self.held.is_empty() && flights.is_empty())
+                .then(|| tokio::time::Instant::from_std(self.looked + LOOK_EVERY));
             if !room || idle || hold {
                 tokio::select! {
                     biased;
@@ -389,8 +425,14 @@ impl Writer {
                         self.land(flight, &give_up).await;
                         continue;
                     }
-                    request = self.outcomes.recv(), if room => match request {
-                        Some(r) => pending.push(r),
+                    request = self.outcomes.recv(), if second => match request {
+                        Some(r) => {
+                            pending.push(r);
+                            if !room {
+                                // Look again: enough for a second flush?
+                                continue;
+                            }
+                        }
                         None => break,
                     },
                     // Look again: events that come alone linger.
@@ -413,6 +455,12 @@ impl Writer {
                             tokio::time::sleep_until(until).await;
                         }
                     }, if lingering.is_some() => continue,
+                    // A flush of its own, to look.
+                    () = async {
+                        if let Some(at) = look {
+                            tokio::time::sleep_until(at).await;
+                        }
+                    }, if look.is_some() && !hold => {}
                     _ = stop.cancelled(), if flights.is_empty() && self.retried.is_empty() => break,
                 }
             }
@@ -477,7 +525,13 @@ impl Writer {
         if self.lane.as_ref().is_none_or(Lane::is_stale) {
             self.lane = self.broker.lane().await.ok();
         }
-        while !notes.is_empty() || !statuses.is_empty() || !self.republish.is_empty() {
+        while !notes.is_empty()
+            || !statuses.is_empty()
+            || !self.republish.is_empty()
+            || !self.held.is_empty()
+        {
+            // Each of these looks: nothing held is left behind unasked.
+            self.looked = Instant::now() - LOOK_EVERY;
             let chunk: Vec<Note> = notes.drain(..notes.len().min(EVENT_BATCH)).collect();
             let flight = self
                 .prepare(Vec::new(), chunk, std::mem::take(&mut statuses))
@@ -538,19 +592,28 @@ impl Writer {
         }
     }
 
-    /// Takes in how many subscribed when a flush ran (`None`: it failed):
-    /// if anyone did and the flush's events went unpublished, they go out
-    /// with the next.
-    fn heard_by(&mut self, subscribers: Option<u64>, unheard: EventBatch) {
+    /// Takes in what a flush learnt of the subscribers (see
+    /// [`Flight::subscribers`]) with the events it sent unpublished: if
+    /// anyone subscribed, those and the ones held since the last look go
+    /// out with the next flush; if nobody did, they are dropped (they are
+    /// in the replay stream); if it did not ask, they wait for the next
+    /// look, or go out with the next flush if someone listened at the last.
+    fn heard_by(&mut self, subscribers: Option<Option<u64>>, unheard: EventBatch) {
         if !unheard.is_empty() {
             self.unheard_in_flight -= 1;
         }
-        let Some(subscribers) = subscribers else {
-            return;
-        };
-        self.heard = subscribers > 0;
-        if self.heard {
-            self.republish.append(unheard);
+        match subscribers {
+            None => {}
+            Some(None) if self.heard => self.republish.append(unheard),
+            Some(None) => self.held.append(unheard),
+            Some(Some(n)) => {
+                self.heard = n > 0;
+                let held = std::mem::take(&mut self.held);
+                if self.heard {
+                    self.republish.append(held);
+                    self.republish.append(unheard);
+                }
+            }
         }
     }
 
@@ -572,9 +635,13 @@ impl Writer {
             events.push(&event.draft(), &self.stamp.1, self.seq);
         }
         // Published now only if no earlier events still wait for a look.
-        let heard = self.heard && self.unheard_in_flight == 0;
+        let heard = self.heard && self.unheard_in_flight == 0 && self.held.is_empty();
         if !heard && !events.is_empty() {
             self.unheard_in_flight += 1;
+        }
+        let ask = self.looked.elapsed() >= LOOK_EVERY || self.held.len() >= HELD_MAX;
+        if ask {
+            self.looked = Instant::now();
         }
         Prepared {
             broker: self.broker.clone(),
@@ -585,6 +652,7 @@ impl Writer {
             republish: std::mem::take(&mut self.republish),
             heard,
             statuses,
+            ask,
         }
     }
 }

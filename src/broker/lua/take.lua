@@ -16,7 +16,7 @@
 --
 -- KEYS[1] the queue list K
 -- KEYS[2] this node's in-flight list {K}:inflight:<node>
--- ARGV[1] the most jobs to move (the caller's free worker slots, bounded)
+-- ARGV[1] the most jobs to move (the caller's free places, bounded)
 -- ARGV[2] the largest item handed out whole, in bytes (envelope.rs item_limit)
 -- ARGV[3] how many first bytes a stand-in keeps (envelope.rs HEAD_BYTES)
 -- ARGV[4] a new job id, for the first stand-in of an item that names none

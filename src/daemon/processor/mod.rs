@@ -2,12 +2,14 @@
 //! takes a job, and `concurrency` slot tasks that run jobs and record their
 //! outcomes.
 //!
-//! The fetcher moves a batch of up to the free slots in one Lua call while
-//! the queue has a backlog, and blocks in `BLMOVE` when it is empty, so an
-//! idle daemon reacts at once and a busy one pays a fraction of a round trip
-//! per job. Either way every job is parked in this node's in-flight list
-//! before anything else happens to it, and leaves it only in the script that
-//! records its outcome.
+//! While the queue has a backlog, the fetcher moves a batch of up to the free
+//! places in flight in one Lua call: ahead of the slots, so that a worker
+//! that finishes a job finds the next one here rather than waiting a round
+//! trip for it. When the queue is empty it blocks in `BLMOVE` for one job,
+//! holding a free slot for it, so an idle daemon reacts at once and takes
+//! nothing another could run sooner. Either way every job is parked in this
+//! node's in-flight list before anything else happens to it, and leaves it
+//! only in the script that records its outcome.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +43,17 @@ mod run;
 /// Most jobs taken in one Lua call.
 const MAX_BATCH: usize = 500;
 
+/// How much work, at the handlers' recent pace, a processor takes ahead of
+/// its free slots while its queue has a backlog: enough that a slot that
+/// finishes a job finds the next one here instead of waiting a Redis round
+/// trip for it, and that takes come in batches, not one job at a time. Jobs
+/// that take longer than this per slot are not taken ahead at all: another
+/// node may have a free slot for them sooner.
+const AHEAD_WINDOW: Duration = Duration::from_millis(5);
+/// Most jobs taken ahead of the slots: the queue's concurrency, and at least
+/// this many, so that a few slots of short jobs are fed in batches too.
+const AHEAD_LEAST: usize = 32;
+
 /// How long one `BLMOVE` blocks. Short enough that a fetcher notices a stop
 /// within a second without cancelling a pop halfway; the wait costs Redis
 /// nothing and a job pushed meanwhile is delivered at once.
@@ -62,19 +75,23 @@ struct Work {
     item: Bytes,
     /// Its entry in [`Processor::held`].
     held: usize,
+    /// Without a slot when taken ahead of the slots (from a backlog): the
+    /// slot task waits for one.
     reserved: Reservation,
     /// For a suspect (`lua/take.lua`'s verdict): keeps fetchers from
     /// taking anything until it is done.
     suspect: Option<Pending>,
 }
 
-/// What a job holds from before it is taken: one of the `concurrency`
-/// slots (let go of when its handler is done) and one of the
-/// `2 x concurrency` places in flight (let go of when its outcome is
-/// recorded). So at most `concurrency` handlers run, and at most twice as
-/// many jobs of the queue are in this node's in-flight list.
+/// What a job holds from before it is taken: one of the places in flight
+/// (`concurrency` plus the most taken ahead, see [`AHEAD_LEAST`]; let go of
+/// when its outcome is recorded) and, unless it is taken ahead of the
+/// slots, one of the `concurrency` slots (let go of when its handler is
+/// done; a job taken ahead waits for one in its slot task). So at most
+/// `concurrency` handlers run, and the places bound how many jobs of the
+/// queue are in this node's in-flight list.
 struct Reservation {
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     flight: OwnedSemaphorePermit,
 }
 
@@ -86,15 +103,17 @@ struct Reservation {
 /// outcome; there are twice as many slot tasks as slots for that, and as
 /// many places in flight (see [`Reservation`]).
 pub(super) struct Busy<'a> {
-    running: &'a AtomicUsize,
+    processor: &'a Processor,
+    since: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
 impl<'a> Busy<'a> {
-    fn new(running: &'a AtomicUsize, permit: OwnedSemaphorePermit) -> Self {
-        running.fetch_add(1, Ordering::Relaxed);
+    fn new(processor: &'a Processor, permit: OwnedSemaphorePermit) -> Self {
+        processor.running.fetch_add(1, Ordering::Relaxed);
         Self {
-            running,
+            processor,
+            since: Instant::now(),
             _permit: permit,
         }
     }
@@ -102,7 +121,16 @@ impl<'a> Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        let p = self.processor;
+        p.running.fetch_sub(1, Ordering::Relaxed);
+        // The mean time a slot is held, weighing the last eight jobs most.
+        let took = (self.since.elapsed().as_nanos() as u64).max(1);
+        let mean = p.slot_mean_ns.load(Ordering::Relaxed);
+        let mean = match mean {
+            0 => took,
+            _ => mean - mean / 8 + took / 8,
+        };
+        p.slot_mean_ns.store(mean, Ordering::Relaxed);
     }
 }
 
@@ -117,6 +145,16 @@ pub(crate) struct Processor {
     flight: Arc<Semaphore>,
     /// Jobs being run right now (the fetcher's held slot is not one).
     running: AtomicUsize,
+    /// How long a job holds its slot, on average lately (ns; 0 before the
+    /// first): how many to take ahead of the slots goes by it.
+    slot_mean_ns: AtomicU64,
+    /// Jobs taken ahead of the slots, waiting for one.
+    waiting: AtomicUsize,
+    /// Told when a job taken ahead gets its slot and at most `wake_at`
+    /// are left waiting.
+    started: Notify,
+    /// See `started`: what the fetcher waits for.
+    wake_at: AtomicUsize,
     /// Jobs finished with since start, whatever their outcome: the "jobs
     /// handled" of `systemctl status`.
     handled: AtomicU64,
@@ -219,7 +257,7 @@ impl Processor {
             traces,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
-        let flight = Arc::new(Semaphore::new(config.concurrency as usize * 2));
+        let flight = Arc::new(Semaphore::new(places(config.concurrency)));
         let rate_limit = config
             .rate_limit
             .clone()
@@ -232,6 +270,10 @@ impl Processor {
             slots,
             flight,
             running: AtomicUsize::new(0),
+            slot_mean_ns: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            started: Notify::new(),
+            wake_at: AtomicUsize::new(0),
             handled: AtomicU64::new(0),
             held: Mutex::new(Slab::new()),
             call_started_ms: AtomicU64::new(0),
@@ -362,13 +404,17 @@ impl Processor {
         stop_fetching: CancellationToken,
         abandon: CancellationToken,
     ) {
-        let concurrency = self.config.concurrency as usize;
-        let (tx, rx) = async_channel::bounded::<Work>(concurrency);
+        // One task per place in flight: a job waiting for a slot, running
+        // or having its outcome recorded.
+        let places = places(self.config.concurrency);
+        let (tx, rx) = async_channel::bounded::<Work>(places);
         let fetcher = tokio::spawn(self.clone().fetch(tx, stop_fetching));
         let mut slots = JoinSet::new();
-        // One running a handler and one recording an outcome, per slot.
-        for _ in 0..concurrency * 2 {
+        let slot = |slots: &mut JoinSet<()>| {
             slots.spawn(self.clone().slot(rx.clone(), abandon.clone()));
+        };
+        for _ in 0..places {
+            slot(&mut slots);
         }
         while let Some(ended) = slots.join_next().await {
             if let Err(e) = ended {
@@ -376,7 +422,7 @@ impl Processor {
                 // the slot itself. Replace the slot so capacity is not lost (a
                 // replacement ends at once if the channel is closed and empty).
                 tracing::error!(queue = %self.name, error = %e, "worker slot crashed; replacing it");
-                slots.spawn(self.clone().slot(rx.clone(), abandon.clone()));
+                slot(&mut slots);
             }
         }
         if let Err(e) = fetcher.await {
@@ -418,11 +464,24 @@ impl Processor {
                 _ = stop.cancelled() => break,
                 _ = paused.wait_for(|p| !*p) => {}
             }
-            // A slot first, then a job: a job is never taken that no slot can run.
+            // From a backlog, jobs are taken ahead of the slots, as many
+            // as the slots run in AHEAD_WINDOW, and again once half of
+            // those have started. Otherwise a slot first, then a job: a job
+            // that may arrive at any time is not taken before this node
+            // can run it.
+            let ahead = if backlog { self.ahead() } else { 0 };
+            if ahead > 0 {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    () = self.until_waiting(ahead / 2) => {}
+                }
+            }
+            // A place in flight first, and a slot unless taken ahead.
             let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                reserved = self.reserve() => reserved,
+                reserved = self.reserve(ahead == 0) => reserved,
             };
             // Paused while it waited for a slot: wait for the resume.
             if self.is_paused() {
@@ -431,8 +490,14 @@ impl Processor {
             }
             let mut permits = vec![first];
             let taken = if backlog {
-                while permits.len() < MAX_BATCH {
-                    match self.try_reserve() {
+                let most = match ahead {
+                    0 => MAX_BATCH,
+                    _ => (self.slots.available_permits() + ahead)
+                        .saturating_sub(self.waiting.load(Ordering::Relaxed))
+                        .clamp(1, MAX_BATCH),
+                };
+                while permits.len() < most {
+                    match self.try_reserve(ahead == 0) {
                         Some(reserved) => permits.push(reserved),
                         None => break,
                     }
@@ -459,6 +524,10 @@ impl Processor {
                         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
                         items.iter().map(|item| held.insert(item.clone())).collect()
                     };
+                    let ahead = permits.iter().filter(|r| r.slot.is_none()).count();
+                    // Only the taken ones: the permits of the rest go back.
+                    let ahead = ahead.min(items.len());
+                    self.waiting.fetch_add(ahead, Ordering::Relaxed);
                     for ((item, held), reserved) in items.into_iter().zip(keys).zip(permits) {
                         // Marked before the next take, so that nothing joins
                         // a suspect in the in-flight list (it comes alone).
@@ -650,7 +719,10 @@ impl Processor {
         }
     }
 
+    /// Runs the jobs the fetcher hands over, one at a time, until the
+    /// fetcher stops and nothing is left.
     async fn slot(self: Arc<Self>, rx: async_channel::Receiver<Work>, abandon: CancellationToken) {
+        let closed = "the processor's semaphores are never closed";
         while let Ok(work) = rx.recv().await {
             let Work {
                 item,
@@ -658,9 +730,32 @@ impl Processor {
                 reserved: Reservation { slot, flight },
                 suspect,
             } = work;
-            let busy = Busy::new(&self.running, slot);
-            self.process(item, suspect.is_some(), busy, &abandon).await;
-            self.handled.fetch_add(1, Ordering::Relaxed);
+            let slot = match slot {
+                Some(slot) => Some(slot),
+                None => {
+                    // Taken ahead: it waits for a slot. Such jobs are short
+                    // (see AHEAD_WINDOW), so they run even if the queue is
+                    // paused or the node begins to stop meanwhile, as the
+                    // jobs taken before; only if the running ones had to be
+                    // abandoned does one stay in flight unstarted, for the
+                    // shutdown's sweep to put back.
+                    let slot = tokio::select! {
+                        biased;
+                        _ = abandon.cancelled() => None,
+                        slot = self.slots.clone().acquire_owned() => Some(slot.expect(closed)),
+                    };
+                    let left = self.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+                    if left <= self.wake_at.load(Ordering::Relaxed) {
+                        self.started.notify_one();
+                    }
+                    slot.filter(|_| !abandon.is_cancelled())
+                }
+            };
+            if let Some(slot) = slot {
+                let busy = Busy::new(&self, slot);
+                self.process(item, suspect.is_some(), busy, &abandon).await;
+                self.handled.fetch_add(1, Ordering::Relaxed);
+            }
             self.held
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -670,20 +765,60 @@ impl Processor {
         }
     }
 
-    /// Waits for a slot, then for a place in flight.
-    async fn reserve(&self) -> Reservation {
+    /// Waits for a slot if `with_slot`, then for a place in flight.
+    async fn reserve(&self, with_slot: bool) -> Reservation {
         let closed = "the processor's semaphores are never closed";
-        let slot = self.slots.clone().acquire_owned().await.expect(closed);
+        let slot = match with_slot {
+            true => Some(self.slots.clone().acquire_owned().await.expect(closed)),
+            false => None,
+        };
         let flight = self.flight.clone().acquire_owned().await.expect(closed);
         Reservation { slot, flight }
     }
 
-    /// A slot and a place in flight, if both are free now.
-    fn try_reserve(&self) -> Option<Reservation> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
+    /// A place in flight and, if `with_slot`, a slot, if free now.
+    fn try_reserve(&self, with_slot: bool) -> Option<Reservation> {
+        let slot = match with_slot {
+            true => Some(self.slots.clone().try_acquire_owned().ok()?),
+            false => None,
+        };
         let flight = self.flight.clone().try_acquire_owned().ok()?;
         Some(Reservation { slot, flight })
     }
+
+    /// How many jobs to take ahead of the slots now: as many as they run
+    /// in [`AHEAD_WINDOW`] at their recent pace, bounded; none before a job
+    /// has run.
+    fn ahead(&self) -> usize {
+        let mean = self.slot_mean_ns.load(Ordering::Relaxed);
+        if mean == 0 {
+            return 0;
+        }
+        let n = u128::from(self.config.concurrency) * AHEAD_WINDOW.as_nanos() / u128::from(mean);
+        (n as usize).min(most_ahead(self.config.concurrency))
+    }
+
+    /// Returns once at most `n` jobs taken ahead wait for a slot.
+    async fn until_waiting(&self, n: usize) {
+        self.wake_at.store(n, Ordering::Relaxed);
+        loop {
+            let started = self.started.notified();
+            if self.waiting.load(Ordering::Relaxed) <= n {
+                return;
+            }
+            started.await;
+        }
+    }
+}
+
+/// The most jobs a processor of `concurrency` slots takes ahead of them.
+fn most_ahead(concurrency: u32) -> usize {
+    (concurrency as usize).max(AHEAD_LEAST)
+}
+
+/// A processor's places in flight: its slots and the most taken ahead.
+fn places(concurrency: u32) -> usize {
+    concurrency as usize + most_ahead(concurrency)
 }
 
 #[cfg(test)]
