@@ -193,6 +193,16 @@ fn supervise(ids: Option<&Ids>, open_files: Option<u64>, program: &[OsString]) -
     let pid = Pid::from_child(&child);
     // The child is reaped below by waitpid, never through `child`.
     drop(child);
+    // The program holds the request pipe now; the supervisor lets go of
+    // it, so that once the program is gone a request written to the pipe
+    // fails at once (no reader is left) instead of waiting for the
+    // supervisor's own exit: the daemon then knows the request was not
+    // delivered and gives the job to a new worker.
+    if let Err(e) = std::fs::File::open("/dev/null")
+        .and_then(|null| rustix::stdio::dup2_stdin(&null).map_err(std::io::Error::from))
+    {
+        eprintln!("conveyor exec supervisor: cannot let go of the request pipe: {e}");
+    }
     match watch(pid, &signals) {
         End::Exited(status) => {
             end_descendants();
