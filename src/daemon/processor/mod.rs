@@ -827,6 +827,75 @@ mod tests {
     use crate::broker::fixture::TestRedis;
     use crate::daemon::testing;
 
+    /// Takes one millisecond.
+    struct Brief;
+
+    #[async_trait::async_trait]
+    impl crate::handlers::Handler for Brief {
+        async fn handle(&self, _job: &crate::Job) -> Result<(), crate::job::HandlerError> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(())
+        }
+    }
+
+    /// From a backlog of short jobs, a queue of 2 slots takes jobs ahead of
+    /// them (more in flight at once than the 2 running and 2 being
+    /// recorded that taking only for free slots allowed), and never more
+    /// than its places in flight (2 + 32); every job runs.
+    #[tokio::test]
+    async fn short_jobs_are_taken_ahead_of_the_slots_within_the_places() {
+        use redis::AsyncCommands as _;
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let mut config = testing::config(&redis, "mail");
+        config.queues.get_mut("mail").expect("queue").concurrency = 2;
+        let clock = Clock::system();
+        let (processor, writer) =
+            testing::processor_with(&config, "mail", "node-1", &clock, Arc::new(Brief));
+        let keys = processor.store().keys().clone();
+        let jobs: Vec<String> = (0..600).map(|i| testing::job(&format!("j{i}"))).collect();
+        let _: () = conn.rpush(&keys.list, &jobs).await.expect("RPUSH");
+        let (stop_writer, stop_fetching) = (CancellationToken::new(), CancellationToken::new());
+        let writer = tokio::spawn(writer.run(stop_writer.clone(), CancellationToken::new()));
+        let run = tokio::spawn(
+            processor
+                .clone()
+                .run(stop_fetching.clone(), CancellationToken::new()),
+        );
+        let mut most_in_flight = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (waiting, in_flight): (usize, usize) = redis::pipe()
+                .llen(&keys.list)
+                .llen(&keys.inflight)
+                .query_async(&mut conn)
+                .await
+                .expect("LLEN");
+            most_in_flight = most_in_flight.max(in_flight);
+            if waiting == 0 && in_flight == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{waiting} waiting, {in_flight} in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(processor.handled(), 600);
+        assert!(
+            most_in_flight > 4,
+            "taken ahead: at most {most_in_flight} in flight"
+        );
+        assert!(
+            most_in_flight <= places(2),
+            "{most_in_flight} in flight, more than the places"
+        );
+        stop_fetching.cancel();
+        run.await.expect("the processor stops");
+        stop_writer.cancel();
+        writer.await.expect("the writer stops");
+    }
+
     /// A `CLIENT UNBLOCK` that reaches Redis before the pop it is to end
     /// (here: the pop is held back 100 ms) still ends it, well before its
     /// block time; sent once, it found nothing and the pop blocked a second.
