@@ -20,7 +20,10 @@
 //! - traces: the throughput run with tracing on (ratio 1.0, a live
 //!   receiver) against off, interleaved (`conveyor/traces.rs`);
 //! - slots: what a no-op job costs Redis and the daemon at 1, 8, 50, 200
-//!   and 500 slots, against a baseline build if given (`conveyor/slots.rs`).
+//!   and 500 slots, against a baseline build if given (`conveyor/slots.rs`);
+//! - groups: 100 tenants' jobs with `group` and a limit each against the
+//!   same with none, and a flooding tenant's neighbours' start delay with
+//!   and without `group` (`conveyor/groups.rs`).
 //!
 //! Its servers are started as the tests start theirs
 //! (`tests/common/server.rs`): Redis's `redis-server` from the PATH,
@@ -58,7 +61,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure: all, throughput, latency, enqueue, exec, email, http,
-    /// scaleout, web, valkey, traces, slots.
+    /// scaleout, web, valkey, traces, history, groups, slots.
     #[arg(long, default_value = "all")]
     mode: String,
     /// Sequential jobs in the latency measurement.
@@ -115,6 +118,10 @@ struct Args {
 mod email;
 #[path = "conveyor/exec.rs"]
 mod exec;
+#[path = "conveyor/groups.rs"]
+mod groups;
+#[path = "conveyor/history.rs"]
+mod history;
 #[path = "conveyor/http.rs"]
 mod http;
 #[path = "conveyor/scaleout.rs"]
@@ -198,6 +205,12 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "traces" {
         traces::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "history" {
+        history::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "groups" {
+        groups::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "slots" {
         slots::bench(&args, &url, &mut conn, redis_pid, dir.path())?;

@@ -372,6 +372,94 @@ pub struct RateLimit {
     pub key: Option<String>,
 }
 
+/// `group = { key = "tenant", limit = 2 }` (DESIGN section 14): jobs grouped
+/// by a top-level field of their payload and served in turn.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// The payload's top-level field whose value names a job's group (a
+    /// job without it is in the group `""`): 1 to 128 bytes.
+    pub key: String,
+    /// At most this many jobs of one group in flight at once across all
+    /// daemons: 1 to 1,000,000 ([`bounds::LIMIT`]); unset, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// One job of a group at a time, in push order, a retrying job holding
+    /// its group (`limit` is then 1, or unset).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
+}
+
+impl Group {
+    /// The most jobs of one group in flight at once, 0 for no limit: 1 for
+    /// an ordered group.
+    pub fn per_group(&self) -> u32 {
+        match self.ordered {
+            true => 1,
+            false => self.limit.unwrap_or(0),
+        }
+    }
+}
+
+/// Which payload a debounced burst runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The first arrival's job.
+    First,
+    /// The last arrival's job.
+    #[default]
+    Last,
+    /// A job whose payload is a JSON array of every arrival's payload, in
+    /// order.
+    All,
+}
+
+impl Keep {
+    /// The name the configuration and `lua/take.lua` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::First => "first",
+            Keep::Last => "last",
+            Keep::All => "all",
+        }
+    }
+}
+
+/// `debounce = { key = "user_id", window = "5s", max_wait = "1m", keep =
+/// "last" }` (DESIGN section 14): jobs with the same value of a payload
+/// field, arriving within `window` of each other, run as one job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debounce {
+    /// The payload's top-level field whose value names a burst (a job
+    /// without it runs at once): 1 to 128 bytes.
+    pub key: String,
+    /// A burst runs this long after its last arrival: 1ms to 7 days
+    /// ([`bounds::DEBOUNCE`]).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// ...but never later than this after its first: from `window` to 7
+    /// days; 10 times `window` (at most 7 days) when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_wait: Option<Duration>,
+    /// Which payload the burst runs with.
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+impl Debounce {
+    /// `max_wait`, or its default.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+            .unwrap_or_else(|| (self.window * 10).min(*bounds::DEBOUNCE.end()))
+    }
+}
+
 /// `[queues.<name>]`
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -409,6 +497,20 @@ pub struct QueueConfig {
     /// Sliding-window limit on job starts.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// At most this many of the queue's jobs in flight at once across all
+    /// daemons (DESIGN section 14), counted in Redis from the nodes'
+    /// in-flight lists: a dead daemon's share comes back when its jobs are
+    /// recovered. 1 to 1,000,000 ([`bounds::LIMIT`]); unset, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Jobs grouped by a payload field and served in turn, each group
+    /// within its own limit (DESIGN section 14); unset, one line for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    /// Jobs with the same value of a payload field, arriving close
+    /// together, run as one (DESIGN section 14); unset, each runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Debounce>,
     /// Length cap of the dead letter list; the oldest entries go first. 1
     /// to 10,000,000 ([`bounds::DEAD_MAX_JOBS`]).
     #[serde(default = "default_dead_max_jobs")]
@@ -420,6 +522,11 @@ pub struct QueueConfig {
     /// a year ([`bounds::TRACK_TTL`]).
     #[serde(default = "default_track_ttl", with = "humantime_serde")]
     pub track_ttl: Duration,
+    /// Count the queue's outcomes, waiting and run times per minute and
+    /// per day in Redis, for `/api/history` and the dashboard's charts
+    /// (DESIGN section 10.1). On by default.
+    #[serde(default = "default_history")]
+    pub history: bool,
     /// The handler's own options: the table named after the handler inside
     /// the queue's (`[queues.thumbs.exec]`), read by the handler itself.
     #[serde(skip)]
@@ -492,6 +599,10 @@ fn default_dead_max_jobs() -> u32 {
 fn default_schedule_payload() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
+fn default_history() -> bool {
+    true
+}
+
 fn default_track_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
@@ -1137,7 +1248,7 @@ mod queues {
     use super::{QueueConfig, mask_urls};
 
     /// Settings of every queue that are tables themselves, not a handler's.
-    const OWN_TABLES: &[&str] = &["backoff", "rate_limit"];
+    const OWN_TABLES: &[&str] = &["backoff", "rate_limit", "group", "debounce"];
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
@@ -1574,6 +1685,12 @@ mod tests {
             ),
             (format!("{q}dead_max_jobs = 0\n"), "queues.q.dead_max_jobs"),
             (format!("{q}track_ttl = \"0s\"\n"), "queues.q.track_ttl"),
+            (format!("{q}limit = 0\n"), "queues.q.limit"),
+            (format!("{q}limit = 1000001\n"), "queues.q.limit"),
+            (
+                format!("{q}group = {{ key = \"tenant\", limit = 0 }}\n"),
+                "queues.q.group.limit",
+            ),
             (
                 format!("{q}rate_limit = {{ limit = 0, window = \"1s\" }}\n"),
                 "queues.q.rate_limit.limit",
@@ -1597,6 +1714,80 @@ mod tests {
                 "{toml}: {err}"
             );
         }
+        // A group's key: 1 to 128 bytes; an ordered group's limit is 1.
+        let long = "k".repeat(129);
+        for (toml, says) in [
+            (
+                format!("{q}group = {{ key = \"\" }}\n"),
+                "must be 1 to 128 bytes",
+            ),
+            (
+                format!("{q}group = {{ key = \"{long}\" }}\n"),
+                "must be 1 to 128 bytes",
+            ),
+            (
+                format!("{q}group = {{ key = \"order\", limit = 2, ordered = true }}\n"),
+                "an ordered group runs one job at a time",
+            ),
+        ] {
+            let err = parse(&toml).validate().unwrap_err().to_string();
+            assert!(err.contains("queues.q.group."), "{toml}: {err}");
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        let ordered = parse(&format!(
+            "{q}group = {{ key = \"order\", ordered = true }}\n"
+        ));
+        ordered
+            .validate()
+            .expect("an ordered group without a limit is valid");
+        assert_eq!(
+            ordered.queues["q"].group.as_ref().map(Group::per_group),
+            Some(1)
+        );
+        let grouped = parse(&format!("{q}group = {{ key = \"tenant\", limit = 2 }}\n"));
+        grouped
+            .validate()
+            .expect("a group of a key and a limit is valid");
+        let group = grouped.queues["q"].group.clone().expect("the group");
+        assert_eq!((group.key.as_str(), group.limit), ("tenant", Some(2)));
+        // A debounce: its window bounded, its longest wait at least it.
+        for (toml, says) in [
+            (
+                format!("{q}debounce = {{ key = \"u\", window = \"0s\" }}\n"),
+                "queues.q.debounce.window must be between",
+            ),
+            (
+                format!("{q}debounce = {{ key = \"u\", window = \"5s\", max_wait = \"1s\" }}\n"),
+                "queues.q.debounce.max_wait: must be at least the window",
+            ),
+            (
+                format!("{q}debounce = {{ key = \"\", window = \"5s\" }}\n"),
+                "queues.q.debounce.key: must be 1 to 128 bytes",
+            ),
+        ] {
+            let err = parse(&toml).validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        let debounced = parse(&format!(
+            "{q}debounce = {{ key = \"u\", window = \"5s\" }}\n"
+        ));
+        debounced
+            .validate()
+            .expect("a debounce of a key and a window is valid");
+        let d = debounced.queues["q"]
+            .debounce
+            .clone()
+            .expect("the debounce");
+        assert_eq!(
+            (d.keep, d.max_wait()),
+            (Keep::Last, Duration::from_secs(50))
+        );
+        let keep = Config::from_toml(&format!(
+            "{q}debounce = {{ key = \"u\", window = \"5s\", keep = \"newest\" }}\n"
+        ));
+        assert!(keep.is_err(), "keep is first, last or all");
+        let unknown = Config::from_toml(&format!("{q}group = {{ key = \"t\", weight = 2 }}\n"));
+        assert!(unknown.is_err(), "an unknown field of group is refused");
         let err = parse(&format!("{q}backoff = {{ base = \"2s\", max = \"1s\" }}\n"))
             .validate()
             .unwrap_err()

@@ -53,6 +53,10 @@ pub enum EventType {
     /// `conveyor resume`: the daemons take the queue's jobs again.
     #[serde(rename = "queue.resumed")]
     QueueResumed,
+    /// A job pushed to a queue with `debounce` joined a burst of jobs that
+    /// run as one (its id is empty for a raw payload, which has none).
+    #[serde(rename = "job.debounced")]
+    Debounced,
     /// A type this version does not know (from a newer publisher).
     #[serde(other)]
     Unknown,
@@ -74,6 +78,7 @@ impl EventType {
             EventType::Cancelled => "job.cancelled",
             EventType::QueuePaused => "queue.paused",
             EventType::QueueResumed => "queue.resumed",
+            EventType::Debounced => "job.debounced",
             EventType::Unknown => "unknown",
         }
     }

@@ -244,6 +244,7 @@ fn gauges(overview: &Overview) -> Vec<prometheus::proto::MetricFamily> {
         let c = &q.counts;
         for (state, n) in [
             ("waiting", c.waiting),
+            ("held", c.held),
             ("scheduled", c.scheduled),
             ("inflight", c.in_flight),
             ("dead", c.dead),

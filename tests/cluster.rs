@@ -13,10 +13,11 @@ use common::*;
 
 /// Three queues whose lists hash to slots of three different primaries
 /// (1782, 7589 and 15533 of 0-5460, 5461-10922 and 10923-16383), the
-/// second with status records.
+/// second with status records, the third with groups (by the payloads'
+/// `n`, two of a group at once), whose lists and counts share its slot.
 const QUEUES: &str = "[queues.work]\nhandler = \"noop\"\n\
     [queues.orders]\nhandler = \"noop\"\ntrack = true\n\
-    [queues.webhooks]\nhandler = \"noop\"\n";
+    [queues.webhooks]\nhandler = \"noop\"\ngroup = { key = \"n\", limit = 2 }\n";
 
 fn cli(cfg: &str, args: &[&str]) -> (i32, String) {
     let mut all = vec!["--config", cfg];
@@ -45,7 +46,8 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
     std::fs::write(
         &cfg,
         format!(
-            "[redis]\n{}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n{QUEUES}",
+            "[redis]\n{}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\n\
+             [web]\nlisten = \"127.0.0.1:0\"\n{QUEUES}",
             cluster.config_line()
         ),
     )
@@ -100,6 +102,7 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
         .env("REDIS_PASSWORD", PASSWORD)
         .env("CONVEYOR_LOG", "debug");
     let (mut daemon, logs) = spawn_logged(daemon);
+    let web = web_address(&logs).await;
 
     // Every job runs: 20 + 1 delayed, 20 + 1 tracked, 20 + 1 unique.
     for (q, n) in [("work", 21), ("orders", 21), ("webhooks", 21)] {
@@ -115,6 +118,15 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
         )
         .await;
     }
+    // The grouped queue's jobs all ran; no group holds or runs any.
+    let (code, out) = cli(cfg, &["groups", "webhooks", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let groups: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&groups["count"], &groups["waiting"], &groups["held"]),
+        (&0.into(), &0.into(), &0.into()),
+        "{out}"
+    );
     let (code, out) = cli(cfg, &["status", &tracked]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
@@ -156,6 +168,22 @@ async fn queues_on_three_primaries_run_from_one_daemon() {
         assert!(out.contains(q), "{out}");
     }
     shown.push(out);
+    // The history counted every job, each queue's in its own slot: 21 a
+    // queue and the late one.
+    let body = reqwest::get(format!("{web}/api/history?range=1h"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let succeeded: u64 = history["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["succeeded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(succeeded, 64, "{history}");
     // A stop ends cleanly, its CLIENT UNBLOCKs routed to the primaries
     // that hold the queues.
     signal(&daemon, 15);

@@ -499,7 +499,7 @@ fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
 const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* resetchannels \
     &conveyor:* -@all +@connection +info +role +config|get +client|unblock +eval +evalsha \
     +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
-    +hincrby +pexpire +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
+    +hincrby +pexpire +expireat +bitfield +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
     +sadd +srem +smembers +xadd +xrange +xrevrange +publish +pubsub|numsub +subscribe";
 
 #[test]
@@ -581,6 +581,10 @@ fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {
         let (code, out) = cli(&full, &env);
         assert_eq!(code, 0, "{args:?}: {out}");
     }
+    // The outcomes were counted in the queue's history too: a minute's
+    // string and a day's.
+    let kept = server.cli("admin-pw", &["KEYS", "{jobs:work}:history:*"]);
+    assert!(kept.lines().count() >= 2, "history kept: {kept:?}");
     signal(&daemon, 15);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
     let watched = bounded_output(monitor, Duration::ZERO);

@@ -103,7 +103,8 @@ impl Client {
     }
 
     /// The job's place in `q` and its item, read whole within the queue's
-    /// bounds: waiting, scheduled, running on a node, or dead.
+    /// bounds: waiting (or held in its group), scheduled, running on a
+    /// node, or dead.
     async fn locate(
         &self,
         q: &QueueKeys,
@@ -120,6 +121,11 @@ impl Client {
                 JobState::Running,
                 Some(node),
             ));
+        }
+        // Held in its group's list, for its turn: after the in-flight lists,
+        // as an ordered group's running job is also at the head of its list.
+        for group in self.broker.group_names(q).await? {
+            places.push((q.group(&group), Store::List, JobState::Waiting, None));
         }
         places.push((q.dead.clone(), Store::List, JobState::Dead, None));
         for (key, store, state, node) in places {

@@ -31,15 +31,19 @@ use crate::job::JobState;
 
 mod dead;
 pub(crate) mod enqueue;
+mod groups;
+mod history;
 mod job;
 mod node;
 mod results;
 mod scale;
 
 pub use crate::broker::BrokerError;
-pub use crate::broker::admin::QueueCounts;
+pub use crate::broker::admin::{GroupCounts, Groups, QueueCounts};
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
+pub use groups::{GroupList, MAX_GROUPS};
+pub use history::{History, Point, Range};
 pub use job::JobView;
 pub use node::{NodeInfo, QueueLoad};
 pub use results::{Ended, MAX_RESULTS, Results};
@@ -282,6 +286,15 @@ impl Client {
             .map_or(DEFAULT_MAX_PAYLOAD_BYTES, |q| q.max_payload_bytes)
     }
 
+    /// The most jobs of one of the queue's groups in flight, if limited.
+    fn group_limit(&self, queue: &str) -> Option<u32> {
+        self.config()
+            .queues
+            .get(queue)
+            .and_then(|q| q.group.as_ref())
+            .and_then(|g| g.limit)
+    }
+
     /// How the queue's items are read: whole when the queue could run
     /// them, else their first bytes.
     fn bounds(&self, queue: &str) -> Bounds {
@@ -293,7 +306,8 @@ impl Client {
         let names: Vec<String> = self.config().queues.keys().cloned().collect();
         let keys: Vec<QueueKeys> = names.iter().map(|n| self.keys(n)).collect();
         let bounds: Vec<Bounds> = names.iter().map(|n| self.bounds(n)).collect();
-        let counts = self.broker.queue_counts(&keys, &bounds).await?;
+        let limits: Vec<Option<u32>> = names.iter().map(|n| self.group_limit(n)).collect();
+        let counts = self.broker.queue_counts(&keys, &bounds, &limits).await?;
         let node_ids: Vec<String> = counts
             .iter()
             .flat_map(|c| c.nodes.iter().cloned())
@@ -497,6 +511,8 @@ impl Client {
             };
             let (seen, was, key, store) = match &found {
                 Found::Waiting(item) => (item, Cancelled::Waiting, &keys.list, Store::List),
+                // Held in its group: waiting, as far as its producer knows.
+                Found::Held(list, item) => (item, Cancelled::Waiting, list, Store::List),
                 Found::Scheduled(item) => {
                     (item, Cancelled::Scheduled, &keys.scheduled, Store::Zset)
                 }
@@ -522,8 +538,9 @@ impl Client {
                     env
                 }
             };
-            let found = match was {
-                Cancelled::Waiting => Found::Waiting(item),
+            let found = match found {
+                Found::Held(list, _) => Found::Held(list, item),
+                Found::Waiting(_) => Found::Waiting(item),
                 _ => Found::Scheduled(item),
             };
             envelope.set_error("cancelled");

@@ -92,7 +92,11 @@ impl Client {
         let keys = self.keys(queue);
         let counts = self
             .broker
-            .queue_counts(std::slice::from_ref(&keys), &[Bounds::heads()])
+            .queue_counts(
+                std::slice::from_ref(&keys),
+                &[Bounds::heads()],
+                &[self.group_limit(queue)],
+            )
             .await?
             .pop()
             .unwrap_or_default();

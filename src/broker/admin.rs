@@ -6,7 +6,8 @@ use redis::{Pipeline, Value};
 
 use super::events::{EventSink, StatusUpdate};
 pub(crate) use super::scripts::enqueue_unique::{Enqueued, NewJob};
-use super::scripts::{cancel, dead_retry, enqueue_unique, publish_if_heard, run_now, view};
+pub use super::scripts::groups::{GroupCounts, Groups};
+use super::scripts::{cancel, dead_retry, enqueue_unique, groups, publish_if_heard, run_now, view};
 use super::stats::Stat;
 use super::view::{Bounds, Store, Then, Viewed};
 use super::{Broker, BrokerError, QueueKeys};
@@ -15,8 +16,13 @@ use crate::event::EventBatch;
 /// A queue's size and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
-    /// Jobs waiting in the list.
+    /// Jobs waiting: in the list, or sorted into their group (a queue with
+    /// `group`) for its turn.
     pub waiting: u64,
+    /// Jobs of a group that runs as many as its limit allows, waiting for
+    /// one of them to end, and bursts of debounced jobs waiting out their
+    /// window, each to run as one job (DESIGN section 14).
+    pub held: u64,
     /// Jobs taken by some node and not finished.
     pub in_flight: u64,
     /// Jobs due later (delayed, retries, rate-limited).
@@ -193,13 +199,16 @@ impl Broker {
         Ok(out)
     }
 
-    /// Sizes and counters of each queue, in two round trips. The stats
+    /// Sizes and counters of each queue, in two round trips; the jobs of a
+    /// queue's groups (`group_limits`: each queue's limit per group) count
+    /// as waiting, or as held while their group is at its limit. The stats
     /// hash may hold only counters; the item at the head of each queue is
     /// read within that queue's `heads` bounds (`lua/view.lua`).
     pub(crate) async fn queue_counts(
         &self,
         queues: &[QueueKeys],
         heads: &[Bounds],
+        group_limits: &[Option<u32>],
     ) -> Result<Vec<QueueCounts>, BrokerError> {
         // An empty pipeline is an empty command to Redis.
         if queues.is_empty() {
@@ -207,7 +216,9 @@ impl Broker {
         }
         let mut pipe = redis::pipe();
         pipe.load_script(&view::SCRIPT).ignore();
-        for (q, head) in queues.iter().zip(heads) {
+        pipe.load_script(&groups::SCRIPT).ignore();
+        for ((q, head), limit) in queues.iter().zip(heads).zip(group_limits) {
+            let limit = *limit;
             pipe.cmd("LLEN").arg(&q.list);
             pipe.cmd("ZCARD").arg(&q.scheduled);
             pipe.cmd("LLEN").arg(&q.dead);
@@ -224,6 +235,14 @@ impl Broker {
             };
             pipe.invoke_script(&call.invocation());
             pipe.cmd("EXISTS").arg(&q.paused);
+            let call = groups::Call {
+                keys: q,
+                most: 0,
+                limit,
+            };
+            pipe.invoke_script(&call.invocation());
+            pipe.cmd("LLEN").arg(&q.ready);
+            pipe.cmd("ZCARD").arg(&q.bursts);
         }
         let mut conn = self.conn().await?;
         type Row = (
@@ -234,17 +253,21 @@ impl Broker {
             Vec<String>,
             Vec<(u64, Vec<u8>, String)>,
             bool,
+            Groups,
+            u64,
+            u64,
         );
         let rows: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut counts = Vec::with_capacity(queues.len());
         let mut rows = rows.into_iter();
         for _ in queues {
-            let row: Vec<Value> = rows.by_ref().take(7).collect();
-            let (waiting, scheduled, dead, stats, nodes, head, paused): Row =
+            let row: Vec<Value> = rows.by_ref().take(10).collect();
+            let (waiting, scheduled, dead, stats, nodes, head, paused, groups, ready, bursts): Row =
                 redis::from_redis_value(Value::Array(row))?;
             let get = |s: Stat| stats.get(s.field()).copied().unwrap_or(0);
             counts.push(QueueCounts {
-                waiting,
+                waiting: waiting + groups.waiting + ready,
+                held: groups.held + bursts,
                 in_flight: 0,
                 scheduled,
                 dead,
@@ -281,6 +304,25 @@ impl Broker {
         Ok(counts)
     }
 
+    /// The queue's groups, the `most` busiest first, and their totals; a
+    /// group with `limit` jobs in flight holds its jobs.
+    pub(crate) async fn groups(
+        &self,
+        q: &QueueKeys,
+        most: usize,
+        limit: Option<u32>,
+    ) -> Result<Groups, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(groups::Call {
+            keys: q,
+            most,
+            limit,
+        }
+        .invocation()
+        .invoke_async(&mut conn)
+        .await?)
+    }
+
     /// How many of the queue's scheduled jobs are due at `now_ms` (their
     /// score at or before it): jobs a scheduler moves to the queue within
     /// a second, which a reading of the queue alone does not see yet.
@@ -304,6 +346,9 @@ impl Broker {
 pub(crate) enum Found {
     /// In the queue list, as this item (its first bytes if it is large).
     Waiting(Viewed),
+    /// In the list of its group (this key), held for its turn, as this
+    /// item (its first bytes if it is large).
+    Held(String, Viewed),
     /// In the scheduled set, as this item (its first bytes if it is large).
     Scheduled(Viewed),
     /// In the in-flight list of this node: a daemon runs it.
@@ -316,6 +361,9 @@ pub(crate) enum Found {
 /// passes costs Redis a copy of it.
 const SEARCH_CHUNKS: [u64; 2] = [100, 1000];
 
+/// The most groups a look for a job goes through, in their turns' order.
+const SEARCH_GROUPS: usize = 1000;
+
 /// Whether `item` (whole, or its first bytes) is the job `id`.
 fn names(item: &Viewed, id: &str) -> bool {
     match item.is_whole() {
@@ -327,8 +375,9 @@ fn names(item: &Viewed, id: &str) -> bool {
 }
 
 impl Broker {
-    /// Where the job with id `id` is: waiting, scheduled or running; `None`
-    /// when in none of them. Each list is looked through a thousand items a
+    /// Where the job with id `id` is: waiting, held in a group (the first
+    /// [`SEARCH_GROUPS`] of them), scheduled or running; `None` when in
+    /// none of them. Each list is looked through a thousand items a
     /// round trip, reading at most the first 4 KiB of each.
     pub(crate) async fn find_job(
         &self,
@@ -350,7 +399,27 @@ impl Broker {
                 return Ok(Some(Found::Running(node)));
             }
         }
+        // After the in-flight lists: an ordered group's running job is
+        // also at the head of its group's list.
+        for group in self.group_names(q).await? {
+            let list = q.group(&group);
+            if let Some(item) = self.search(&list, Store::List, id).await? {
+                return Ok(Some(Found::Held(list, item)));
+            }
+        }
         Ok(None)
+    }
+
+    /// The first [`SEARCH_GROUPS`] groups holding jobs of `q`, in their
+    /// turns' order.
+    pub(crate) async fn group_names(&self, q: &QueueKeys) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("ZRANGE")
+            .arg(&q.groups)
+            .arg(0)
+            .arg(SEARCH_GROUPS - 1)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// The nodes that may hold an in-flight list of `q`.
@@ -422,6 +491,7 @@ impl Broker {
     ) -> Result<bool, BrokerError> {
         let (source, seen, store) = match found {
             Found::Waiting(item) => (&q.list, item, Store::List),
+            Found::Held(list, item) => (list, item, Store::List),
             Found::Scheduled(item) => (&q.scheduled, item, Store::Zset),
             Found::Running(_) => return Ok(false),
         };
@@ -437,6 +507,7 @@ impl Broker {
         }
         let call = cancel::Call {
             keys: q,
+            source,
             store,
             item: &seen.bytes,
             dead_entry,

@@ -34,6 +34,21 @@ pub(crate) struct QueueKeys {
     /// `{K}:results`: ids of tracked jobs that ended (succeeded or dead),
     /// newest first, capped; their status records tell the rest.
     pub(crate) results: String,
+    /// `{K}:group:turns`: a queue with `group`: the groups holding jobs,
+    /// scored by their turn (the lowest is served next).
+    pub(crate) groups: String,
+    /// `{K}:group:bursts`: a queue with `debounce`: the bursts of jobs
+    /// waiting out their window, scored by when they are due (ms).
+    pub(crate) bursts: String,
+    /// `{K}:group:ready`: a queue with `debounce`: jobs to take, in order
+    /// (those without the field, and the bursts that are due).
+    pub(crate) ready: String,
+    /// `{K}:group:due`: an ordered group whose job waits for its retry at
+    /// the head of its list: when it is due (ms since the epoch).
+    pub(crate) group_due: String,
+    /// `{K}:group:running:<node>`: per group, how many of its jobs are in
+    /// this node's in-flight list.
+    pub(crate) running: String,
 }
 
 impl QueueKeys {
@@ -52,6 +67,11 @@ impl QueueKeys {
             paused: format!("{{{list}}}:paused"),
             cancel: format!("{{{list}}}:cancel"),
             results: format!("{{{list}}}:results"),
+            groups: format!("{{{list}}}:group:turns"),
+            group_due: format!("{{{list}}}:group:due"),
+            bursts: format!("{{{list}}}:group:bursts"),
+            ready: format!("{{{list}}}:group:ready"),
+            running: running(list, node),
         }
     }
 
@@ -60,9 +80,49 @@ impl QueueKeys {
         inflight(&self.list, node)
     }
 
+    /// The running counts of another node's groups.
+    pub(crate) fn running_of(&self, node: &str) -> String {
+        running(&self.list, node)
+    }
+
+    /// `{K}:group:jobs:<group>`: the jobs of one group, sorted out of the
+    /// queue list, oldest first.
+    pub(crate) fn group(&self, group: &str) -> String {
+        format!("{}{group}", self.group_prefix())
+    }
+
+    /// `{K}:group:jobs:`, the common prefix of the groups' lists.
+    pub(crate) fn group_prefix(&self) -> String {
+        format!("{{{}}}:group:jobs:", self.list)
+    }
+
+    /// `{K}:group:burst:`, the common prefix of the bursts' hashes
+    /// (`first`, `last`, `n` and the `item` kept).
+    pub(crate) fn burst_prefix(&self) -> String {
+        format!("{{{}}}:group:burst:", self.list)
+    }
+
+    /// `{K}:group:burst-all:`, the common prefix of the lists of every
+    /// arrival of a burst (`keep = "all"`).
+    pub(crate) fn burst_all_prefix(&self) -> String {
+        format!("{{{}}}:group:burst-all:", self.list)
+    }
+
     /// `{K}:unique:<key>`: the lock of a unique job.
     pub(crate) fn unique(&self, key: &str) -> String {
         format!("{{{}}}:unique:{key}", self.list)
+    }
+
+    /// `{K}:history:m:<hour>`: the counters of the minutes of one hour
+    /// (hours since the epoch), see `history.rs`.
+    pub(crate) fn history_minutes(&self, hour: i64) -> String {
+        format!("{{{}}}:history:m:{hour}", self.list)
+    }
+
+    /// `{K}:history:d:<day>`: the counters of one day (days since the
+    /// epoch, UTC).
+    pub(crate) fn history_day(&self, day: i64) -> String {
+        format!("{{{}}}:history:d:{day}", self.list)
     }
 
     /// `{K}:schedule:<name>`: the last tick of schedule `name` enqueued.
@@ -86,6 +146,10 @@ impl QueueKeys {
 
 fn inflight(list: &str, node: &str) -> String {
     format!("{{{list}}}:inflight:{node}")
+}
+
+fn running(list: &str, node: &str) -> String {
+    format!("{{{list}}}:group:running:{node}")
 }
 
 /// `{K}:<name>`: a key the handler of queue list `K` keeps (the email
@@ -211,6 +275,9 @@ mod tests {
         assert_eq!(k.ratelimit, "{jobs:email}:ratelimit");
         assert_eq!(k.results, "{jobs:email}:results");
         assert_eq!(k.unique("u1"), "{jobs:email}:unique:u1");
+        assert_eq!(k.groups, "{jobs:email}:group:turns");
+        assert_eq!(k.group("acme"), "{jobs:email}:group:jobs:acme");
+        assert_eq!(k.running, "{jobs:email}:group:running:host-1-ab");
         assert_eq!(k.schedule("nightly"), "{jobs:email}:schedule:nightly");
         assert_eq!(
             k.schedule_spec("nightly"),

@@ -9,8 +9,12 @@ use redis::{FromRedisValue, Value};
 
 use super::events::StatusUpdate;
 pub(crate) use super::scripts::recover::{Move, RecoverTo};
-use super::scripts::{promote, ratelimit, recover, shrink, take};
+use super::scripts::{promote, ratelimit, recover, shrink, take, undebounce, ungroup};
 use super::{Broker, BrokerError, Conn, QueueKeys};
+use crate::config::{Debounce, Group};
+
+/// The most jobs one round trip of [`QueueStore::ungroup`] moves.
+const UNGROUP_MOST: usize = 10_000;
 
 /// What one take moved into this node's in-flight list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +25,12 @@ pub(crate) struct Taken {
     /// Whether the one item taken is a suspect, to be run alone:
     /// `lua/take.lua`'s verdict, the only definition of a suspect.
     pub(crate) suspect: bool,
+    /// Whether the queue's global limit left room for fewer jobs than
+    /// were asked for while more wait: take again once jobs end.
+    pub(crate) limited: bool,
+    /// The ids of the jobs that joined a burst of a queue with `debounce`
+    /// (empty for a raw payload), for their `job.debounced` events.
+    pub(crate) debounced: Vec<String>,
 }
 
 impl FromRedisValue for Taken {
@@ -29,14 +39,31 @@ impl FromRedisValue for Taken {
         if values.is_empty() {
             return Err("take.lua returns its verdict first".into());
         }
-        let suspect: i64 = FromRedisValue::from_redis_value(values.remove(0))?;
+        let verdict: i64 = FromRedisValue::from_redis_value(values.remove(0))?;
+        let mut debounced = Vec::new();
+        if verdict & 4 != 0 {
+            let count: usize = match values.pop() {
+                Some(v) => FromRedisValue::from_redis_value(v)?,
+                None => return Err("take.lua counts the ids it adds".into()),
+            };
+            let Some(at) = values.len().checked_sub(count) else {
+                return Err("take.lua returned fewer ids than it counted".into());
+            };
+            debounced = values
+                .split_off(at)
+                .into_iter()
+                .map(FromRedisValue::from_redis_value)
+                .collect::<Result<_, _>>()?;
+        }
         let items = values
             .into_iter()
             .map(FromRedisValue::from_redis_value)
             .collect::<Result<_, _>>()?;
         Ok(Taken {
             items,
-            suspect: suspect == 1,
+            suspect: verdict & 3 == 1,
+            limited: verdict & 3 == 2,
+            debounced,
         })
     }
 }
@@ -104,16 +131,58 @@ pub(crate) struct QueueStore {
     broker: Broker,
     keys: Arc<QueueKeys>,
     dead_cap: u32,
+    history: bool,
+    group: Option<Arc<Group>>,
+    debounce: Option<Arc<Debounce>>,
 }
 
 impl QueueStore {
-    /// The store of one queue; `dead_cap` bounds its dead letter list.
+    /// The store of one queue; `dead_cap` bounds its dead letter list. It
+    /// keeps the queue's history (see [`QueueStore::without_history`]).
     pub(crate) fn new(broker: Broker, keys: QueueKeys, dead_cap: u32) -> Self {
         Self {
             broker,
             keys: Arc::new(keys),
             dead_cap,
+            history: true,
+            group: None,
+            debounce: None,
         }
+    }
+
+    /// The same store, for a queue whose jobs are grouped and served in
+    /// turn (`lua/take.lua`); `None` for one line.
+    pub(crate) fn with_group(mut self, group: Option<Group>) -> Self {
+        self.group = group.map(Arc::new);
+        self
+    }
+
+    /// The same store, for a queue whose jobs are debounced
+    /// (`lua/take.lua`); `None` for none.
+    pub(crate) fn with_debounce(mut self, debounce: Option<Debounce>) -> Self {
+        self.debounce = debounce.map(Arc::new);
+        self
+    }
+
+    /// The queue's debounce, if it has one.
+    pub(crate) fn debounce(&self) -> Option<&Debounce> {
+        self.debounce.as_deref()
+    }
+
+    /// The queue's grouping, if its jobs are grouped.
+    pub(crate) fn group(&self) -> Option<&Group> {
+        self.group.as_deref()
+    }
+
+    /// The same store, counting no outcome in the queue's history.
+    pub(crate) fn without_history(mut self) -> Self {
+        self.history = false;
+        self
+    }
+
+    /// Whether outcomes recorded here are counted in the queue's history.
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.history
     }
 
     /// Whether `other` is this very store (a clone of it), not merely one
@@ -141,18 +210,64 @@ impl QueueStore {
     /// item larger than the queue's payloads may be (`max_payload_bytes`
     /// and the envelope's allowance) goes there as its stand-in, read by no
     /// one (see `lua/take.lua`).
+    /// With a global `limit`, no more than it leaves of the queue's jobs
+    /// in flight on every node.
     pub(crate) async fn take(
         &self,
         max: usize,
         max_payload_bytes: usize,
+        limit: Option<u32>,
     ) -> Result<Taken, BrokerError> {
         let mut conn = self.broker.conn().await?;
         let call = take::Call {
             keys: &self.keys,
             most: max,
             max_payload_bytes,
+            limit,
+            group: self.group(),
+            now_ms: crate::clock::now_ms(),
+            debounce: self.debounce(),
         };
         Ok(call.invocation().invoke_async(&mut conn).await?)
+    }
+
+    /// Puts the jobs a group holds back at the head of the queue, when the
+    /// queue no longer has `group` (`lua/ungroup.lua`), a bounded part per
+    /// round trip; how many moved.
+    pub(crate) async fn ungroup(&self) -> Result<u64, BrokerError> {
+        let call = ungroup::Call {
+            keys: &self.keys,
+            most: UNGROUP_MOST,
+        };
+        self.drain(call.invocation()).await
+    }
+
+    /// Puts a debounce's ready jobs and pending bursts back at the head of
+    /// the queue, when the queue no longer has `debounce`
+    /// (`lua/undebounce.lua`); how many jobs moved.
+    pub(crate) async fn undebounce(&self) -> Result<u64, BrokerError> {
+        let call = undebounce::Call {
+            keys: &self.keys,
+            most: UNGROUP_MOST,
+        };
+        self.drain(call.invocation()).await
+    }
+
+    /// Runs a script answering `{moved, left}` until nothing is left; how
+    /// many moved in all.
+    async fn drain(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<u64, BrokerError> {
+        let mut conn = self.broker.conn().await?;
+        let mut moved = 0;
+        loop {
+            let (n, left): (u64, u64) = invocation.invoke_async(&mut conn).await?;
+            moved += n;
+            if left == 0 {
+                return Ok(moved);
+            }
+        }
     }
 
     /// A dedicated connection for blocking fetches of at most `block` each.
@@ -177,6 +292,8 @@ impl QueueStore {
             conn,
             client_id,
             keys: self.keys.clone(),
+            group: self.group.clone(),
+            debounce: self.debounce.clone(),
             block,
         })
     }
@@ -276,6 +393,7 @@ impl QueueStore {
             node,
             dead_cap: self.dead_cap,
             results_cap: super::results::CAP,
+            group: self.group(),
             moves,
             records: !cluster,
         };
@@ -305,7 +423,8 @@ impl QueueStore {
         Ok(recovered)
     }
 
-    /// Forgets a node whose in-flight list is empty; keeps it listed otherwise.
+    /// Forgets a node whose in-flight list is empty (and its running
+    /// counts of groups); keeps it listed otherwise.
     pub(crate) async fn forget_node_if_idle(&self, node: &str) -> Result<bool, BrokerError> {
         let mut conn = self.broker.conn().await?;
         let len: u64 = redis::cmd("LLEN")
@@ -315,9 +434,12 @@ impl QueueStore {
         if len > 0 {
             return Ok(false);
         }
-        let _removed: u64 = redis::cmd("SREM")
+        let _removed: (u64, u64) = redis::pipe()
+            .cmd("SREM")
             .arg(&self.keys.nodes)
             .arg(node)
+            .cmd("DEL")
+            .arg(self.keys.running_of(node))
             .query_async(&mut conn)
             .await?;
         Ok(true)
@@ -338,6 +460,8 @@ pub(crate) struct Fetcher {
     conn: Conn,
     client_id: u64,
     keys: Arc<QueueKeys>,
+    group: Option<Arc<Group>>,
+    debounce: Option<Arc<Debounce>>,
     block: Duration,
 }
 
@@ -354,7 +478,11 @@ impl Fetcher {
     /// Do not drop this future to stop waiting: if Redis took a job just
     /// then, it would sit in the in-flight list unseen. Cut the wait short
     /// with [`Broker::unblock`] and let the future finish instead.
-    pub(crate) async fn next(&mut self, max_payload_bytes: usize) -> Result<Taken, BrokerError> {
+    pub(crate) async fn next(
+        &mut self,
+        max_payload_bytes: usize,
+        limit: Option<u32>,
+    ) -> Result<Taken, BrokerError> {
         if self.conn.is_stale() {
             // The master it waits on is gone or demoted: a new fetcher
             // connects to the new one.
@@ -377,6 +505,10 @@ impl Fetcher {
             keys: &self.keys,
             most: 1,
             max_payload_bytes,
+            limit,
+            group: self.group.as_deref(),
+            now_ms: crate::clock::now_ms(),
+            debounce: self.debounce.as_deref(),
         };
         pipe.invoke_script(&take.invocation());
         // Four commands, two replies: REPLY ON's and the script's.

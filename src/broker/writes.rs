@@ -5,6 +5,7 @@
 use redis::{Pipeline, ServerErrorKind, Value};
 
 use super::events::{EventSink, StatusUpdate};
+use super::history::Stamp;
 use super::queue::QueueStore;
 use super::scripts::finish;
 pub(crate) use super::scripts::finish::Entry;
@@ -186,10 +187,15 @@ impl Broker {
 /// right after the outcome.
 fn add_finish(pipe: &mut Pipeline, store: &QueueStore, entries: &[Entry<'_>]) {
     let cluster = store.broker().is_cluster();
+    let stamp = store
+        .keeps_history()
+        .then(|| Stamp::at(store.keys(), crate::clock::now_ms()));
     finish::Call {
         keys: store.keys(),
         dead_cap: store.dead_cap(),
         results_cap: super::results::CAP,
+        history: stamp.as_ref(),
+        group: store.group(),
         entries,
         records: !cluster,
     }

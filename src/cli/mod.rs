@@ -16,6 +16,7 @@ pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dead;
 pub(crate) mod enqueue;
+pub(crate) mod groups;
 pub(crate) mod monitor;
 pub(crate) mod pause;
 pub(crate) mod pipe;
@@ -106,6 +107,8 @@ pub(crate) enum Command {
     Status(status::Args),
     /// List a tracked queue's recent results and failures, newest first.
     Results(results::Args),
+    /// List a queue's groups, busiest first: jobs waiting, held and running.
+    Groups(groups::Args),
     /// Stop every daemon taking a queue's jobs (running ones finish).
     Pause(pause::Args),
     /// Let the daemons take a paused queue's jobs again.
@@ -151,6 +154,7 @@ pub(crate) fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Stats(args) => block_on(stats::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Results(args) => block_on(results::run(config, args)),
+        Command::Groups(args) => block_on(groups::run(config, args)),
         Command::Pause(args) => block_on(pause::run(config, args, true)),
         Command::Resume(args) => block_on(pause::run(config, args, false)),
         Command::Cancel(args) => block_on(cancel::run(config, args)),

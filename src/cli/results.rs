@@ -115,7 +115,7 @@ fn print_table(jobs: &[Ended]) {
 }
 
 /// `text` cut to `chars` characters, the last an ellipsis when cut.
-fn cut(text: &str, chars: usize) -> String {
+pub(crate) fn cut(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars.saturating_sub(1)) {
         Some((at, _)) if text[at..].chars().nth(1).is_some() => format!("{}…", &text[..at]),
         _ => text.to_owned(),

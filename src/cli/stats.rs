@@ -66,9 +66,10 @@ fn print(s: &Overview, json: bool, in_place: bool) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  state",
+            "{:<16} {:>9} {:>7} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  state",
             "queue",
             "waiting",
+            "held",
             "in_flight",
             "scheduled",
             "dead",
@@ -81,9 +82,10 @@ fn print(s: &Overview, json: bool, in_place: bool) -> anyhow::Result<()> {
             let c = &q.counts;
             writeln!(
                 out,
-                "{:<16} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  {}",
+                "{:<16} {:>9} {:>7} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>10}  {}",
                 q.name,
                 c.waiting,
+                c.held,
                 c.in_flight,
                 c.scheduled,
                 c.dead,

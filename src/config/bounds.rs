@@ -57,6 +57,14 @@ pub const RATE_LIMIT: RangeInclusive<u64> = 1..=1_000_000;
 pub const RATE_WINDOW: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
 /// `queues.<q>.dead_max_jobs`.
 pub const DEAD_MAX_JOBS: RangeInclusive<u64> = 1..=10_000_000;
+/// `queues.<q>.limit`.
+pub const LIMIT: RangeInclusive<u64> = 1..=1_000_000;
+
+/// `queues.<q>.debounce.window` and `max_wait`.
+pub const DEBOUNCE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 24 * 3600);
+
+/// The longest `group.key`, in bytes.
+pub const GROUP_KEY_BYTES: usize = 128;
 /// `queues.<q>.track_ttl`.
 pub const TRACK_TTL: RangeInclusive<Duration> = SECOND..=YEAR;
 /// `schedules.<s>.unique_for`.
@@ -149,6 +157,49 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             duration(&at("rate_limit.window"), rl.window, &RATE_WINDOW)?;
         }
         number(&at("dead_max_jobs"), q.dead_max_jobs, &DEAD_MAX_JOBS)?;
+        if let Some(limit) = q.limit {
+            number(&at("limit"), limit, &LIMIT)?;
+        }
+        if let Some(d) = &q.debounce {
+            if d.key.is_empty() || d.key.len() > GROUP_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: must be 1 to {GROUP_KEY_BYTES} bytes, got {}",
+                    at("debounce.key"),
+                    d.key.len()
+                )));
+            }
+            duration(&at("debounce.window"), d.window, &DEBOUNCE)?;
+            if let Some(max_wait) = d.max_wait {
+                duration(&at("debounce.max_wait"), max_wait, &DEBOUNCE)?;
+                if max_wait < d.window {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: must be at least the window ({}), got {}",
+                        at("debounce.max_wait"),
+                        human(d.window),
+                        human(max_wait)
+                    )));
+                }
+            }
+        }
+        if let Some(group) = &q.group {
+            if group.key.is_empty() || group.key.len() > GROUP_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: must be 1 to {GROUP_KEY_BYTES} bytes, got {}",
+                    at("group.key"),
+                    group.key.len()
+                )));
+            }
+            if let Some(limit) = group.limit {
+                number(&at("group.limit"), limit, &LIMIT)?;
+            }
+            if group.ordered && group.limit.is_some_and(|l| l != 1) {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: an ordered group runs one job at a time: its limit is 1 (or unset), not {}",
+                    at("group.limit"),
+                    group.limit.unwrap_or(0)
+                )));
+            }
+        }
         duration(&at("track_ttl"), q.track_ttl, &TRACK_TTL)?;
     }
     for (name, s) in &config.schedules {

@@ -114,7 +114,13 @@ impl Queues {
         } = built;
         let settings = config.queues[name].clone();
         let keys = QueueKeys::new(name, &config.queue_key(name), &self.node);
-        let store = QueueStore::new(self.broker.clone(), keys, settings.dead_max_jobs);
+        let mut store = QueueStore::new(self.broker.clone(), keys, settings.dead_max_jobs);
+        if !settings.history {
+            store = store.without_history();
+        }
+        store = store
+            .with_group(settings.group.clone())
+            .with_debounce(settings.debounce.clone());
         handler.start().await;
         let processor = Arc::new(Processor::new(
             name,

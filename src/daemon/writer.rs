@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::Retry;
 use crate::broker::events::{EventSink, StatusUpdate};
+use crate::broker::history::Sample;
 use crate::broker::queue::{Outcome, QueueStore};
 use crate::broker::writes::{Lane, Notices, QueueOutcomes};
 use crate::broker::{Broker, BrokerError};
@@ -75,6 +76,8 @@ struct Request {
     /// The job's status record, written in the step that records the
     /// outcome (and only if it does).
     status: Option<StatusUpdate>,
+    /// Its history buckets, counted with the outcome.
+    sample: Sample,
     reply: oneshot::Sender<Recorded>,
     /// Flushes that carried it and failed.
     failed_flushes: u32,
@@ -161,6 +164,7 @@ impl Outcomes {
         item: Bytes,
         outcome: Outcome,
         status: Option<StatusUpdate>,
+        sample: Sample,
     ) -> Recorded {
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -168,6 +172,7 @@ impl Outcomes {
             item,
             outcome,
             status,
+            sample,
             reply,
             failed_flushes: 0,
         };
@@ -310,7 +315,7 @@ impl Prepared {
         let mut groups: Vec<QueueOutcomes<'_>> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         for (i, r) in self.requests.iter().enumerate() {
-            let entry = (r.item.as_ref(), &r.outcome, r.status.as_ref());
+            let entry = (r.item.as_ref(), &r.outcome, r.status.as_ref(), r.sample);
             match groups.iter().position(|g| g.store.same_as(&r.store)) {
                 Some(g) => {
                     groups[g].entries.push(entry);

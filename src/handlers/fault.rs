@@ -8,6 +8,10 @@
 //! attempt N (without it, on every run), so a job can panic or time out once
 //! and then succeed.
 //!
+//! `{"trace": "/path/to/file"}` appends `start <id> <ns>` when a run starts
+//! and `end <id> <ns>` when it ends (ns since the epoch), so a test can tell
+//! from the runs themselves how many ran at once.
+//!
 //! `{"record": "/path/to/file"}` appends the job's id and a newline to that
 //! file when the run succeeds. The fault-injection suite counts completions
 //! and duplicates from it: an append survives the process being SIGKILLed
@@ -43,6 +47,26 @@ struct Orders {
     until_attempt: Option<u32>,
     #[serde(default)]
     record: Option<PathBuf>,
+    #[serde(default)]
+    trace: Option<PathBuf>,
+}
+
+/// Writes a run's end to its trace when the run ends, however it ends.
+struct Traced<'a>(Option<(&'a PathBuf, &'a str)>);
+
+impl Drop for Traced<'_> {
+    fn drop(&mut self) {
+        if let Some((path, id)) = self.0 {
+            let _ignored = trace(path, "end", id);
+        }
+    }
+}
+
+fn trace(path: &PathBuf, what: &str, id: &str) -> Result<(), HandlerError> {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    append(path, &format!("{what} {id} {ns}\n"))
 }
 
 #[async_trait]
@@ -50,6 +74,10 @@ impl Handler for Fault {
     async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
         let orders: Orders = serde_json::from_str(job.payload().get()).unwrap_or_default();
         let misbehaving = orders.until_attempt.is_none_or(|n| job.attempt() < n);
+        if let Some(path) = &orders.trace {
+            trace(path, "start", job.id())?;
+        }
+        let _traced = Traced(orders.trace.as_ref().map(|p| (p, job.id())));
         if misbehaving && orders.abort {
             std::process::abort();
         }
@@ -75,10 +103,14 @@ impl Handler for Fault {
     }
 }
 
+/// Appends the job's id, a line, to `path`.
+fn record(path: &PathBuf, id: &str) -> Result<(), HandlerError> {
+    append(path, &format!("{id}\n"))
+}
+
 /// One `write` of a whole line to a file opened for appending: concurrent
 /// runs never interleave within a line, and a kill leaves whole lines only.
-fn record(path: &PathBuf, id: &str) -> Result<(), HandlerError> {
-    let line = format!("{id}\n");
+fn append(path: &PathBuf, line: &str) -> Result<(), HandlerError> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -16,7 +16,9 @@
 //! | `GET /api/events` | lifecycle events as server-sent events (one JSON a line of each message's data) |
 //! | `GET /api/schedules` | the JSON of `conveyor schedules --json`, as one array |
 //! | `GET /api/results` | `?queue=Q&failed=1&limit=N`: the JSON of `conveyor results Q --json` |
+//! | `GET /api/groups` | `?queue=Q&limit=N`: the JSON of `conveyor groups Q --json` |
 //! | `GET /api/scale` | `?queue=Q`: the queue's demand and slots, for an autoscaler (KEDA) |
+//! | `GET /api/history` | `?queue=Q&range=1h\|24h\|30d`: counts and percentiles per minute or day |
 //! | `GET /results/{q}` | a tracked queue's recent results and failures (`?failed=1`) |
 //! | `GET /api/jobs/{id}` | what is known of one job: `conveyor status ID --json`'s view |
 //! | `GET /jobs/{id}`, `GET /jobs?id=` | a job's page; the search box's target |
@@ -54,11 +56,15 @@ use crate::broker::events::EventSink;
 use crate::job::JobState;
 use crate::metrics::Metrics;
 
+mod activity;
 mod auth;
+mod chart;
 mod connections;
 mod descriptors;
 mod events;
+mod groups;
 mod job;
+mod live;
 mod notice;
 mod page;
 mod results;
@@ -87,6 +93,9 @@ struct Web {
     /// Event streams open at once, at most (each holds a Redis connection).
     max_streams: usize,
     notices: notice::Notices,
+    /// What the queues did each second of the last ten minutes.
+    live: Arc<live::Live>,
+    history_cache: Arc<activity::Cache>,
     stop: CancellationToken,
 }
 
@@ -116,8 +125,15 @@ pub(crate) async fn serve(
         streams: Arc::new(AtomicUsize::new(0)),
         max_streams: budget.streams,
         notices: notice::Notices::new(),
+        live: Arc::new(live::Live::default()),
+        history_cache: Arc::new(activity::Cache::default()),
         stop: stop.clone(),
     };
+    tokio::spawn(live::sample(
+        web.live.clone(),
+        web.client.clone(),
+        stop.clone(),
+    ));
     let app = router(web);
     let addr = listener
         .local_addr()
@@ -148,8 +164,10 @@ fn router(web: Web) -> Router {
         .route("/api/events", get(events::events))
         .route("/api/schedules", get(schedules))
         .route("/api/results", get(results::api))
+        .route("/api/groups", get(groups::api))
         .route("/api/jobs/{id}", get(job::api))
         .route("/api/scale", get(scale::api))
+        .route("/api/history", get(history))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))
         .route("/api/queues/{queue}/{list}/{action}", post(list_action))
         .layer(axum::middleware::map_response(secure))
@@ -276,6 +294,35 @@ async fn stats(State(web): State<Web>, headers: HeaderMap) -> Result<Response, F
 async fn schedules(State(web): State<Web>, headers: HeaderMap) -> Result<Response, Failure> {
     web.admit(&headers)?;
     Ok(axum::Json(web.client.schedules().await?).into_response())
+}
+
+/// `?queue=&range=`.
+#[derive(Deserialize)]
+struct HistoryQuery {
+    queue: Option<String>,
+    range: Option<String>,
+}
+
+/// `GET /api/history`: one queue's, or all queues' (no `queue`), over the
+/// last hour (the default), day or 30 days.
+async fn history(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, Failure> {
+    web.admit(&headers)?;
+    let range = q.range.as_deref().unwrap_or("1h");
+    let Some(range) = crate::api::Range::parse(range) else {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "range must be 1h, 24h or 30d".into(),
+        ));
+    };
+    let queue = q.queue.as_deref().filter(|q| !q.is_empty());
+    if let Some(queue) = queue {
+        web.configured(queue)?;
+    }
+    Ok(axum::Json(web.client.history(queue, range).await?).into_response())
 }
 
 #[derive(Deserialize)]

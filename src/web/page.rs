@@ -15,6 +15,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 use super::Web;
+use super::activity::{Activity, activity};
 use crate::api::{DeadJob, ScheduleView};
 use crate::clock::age;
 use crate::template_value::from_json;
@@ -31,6 +32,9 @@ const PAYLOAD_CHARS: usize = 2000;
 
 /// Jobs of each list shown per queue.
 const SHOWN: u64 = 20;
+
+/// The minutes over which the queues' table shows the waiting time's p95.
+const WAIT_MINUTES: usize = 5;
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
@@ -51,6 +55,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 pub(super) struct PageQuery {
     live: Option<String>,
     partial: Option<String>,
+    /// The charts' queue (all when unset) and span (`live`, `24h`, `30d`).
+    chart: Option<String>,
+    range: Option<String>,
     done: Option<String>,
     sig: Option<String>,
 }
@@ -73,6 +80,7 @@ struct Page {
     queues: Vec<QueueRow>,
     nodes: Vec<NodeRow>,
     schedules: Vec<ScheduleView>,
+    activity: Option<Activity>,
 }
 
 #[derive(Serialize)]
@@ -84,11 +92,25 @@ struct QueueRow {
     waiting: u64,
     scheduled: u64,
     in_flight: u64,
+    /// Jobs of groups at their limit, held until one of theirs ends.
+    held: u64,
+    /// The queue's global limit on jobs in flight, if it has one.
+    limit: Option<u32>,
+    /// The payload field that groups the queue's jobs, if any.
+    group_key: Option<String>,
+    /// The most jobs of one group in flight, if limited.
+    group_limit: Option<u32>,
+    /// The busiest groups.
+    groups: Vec<crate::api::GroupCounts>,
+    /// How many groups there are beyond those shown.
+    more_groups: u64,
     dead: u64,
     processed: u64,
     failed: u64,
     rate_1m: u64,
     oldest: String,
+    /// The p95 of the waiting time over the last 5 minutes.
+    wait_p95: String,
     running_jobs: Vec<JobRow>,
     scheduled_jobs: Vec<JobRow>,
     dead_jobs: Vec<JobRow>,
@@ -129,10 +151,18 @@ pub(super) async fn dashboard(web: &Web, q: &PageQuery) -> Response {
             queues: Vec::new(),
             nodes: Vec::new(),
             schedules: Vec::new(),
+            activity: None,
         },
     };
+    let live = q.live.as_deref() != Some("0");
+    let names: Vec<String> = page.queues.iter().map(|q| q.name.clone()).collect();
+    let activity = match page.error {
+        None => Some(activity(web, &names, q.chart.as_deref(), q.range.as_deref(), live).await),
+        Some(_) => None,
+    };
     let page = Page {
-        live: q.live.as_deref() != Some("0"),
+        live,
+        activity,
         done: web.notices.verified(q.done.as_deref(), q.sig.as_deref()),
         ..page
     };
@@ -179,17 +209,37 @@ async fn read(web: &Web) -> Result<Page, crate::api::ApiError> {
             0 => Vec::new(),
             _ => c.dead_jobs(&q.name, 0, SHOWN).await?,
         };
+        let config = c.config().queues.get(&q.name).cloned();
+        let group = config.as_ref().and_then(|q| q.group.as_ref());
+        let groups = match (group, counts.held) {
+            (None, 0) => None,
+            // Jobs an earlier configuration grouped, until a daemon
+            // puts them back: shown too.
+            _ => Some(c.groups(&q.name, SHOWN).await?),
+        };
         queues.push(QueueRow {
             path: utf8_percent_encode(&q.name, NON_ALPHANUMERIC).to_string(),
             paused: counts.paused,
             waiting: counts.waiting,
             scheduled: counts.scheduled,
             in_flight: counts.in_flight,
+            held: counts.held,
+            limit: config.as_ref().and_then(|q| q.limit),
+            group_key: group.map(|g| g.key.clone()),
+            group_limit: group.and_then(|g| g.limit),
+            more_groups: groups
+                .as_ref()
+                .map_or(0, |g| g.groups.count - g.groups.groups.len() as u64),
+            groups: groups.map(|g| g.groups.groups).unwrap_or_default(),
             dead: counts.dead,
             processed: counts.processed,
             failed: counts.failed,
             rate_1m: q.rate_1m,
             oldest: q.oldest_age_s.map_or_else(|| "-".into(), age),
+            wait_p95: c
+                .recent_wait_p95(&q.name, WAIT_MINUTES)
+                .await?
+                .map_or_else(|| "-".into(), wait_text),
             running_jobs: running_jobs
                 .into_iter()
                 .map(|j| row(j.id, j.attempt, j.node, None, j.payload))
@@ -224,7 +274,18 @@ async fn read(web: &Web) -> Result<Page, crate::api::ApiError> {
         queues,
         nodes,
         schedules: c.schedules().await?,
+        activity: None,
     })
+}
+
+/// A waiting time in ms as the queues' table shows it: `12ms`, `3.4s`,
+/// `2m05s`.
+fn wait_text(ms: f64) -> String {
+    match ms {
+        ..1_000.0 => format!("{ms:.0}ms"),
+        ..10_000.0 => format!("{:.1}s", ms / 1000.0),
+        _ => age(ms / 1000.0),
+    }
 }
 
 /// A dead job's row. One that kept only the first bytes of its item (too

@@ -1,15 +1,22 @@
 -- recover: return the in-flight jobs of a dead node (or this node's own
 -- leftovers) to the head of their queue, or dead-letter the ones that have
--- now crashed too many daemons.
+-- now crashed too many daemons. A queue with groups counts each job out of
+-- its group's jobs in flight on that node (see take.lua); a job of an
+-- ordered group, also at the head of its group's list, is replaced there
+-- (or removed there when it goes dead) instead of pushed to the queue.
 -- KEYS[1] the in-flight list holding them
 -- KEYS[2] the queue list K
 -- KEYS[3] the queue's dead letter list {K}:dead
 -- KEYS[4] the queue's stats hash {K}:stats
 -- KEYS[5] the queue's results list {K}:results
--- KEYS[6..] status records conveyor:job:<id> that jobs name by index
+-- KEYS[6] that node's running counts {K}:group:running:<node>
+-- KEYS[7] the queue's groups by turn {K}:group:turns
+-- KEYS[8..] status records conveyor:job:<id> that jobs name by index
 -- ARGV[1] the dead list's length cap
 -- ARGV[2] the results list's length cap
--- ARGV[3..] per job: the item as it sits in the in-flight list, 'queue' or
+-- ARGV[3] the payload's field that names a job's group; '' for no groups
+-- ARGV[4] ordered groups: their lists' common prefix {K}:group:jobs:; else ''
+-- ARGV[5..] per job: the item as it sits in the in-flight list, 'queue' or
 --           'dead', what to push in its place (deliveries counted), the id
 --           to list in the results if it goes dead ('' for none: its queue
 --           does not track jobs), and the index in KEYS of its status
@@ -20,7 +27,8 @@
 -- Returns one code per job: 1 requeued, 2 dead-lettered, 0 already gone
 -- (another reaper took it, or its outcome was recorded meanwhile).
 local codes, requeued, dead, listed = {}, 0, 0, 0
-local i = 3
+local field, ordered = ARGV[3], ARGV[4]
+local i = 5
 while i <= #ARGV do
   local item, to, replacement, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local track, ttl, fields = tonumber(ARGV[i + 4]), nil, 0
@@ -29,6 +37,33 @@ while i <= #ARGV do
   i = track > 0 and first + 2 * fields or i + 5
   local code = 0
   if redis.call('LREM', KEYS[1], 1, item) == 1 then
+    local kept = nil
+    if field ~= '' then
+      local group = group_of(item, field)
+      if redis.call('HINCRBY', KEYS[6], group, -1) <= 0 then
+        redis.call('HDEL', KEYS[6], group)
+      end
+      if ordered ~= '' then
+        kept = ordered .. group
+        local by = to ~= 'dead' and replacement or nil
+        if redis.call('LINDEX', kept, 0) == item then
+          if by then
+            redis.call('LSET', kept, 0, by)
+          else
+            redis.call('LPOP', kept)
+          end
+        elseif redis.call('LREM', kept, 1, item) == 1 and by then
+          redis.call('LPUSH', kept, by)
+        elseif by then
+          -- Not in its list (an earlier version's job): back to the queue.
+          kept = nil
+        end
+        if kept and by and redis.call('ZSCORE', KEYS[7], group) == false then
+          local last = redis.call('ZRANGE', KEYS[7], -1, -1, 'WITHSCORES')
+          redis.call('ZADD', KEYS[7], tonumber(last[2] or 0) + 1, group)
+        end
+      end
+    end
     if to == 'dead' then
       redis.call('LPUSH', KEYS[3], replacement)
       dead = dead + 1
@@ -38,7 +73,9 @@ while i <= #ARGV do
         listed = listed + 1
       end
     else
-      redis.call('LPUSH', KEYS[2], replacement)
+      if not kept then
+        redis.call('LPUSH', KEYS[2], replacement)
+      end
       requeued = requeued + 1
       code = 1
     end

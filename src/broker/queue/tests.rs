@@ -35,7 +35,7 @@ async fn a_blocking_pop_outlives_the_default_response_timeout() {
     let mut fetcher = store.fetcher(Duration::from_secs(2)).await.unwrap();
     let started = Instant::now();
     let taken = fetcher
-        .next(MIB)
+        .next(MIB, None)
         .await
         .expect("an empty 2s block is not an error");
     assert!(taken.items.is_empty());
@@ -80,18 +80,18 @@ async fn a_suspect_however_written_is_taken_alone() {
     let (before, after) = (r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned());
     for suspect in &suspects {
         let _: () = conn.rpush(Q, &[&before, suspect, &after]).await.unwrap();
-        let first = store.take(3, MIB).await.unwrap();
+        let first = store.take(3, MIB, None).await.unwrap();
         assert_eq!(
             (first.items, first.suspect),
             (vec![before.clone().into_bytes()], false)
         );
-        let alone = store.take(3, MIB).await.unwrap();
+        let alone = store.take(3, MIB, None).await.unwrap();
         assert_eq!(
             (alone.items, alone.suspect),
             (vec![suspect.clone().into_bytes()], true),
             "{suspect} is taken alone"
         );
-        let last = store.take(3, MIB).await.unwrap();
+        let last = store.take(3, MIB, None).await.unwrap();
         assert_eq!(
             (last.items, last.suspect),
             (vec![after.clone().into_bytes()], false)
@@ -99,7 +99,7 @@ async fn a_suspect_however_written_is_taken_alone() {
     }
     for innocent in &innocents {
         let _: () = conn.rpush(Q, &[&before, innocent, &after]).await.unwrap();
-        let all = store.take(3, MIB).await.unwrap();
+        let all = store.take(3, MIB, None).await.unwrap();
         assert_eq!(
             (all.items.len(), all.suspect),
             (3, false),

@@ -13,8 +13,10 @@ script!("cancel.lua");
 pub(crate) struct Call<'a> {
     /// KEYS[2] the dead letter list; KEYS[3] the lock is one of these.
     pub(crate) keys: &'a QueueKeys,
-    /// Where the job waits: KEYS[1] the queue list or the scheduled set,
-    /// and ARGV[1] which.
+    /// Where the job waits: KEYS[1] the queue list, a group's list or the
+    /// scheduled set.
+    pub(crate) source: &'a str,
+    /// ARGV[1] whether `source` is a list or a sorted set.
     pub(crate) store: Store,
     /// ARGV[2] the item as it waits.
     pub(crate) item: &'a [u8],
@@ -31,11 +33,7 @@ impl Call<'_> {
     /// The invocation.
     pub(crate) fn invocation(&self) -> ScriptInvocation<'static> {
         let k = self.keys;
-        let source = match self.store {
-            Store::List => &k.list,
-            Store::Zset => &k.scheduled,
-        };
-        let mut inv = SCRIPT.key(source);
+        let mut inv = SCRIPT.key(self.source);
         inv.key(&k.dead);
         match self.unique {
             Some((key, _)) => inv.key(k.unique(key)),
@@ -67,6 +65,7 @@ mod tests {
         let _: () = conn.set(k.unique("u"), "j1").await.unwrap();
         let call = Call {
             keys: &k,
+            source: &k.list,
             store: Store::List,
             item: b"job",
             dead_entry: "job-cancelled",
@@ -100,6 +99,7 @@ mod tests {
         let _: () = conn.set(k.unique("u"), "other").await.unwrap();
         let moved: u8 = Call {
             keys: &k,
+            source: &k.scheduled,
             store: Store::Zset,
             item: b"job",
             dead_entry: "job-cancelled",

@@ -1,24 +1,30 @@
 //! `lua/finish.lua`: records the outcomes of many jobs of one queue at once,
 //! each leaving the in-flight list in the step that records it (and writes
 //! its status record, and lists a tracked job that ended in the queue's
-//! results). Returns one flag per job: 1 recorded, 0 no longer in flight.
+//! results, and counts it in the queue's history). Returns one flag per
+//! job: 1 recorded, 0 no longer in flight.
 
 use redis::Pipeline;
 
 use super::Record;
 use crate::broker::events::StatusUpdate;
+use crate::broker::history::{Counted, Sample, Stamp, Tally};
 use crate::broker::queue::Outcome;
 use crate::broker::{QueueKeys, keys};
+use crate::config::Group;
 
-script!("finish.lua");
+script!("finish.lua", "group_of.lua");
 
-/// One outcome with the item it is for and the status record it writes.
-pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>);
+/// One outcome with the item it is for, the status record it writes and
+/// the history buckets it counts in.
+pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>, Sample);
 
-/// KEYS[1..=6]: the in-flight list, the queue list, the scheduled set, the
-/// dead letter list, the stats hash and the results list. The unique locks
-/// and status records the jobs name by index come after them.
-const FIXED_KEYS: usize = 6;
+/// KEYS[1..=11]: the in-flight list, the queue list, the scheduled set, the
+/// dead letter list, the stats hash, the results list, the history's two
+/// strings, the node's running counts of groups, the ordered groups' retry
+/// times and the groups' turns. The unique locks and status records the
+/// jobs name by index come after them.
+const FIXED_KEYS: usize = 11;
 
 /// One call of `finish.lua`: outcomes of one queue.
 pub(crate) struct Call<'a> {
@@ -33,7 +39,14 @@ pub(crate) struct Call<'a> {
     /// the same call, which only a reload turning `track` on or off
     /// mixes in, is listed too: readers skip ids without a record.)
     pub(crate) results_cap: u32,
-    /// ARGV[2..] the jobs, each with the item as taken and its status
+    /// Where the outcomes are counted in the queue's history; `None` to
+    /// keep none.
+    pub(crate) history: Option<&'a Stamp>,
+    /// ARGV[7] the payload's field naming a job's group, for a queue with
+    /// groups: each job is counted out of its group's jobs in flight; and
+    /// ARGV[8], an ordered group's list is where its job also is.
+    pub(crate) group: Option<&'a Group>,
+    /// ARGV[9..] what the jobs add to the history's counters, then the jobs, each with the item as taken and its status
     /// record, if any.
     pub(crate) entries: &'a [Entry<'a>],
     /// Whether the status records are written by the script: false on a
@@ -50,7 +63,7 @@ impl Call<'_> {
         let k = self.keys;
         // KEYS[6..]: each unique lock once, then the status records.
         let mut locks: Vec<&str> = Vec::new();
-        for (_, outcome, _) in self.entries {
+        for (_, outcome, _, _) in self.entries {
             if let Some(lock) = lock_of(outcome) {
                 if !locks.contains(&lock) {
                     locks.push(lock);
@@ -75,6 +88,12 @@ impl Call<'_> {
             .arg(&k.dead)
             .arg(&k.stats)
             .arg(&k.results);
+        match self.history {
+            Some(stamp) => cmd.arg(&stamp.minutes).arg(&stamp.day),
+            // Named, never touched.
+            None => cmd.arg(&k.stats).arg(&k.stats),
+        };
+        cmd.arg(&k.running).arg(&k.group_due).arg(&k.groups);
         for lock in &locks {
             cmd.arg(k.unique(lock));
         }
@@ -85,9 +104,43 @@ impl Call<'_> {
         let listed = self.entries.iter().any(|e| e.2.is_some());
         cmd.arg(self.dead_cap)
             .arg(if listed { self.results_cap } else { 0 });
+        let field = self.group.map_or("", |g| g.key.as_str());
+        let ordered = match self.group {
+            Some(g) if g.ordered => k.group_prefix(),
+            _ => String::new(),
+        };
+        match self.history {
+            Some(stamp) => {
+                let mut tally = Tally::default();
+                for (_, outcome, _, sample) in self.entries {
+                    if let Some(counted) = counted(outcome) {
+                        tally.add(counted, *sample);
+                    }
+                }
+                cmd.arg(stamp.offset)
+                    .arg(stamp.last)
+                    .arg(stamp.minutes_expire_at)
+                    .arg(stamp.day_expire_at)
+                    .arg(field)
+                    .arg(&ordered)
+                    .arg(tally.counters().count());
+                for (field, n) in tally.counters() {
+                    cmd.arg(field).arg(n);
+                }
+            }
+            None => {
+                cmd.arg(-1)
+                    .arg(0)
+                    .arg(0)
+                    .arg(0)
+                    .arg(field)
+                    .arg(&ordered)
+                    .arg(0);
+            }
+        }
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS + locks.len();
-        for (item, outcome, status) in self.entries {
+        for (item, outcome, status, sample) in self.entries {
             let mut job = JobArgs::of(outcome, lock_index(outcome));
             if let Some(s) = status.filter(|_| job.ends()) {
                 // The results list needs it (whatever the record's slot).
@@ -97,13 +150,25 @@ impl Call<'_> {
                 .arg(*item)
                 .arg(job.data)
                 .arg(job.num)
-                .arg(job.id);
+                .arg(job.id)
+                .arg(sample.0);
             let status = status.filter(|_| self.records).map(|s| {
                 record += 1;
                 (record, s)
             });
             cmd.arg(Record(status));
         }
+    }
+}
+
+/// How an outcome counts in the history, if it does (as `lua/finish.lua`
+/// reads its op: `ok`, `retry`, `dead`).
+fn counted(outcome: &Outcome) -> Option<Counted> {
+    match outcome {
+        Outcome::Succeeded { .. } => Some(Counted::Succeeded),
+        Outcome::Retry { .. } => Some(Counted::Retried),
+        Outcome::Dead { .. } => Some(Counted::Dead),
+        Outcome::Snooze { .. } | Outcome::Requeue { .. } | Outcome::GiveBack => None,
     }
 }
 
@@ -235,14 +300,14 @@ mod tests {
             record("j-gone", JobState::Succeeded),
         );
         let entries: Vec<Entry<'_>> = vec![
-            (b"ok", &ok, Some(&ok_rec)),
-            (b"retry", &retry, None),
-            (b"dead", &dead, Some(&dead_rec)),
-            (b"snooze", &snooze, None),
-            (b"requeue", &requeue, None),
-            (b"give-back", &Outcome::GiveBack, None),
-            (b"ok-2", &plain, None),
-            (b"not-in-flight", &gone, Some(&gone_rec)),
+            (b"ok", &ok, Some(&ok_rec), Sample::NONE),
+            (b"retry", &retry, None, Sample::NONE),
+            (b"dead", &dead, Some(&dead_rec), Sample::NONE),
+            (b"snooze", &snooze, None, Sample::NONE),
+            (b"requeue", &requeue, None, Sample::NONE),
+            (b"give-back", &Outcome::GiveBack, None, Sample::NONE),
+            (b"ok-2", &plain, None, Sample::NONE),
+            (b"not-in-flight", &gone, Some(&gone_rec), Sample::NONE),
         ];
         let mut pipe = redis::pipe();
         pipe.load_script(&SCRIPT).ignore();
@@ -250,6 +315,8 @@ mod tests {
             keys: &k,
             dead_cap: 2,
             results_cap: 10,
+            history: None,
+            group: None,
             entries: &entries,
             records: true,
         }
@@ -320,13 +387,15 @@ mod tests {
             unique_key: None,
         };
         let rec = record("j1", JobState::Succeeded);
-        let entries: Vec<Entry<'_>> = vec![(b"item", &ok, Some(&rec))];
+        let entries: Vec<Entry<'_>> = vec![(b"item", &ok, Some(&rec), Sample::NONE)];
         let mut pipe = redis::pipe();
         pipe.load_script(&SCRIPT).ignore();
         Call {
             keys: &k,
             dead_cap: 10,
             results_cap: 10,
+            history: None,
+            group: None,
             entries: &entries,
             records: false,
         }
@@ -357,6 +426,8 @@ mod tests {
             keys: k,
             dead_cap: 10,
             results_cap,
+            history: None,
+            group: None,
             entries,
             records: true,
         }
@@ -386,7 +457,7 @@ mod tests {
         // Two flushes of a tracked queue, over a cap of 5.
         for range in [0..4, 4..7] {
             let entries: Vec<Entry<'_>> = range
-                .map(|i| (items[i].as_slice(), &ok[i], Some(&recs[i])))
+                .map(|i| (items[i].as_slice(), &ok[i], Some(&recs[i]), Sample::NONE))
                 .collect();
             finish(&mut conn, &k, &entries, 5).await;
         }
@@ -402,7 +473,10 @@ mod tests {
         finish(
             &mut conn,
             &k,
-            &[(b"r1", &retry, Some(&rec)), (b"r2", &requeue, Some(&rec))],
+            &[
+                (b"r1", &retry, Some(&rec), Sample::NONE),
+                (b"r2", &requeue, Some(&rec), Sample::NONE),
+            ],
             5,
         )
         .await;
@@ -428,7 +502,10 @@ mod tests {
         finish(
             &mut conn,
             &k,
-            &[(b"u", &unique, None), (b"d", &dead, None)],
+            &[
+                (b"u", &unique, None, Sample::NONE),
+                (b"d", &dead, None, Sample::NONE),
+            ],
             5,
         )
         .await;

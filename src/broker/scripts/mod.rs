@@ -13,22 +13,16 @@
 
 use super::events::StatusUpdate;
 
-/// `SCRIPT`, the script of `lua/<file>`, loaded once; with `stand_in`, after
-/// the functions of `lua/stand_in.lua` (for the scripts that read items).
+/// `SCRIPT`, the script of `lua/<file>`, loaded once; after the functions
+/// of the preludes named with it (`stand_in.lua` for the scripts that read
+/// items, `group_of.lua` for those that sort them into groups).
 macro_rules! script {
-    ($file:literal) => {
+    ($file:literal $(, $prelude:literal)*) => {
         #[doc = concat!("`lua/", $file, "`")]
         pub(crate) static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| {
-                redis::Script::new(include_str!(concat!("../lua/", $file)))
-            });
-    };
-    ($file:literal, stand_in) => {
-        #[doc = concat!("`lua/", $file, "`, after `lua/stand_in.lua`")]
-        pub(crate) static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| {
                 redis::Script::new(concat!(
-                    include_str!("../lua/stand_in.lua"),
+                    $(include_str!(concat!("../lua/", $prelude)),)*
                     include_str!(concat!("../lua/", $file))
                 ))
             });
@@ -39,6 +33,7 @@ pub(crate) mod cancel;
 pub(crate) mod dead_retry;
 pub(crate) mod enqueue_unique;
 pub(crate) mod finish;
+pub(crate) mod groups;
 pub(crate) mod promote;
 pub(crate) mod publish_if_heard;
 pub(crate) mod ratelimit;
@@ -48,6 +43,8 @@ pub(crate) mod run_now;
 pub(crate) mod shrink;
 pub(crate) mod take;
 pub(crate) mod tick;
+pub(crate) mod undebounce;
+pub(crate) mod ungroup;
 pub(crate) mod view;
 
 /// A job's status record as the arguments of a script that writes it with
@@ -85,14 +82,17 @@ impl redis::ToRedisArgs for Record<'_> {
 mod tests {
     use std::collections::BTreeSet;
 
-    /// Every script's source, by file name, the prelude aside.
+    /// The preludes: functions other scripts begin with, not scripts.
+    const PRELUDES: [&str; 2] = ["stand_in.lua", "group_of.lua"];
+
+    /// Every script's source, by file name, the preludes aside.
     fn scripts() -> Vec<(String, String)> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/broker/lua");
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).expect("the lua directory") {
             let path = entry.expect("a directory entry").path();
             let name = path.file_name().expect("a name").to_string_lossy();
-            if name.ends_with(".lua") && name != "stand_in.lua" {
+            if name.ends_with(".lua") && !PRELUDES.contains(&name.as_ref()) {
                 let source = std::fs::read_to_string(&path).expect("a script");
                 out.push((name.into_owned(), source));
             }

@@ -9,8 +9,9 @@ use redis::ScriptInvocation;
 use super::Record;
 use crate::broker::events::StatusUpdate;
 use crate::broker::{QueueKeys, keys};
+use crate::config::Group;
 
-script!("recover.lua");
+script!("recover.lua", "group_of.lua");
 
 /// Where the reaper sends a recovered job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +35,11 @@ pub(crate) struct Move {
     pub(crate) status: Option<StatusUpdate>,
 }
 
-/// KEYS[1..=5]: the in-flight list, the queue list, the dead letter list,
-/// the stats hash and the results list. The status records the jobs name
-/// by index come after them.
-const FIXED_KEYS: usize = 5;
+/// KEYS[1..=7]: the in-flight list, the queue list, the dead letter list,
+/// the stats hash, the results list, the node's running counts of groups
+/// and the groups' turns. The status records the jobs name by index come
+/// after them.
+const FIXED_KEYS: usize = 7;
 
 /// One call of `recover.lua`.
 pub(crate) struct Call<'a> {
@@ -49,7 +51,11 @@ pub(crate) struct Call<'a> {
     pub(crate) dead_cap: u32,
     /// ARGV[2] the results list's length cap.
     pub(crate) results_cap: u32,
-    /// ARGV[3..] the jobs, newest first: per job its item, where it goes,
+    /// ARGV[3] the payload's field naming a job's group, for a queue with
+    /// groups: each job is counted out of its group's jobs in flight; and
+    /// ARGV[4], an ordered group's list is where its job also is.
+    pub(crate) group: Option<&'a Group>,
+    /// ARGV[5..] the jobs, newest first: per job its item, where it goes,
     /// what goes there, the id to list in the results (a tracked job that
     /// goes dead: one with a status record) and its status record.
     pub(crate) moves: &'a [Move],
@@ -68,8 +74,15 @@ impl Call<'_> {
             .key(&k.dead)
             .key(&k.stats)
             .key(&k.results)
+            .key(k.running_of(self.node))
+            .key(&k.groups)
             .arg(self.dead_cap)
-            .arg(self.results_cap);
+            .arg(self.results_cap)
+            .arg(self.group.map_or("", |g| g.key.as_str()))
+            .arg(match self.group {
+                Some(g) if g.ordered => k.group_prefix(),
+                _ => String::new(),
+            });
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS;
         for m in self.moves {
@@ -141,6 +154,7 @@ mod tests {
             node: "gone",
             dead_cap: 2,
             results_cap: 10,
+            group: None,
             moves: &moves,
             records: true,
         }
@@ -195,6 +209,7 @@ mod tests {
             node: "gone",
             dead_cap: 2,
             results_cap: 10,
+            group: None,
             moves: &moves,
             records: false,
         }

@@ -6,7 +6,7 @@ use redis::ScriptInvocation;
 
 use crate::envelope::{HEAD_BYTES, item_limit, new_id};
 
-script!("shrink.lua", stand_in);
+script!("shrink.lua", "stand_in.lua");
 
 /// One call of `shrink.lua`.
 pub(crate) struct Call<'a> {

@@ -40,6 +40,9 @@ use crate::traces::Traces;
 
 mod run;
 
+/// How soon a queue at its global `limit` looks again for room (another
+/// node's jobs end without telling this one).
+const LIMIT_POLL: Duration = Duration::from_millis(50);
 /// Most jobs taken in one Lua call.
 const MAX_BATCH: usize = 500;
 
@@ -436,7 +439,43 @@ impl Processor {
         let mut suspect = false;
         let mut reconciled = Instant::now();
         let mut retry = Retry::new("fetching jobs", &self.clock);
+        // A queue without `group` (now) takes from its list alone: jobs an
+        // earlier configuration sorted into groups go back to its head first.
+        let mut ungrouped = self.store.group().is_some();
+        let mut undebounced = self.store.debounce().is_some();
         loop {
+            if !undebounced {
+                match self.in_call(self.store.undebounce()).await {
+                    Ok(moved) => {
+                        undebounced = true;
+                        if moved > 0 {
+                            tracing::info!(queue = %self.name, moved, "the queue has no debounce now: its ready and debounced jobs are back at its head");
+                        }
+                    }
+                    Err(e) => {
+                        if !retry.wait(&e, &stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if !ungrouped {
+                match self.in_call(self.store.ungroup()).await {
+                    Ok(moved) => {
+                        ungrouped = true;
+                        if moved > 0 {
+                            tracing::info!(queue = %self.name, moved, "the queue has no group now: the jobs its groups held are back at its head");
+                        }
+                    }
+                    Err(e) => {
+                        if !retry.wait(&e, &stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             if suspect || reconciled.elapsed() >= RECONCILE_EVERY {
                 match self.in_call(self.reconcile()).await {
                     Ok(_) => {
@@ -503,22 +542,33 @@ impl Processor {
                     }
                 }
                 let max_payload_bytes = self.config.max_payload_bytes;
-                self.in_call(self.store.take(permits.len(), max_payload_bytes))
+                let limit = self.config.limit;
+                self.in_call(self.store.take(permits.len(), max_payload_bytes, limit))
                     .await
                     .inspect(|taken| {
-                        backlog = taken.items.len() == permits.len();
+                        backlog = taken.limited || taken.items.len() == permits.len();
                     })
             } else {
                 self.in_call(self.blocking_pop(&mut fetcher, &stop))
                     .await
                     .inspect(|taken| {
                         // After a job arrives there may be more behind it.
-                        backlog = !taken.items.is_empty();
+                        backlog = taken.limited || !taken.items.is_empty();
                     })
             };
             match taken {
-                Ok(Taken { items, suspect }) => {
+                Ok(Taken {
+                    items,
+                    suspect,
+                    limited,
+                    debounced,
+                }) => {
                     retry.succeeded();
+                    for id in &debounced {
+                        self.emit(EventType::Debounced, |kind| {
+                            Draft::job(kind, &*self.name, id, 0)
+                        });
+                    }
                     let items: Vec<Bytes> = items.into_iter().map(Bytes::from).collect();
                     let keys: Vec<usize> = {
                         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -541,6 +591,15 @@ impl Processor {
                         if tx.send(work).await.is_err() {
                             // Only if every slot is gone; the shutdown sweep requeues the job.
                             tracing::error!(queue = %self.name, "no worker slot left to run a taken job");
+                        }
+                    }
+                    // At the queue's global limit: jobs end on any node, so
+                    // look again shortly.
+                    if limited {
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => break,
+                            () = tokio::time::sleep(LIMIT_POLL) => {}
                         }
                     }
                 }
@@ -681,7 +740,7 @@ impl Processor {
         };
         let client_id = f.client_id();
         let mut paused = self.paused.subscribe();
-        let pop = f.next(self.config.max_payload_bytes);
+        let pop = f.next(self.config.max_payload_bytes, self.config.limit);
         tokio::pin!(pop);
         tokio::select! {
             biased;
@@ -908,7 +967,7 @@ mod tests {
         let client_id = fetcher.client_id();
         let pop = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            fetcher.next(1 << 20).await
+            fetcher.next(1 << 20, None).await
         };
         tokio::pin!(pop);
         let started = Instant::now();

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use super::{Busy, Processor};
 use crate::broker::events::StatusUpdate;
+use crate::broker::history::Sample;
 use crate::broker::queue::Outcome;
 use crate::clock::{now_rfc3339, rfc3339_ms};
 use crate::config::EventLevel;
@@ -27,6 +28,14 @@ use crate::job::HandlerError;
 use crate::job::Job;
 use crate::job::JobState;
 use crate::traces::Attempt;
+
+/// How a run that failed went.
+struct Run {
+    took: Duration,
+    /// Its history buckets.
+    sample: Sample,
+    max_attempts: u32,
+}
 
 impl Processor {
     /// Reads a taken item and runs it (alone if `suspect`: `lua/take.lua`
@@ -80,7 +89,10 @@ impl Processor {
             let outcome = self.dead(&job, &reason, false);
             let attempt = job.envelope().attempt;
             let status = self.dead_status(&job, &reason, attempt);
-            if self.record(job.item_bytes(), outcome, status).await {
+            if self
+                .record(job.item_bytes(), outcome, status, Sample::NONE)
+                .await
+            {
                 self.died(&job, &reason, "attempts", attempt);
             }
             return;
@@ -101,7 +113,8 @@ impl Processor {
                 job.envelope().attempt,
                 || vec![("due_at", rfc3339_ms(due_ms))],
             );
-            self.record(job.item_bytes(), outcome, status).await;
+            self.record(job.item_bytes(), outcome, status, Sample::NONE)
+                .await;
             self.scheduler.notify_one();
             return;
         }
@@ -120,7 +133,8 @@ impl Processor {
                 Some(entered) => _entered = entered,
                 None => {
                     tracing::debug!("a suspect has the node to itself; job given back");
-                    self.record(job.item_bytes(), Outcome::GiveBack, None).await;
+                    self.record(job.item_bytes(), Outcome::GiveBack, None, Sample::NONE)
+                        .await;
                     return;
                 }
             }
@@ -128,7 +142,8 @@ impl Processor {
 
         let timeout = job.timeout(self.config.timeout);
         job.start_run(timeout);
-        if let Some(waited) = job.waited(self.clock.now_ms()) {
+        let waited = job.waited(self.clock.now_ms());
+        if let Some(waited) = waited {
             self.metrics.started(waited);
         }
         // Tracing off: this branch is all the job pays.
@@ -160,16 +175,18 @@ impl Processor {
                 job.cancel();
                 drop(busy);
                 attempt.end("cancelled", Some("cancelled"));
-                return self.cancelled(&job).await;
+                let sample = Sample::of(waited, Some(started.elapsed()));
+                return self.cancelled(&job, sample).await;
             }
         };
         drop(cancel);
         let took = started.elapsed();
         drop(busy);
+        let sample = Sample::of(waited, Some(took));
         let error = match result {
             Ok(Ok(Ok(()))) => {
                 attempt.end("succeeded", None);
-                return self.succeed(&job, took).await;
+                return self.succeed(&job, took, sample).await;
             }
             Ok(Ok(Err(e))) => e,
             Ok(Err(panic)) => {
@@ -180,10 +197,15 @@ impl Processor {
                 HandlerError::transient(format!("timed out after {}", human(timeout)))
             }
         };
-        self.fail(&job, error, took, max_attempts, &attempt).await;
+        let run = Run {
+            took,
+            sample,
+            max_attempts,
+        };
+        self.fail(&job, error, &run, &attempt).await;
     }
 
-    async fn succeed(&self, job: &Job, took: Duration) {
+    async fn succeed(&self, job: &Job, took: Duration, sample: Sample) {
         self.metrics.succeeded(took);
         let took = took.as_millis() as u64;
         tracing::debug!(ms = took, "succeeded");
@@ -202,21 +224,19 @@ impl Processor {
             }
             fields
         });
-        if self.record(job.item_bytes(), outcome, status).await {
+        if self.record(job.item_bytes(), outcome, status, sample).await {
             self.emit(EventType::Succeeded, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt()).took(took)
             });
         }
     }
 
-    async fn fail(
-        &self,
-        job: &Job,
-        error: HandlerError,
-        took: Duration,
-        max_attempts: u32,
-        attempt: &Attempt,
-    ) {
+    async fn fail(&self, job: &Job, error: HandlerError, run: &Run, attempt: &Attempt) {
+        let &Run {
+            took,
+            sample,
+            max_attempts,
+        } = run;
         let last = error.is_permanent() || job.attempt() >= max_attempts;
         self.metrics.failed(took, !last);
         let took = took.as_millis() as u64;
@@ -242,7 +262,12 @@ impl Processor {
             };
             let status = self.dead_status(job, &reason, job.attempt());
             if self
-                .record(job.item_bytes(), self.dead(job, &reason, true), status)
+                .record(
+                    job.item_bytes(),
+                    self.dead(job, &reason, true),
+                    status,
+                    sample,
+                )
                 .await
             {
                 self.emit(EventType::Failed, failed);
@@ -274,7 +299,7 @@ impl Processor {
                 ("due_at", retry_at.clone()),
             ]
         });
-        if self.record(job.item_bytes(), outcome, status).await {
+        if self.record(job.item_bytes(), outcome, status, sample).await {
             self.emit(EventType::Failed, |kind| failed(kind).retry_at(retry_at));
         }
         self.scheduler.notify_one();
@@ -291,7 +316,12 @@ impl Processor {
             Vec::new,
         );
         if self
-            .record(job.item_bytes(), Outcome::Requeue { replacement }, status)
+            .record(
+                job.item_bytes(),
+                Outcome::Requeue { replacement },
+                status,
+                Sample::NONE,
+            )
             .await
         {
             self.metrics.recovered(1);
@@ -302,12 +332,17 @@ impl Processor {
     }
 
     /// `conveyor cancel` stopped the job: dead, its reason "cancelled".
-    async fn cancelled(&self, job: &Job) {
+    async fn cancelled(&self, job: &Job, sample: Sample) {
         tracing::info!("cancelled while running; dead-lettered");
         let reason = "cancelled";
         let status = self.dead_status(job, reason, job.attempt());
         if self
-            .record(job.item_bytes(), self.dead(job, reason, true), status)
+            .record(
+                job.item_bytes(),
+                self.dead(job, reason, true),
+                status,
+                sample,
+            )
             .await
         {
             self.emit(EventType::Cancelled, |kind| {
@@ -401,7 +436,7 @@ impl Processor {
             id: env.id.clone(),
             unique_key: None,
         };
-        if self.record(item, outcome, status).await {
+        if self.record(item, outcome, status, Sample::NONE).await {
             self.metrics.dead();
             self.emit(EventType::Dead, |kind| {
                 Draft::job(kind, &*self.name, &env.id, 0)
@@ -415,16 +450,17 @@ impl Processor {
     /// unreachable (a job must not stay in flight because an ack failed)
     /// and gives up only at the end of a shutdown; the job then stays in
     /// flight and a reaper returns it. Returns whether this run's outcome
-    /// was recorded.
+    /// was recorded (and counted in the queue's history with `sample`).
     pub(super) async fn record(
         &self,
         item: Bytes,
         outcome: Outcome,
         status: Option<StatusUpdate>,
+        sample: Sample,
     ) -> bool {
         match self
             .outcomes
-            .record(&self.store, item, outcome, status)
+            .record(&self.store, item, outcome, status, sample)
             .await
         {
             Recorded::Yes => true,

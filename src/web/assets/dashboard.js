@@ -5,8 +5,12 @@
   "use strict";
   if (!document.body.dataset.live) return;
   var content = document.getElementById("content");
+  // The page's own choices (the charts' queue and span) come along.
+  var partial = new URL(location.href);
+  partial.hash = "";
+  partial.searchParams.set("partial", "1");
   function refresh() {
-    fetch("/?partial=1", { credentials: "same-origin", headers: { Accept: "text/html" } })
+    fetch(partial.pathname + partial.search, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (r) {
         // Signed out meanwhile (a new token): the page shows the login form.
         if (r.status === 401) location.reload();
