@@ -688,3 +688,80 @@ async fn hostile_group_names_are_escaped_and_long_ones_hashed() {
         .unwrap();
     assert!(keys.iter().all(|k| k.len() < 200), "{keys:?}");
 }
+
+/// Pause, a rate limit, unique jobs and scheduled jobs keep working on a
+/// grouped queue: nothing starts while it is paused (a scheduled job comes
+/// due and waits with the rest), an equal unique job is not enqueued, and
+/// once resumed the starts keep to the rate limit and every job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_rate_limits_unique_and_scheduled_jobs_work_on_a_grouped_queue() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace");
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        "[queues.work]\nhandler = \"fault\"\nconcurrency = 8\n\
+         group = { key = \"tenant\", limit = 2 }\n\
+         rate_limit = { limit = 3, window = \"1s\" }\n",
+    );
+    let cfg_path = cfg.clone();
+    let cfg = cfg.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let (code, out, err) = run_cli(&[&["--config", cfg], args].concat());
+        assert_eq!(code, 0, "{args:?}: {err}");
+        (out, err)
+    };
+    cli(&["pause", "work"]);
+    let mut conn = redis.conn().await;
+    let plain: Vec<String> = (0..9)
+        .map(|n| job(["a", "b", "c"][n % 3], n, 1, &path))
+        .collect();
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "jobs:work", &plain)
+        .await
+        .unwrap();
+    let unique = json!({ "tenant": "u", "sleep_ms": 1, "trace": path }).to_string();
+    let (first, _) = cli(&["enqueue", "work", &unique, "--unique-for", "1h"]);
+    let (out, err) = cli(&["enqueue", "work", &unique, "--unique-for", "1h"]);
+    assert!(
+        out.is_empty() && err.contains("not enqueued"),
+        "{out} {err}"
+    );
+    assert!(err.contains(first.trim()), "{err}");
+    let later = json!({ "tenant": "a", "sleep_ms": 1, "trace": path }).to_string();
+    cli(&["enqueue", "work", &later, "--delay", "300ms"]);
+
+    let mut daemon = conveyor();
+    daemon.args(["--config", cfg, "run"]);
+    let (_daemon, _) = spawn_logged(daemon);
+    // The scheduled job comes due while the queue is paused, and waits.
+    wait_until("the scheduled job is due", Duration::from_secs(20), || {
+        let (out, _) = cli(&["stats", "--json"]);
+        async move {
+            let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+            stats["queues"][0]["scheduled"] == 0
+        }
+    })
+    .await;
+    let (waiting, held) = stats_counts(&cfg_path).await;
+    assert_eq!(waiting + held, 11, "waiting {waiting}, held {held}");
+    assert!(trace(&path).is_empty(), "{:?}", trace(&path));
+
+    cli(&["resume", "work"]);
+    wait_until("every job ran", Duration::from_secs(30), || {
+        let path = path.clone();
+        async move { ended(&path).len() == 11 }
+    })
+    .await;
+    let runs = trace(&path);
+    let mut starts: Vec<u128> = runs.iter().filter(|t| t.1 == 1).map(|t| t.0).collect();
+    assert_eq!(starts.len(), 11, "each job once: {runs:?}");
+    starts.sort_unstable();
+    // At most 3 starts in any second: the 1st and 4th of any four starts
+    // are a window apart (less the few ms between the limiter's clock and
+    // the handler's record of its start).
+    for four in starts.windows(4) {
+        assert!(four[3] - four[0] >= 900_000_000, "{starts:?}");
+    }
+    assert_eq!(stats_counts(&cfg_path).await, (0, 0));
+}
