@@ -68,16 +68,29 @@ pub(super) fn bench(
          no group and `{group}`, interleaved",
         args.jobs, args.concurrency
     );
-    let mut rates: [Vec<f64>; 2] = Default::default();
-    let mut commands: [Vec<f64>; 2] = Default::default();
+    // With --baseline-bin, the grouped jobs also run on that build, in
+    // turn with this one: an A/B of the grouped take in the same run.
+    let mut base = args.clone();
+    base.daemon_bin.clone_from(&args.baseline_bin);
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut commands: [Vec<f64>; 3] = Default::default();
     for _ in 0..args.runs {
-        for (i, work) in [&plain, &grouped].into_iter().enumerate() {
+        let mut each = vec![(args, &plain), (args, &grouped)];
+        if args.baseline_bin.is_some() {
+            each.push((&base, &grouped));
+        }
+        for (i, (args, work)) in each.into_iter().enumerate() {
             let run = throughput(args, url, conn, redis_pid, work)?;
             rates[i].push(run.jobs_per_s);
             commands[i].push(run.commands_per_job);
         }
     }
-    for (i, name) in ["no group", "grouped"].iter().enumerate() {
+    let names = ["no group", "grouped", "baseline"];
+    for (i, name) in names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !rates[*i].is_empty())
+    {
         println!(
             "{name:<12} {:>9.0} jobs/s   {:.3} Redis commands/job   (runs: {})",
             median(&rates[i]),
@@ -86,6 +99,9 @@ pub(super) fn bench(
         );
     }
     ratios("grouped/none", &rates[0], &rates[1]);
+    if args.baseline_bin.is_some() {
+        ratios("grouped/base", &rates[2], &rates[1]);
+    }
     neighbours(args, url, conn)
 }
 

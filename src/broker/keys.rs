@@ -35,8 +35,11 @@ pub(crate) struct QueueKeys {
     /// newest first, capped; their status records tell the rest.
     pub(crate) results: String,
     /// `{K}:group:turns`: a queue with `group`: the groups holding jobs,
-    /// scored by their turn (the lowest is served next).
+    /// scored by their turn, served round in that order.
     pub(crate) groups: String,
+    /// `{K}:group:next`: the turn of the group served last; the round goes
+    /// on after it.
+    pub(crate) group_next: String,
     /// `{K}:group:bursts`: a queue with `debounce`: the bursts of jobs
     /// waiting out their window, scored by when they are due (ms).
     pub(crate) bursts: String,
@@ -68,6 +71,7 @@ impl QueueKeys {
             cancel: format!("{{{list}}}:cancel"),
             results: format!("{{{list}}}:results"),
             groups: format!("{{{list}}}:group:turns"),
+            group_next: format!("{{{list}}}:group:next"),
             group_due: format!("{{{list}}}:group:due"),
             bursts: format!("{{{list}}}:group:bursts"),
             ready: format!("{{{list}}}:group:ready"),

@@ -32,11 +32,17 @@
 -- are pending: the verdict says 2).
 --
 -- A queue with `group` (ARGV[7] names the payload's field) first sorts up
--- to SORT_MOST of its waiting jobs into their groups' lists (group_of.lua),
--- then takes from the groups in turn, one job per turn: the group with the
--- lowest score in {K}:group:turns, which goes to the end of the turns after it.
+-- to SORT_MOST of its waiting jobs into their groups' lists (group_of.lua);
+-- a group whose list was empty gets a turn in {K}:group:turns after every
+-- other's (its score), and keeps it while it holds jobs. Then it takes from
+-- the groups in turn, one job per turn, going round the turns: from the
+-- one after the last served ({K}:group:next holds its score), then from
+-- the first. When every group had its turn and there is room for more, the
+-- groups served give more, as evenly as their room allows (one LPOP of
+-- several jobs each). Nothing is written per turn: a turn costs a read.
 -- A group with a limit (ARGV[8]) that has as many jobs in flight on the
--- nodes of {K}:nodes as its limit is passed over, and keeps its place. A
+-- nodes of {K}:nodes as its limit is passed over, and has its next turn
+-- when the round comes back to it. A group found empty loses its turn. A
 -- node counts its groups' jobs in flight in its {K}:group:running:<node>
 -- hash, which finish.lua and recover.lua count down as the jobs leave its
 -- in-flight list, and which is emptied whenever that list is empty: a
@@ -56,6 +62,7 @@
 -- KEYS[6] the ordered groups' retry times {K}:group:due
 -- KEYS[7] the queue's bursts by due time {K}:group:bursts
 -- KEYS[8] the queue's jobs ready to take {K}:group:ready
+-- KEYS[9] the turn of the group served last {K}:group:next
 -- ARGV[1] the most jobs to move (the caller's free places, bounded)
 -- ARGV[2] the largest item handed out whole, in bytes (envelope.rs item_limit)
 -- ARGV[3] how many first bytes a stand-in keeps (envelope.rs HEAD_BYTES)
@@ -228,11 +235,9 @@ local function take_grouped()
   if redis.call('LLEN', KEYS[2]) == 0 then
     redis.call('DEL', KEYS[5])
   end
-  local last = redis.call('ZRANGE', groups, -1, -1, 'WITHSCORES')
-  local turn = tonumber(last[2] or 0)
 
-  -- Sort: one RPUSH per group (of up to PUSH_MOST jobs) per call, a new
-  -- group's turn after every other's.
+  -- Sort: one RPUSH per group (of up to PUSH_MOST jobs) per call; a group
+  -- whose list was empty gets the turn after every other's.
   local waiting = redis.call('LRANGE', source, 0, SORT_MOST - 1)
   if #waiting > 0 then
     local sorted, found = {}, {}
@@ -250,6 +255,7 @@ local function take_grouped()
     end
     redis.call('LTRIM', source, #waiting, -1)
     waiting = nil
+    local fresh = {}
     for _, group in ipairs(found) do
       local jobs, list = sorted[group], prefix .. group
       local size = 0
@@ -257,11 +263,23 @@ local function take_grouped()
         size = redis.call('RPUSH', list, unpack(jobs, from, math.min(from + PUSH_MOST - 1, #jobs)))
       end
       if size == #jobs then
-        turn = turn + 1
-        redis.call('ZADD', groups, 'NX', turn, group)
+        fresh[#fresh + 1] = group
       end
     end
     sorted = nil
+    if #fresh > 0 then
+      local last = redis.call('ZRANGE', groups, -1, -1, 'WITHSCORES')
+      local turn = tonumber(last[2] or 0)
+      for from = 1, #fresh, PUSH_MOST do
+        local adds = {'NX'}
+        for i = from, math.min(from + PUSH_MOST - 1, #fresh) do
+          turn = turn + 1
+          adds[#adds + 1] = turn
+          adds[#adds + 1] = fresh[i]
+        end
+        redis.call('ZADD', groups, unpack(adds))
+      end
+    end
   end
 
   -- Jobs of each group in flight on every node, read a page of groups at
@@ -291,12 +309,82 @@ local function take_grouped()
       end
     end
   end
+  local function room(group)
+    if per_group == 0 then
+      return most
+    end
+    return per_group - counted[group]
+  end
 
-  local out, n, alone, big, stop, removed = {0}, 0, 0, false, false, 0
-  local took, served = {}, {}
-  -- One job of `group` if it has room: whether it may give another.
+  local out, n, alone, big, stop = {0}, 0, 0, false, false
+  local took, served, empty = {}, {}, {}
+  -- The group whose jobs went back to its list: the next call begins there.
+  local held_up = nil
+  -- Takes `items`, popped from the head of `group`'s list (an ordered
+  -- group's one job only read there), in order; from the first that may
+  -- not go with the others (a suspect after other jobs, a second item too
+  -- large without an id), they go back to the head and the call stops.
+  -- Whether any was taken.
+  local function accept(group, items)
+    local list = prefix .. group
+    for i = 1, #items do
+      local item, back = items[i], false
+      if #item > limit then
+        local small, used = stand_in(item, head_bytes, fresh_id)
+        if small then
+          if used then fresh_id = nil end
+          item, big = small, true
+          -- Dead-lettered as its stand-in: not kept at the head.
+          if ordered then redis.call('LPOP', list) end
+        else
+          back = true
+        end
+      elseif suspect(item) then
+        if n > 0 then
+          back = true
+        else
+          alone, stop = 1, true
+        end
+      end
+      if back then
+        -- An ordered group's job was never taken off its list.
+        if not ordered then
+          local rest = {}
+          for j = #items, i, -1 do
+            rest[#rest + 1] = items[j]
+          end
+          redis.call('LPUSH', list, unpack(rest))
+        end
+        stop, held_up = true, group
+        return i > 1
+      end
+      n = n + 1
+      out[n + 1] = item
+      if not took[group] then
+        took[group] = 0
+        served[#served + 1] = group
+      end
+      took[group] = took[group] + 1
+      if per_group > 0 then
+        counted[group] = counted[group] + 1
+      end
+      if alone == 1 then
+        -- A suspect goes alone: the rest of its group's jobs go back.
+        if i < #items and not ordered then
+          local rest = {}
+          for j = #items, i + 1, -1 do
+            rest[#rest + 1] = items[j]
+          end
+          redis.call('LPUSH', list, unpack(rest))
+        end
+        return true
+      end
+    end
+    return true
+  end
+  -- One job of `group` if it has room, in its turn: whether it gave one.
   local function serve(group)
-    if (per_group > 0 and counted[group] >= per_group) then
+    if room(group) <= 0 then
       return false
     end
     local due = 0
@@ -306,114 +394,143 @@ local function take_grouped()
         return false
       end
     end
-    local list = prefix .. group
-    -- An ordered group's job stays at the head; another's is taken off
-    -- it, and put back if it must wait.
+    -- An ordered group's job stays at the head until its outcome.
     local item
     if ordered then
-      item = redis.call('LINDEX', list, 0)
+      item = redis.call('LINDEX', prefix .. group, 0)
     else
-      item = redis.call('LPOP', list)
+      item = redis.call('LPOP', prefix .. group)
     end
     if not item then
-      -- Emptied (by a cancel): its turn goes.
-      redis.call('ZREM', groups, group)
-      removed = removed + 1
+      -- Emptied (its last job taken, or cancelled): its turn goes.
+      empty[#empty + 1] = group
       return false
     end
-    if #item > limit then
-      local small, used = stand_in(item, head_bytes, fresh_id)
-      if not small then
-        if not ordered then redis.call('LPUSH', list, item) end
-        stop = true
-        return false
-      end
-      if used then fresh_id = nil end
-      item, big = small, true
-      -- Dead-lettered as its stand-in: not kept at the head.
-      if ordered then redis.call('LPOP', list) end
-    else
-      if suspect(item) then
-        if n > 0 then
-          if not ordered then redis.call('LPUSH', list, item) end
-          stop = true
-          return false
-        end
-        alone = 1
-        stop = true
-      end
-      if ordered and due > 0 then
-        redis.call('HDEL', KEYS[6], group)
-      end
+    local gave = accept(group, {item})
+    if gave and ordered and due > 0 then
+      redis.call('HDEL', KEYS[6], group)
     end
-    n = n + 1
-    out[n + 1] = item
-    if not took[group] then
-      took[group] = 0
-      served[#served + 1] = group
-    end
-    took[group] = took[group] + 1
-    if per_group > 0 then
-      counted[group] = counted[group] + 1
-    end
-    return not ordered
+    return gave
   end
 
-  -- The first round in turn order, a page of groups at a time; then
-  -- rounds over the groups served that may give more, in the same order.
-  -- A group passed over (at its limit, or waiting for a retry) keeps its
-  -- place in the turns; a group served goes to the end, in the order
-  -- served.
-  local at, again = 0, {}
-  while n < most and not stop and at < PASS_MOST do
-    local page = redis.call('ZRANGE', groups, at, at + most - n - 1)
-    if #page == 0 then
+  -- The first round: the groups after the last one served ({K}:group:next
+  -- holds its turn), in their turns' order, then from the first turn round
+  -- to it, a page at a time. A group passed over (at its limit, or waiting
+  -- for a retry) is still ahead of the last one served: the next call
+  -- looks at it first.
+  local next_turn = redis.call('GET', KEYS[9])
+  local looked, last = 0, nil
+  local spans = {{'-inf', '+inf'}}
+  if next_turn then
+    spans = {{'(' .. next_turn, '+inf'}, {'-inf', next_turn}}
+  end
+  for _, span in ipairs(spans) do
+    local from = span[1]
+    while n < most and not stop and looked < PASS_MOST do
+      local page = redis.call('ZRANGEBYSCORE', groups, from, span[2], 'WITHSCORES',
+        'LIMIT', 0, math.min(most - n, PASS_MOST - looked))
+      if #page == 0 then
+        break
+      end
+      local names = {}
+      for i = 1, #page, 2 do
+        names[#names + 1] = page[i]
+      end
+      count(names)
+      for i = 1, #page, 2 do
+        if n >= most or stop then
+          break
+        end
+        if serve(page[i]) and not held_up then
+          last = page[i + 1]
+        end
+        looked = looked + 1
+      end
+      from = '(' .. page[#page]
+    end
+    if n >= most or stop or looked >= PASS_MOST then
       break
     end
-    count(page)
-    for _, group in ipairs(page) do
-      if n >= most or stop then
-        break
-      end
-      if serve(group) then
-        again[#again + 1] = group
-      end
+  end
+
+  -- Then more of the groups served, as evenly as their room allows: one
+  -- LPOP of several jobs per group; a group that gives fewer is empty, and
+  -- the next round (for what the empty ones did not give) begins after the
+  -- last group given a share.
+  local again = {}
+  if not ordered then
+    for _, group in ipairs(served) do
+      again[#again + 1] = group
     end
-    -- The groups removed from this page moved the next ones up.
-    at, removed = at + #page - removed, 0
   end
   while n < most and not stop and #again > 0 do
-    local next_round = {}
+    local open = {}
     for _, group in ipairs(again) do
+      if room(group) > 0 then
+        open[#open + 1] = group
+      end
+    end
+    local left, after, more = most - n, 0, {}
+    for i, group in ipairs(open) do
       if n >= most or stop then
         break
       end
-      if serve(group) then
-        next_round[#next_round + 1] = group
+      local share = math.floor(left / #open) + ((i <= left % #open) and 1 or 0)
+      share = math.min(share, room(group))
+      more[i] = true
+      if share > 0 then
+        after = i
+        local items = redis.call('LPOP', prefix .. group, share)
+        if not items then
+          empty[#empty + 1], more[i] = group, false
+        else
+          accept(group, items)
+          if #items < share and not held_up and alone == 0 then
+            empty[#empty + 1], more[i] = group, false
+          end
+        end
       end
     end
-    again = next_round
+    again = {}
+    for i = after + 1, #open + after do
+      local at = (i - 1) % #open + 1
+      if more[at] and room(open[at]) > 0 then
+        again[#again + 1] = open[at]
+      end
+    end
+  end
+
+  if held_up then
+    -- Just before its turn, so that its job goes first (a suspect alone).
+    last = tonumber(redis.call('ZSCORE', groups, held_up)) - 0.5
+  end
+  if last then
+    redis.call('SET', KEYS[9], last)
+  end
+  if n < most and not stop and not ordered then
+    -- Fewer than asked for: the groups served may be empty now, and the
+    -- verdict must not say jobs are held for them. (A full take leaves
+    -- that to the next call that finds them empty.)
+    local gone = {}
+    for _, group in ipairs(empty) do
+      gone[group] = true
+    end
+    for _, group in ipairs(served) do
+      if not gone[group] and redis.call('LLEN', prefix .. group) == 0 then
+        empty[#empty + 1] = group
+      end
+    end
+  end
+  if #empty > 0 then
+    redis.call('ZREM', groups, unpack(empty))
   end
   if #served > 0 then
-    local turns, bumps = {}, {}
-    for _, group in ipairs(served) do
-      if ordered or redis.call('LLEN', prefix .. group) > 0 then
-        turn = turn + 1
-        turns[#turns + 1] = turn
-        turns[#turns + 1] = group
-      else
-        redis.call('ZREM', groups, group)
-      end
-      bumps[#bumps + 1] = group
-      bumps[#bumps + 1] = took[group]
-    end
-    if #turns > 0 then
-      redis.call('ZADD', groups, unpack(turns))
-    end
     -- This node's counts: one read and one write.
     local had = redis.call('HMGET', KEYS[5], unpack(served))
-    for i = 2, #bumps, 2 do
-      bumps[i] = bumps[i] + (tonumber(had[i / 2]) or 0)
+    local bumps = {}
+    for i, group in ipairs(served) do
+      bumps[#bumps + 1] = group
+      bumps[#bumps + 1] = took[group] + (tonumber(had[i]) or 0)
     end
     redis.call('HSET', KEYS[5], unpack(bumps))
   end
@@ -430,7 +547,6 @@ local function take_grouped()
   end
   return with_merged(out)
 end
-
 if field ~= '' then
   return take_grouped()
 end

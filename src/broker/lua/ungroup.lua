@@ -5,7 +5,8 @@
 -- that each move a part leave the same order as one that moved it all.
 -- KEYS[1] the queue list K
 -- KEYS[2] the queue's groups by turn {K}:group:turns
--- KEYS[3] the ordered groups' retry times {K}:group:due, dropped at the end
+-- KEYS[3] the ordered groups' retry times {K}:group:due and
+-- KEYS[4] the turn of the group served last {K}:group:next, dropped at the end
 -- ARGV[1] the groups' lists' common prefix {K}:group:jobs:
 -- ARGV[2] the most jobs to move in this call
 -- Returns {moved, groups left}: call again while groups are left.
@@ -30,6 +31,6 @@ while left > 0 do
 end
 local left_groups = redis.call('ZCARD', KEYS[2])
 if left_groups == 0 then
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
 end
 return {moved, left_groups}

@@ -42,6 +42,7 @@ impl Call<'_> {
             .key(&self.keys.group_due)
             .key(&self.keys.bursts)
             .key(&self.keys.ready)
+            .key(&self.keys.group_next)
             .arg(self.most)
             .arg(item_limit(self.max_payload_bytes))
             .arg(HEAD_BYTES)
@@ -294,6 +295,52 @@ mod tests {
                 .map(|(g, n)| (g.to_owned(), n))
                 .collect();
         assert_eq!(running, expected);
+    }
+
+    /// A suspect met after other jobs goes back to its group's head and
+    /// stops the call; the next call begins at its group's turn, so that it
+    /// is taken alone, and the round goes on after it. Once every group
+    /// had its turn, the groups served share the room that is left.
+    #[tokio::test]
+    async fn a_suspect_in_a_group_waits_for_the_next_call_and_goes_alone() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = keys();
+        let g = group(None);
+        let suspect = r#"{"id":"s","payload":{"tenant":"b"},"attempt":0,"deliveries":1}"#;
+        let jobs = [
+            r#"{"tenant":"a","n":1}"#,
+            suspect,
+            r#"{"tenant":"b","n":2}"#,
+            r#"{"tenant":"c","n":1}"#,
+            r#"{"tenant":"a","n":2}"#,
+            r#"{"tenant":"a","n":3}"#,
+            r#"{"tenant":"c","n":2}"#,
+            r#"{"tenant":"a","n":4}"#,
+        ];
+        let _: () = conn.rpush(&k.list, &jobs).await.unwrap();
+        let take = |most| grouped(&k, most, &g).invocation();
+        let taken: Taken = take(10).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(
+            (texts(&taken), taken.suspect),
+            (vec![jobs[0].to_owned()], false)
+        );
+        let taken: Taken = take(10).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(
+            (texts(&taken), taken.suspect),
+            (vec![suspect.to_owned()], true)
+        );
+        // c, then a, b in their turns; then a and c share the room left.
+        let taken: Taken = take(6).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(
+            texts(&taken),
+            [jobs[3], jobs[4], jobs[2], jobs[6], jobs[5], jobs[7]]
+        );
+        let turns: u64 = conn.exists(&k.groups).await.unwrap();
+        let taken: Taken = take(6).invoke_async(&mut conn).await.unwrap();
+        assert!(taken.items.is_empty());
+        let after: u64 = conn.exists(&k.groups).await.unwrap();
+        assert_eq!((turns, after, taken.limited), (1, 0, false));
     }
 
     /// A group's limit counts its jobs in flight on every node; a group at

@@ -11,7 +11,8 @@ script!("ungroup.lua");
 /// One call of `lua/ungroup.lua`.
 pub(crate) struct Call<'a> {
     /// KEYS[1] the queue list, KEYS[2] the groups by turn, KEYS[3] the
-    /// ordered groups' retry times, ARGV[1] the groups' lists' prefix.
+    /// ordered groups' retry times, KEYS[4] the round's place, ARGV[1] the
+    /// groups' lists' prefix.
     pub(crate) keys: &'a QueueKeys,
     /// ARGV[2] the most jobs to move.
     pub(crate) most: usize,
@@ -23,6 +24,7 @@ impl Call<'_> {
         let mut inv = SCRIPT.key(&self.keys.list);
         inv.key(&self.keys.groups)
             .key(&self.keys.group_due)
+            .key(&self.keys.group_next)
             .arg(self.keys.group_prefix())
             .arg(self.most);
         inv

@@ -40,8 +40,9 @@ use crate::traces::Traces;
 
 mod run;
 
-/// How soon a queue at its global `limit` looks again for room (another
-/// node's jobs end without telling this one).
+/// How soon a queue at its `limit` or its groups' limits looks again for
+/// room when none of its jobs here ends first (another node's jobs end
+/// without telling this one).
 const LIMIT_POLL: Duration = Duration::from_millis(50);
 /// Most jobs taken in one Lua call.
 const MAX_BATCH: usize = 500;
@@ -158,6 +159,12 @@ pub(crate) struct Processor {
     started: Notify,
     /// See `started`: what the fetcher waits for.
     wake_at: AtomicUsize,
+    /// A job of a queue with a `limit` or a `group` left this node's
+    /// in-flight list: room its limits may give again. The fetcher of a
+    /// queue at its limits takes again then, not only every
+    /// [`LIMIT_POLL`]: a job ending here is the usual way room comes back,
+    /// and a fixed wait left the slots idle most of it.
+    ended: Notify,
     /// Jobs finished with since start, whatever their outcome: the "jobs
     /// handled" of `systemctl status`.
     handled: AtomicU64,
@@ -276,6 +283,7 @@ impl Processor {
             slot_mean_ns: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             started: Notify::new(),
+            ended: Notify::new(),
             wake_at: AtomicUsize::new(0),
             handled: AtomicU64::new(0),
             held: Mutex::new(Slab::new()),
@@ -593,12 +601,13 @@ impl Processor {
                             tracing::error!(queue = %self.name, "no worker slot left to run a taken job");
                         }
                     }
-                    // At the queue's global limit: jobs end on any node, so
-                    // look again shortly.
+                    // At the queue's limits: look again when a job ends
+                    // here, or shortly (jobs end on any node).
                     if limited {
                         tokio::select! {
                             biased;
                             _ = stop.cancelled() => break,
+                            () = self.ended.notified() => {}
                             () = tokio::time::sleep(LIMIT_POLL) => {}
                         }
                     }
@@ -820,6 +829,9 @@ impl Processor {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(held);
             drop(flight);
+            if self.config.limit.is_some() || self.config.group.is_some() {
+                self.ended.notify_one();
+            }
             drop(suspect);
         }
     }
