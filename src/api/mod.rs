@@ -338,11 +338,19 @@ impl Client {
                     .filter_map(|n| n.info.load.get(&k.name))
                     .map(|l| l.rate_1m)
                     .sum();
-                let oldest_age_s = counts.head.take().and_then(|item| {
-                    let created = envelope_of(&item)?.created_at?;
-                    let at = created.parse::<jiff::Timestamp>().ok()?;
-                    Some(((now - at.as_millisecond()).max(0) as f64) / 1000.0)
-                });
+                // The list's head, and with groups the heads of the first
+                // groups, which hold the jobs sorted out of the list before.
+                let head = counts
+                    .head
+                    .take()
+                    .and_then(|item| envelope_of(&item)?.created_at);
+                let oldest_age_s = head
+                    .iter()
+                    .chain(&counts.group_heads)
+                    .filter_map(|at| at.parse::<jiff::Timestamp>().ok())
+                    .map(|at| at.as_millisecond())
+                    .min()
+                    .map(|at| ((now - at).max(0) as f64) / 1000.0);
                 QueueView {
                     name: k.name.clone(),
                     key: k.list.clone(),

@@ -18,8 +18,13 @@ use crate::clock::now_ms;
 pub struct Scale {
     /// The queue's name.
     pub queue: String,
-    /// Jobs in the queue's list.
+    /// Jobs in the queue's list (and, with groups, sorted into a group
+    /// that has room).
     pub waiting: u64,
+    /// Jobs held back by the queue's `group` limits or `debounce`: not
+    /// demand, as more slots would not run them sooner (the limits count
+    /// across every node).
+    pub held: u64,
     /// Jobs in the scheduled set whose due time has come: the scheduler
     /// moves them to the list within a second.
     pub scheduled_due: u64,
@@ -45,9 +50,11 @@ impl Scale {
     /// node's heartbeat (a node that does not run the queue adds nothing).
     /// A node of an earlier version writes no concurrency: it counts with
     /// `configured`, the queue's concurrency in this configuration.
+    #[allow(clippy::too_many_arguments)] // each a count read, named at the one call
     fn of(
         queue: &str,
         waiting: u64,
+        held: u64,
         scheduled_due: u64,
         in_flight: u64,
         paused: bool,
@@ -67,6 +74,7 @@ impl Scale {
         Self {
             queue: queue.to_owned(),
             waiting,
+            held,
             scheduled_due,
             in_flight,
             demand,
@@ -112,6 +120,7 @@ impl Client {
         Ok(Scale::of(
             queue,
             counts.waiting,
+            counts.held,
             due,
             counts.in_flight,
             counts.paused,
@@ -148,7 +157,7 @@ mod tests {
             node(&["q"], &[("q", 3)]),
             node(&["other"], &[("other", 9)]),
         ];
-        let s = Scale::of("q", 10, 2, 7, false, &nodes, 1);
+        let s = Scale::of("q", 10, 0, 2, 7, false, &nodes, 1);
         assert_eq!(s.demand, 19);
         assert_eq!(s.concurrency, 7);
         assert_eq!(s.nodes, 2);
@@ -158,14 +167,14 @@ mod tests {
     #[test]
     fn a_node_that_does_not_say_its_concurrency_counts_the_configured_one() {
         let nodes = [node(&["q"], &[]), node(&["q"], &[("q", 0)])];
-        let s = Scale::of("q", 1, 0, 0, false, &nodes, 5);
+        let s = Scale::of("q", 1, 0, 0, 0, false, &nodes, 5);
         assert_eq!(s.concurrency, 10);
         assert_eq!(s.nodes, 2);
     }
 
     #[test]
     fn no_node_no_load() {
-        let s = Scale::of("q", 3, 1, 0, true, &[], 5);
+        let s = Scale::of("q", 3, 0, 1, 0, true, &[], 5);
         assert_eq!(s.demand, 4);
         assert_eq!(s.concurrency, 0);
         assert_eq!(s.load, None);

@@ -46,6 +46,10 @@ pub struct QueueCounts {
     /// far as the bounds of [`Broker::queue_counts`] read it.
     #[serde(skip)]
     pub(crate) head: Option<Viewed>,
+    /// A queue with groups: when the head jobs of its first groups were
+    /// made (see [`groups::HEADS_MOST`]); older than the list's head.
+    #[serde(skip)]
+    pub(crate) group_heads: Vec<String>,
     /// Whether the queue is paused (`conveyor pause`).
     pub paused: bool,
 }
@@ -239,6 +243,7 @@ impl Broker {
                 keys: q,
                 most: 0,
                 limit,
+                heads: groups::HEADS_MOST,
             };
             pipe.invoke_script(&call.invocation());
             pipe.cmd("LLEN").arg(&q.ready);
@@ -283,6 +288,7 @@ impl Broker {
                     bytes,
                     score: None,
                 }),
+                group_heads: groups.created,
                 paused,
             });
         }
@@ -317,6 +323,7 @@ impl Broker {
             keys: q,
             most,
             limit,
+            heads: 0,
         }
         .invocation()
         .invoke_async(&mut conn)

@@ -100,7 +100,7 @@ async fn the_scale_answer_counts_waiting_due_and_running_jobs_over_the_live_slot
 
     // No node runs the queue: all it holds is demand, and no load.
     let mut expected = json!({
-        "queue": "work", "waiting": 5, "scheduled_due": 2, "in_flight": 0,
+        "queue": "work", "waiting": 5, "held": 0, "scheduled_due": 2, "in_flight": 0,
         "demand": 7, "concurrency": 0, "nodes": 0, "load": null, "paused": false,
     });
     settles(&url, expected.clone()).await;

@@ -12,11 +12,16 @@
 -- ARGV[4] the most groups to look at: a bound on the work, whatever their
 --         number (their turns' order decides which)
 -- ARGV[5] the most jobs of one group in flight, 0 for no limit
--- Returns {waiting, held, running, groups, name, waiting, held, running,
--- ...}: the totals over the groups looked at, how many groups hold or run
--- jobs, then up to ARGV[3] groups.
+-- ARGV[6] of how many groups, the first in their turns' order (those
+--         holding jobs the longest), to read the head job's created_at
+-- Returns {waiting, held, running, groups, n, created_at..., name, waiting,
+-- held, running, ...}: the totals over the groups looked at, how many
+-- groups hold or run jobs, the created_at of n groups' head jobs (an
+-- envelope's, up to 64 KiB), then up to ARGV[3] groups.
 local most, look, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local running, queued, names = {}, {}, {}
+local heads_most = tonumber(ARGV[6])
+local running, queued, names, created = {}, {}, {}, {}
+local heads_read = 0
 local total_running = 0
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local counts = redis.call('HGETALL', ARGV[2] .. node)
@@ -36,6 +41,18 @@ for _, group in ipairs(redis.call('ZRANGE', KEYS[1], 0, look - 1)) do
   local n = redis.call('LLEN', ARGV[1] .. group)
   if n > 0 and queued[group] == nil then
     queued[group] = n
+    if heads_read < heads_most then
+      heads_read = heads_read + 1
+      -- A group's head is its oldest job: the oldest waiting is one of them.
+      local item = redis.call('LINDEX', ARGV[1] .. group, 0)
+      if item and #item <= 65536 and string.find(item, '"created_at"', 1, true) then
+        local ok, job = pcall(cjson.decode, item)
+        if ok and type(job) == 'table' and job.id ~= nil and job.payload ~= nil
+          and job.attempt ~= nil and type(job.created_at) == 'string' then
+          created[#created + 1] = job.created_at
+        end
+      end
+    end
     if running[group] == nil then
       names[#names + 1] = group
     end
@@ -46,7 +63,10 @@ for _, group in ipairs(redis.call('ZRANGE', KEYS[1], 0, look - 1)) do
     end
   end
 end
-local out = {total_waiting, total_held, total_running, #names}
+local out = {total_waiting, total_held, total_running, #names, #created}
+for _, at in ipairs(created) do
+  out[#out + 1] = at
+end
 if most > 0 then
   table.sort(names, function(a, b)
     local qa, qb = queued[a] or 0, queued[b] or 0

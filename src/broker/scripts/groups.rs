@@ -10,6 +10,12 @@ script!("groups.lua");
 /// The most groups one reading looks at.
 pub(crate) const LOOK_MOST: usize = 100_000;
 
+/// Of how many groups the counts read the head job's creation time, for
+/// the queue's oldest waiting job: those holding jobs the longest (the
+/// first in their turns' order), where it is, unless more groups than
+/// these have held jobs since before it came.
+pub(crate) const HEADS_MOST: usize = 100;
+
 /// One group as `lua/groups.lua` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GroupCounts {
@@ -37,6 +43,10 @@ pub struct Groups {
     pub count: u64,
     /// The busiest groups, as many as were asked for.
     pub groups: Vec<GroupCounts>,
+    /// When the head jobs of the first groups were made (their envelopes'
+    /// `created_at`), as many as were asked for.
+    #[serde(skip)]
+    pub(crate) created: Vec<String>,
 }
 
 impl FromRedisValue for Groups {
@@ -51,6 +61,12 @@ impl FromRedisValue for Groups {
         };
         let (waiting, held) = (number()?, number()?);
         let (running, count) = (number()?, number()?);
+        let heads = number()? as usize;
+        let created = values
+            .by_ref()
+            .take(heads)
+            .map(FromRedisValue::from_redis_value)
+            .collect::<Result<Vec<String>, _>>()?;
         let rest: Vec<Value> = values.collect();
         let mut groups = Vec::with_capacity(rest.len() / 4);
         for row in rest.chunks(4) {
@@ -70,6 +86,7 @@ impl FromRedisValue for Groups {
             running,
             count,
             groups,
+            created,
         })
     }
 }
@@ -82,6 +99,8 @@ pub(crate) struct Call<'a> {
     pub(crate) most: usize,
     /// ARGV[5] the queue's limit of jobs of one group in flight, if any.
     pub(crate) limit: Option<u32>,
+    /// ARGV[6] of how many groups to read the head job's creation time.
+    pub(crate) heads: usize,
 }
 
 impl Call<'_> {
@@ -93,7 +112,8 @@ impl Call<'_> {
             .arg(self.keys.running_of(""))
             .arg(self.most)
             .arg(LOOK_MOST)
-            .arg(self.limit.unwrap_or(0));
+            .arg(self.limit.unwrap_or(0))
+            .arg(self.heads);
         inv
     }
 }
@@ -126,6 +146,7 @@ mod tests {
             keys: &k,
             most: 10,
             limit: Some(3),
+            heads: 0,
         }
         .invocation()
         .invoke_async(&mut conn)
@@ -146,12 +167,14 @@ mod tests {
                 running: 4,
                 count: 3,
                 groups: vec![row("b", 3, 0, 0), row("a", 0, 2, 3), row("c", 0, 0, 1)],
+                created: Vec::new(),
             }
         );
         let totals: Groups = Call {
             keys: &k,
             most: 0,
             limit: None,
+            heads: 0,
         }
         .invocation()
         .invoke_async(&mut conn)
@@ -166,5 +189,47 @@ mod tests {
             ),
             (5, 0, 3, 0)
         );
+    }
+
+    /// The creation times of the groups' head jobs, for the queue's
+    /// oldest: envelopes' only, of as many groups as asked, in their turns'
+    /// order; a raw payload's `created_at` is the payload's, not the job's.
+    #[tokio::test]
+    async fn reads_the_head_jobs_creation_of_the_first_groups() {
+        let redis = TestRedis::start();
+        let mut conn = redis.conn().await;
+        let k = QueueKeys::new("q", "jobs:q", "n1");
+        let job =
+            |at: &str| format!(r#"{{"id":"j","payload":{{}},"attempt":0,"created_at":"{at}"}}"#);
+        let lists = [
+            (
+                "a",
+                vec![job("2026-12-07T10:00:00Z"), job("2026-12-07T09:00:00Z")],
+            ),
+            (
+                "raw",
+                vec![r#"{"created_at":"2000-01-01T00:00:00Z"}"#.to_owned()],
+            ),
+            ("b", vec![job("2026-12-07T08:00:00Z")]),
+            ("c", vec![job("2026-12-07T07:00:00Z")]),
+        ];
+        for (turn, (group, items)) in lists.iter().enumerate() {
+            let _: () = conn.rpush(k.group(group), items).await.unwrap();
+            let _: () = conn.zadd(&k.groups, *group, turn).await.unwrap();
+        }
+        let read = |heads| Call {
+            keys: &k,
+            most: 0,
+            limit: None,
+            heads,
+        };
+        let three: Groups = read(3).invocation().invoke_async(&mut conn).await.unwrap();
+        assert_eq!(
+            three.created,
+            ["2026-12-07T10:00:00Z", "2026-12-07T08:00:00Z"]
+        );
+        assert_eq!((three.waiting, three.count), (5, 4));
+        let all: Groups = read(10).invocation().invoke_async(&mut conn).await.unwrap();
+        assert_eq!(all.created.len(), 3);
     }
 }
