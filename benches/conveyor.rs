@@ -537,20 +537,38 @@ fn latency(args: &Args, url: &str, conn: &mut redis::Connection) -> anyhow::Resu
     Ok(())
 }
 
-async fn latency_run(args: &Args, url: &str) -> anyhow::Result<Vec<f64>> {
-    let config = conveyor::config::Config::from_toml(&format!(
-        "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"stamp\"\nconcurrency = {}\nevents = \"{}\"\n",
-        args.concurrency, args.events
-    ))
-    .map_err(anyhow::Error::msg)?;
+/// A daemon in this process on configuration `toml`, with `handler`
+/// registered as `name`; it stops when the returned shutdown's
+/// `terminate` is cancelled.
+fn in_process(
+    toml: &str,
+    name: &str,
+    handler: impl Handler + 'static,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<Result<(), conveyor::daemon::DaemonError>>,
+    Shutdown,
+)> {
+    let config = conveyor::config::Config::from_toml(toml).map_err(anyhow::Error::msg)?;
     config.validate()?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let mut registry = Registry::builtin();
-    registry.register_handler("stamp", Stamp(tx));
+    registry.register_handler(name, handler);
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     let registry = Arc::new(registry);
     let daemon = tokio::spawn(async move { conveyor::daemon::run(config, &registry, s).await });
+    Ok((daemon, shutdown))
+}
+
+async fn latency_run(args: &Args, url: &str) -> anyhow::Result<Vec<f64>> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, shutdown) = in_process(
+        &format!(
+            "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"stamp\"\nconcurrency = {}\nevents = \"{}\"\n",
+            args.concurrency, args.events
+        ),
+        "stamp",
+        Stamp(tx),
+    )?;
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     // Warm up: the first job also waits for the daemon to start.

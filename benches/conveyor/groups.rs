@@ -11,17 +11,16 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use conveyor::Job;
-use conveyor::handlers::{Handler, HandlerError, Registry};
-use conveyor::shutdown::Shutdown;
+use conveyor::handlers::{Handler, HandlerError};
 use tokio::sync::mpsc;
 
 use super::{
-    Args, LIST, QUEUE, Workload, config_file, listed, median, median_quantile, ratios, throughput,
+    Args, LIST, QUEUE, Workload, config_file, in_process, listed, median, median_quantile, ratios,
+    throughput,
 };
 
 /// The tenants the jobs are spread over, in turn.
@@ -161,19 +160,15 @@ async fn neighbours_run(url: &str, grouped: bool) -> anyhow::Result<Vec<f64>> {
     } else {
         ""
     };
-    let config = conveyor::config::Config::from_toml(&format!(
-        "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"started\"\n\
-         concurrency = 10\nevents = \"off\"\n{group}"
-    ))
-    .map_err(anyhow::Error::msg)?;
-    config.validate()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut registry = Registry::builtin();
-    registry.register_handler("started", Started(tx));
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    let registry = Arc::new(registry);
-    let daemon = tokio::spawn(async move { conveyor::daemon::run(config, &registry, s).await });
+    let (daemon, shutdown) = in_process(
+        &format!(
+            "[redis]\nurl = \"{url}\"\n[queues.{QUEUE}]\nhandler = \"started\"\n\
+             concurrency = 10\nevents = \"off\"\n{group}"
+        ),
+        "started",
+        Started(tx),
+    )?;
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let job = |tenant: &str, n: usize| format!("{{\"tenant\":\"{tenant}\",\"n\":{n}}}");
