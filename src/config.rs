@@ -73,6 +73,9 @@ pub struct Config {
     /// Where traces go (off unless an endpoint is set).
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Flows: how long their state stays, how large they may be.
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// The top-level tables that are not conveyor's own: each the
     /// node-wide settings of the handler it is named after (`[email]`,
     /// `[exec]`), read and checked by that handler
@@ -285,6 +288,37 @@ pub struct DaemonConfig {
     /// 1 to 256 ([`bounds::THREADS`]).
     #[serde(default = "default_threads")]
     pub threads: usize,
+}
+
+/// `[flows]` (DESIGN section 13).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// How long a flow's state (document, each node's status, attempt,
+    /// result, times) stays readable once it ended: 1s to 366d.
+    #[serde(default = "default_flow_ttl", with = "humantime_serde")]
+    pub flow_ttl: Duration,
+    /// Most nodes a flow may have: 1 to 100,000; a larger document is
+    /// refused whole.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            flow_ttl: default_flow_ttl(),
+            max_nodes: default_max_nodes(),
+        }
+    }
+}
+
+fn default_flow_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_max_nodes() -> usize {
+    10_000
 }
 
 /// `[web]`: the dashboard, `/metrics`, `/healthz`, `/readyz` and the web API.
@@ -1094,6 +1128,19 @@ impl Config {
         }
         self.redis.validate_target()?;
         self.redis.validate_tls()?;
+        let f = &self.flows;
+        if !(Duration::from_secs(1)..=Duration::from_secs(366 * 86_400)).contains(&f.flow_ttl) {
+            return invalid(format!(
+                "flows.flow_ttl ({}) must be 1s to 366d",
+                human(f.flow_ttl)
+            ));
+        }
+        if !(1..=100_000).contains(&f.max_nodes) {
+            return invalid(format!(
+                "flows.max_nodes ({}) must be 1 to 100000",
+                f.max_nodes
+            ));
+        }
         self.tracing.validate()?;
         let channel = &self.events.channel;
         if channel.is_empty() {
@@ -1235,6 +1282,7 @@ pub const CORE_TABLES: &[&str] = &[
     "queues",
     "schedules",
     "tracing",
+    "flows",
 ];
 
 /// The `[queues]` table: each queue's table less the one named after its

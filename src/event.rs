@@ -57,6 +57,17 @@ pub enum EventType {
     /// run as one (its id is empty for a raw payload, which has none).
     #[serde(rename = "job.debounced")]
     Debounced,
+    /// A flow was stored and its first nodes released (`flow`).
+    #[serde(rename = "flow.submitted")]
+    FlowSubmitted,
+    /// Every node of a flow ended (`flow`, `status`: `succeeded`,
+    /// `failed` or `cancelled`).
+    #[serde(rename = "flow.finished")]
+    FlowFinished,
+    /// A flow's node ended without running: a parent it needed did not
+    /// succeed (`flow`, `id`, `queue`).
+    #[serde(rename = "job.skipped")]
+    Skipped,
     /// A type this version does not know (from a newer publisher).
     #[serde(other)]
     Unknown,
@@ -79,6 +90,9 @@ impl EventType {
             EventType::QueuePaused => "queue.paused",
             EventType::QueueResumed => "queue.resumed",
             EventType::Debounced => "job.debounced",
+            EventType::FlowSubmitted => "flow.submitted",
+            EventType::FlowFinished => "flow.finished",
+            EventType::Skipped => "job.skipped",
             EventType::Unknown => "unknown",
         }
     }
@@ -125,6 +139,12 @@ pub struct Event {
     /// The schedule whose tick enqueued it (`job.enqueued`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The flow (flow events, and events of a flow's jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// How a flow ended (`flow.finished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// An event before the publisher stamps it with `node`, `at` and `seq`. It
@@ -151,6 +171,10 @@ pub(crate) struct Draft<'a> {
     pub(crate) reason: Option<Cow<'a, str>>,
     /// The schedule.
     pub(crate) schedule: Option<Cow<'a, str>>,
+    /// The flow.
+    pub(crate) flow: Option<Cow<'a, str>>,
+    /// How a flow ended.
+    pub(crate) status: Option<Cow<'a, str>>,
 }
 
 impl<'a> Draft<'a> {
@@ -190,7 +214,29 @@ impl<'a> Draft<'a> {
             retry_at: None,
             reason: None,
             schedule: None,
+            flow: None,
+            status: None,
         }
+    }
+
+    /// A flow's event.
+    pub(crate) fn flow(kind: EventType, flow: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            flow: Some(flow.into()),
+            ..Self::node(kind)
+        }
+    }
+
+    /// Adds the flow of a flow's job, if it is one.
+    pub(crate) fn in_flow(mut self, flow: Option<&'a str>) -> Self {
+        self.flow = flow.map(Cow::Borrowed);
+        self
+    }
+
+    /// Adds how a flow ended.
+    pub(crate) fn status(mut self, status: impl Into<Cow<'a, str>>) -> Self {
+        self.status = Some(status.into());
+        self
     }
 
     /// Adds the run's length.
@@ -236,6 +282,8 @@ impl<'a> Draft<'a> {
             retry_at: own(self.retry_at),
             reason: own(self.reason),
             schedule: own(self.schedule),
+            flow: own(self.flow),
+            status: own(self.status),
         }
     }
 
@@ -263,6 +311,8 @@ impl<'a> Draft<'a> {
                 retry_at: self.retry_at.as_deref(),
                 reason: self.reason.as_deref(),
                 schedule: self.schedule.as_deref(),
+                flow: self.flow.as_deref(),
+                status: self.status.as_deref(),
             },
         );
     }
@@ -276,7 +326,9 @@ impl<'a> Draft<'a> {
         let plain = self.error.is_none()
             && self.retry_at.is_none()
             && self.reason.is_none()
-            && self.schedule.is_none();
+            && self.schedule.is_none()
+            && self.flow.is_none()
+            && self.status.is_none();
         if plain && queue.len() + id.len() <= INLINE {
             let mut text = ArrayString::new();
             text.push_str(queue);
@@ -310,6 +362,8 @@ impl<'a> Draft<'a> {
             retry_at: own(self.retry_at),
             reason: own(self.reason),
             schedule: own(self.schedule),
+            flow: own(self.flow),
+            status: own(self.status),
         }
     }
 }
@@ -346,6 +400,8 @@ struct Fields<'a> {
     retry_at: Option<&'a str>,
     reason: Option<&'a str>,
     schedule: Option<&'a str>,
+    flow: Option<&'a str>,
+    status: Option<&'a str>,
 }
 
 /// Writes an event. A daemon writes one per transition: the names are
@@ -365,6 +421,8 @@ fn write_json(out: &mut String, f: Fields<'_>) {
     string_field(out, ",\"retry_at\":", f.retry_at);
     string_field(out, ",\"reason\":", f.reason);
     string_field(out, ",\"schedule\":", f.schedule);
+    string_field(out, ",\"flow\":", f.flow);
+    string_field(out, ",\"status\":", f.status);
     out.push('}');
 }
 

@@ -54,13 +54,24 @@ pub struct Job {
     result: Mutex<Option<Box<RawValue>>>,
     /// This run's span, when tracing is on.
     trace: Option<opentelemetry::Context>,
+    /// The flow it is a node of, if any.
+    flow: Option<Box<str>>,
 }
 
 impl Job {
     /// A job from an item that parsed.
     pub fn new(queue: Arc<str>, item: impl Into<bytes::Bytes>, parsed: Parsed) -> Self {
         let taken = Instant::now();
+        // Fields past the envelope's own are rare: one look when there are.
+        let flow = match parsed.envelope.extra.is_empty() {
+            true => None,
+            false => parsed
+                .envelope
+                .extra_text("flow")
+                .map(String::into_boxed_str),
+        };
         Self {
+            flow,
             queue,
             item: item.into(),
             envelope: parsed.envelope,
@@ -91,6 +102,30 @@ impl Job {
     /// The payload's JSON text, exactly as the producer wrote it.
     pub fn payload(&self) -> &RawValue {
         &self.envelope.payload
+    }
+
+    /// The flow this job is a node of (DESIGN section 13), if it is one.
+    pub fn flow(&self) -> Option<&str> {
+        self.flow.as_deref()
+    }
+
+    /// A flow node's name in its flow (its id is `<flow>:<name>`).
+    pub fn flow_node(&self) -> Option<&str> {
+        let flow = self.flow.as_deref()?;
+        self.id().strip_prefix(flow)?.strip_prefix(':')
+    }
+
+    /// A flow node's parents, as a JSON object by name:
+    /// `{"<name>": {"status": "succeeded" | "dead" | "skipped" |
+    /// "cancelled", "result": <its result, if any>}}`; `None` for a job
+    /// outside a flow (`{}` for a node that waits for nothing).
+    pub fn parents(&self) -> Option<&RawValue> {
+        self.flow.as_ref()?;
+        self.envelope
+            .extra
+            .iter()
+            .find(|(k, _)| k == "parents")
+            .map(|(_, v)| &**v)
     }
 
     /// The payload read as `T`; a mismatch is a permanent error, since

@@ -77,6 +77,7 @@ pub mod daemon;
 pub(crate) mod duration;
 pub mod envelope;
 pub mod event;
+pub(crate) mod flow;
 pub mod handlers;
 pub(crate) mod job;
 pub(crate) mod limits;

@@ -31,6 +31,7 @@ use crate::job::JobState;
 
 mod dead;
 pub(crate) mod enqueue;
+mod flows;
 mod groups;
 mod history;
 mod job;
@@ -42,6 +43,7 @@ pub use crate::broker::BrokerError;
 pub use crate::broker::admin::{GroupCounts, Groups, QueueCounts};
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
+pub use flows::{FlowView, MAX_FLOWS, NodeView as FlowNode};
 pub use groups::{GroupList, MAX_GROUPS};
 pub use history::{History, Point, Range};
 pub use job::JobView;

@@ -58,6 +58,15 @@ impl TestRedis {
         format!("redis+unix://{}", self.socket().display())
     }
 
+    /// A broker for this server, with the default settings.
+    pub(crate) fn broker(&self) -> super::Broker {
+        let config = crate::config::RedisConfig {
+            url: crate::config::MaskedUrl::new(self.url()),
+            ..crate::config::RedisConfig::default()
+        };
+        super::Broker::new(&config).expect("a broker for the test server")
+    }
+
     /// A client of this server, for what a connection of its own needs.
     pub(crate) fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("a valid URL")

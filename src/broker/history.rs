@@ -421,6 +421,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let retry = Outcome::Retry {
             envelope: "e".into(),
@@ -430,6 +431,7 @@ mod tests {
             envelope: "d".into(),
             id: "j".into(),
             unique_key: None,
+            flow: None,
         };
         let snooze = Outcome::Snooze {
             envelope: "s".into(),
@@ -524,6 +526,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let flags = finish_at(
             &mut conn,
@@ -552,6 +555,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let sample = Sample::of(ms(2), ms(3));
         const CALLS: i64 = 2_000;

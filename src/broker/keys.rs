@@ -52,6 +52,9 @@ pub(crate) struct QueueKeys {
     /// `{K}:group:running:<node>`: per group, how many of its jobs are in
     /// this node's in-flight list.
     pub(crate) running: String,
+    /// `{K}:flows:ended`: the ends of this queue's flow jobs, recorded
+    /// with their outcomes, until their flows have taken them.
+    pub(crate) flows_ended: String,
 }
 
 impl QueueKeys {
@@ -76,6 +79,7 @@ impl QueueKeys {
             bursts: format!("{{{list}}}:group:bursts"),
             ready: format!("{{{list}}}:group:ready"),
             running: running(list, node),
+            flows_ended: format!("{{{list}}}:flows:ended"),
         }
     }
 
@@ -110,6 +114,12 @@ impl QueueKeys {
     /// arrival of a burst (`keep = "all"`).
     pub(crate) fn burst_all_prefix(&self) -> String {
         format!("{{{}}}:group:burst-all:", self.list)
+    }
+
+    /// `{K}:flows:released:<fid>`: the nodes of flow `fid` already pushed
+    /// to this queue, so that a hand-off done twice pushes once.
+    pub(crate) fn flow_released(&self, fid: &str) -> String {
+        format!("{{{}}}:flows:released:{fid}", self.list)
     }
 
     /// `{K}:unique:<key>`: the lock of a unique job.
@@ -178,6 +188,83 @@ pub(crate) fn cache(url: &str) -> String {
 /// `conveyor:node:<node>`: a live daemon's heartbeat hash.
 pub(crate) fn node(node: &str) -> String {
     format!("conveyor:node:{node}")
+}
+
+/// `conveyor:flows`: submitted flow documents, taken like a queue's jobs.
+pub(crate) const FLOWS: &str = "conveyor:flows";
+/// `{conveyor:flows}:taken`: documents a daemon took and has not stored
+/// yet; one left there across two looks is read again.
+pub(crate) const FLOWS_TAKEN: &str = "{conveyor:flows}:taken";
+/// `{conveyor:flows}:dead`: refused documents, each with its reason.
+pub(crate) const FLOWS_DEAD: &str = "{conveyor:flows}:dead";
+/// `{conveyor:flows}:recent`: flow ids scored by when they were stored
+/// (ms), the newest kept.
+pub(crate) const FLOWS_RECENT: &str = "{conveyor:flows}:recent";
+
+/// The keys of one flow, all in the slot `{flow:<fid>}`: hashes by node
+/// name, and the flow's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlowKeys {
+    /// `{flow:<fid>}:meta`: status, on_failure, times and counts.
+    pub(crate) meta: String,
+    /// `{flow:<fid>}:spec`: what each node's job is made from.
+    pub(crate) spec: String,
+    /// `{flow:<fid>}:state`: each node's status.
+    pub(crate) state: String,
+    /// `{flow:<fid>}:left`: parents not ended yet, of nodes that wait.
+    pub(crate) left: String,
+    /// `{flow:<fid>}:bad`: nodes a parent of which did not succeed.
+    pub(crate) bad: String,
+    /// `{flow:<fid>}:when`: nodes that run whatever their parents' ends.
+    pub(crate) when: String,
+    /// `{flow:<fid>}:children`: each node's children, space-separated.
+    pub(crate) children: String,
+    /// `{flow:<fid>}:parents`: each node's parents, space-separated.
+    pub(crate) parents: String,
+    /// `{flow:<fid>}:outbox`: nodes released and not yet in their queue,
+    /// with their `parents` field.
+    pub(crate) outbox: String,
+    /// `{flow:<fid>}:results`: the results of the nodes that left one.
+    pub(crate) results: String,
+    /// `{flow:<fid>}:ends`: how each node ended: its attempt and time.
+    pub(crate) ends: String,
+}
+
+impl FlowKeys {
+    /// The keys of flow `fid`.
+    pub(crate) fn new(fid: &str) -> Self {
+        let key = |name: &str| format!("{{flow:{fid}}}:{name}");
+        Self {
+            meta: key("meta"),
+            spec: key("spec"),
+            state: key("state"),
+            left: key("left"),
+            bad: key("bad"),
+            when: key("when"),
+            children: key("children"),
+            parents: key("parents"),
+            outbox: key("outbox"),
+            results: key("results"),
+            ends: key("ends"),
+        }
+    }
+
+    /// Every key, in the order the flow scripts name them (KEYS[1..=11]).
+    pub(crate) fn all(&self) -> [&str; 11] {
+        [
+            &self.meta,
+            &self.spec,
+            &self.state,
+            &self.left,
+            &self.bad,
+            &self.when,
+            &self.children,
+            &self.parents,
+            &self.outbox,
+            &self.results,
+            &self.ends,
+        ]
+    }
 }
 
 /// The replay stream of an events channel: a key of the channel's own name

@@ -28,6 +28,7 @@ mod cluster;
 pub(crate) mod events;
 #[cfg(test)]
 pub(crate) mod fixture;
+pub(crate) mod flows;
 pub(crate) mod history;
 pub(crate) mod keys;
 pub(crate) mod nodes;

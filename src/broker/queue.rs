@@ -78,6 +78,9 @@ pub(crate) enum Outcome {
         id: String,
         /// The unique lock's key, if any.
         unique_key: Option<String>,
+        /// A flow's node: its end ([`crate::broker::flows::NodeEnd`] as
+        /// JSON), kept for its flow in the step that records the outcome.
+        flow: Option<String>,
     },
     /// Failed with attempts left: run `envelope` again at `due_ms`.
     Retry {
@@ -94,6 +97,8 @@ pub(crate) enum Outcome {
         id: String,
         /// The unique lock's key, if any.
         unique_key: Option<String>,
+        /// A flow's node: its end, as for `Succeeded`.
+        flow: Option<String>,
     },
     /// Not finished here (shutdown): back to the head of the queue, counted
     /// as recovered; unchanged, or as `replacement` (a raw payload wrapped in

@@ -16,6 +16,7 @@ pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dead;
 pub(crate) mod enqueue;
+pub(crate) mod flow;
 pub(crate) mod groups;
 pub(crate) mod monitor;
 pub(crate) mod pause;
@@ -57,6 +58,7 @@ Jobs:
   status       Show a tracked job's state and result
   results      A tracked queue's recent results and failures, newest first
   dead         List, retry or purge dead jobs
+  flow         Submit a flow (jobs with dependencies), show one, list them
 Watch:
   stats        Queues, counters and live nodes (--watch to follow)
   monitor      Follow lifecycle events as they happen
@@ -109,6 +111,8 @@ pub(crate) enum Command {
     Results(results::Args),
     /// List a queue's groups, busiest first: jobs waiting, held and running.
     Groups(groups::Args),
+    /// Submit a flow, show one, or list the recent ones.
+    Flow(flow::Args),
     /// Stop every daemon taking a queue's jobs (running ones finish).
     Pause(pause::Args),
     /// Let the daemons take a paused queue's jobs again.
@@ -155,6 +159,7 @@ pub(crate) fn execute(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Results(args) => block_on(results::run(config, args)),
         Command::Groups(args) => block_on(groups::run(config, args)),
+        Command::Flow(args) => block_on(flow::run(config, args)),
         Command::Pause(args) => block_on(pause::run(config, args, true)),
         Command::Resume(args) => block_on(pause::run(config, args, false)),
         Command::Cancel(args) => block_on(cancel::run(config, args)),

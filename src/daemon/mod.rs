@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::handlers::Registry;
 use crate::shutdown::Shutdown;
 
+mod flows;
 mod heartbeat;
 mod isolation;
 mod notify;

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::flows::Driver;
 use super::heartbeat::Heartbeat;
 use super::queues::Queues;
 use super::reaper::Reaper;
@@ -49,6 +50,7 @@ impl Wiring {
             web,
             stops,
             traces,
+            flow_ends,
         } = self;
         let writer_task = tokio::spawn(writer.run(stops.writer.clone(), stops.give_up.clone()));
         // Listed as alive in every queue before the first job is taken.
@@ -67,13 +69,24 @@ impl Wiring {
             tracing::warn!(error = %e, "could not read which queues are paused; will look again");
         }
         queues.launch();
-        let background = spawn_background(
+        let mut background = spawn_background(
             &queues,
             &broker,
             wake_scheduler,
             reaper,
             &clock,
             &stops.background,
+        );
+        background.spawn(
+            Driver {
+                broker: broker.clone(),
+                events: events.clone(),
+                queues: Driver::queues_of(&config, &node.id),
+                ttl: config.flows.flow_ttl,
+                max_nodes: config.flows.max_nodes,
+                ends: flow_ends,
+            }
+            .run(stops.background.clone()),
         );
         let periodic = Periodics::start(&config, &queues, &events, &stops.background, &clock);
         let watchdog = Watchdog {

@@ -64,6 +64,7 @@ pub(crate) fn processor_with(
             metrics: Default::default(),
             clock: clock.clone(),
             traces: None,
+            flows: Default::default(),
         },
     ));
     (processor, writer)

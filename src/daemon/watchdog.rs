@@ -166,6 +166,7 @@ mod tests {
                 metrics: Default::default(),
                 clock: Clock::system(),
                 traces: None,
+                flows: Default::default(),
             },
         ))
     }

@@ -15,7 +15,7 @@ use super::processor::NodeShared;
 use super::queues::Queues;
 use super::stages::{Stops, WEB_GRACE};
 use super::writer::{self, Events, Writer};
-use super::{DaemonError, Node, notify};
+use super::{DaemonError, Node, flows, notify};
 use crate::api::Client;
 use crate::broker::Broker;
 use crate::broker::events::EventSink;
@@ -42,6 +42,8 @@ pub(super) struct Wiring {
     pub(super) stops: Stops,
     /// The tracer, flushed once the last job has run.
     pub(super) traces: Option<Arc<Traces>>,
+    /// The flows' end of what the processors hand over.
+    pub(super) flow_ends: tokio::sync::mpsc::Receiver<flows::Ended>,
 }
 
 impl Wiring {
@@ -80,7 +82,9 @@ impl Wiring {
             metrics.count_dropped_spans(move || dropped.get());
         }
         let web = Web::start(&config, &broker, &metrics).await?;
+        let (flows, flow_ends) = flows::channel();
         let shared = NodeShared {
+            flows,
             scheduler: wake_scheduler.clone(),
             isolation: Arc::new(Isolation::default()),
             events: events.clone(),
@@ -122,6 +126,7 @@ impl Wiring {
             web,
             stops,
             traces,
+            flow_ends,
         })
     }
 }

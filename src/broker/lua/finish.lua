@@ -19,7 +19,8 @@
 -- KEYS[9] this node's running counts {K}:group:running:<node>
 -- KEYS[10] the ordered groups' retry times {K}:group:due
 -- KEYS[11] the queue's groups by turn {K}:group:turns
--- KEYS[12..] unique locks {K}:unique:<key> and status records
+-- KEYS[12] the ends of the queue's flow jobs {K}:flows:ended
+-- KEYS[13..] unique locks {K}:unique:<key> and status records
 --           conveyor:job:<id> that entries name by index
 -- ARGV[1] the dead list's length cap
 -- ARGV[2] the results list's length cap; 0 when no job here is tracked
@@ -35,8 +36,11 @@
 -- ARGV[9..] a count k, then k pairs: a history counter's index and what
 --         the call's jobs add to it, as if every one were recorded (a job
 --         found no longer in flight takes its part back, so a recorded job
---         costs the script nothing more for the history); then seven
---         values per job, and the status record's after them:
+--         costs the script nothing more for the history); then a count
+--         f and f pairs: a job's place in the call (1 for the first) and
+--         its flow node's end, pushed on KEYS[12] if the job's end (ok,
+--         dead) is recorded; then seven values per job, and the status
+--         record's after them:
 --   op    'ok' | 'retry' | 'dead' | 'snooze' | 'requeue'
 --   item  the item exactly as it was taken
 --   data  retry, snooze: the envelope to run later; dead: the dead envelope;
@@ -116,7 +120,17 @@ local function at_head(group, item, by)
   end
   return true
 end
-local i = 10 + 2 * pairs_given
+local at = 10 + 2 * pairs_given
+local flows_given = tonumber(ARGV[at])
+-- job's place -> its flow node's end
+local flow_ends = nil
+if flows_given > 0 then
+  flow_ends = {}
+  for p = at + 1, at + 2 * flows_given, 2 do
+    flow_ends[tonumber(ARGV[p])] = ARGV[p + 1]
+  end
+end
+local i = at + 1 + 2 * flows_given
 while i <= #ARGV do
   local op, item, data, num, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local hist = ARGV[i + 5]
@@ -137,6 +151,9 @@ while i <= #ARGV do
       ended[group] = (ended[group] or 0) + 1
     end
     local kept = group and ordered ~= ''
+    if flow_ends and flow_ends[#done] and (op == 'ok' or op == 'dead') then
+      redis.call('RPUSH', KEYS[12], flow_ends[#done])
+    end
     if op == 'ok' then
       processed = processed + 1
       release(num, id)

@@ -22,9 +22,9 @@ pub(crate) type Entry<'a> = (&'a [u8], &'a Outcome, Option<&'a StatusUpdate>, Sa
 /// KEYS[1..=11]: the in-flight list, the queue list, the scheduled set, the
 /// dead letter list, the stats hash, the results list, the history's two
 /// strings, the node's running counts of groups, the ordered groups' retry
-/// times and the groups' turns. The unique locks and status records the
+/// times, the groups' turns and the ends of flow jobs. The unique locks and status records the
 /// jobs name by index come after them.
-const FIXED_KEYS: usize = 11;
+const FIXED_KEYS: usize = 12;
 
 /// One call of `finish.lua`: outcomes of one queue.
 pub(crate) struct Call<'a> {
@@ -93,7 +93,10 @@ impl Call<'_> {
             // Named, never touched.
             None => cmd.arg(&k.stats).arg(&k.stats),
         };
-        cmd.arg(&k.running).arg(&k.group_due).arg(&k.groups);
+        cmd.arg(&k.running)
+            .arg(&k.group_due)
+            .arg(&k.groups)
+            .arg(&k.flows_ended);
         for lock in &locks {
             cmd.arg(k.unique(lock));
         }
@@ -137,6 +140,24 @@ impl Call<'_> {
                     .arg(&ordered)
                     .arg(0);
             }
+        }
+        // The flow nodes' ends, by the job's place in the call.
+        let flows = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(at, e)| match e.1 {
+                Outcome::Succeeded {
+                    flow: Some(end), ..
+                }
+                | Outcome::Dead {
+                    flow: Some(end), ..
+                } => Some((at + 1, end)),
+                _ => None,
+            });
+        cmd.arg(flows.clone().count());
+        for (at, end) in flows {
+            cmd.arg(at).arg(end);
         }
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS + locks.len();
@@ -211,7 +232,7 @@ impl<'a> JobArgs<'a> {
         match outcome {
             // The id matters here to release a unique lock only; a tracked
             // job's is added for the results list by the caller.
-            Outcome::Succeeded { id, unique_key } => match unique_key {
+            Outcome::Succeeded { id, unique_key, .. } => match unique_key {
                 Some(_) => args("ok", "", lock, id),
                 None => args("ok", "", 0, ""),
             },
@@ -271,6 +292,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: "j-ok".into(),
             unique_key: Some("u-ok".into()),
+            flow: None,
         };
         let retry = Outcome::Retry {
             envelope: "retry-env".into(),
@@ -280,6 +302,7 @@ mod tests {
             envelope: "dead-env".into(),
             id: "j-dead".into(),
             unique_key: Some("u-dead".into()),
+            flow: None,
         };
         let snooze = Outcome::Snooze {
             envelope: "snooze-env".into(),
@@ -289,10 +312,12 @@ mod tests {
         let plain = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let gone = Outcome::Succeeded {
             id: "j-gone".into(),
             unique_key: None,
+            flow: None,
         };
         let (ok_rec, dead_rec, gone_rec) = (
             record("j-ok", JobState::Succeeded),
@@ -385,6 +410,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: "j1".into(),
             unique_key: None,
+            flow: None,
         };
         let rec = record("j1", JobState::Succeeded);
         let entries: Vec<Entry<'_>> = vec![(b"item", &ok, Some(&rec), Sample::NONE)];
@@ -447,6 +473,7 @@ mod tests {
             .map(|_| Outcome::Succeeded {
                 id: String::new(),
                 unique_key: None,
+                flow: None,
             })
             .collect();
         let recs: Vec<StatusUpdate> = ids
@@ -493,11 +520,13 @@ mod tests {
         let unique = Outcome::Succeeded {
             id: "j-u".into(),
             unique_key: Some("u".into()),
+            flow: None,
         };
         let dead = Outcome::Dead {
             envelope: "dead-env".into(),
             id: "j-d".into(),
             unique_key: None,
+            flow: None,
         };
         finish(
             &mut conn,

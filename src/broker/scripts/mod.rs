@@ -33,6 +33,9 @@ pub(crate) mod cancel;
 pub(crate) mod dead_retry;
 pub(crate) mod enqueue_unique;
 pub(crate) mod finish;
+pub(crate) mod flow_advance;
+pub(crate) mod flow_release;
+pub(crate) mod flow_submit;
 pub(crate) mod groups;
 pub(crate) mod promote;
 pub(crate) mod publish_if_heard;
@@ -83,7 +86,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The preludes: functions other scripts begin with, not scripts.
-    const PRELUDES: [&str; 2] = ["stand_in.lua", "group_of.lua"];
+    const PRELUDES: [&str; 3] = ["stand_in.lua", "group_of.lua", "flow_lib.lua"];
 
     /// Every script's source, by file name, the preludes aside.
     fn scripts() -> Vec<(String, String)> {

@@ -424,6 +424,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let entries: Vec<finish::Entry<'_>> = vec![
             (jobs[0].as_bytes(), &ok, None, Sample::default()),
@@ -590,6 +591,7 @@ mod tests {
         let ok = Outcome::Succeeded {
             id: String::new(),
             unique_key: None,
+            flow: None,
         };
         let pipe = finish(vec![(again.as_bytes(), &ok, None, Sample::default())]);
         let (flags,): (Vec<u8>,) = pipe.query_async(&mut conn).await.unwrap();

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::flows::FlowEnds;
 use super::isolation::{Isolation, Pending};
 use super::ratelimit::RateLimiter;
 use super::retry::Retry;
@@ -206,6 +207,8 @@ pub(crate) struct Processor {
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Each attempt's span, when tracing is on.
     traces: Option<Arc<Traces>>,
+    /// Where the ends of flow nodes go once recorded.
+    flows: FlowEnds,
 }
 
 /// A running job's registration for `conveyor cancel`, withdrawn on drop.
@@ -246,6 +249,8 @@ pub(crate) struct NodeShared {
     pub(crate) clock: Clock,
     /// The node's tracer; `None` when tracing is off.
     pub(crate) traces: Option<Arc<Traces>>,
+    /// Where the ends of flow nodes go once recorded.
+    pub(crate) flows: FlowEnds,
 }
 
 impl Processor {
@@ -265,6 +270,7 @@ impl Processor {
             metrics,
             clock,
             traces,
+            flows,
         } = shared;
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         let flight = Arc::new(Semaphore::new(places(config.concurrency)));
@@ -298,6 +304,7 @@ impl Processor {
             give_up,
             paused: tokio::sync::watch::Sender::new(false),
             cancels: Mutex::new(HashMap::new()),
+            flows,
             clock,
             traces,
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt as _;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -152,7 +153,7 @@ impl Processor {
             None => Attempt::OFF,
         };
         self.emit(EventType::Started, |kind| {
-            Draft::job(kind, &*self.name, job.id(), job.attempt())
+            Draft::job(kind, &*self.name, job.id(), job.attempt()).in_flow(job.flow())
         });
         if let Some(running) = self.status(job.id(), JobState::Running, job.attempt(), || {
             vec![("started_at", now_rfc3339())]
@@ -211,22 +212,26 @@ impl Processor {
         tracing::debug!(ms = took, "succeeded");
         self.completions.record();
         let unique_key = job.envelope().unique_key.clone();
+        let result = job.take_result();
         let outcome = Outcome::Succeeded {
             id: unique_key
                 .as_ref()
                 .map_or_else(String::new, |_| job.id().to_owned()),
             unique_key,
+            flow: flow_end(job, "succeeded", job.attempt(), result.as_deref()),
         };
         let status = self.status(job.id(), JobState::Succeeded, job.attempt(), || {
             let mut fields = vec![("finished_at", now_rfc3339())];
-            if let Some(result) = job.take_result() {
+            if let Some(result) = result {
                 fields.push(("result", String::from(Box::<str>::from(result))));
             }
             fields
         });
         if self.record(job.item_bytes(), outcome, status, sample).await {
             self.emit(EventType::Succeeded, |kind| {
-                Draft::job(kind, &*self.name, job.id(), job.attempt()).took(took)
+                Draft::job(kind, &*self.name, job.id(), job.attempt())
+                    .in_flow(job.flow())
+                    .took(took)
             });
         }
     }
@@ -245,6 +250,7 @@ impl Processor {
         attempt.end(if last { "dead" } else { "retrying" }, Some(&message));
         let failed = |kind| {
             Draft::job(kind, &*self.name, job.id(), job.attempt())
+                .in_flow(job.flow())
                 .took(took)
                 .error(message.clone())
         };
@@ -326,7 +332,9 @@ impl Processor {
         {
             self.metrics.recovered(1);
             self.emit(EventType::Recovered, |kind| {
-                Draft::job(kind, &*self.name, job.id(), job.attempt()).reason("shutdown")
+                Draft::job(kind, &*self.name, job.id(), job.attempt())
+                    .in_flow(job.flow())
+                    .reason("shutdown")
             });
         }
     }
@@ -347,6 +355,7 @@ impl Processor {
         {
             self.emit(EventType::Cancelled, |kind| {
                 Draft::job(kind, &*self.name, job.id(), job.attempt())
+                    .in_flow(job.flow())
                     .reason(JobState::Running.as_str())
             });
             self.died(job, reason, "cancelled", job.attempt());
@@ -366,6 +375,7 @@ impl Processor {
         self.metrics.dead();
         self.emit(EventType::Dead, |kind| {
             Draft::job(kind, &*self.name, job.id(), attempt)
+                .in_flow(job.flow())
                 .error(error)
                 .reason(reason)
         });
@@ -411,7 +421,13 @@ impl Processor {
             env
         };
         env.died_at = Some(now_rfc3339());
+        let ended = if error == "cancelled" {
+            "cancelled"
+        } else {
+            "dead"
+        };
         Outcome::Dead {
+            flow: flow_end(job, ended, env.attempt, None),
             envelope: env.to_json(),
             id: job.id().to_owned(),
             unique_key: job.envelope().unique_key.clone(),
@@ -435,6 +451,7 @@ impl Processor {
             envelope: env.to_json(),
             id: env.id.clone(),
             unique_key: None,
+            flow: None,
         };
         if self.record(item, outcome, status, Sample::NONE).await {
             self.metrics.dead();
@@ -458,12 +475,28 @@ impl Processor {
         status: Option<StatusUpdate>,
         sample: Sample,
     ) -> bool {
+        let flow = match &outcome {
+            Outcome::Succeeded {
+                flow: Some(end), ..
+            }
+            | Outcome::Dead {
+                flow: Some(end), ..
+            } => Some(end.clone()),
+            _ => None,
+        };
         match self
             .outcomes
             .record(&self.store, item, outcome, status, sample)
             .await
         {
-            Recorded::Yes => true,
+            Recorded::Yes => {
+                if let Some(end) = flow {
+                    // Its flow takes it now; were this lost, the end is
+                    // kept with the outcome for the flows' next look.
+                    self.flows.ended(&self.name, end);
+                }
+                true
+            }
             Recorded::NotInFlight => {
                 tracing::warn!(
                     "the job was no longer in flight here (a reaper recovered it while it ran); \
@@ -526,6 +559,29 @@ impl Processor {
         let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         self.clock.now_ms().saturating_add(delay)
     }
+}
+
+/// A flow node's end as its queue keeps it for the flow
+/// ([`crate::broker::flows::NodeEnd`] as JSON); `None` for a job outside a
+/// flow.
+fn flow_end(job: &Job, status: &str, attempt: u32, result: Option<&RawValue>) -> Option<String> {
+    #[derive(serde::Serialize)]
+    struct End<'a> {
+        flow: &'a str,
+        node: &'a str,
+        status: &'a str,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a RawValue>,
+    }
+    let end = End {
+        flow: job.flow()?,
+        node: job.flow_node()?,
+        status,
+        attempt,
+        result,
+    };
+    serde_json::to_string(&end).ok()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

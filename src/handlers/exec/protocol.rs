@@ -1,6 +1,7 @@
 //! The line protocol between the daemon and a worker program: one request
 //! line in (`{"id", "queue", "attempt", "traceparent"?, "tracestate"?,
-//! "payload"}`, the trace fields when the daemon traces), and, in persistent
+//! "flow"?, "parents"?, "payload"}`, the trace fields when the daemon
+//! traces, the flow's for a flow's node), and, in persistent
 //! mode, one reply line out (`{"id", "status": "ok" | "retry" | "fail",
 //! "result"?, "error"?, "retry_in_ms"?}`).
 
@@ -45,6 +46,14 @@ pub(super) fn request(job: &Job) -> Vec<u8> {
         if let Some(value) = value {
             line.extend_from_slice(name);
             line.extend_from_slice(serde_json::to_string(&value).unwrap_or_default().as_bytes());
+        }
+    }
+    if let Some(flow) = job.flow() {
+        line.extend_from_slice(b",\"flow\":");
+        line.extend_from_slice(serde_json::to_string(flow).unwrap_or_default().as_bytes());
+        if let Some(parents) = job.parents() {
+            line.extend_from_slice(b",\"parents\":");
+            minify_into(parents.get().as_bytes(), &mut line);
         }
     }
     line.extend_from_slice(b",\"payload\":");

@@ -1,0 +1,408 @@
+//! The flows' driver (DESIGN section 13): takes submitted documents off
+//! `conveyor:flows`, stores them, and takes the ends of flow nodes that
+//! this node's queues recorded, handing the nodes they release to their
+//! queues.
+//!
+//! Each step is one atomic script in one slot and safe to do again: a
+//! document stays in `{conveyor:flows}:taken` and a node's end in its
+//! queue's `{K}:flows:ended` until everything it released is in its
+//! queue. The ends come straight from this node's processors; what a
+//! crash (of this node or another) left in those lists is taken up by
+//! every node's look, which reads again what it found there on its last
+//! look too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::writer::Events;
+use crate::broker::flows::{NodeEnd, Released, Settled};
+use crate::broker::{Broker, BrokerError, QueueKeys, keys};
+use crate::clock::{now_ms, now_rfc3339};
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::event::{Draft, EventType};
+use crate::flow::{self, Spec};
+
+/// Node ends a node's processors may hand over before the driver takes
+/// them; more wait in their queues' lists for the next look.
+const BACKLOG: usize = 65_536;
+/// Ends taken in one go.
+const BATCH: usize = 1_000;
+/// How often the lists a crash may leave work in are read.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Items read per list per look.
+const LOOK_MOST: isize = 1_000;
+/// Released nodes pushed per call.
+const PUSH_MOST: usize = 500;
+
+/// A node end recorded by one of this node's queues.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    queue: Arc<str>,
+    end: String,
+}
+
+/// Where processors hand the ends of flow nodes they recorded.
+#[derive(Clone, Default)]
+pub(crate) struct FlowEnds(Option<mpsc::Sender<Ended>>);
+
+impl FlowEnds {
+    /// A node end of `queue`, recorded with its outcome (never waits: when
+    /// the driver is behind, the next look finds it).
+    pub(crate) fn ended(&self, queue: &Arc<str>, end: String) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.try_send(Ended {
+                queue: queue.clone(),
+                end,
+            });
+        }
+    }
+}
+
+/// The handle processors get, and the driver's end of it.
+pub(crate) fn channel() -> (FlowEnds, mpsc::Receiver<Ended>) {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    (FlowEnds(Some(tx)), rx)
+}
+
+/// Drives the flows: stores documents, takes node ends.
+pub(crate) struct Driver {
+    pub(crate) broker: Broker,
+    pub(crate) events: Events,
+    /// Every configured queue's keys, by name: where released nodes go,
+    /// and whose ends lists are looked at.
+    pub(crate) queues: BTreeMap<String, QueueKeys>,
+    /// How long a flow's state stays once it ended.
+    pub(crate) ttl: Duration,
+    /// Most nodes a document may have.
+    pub(crate) max_nodes: usize,
+    pub(crate) ends: mpsc::Receiver<Ended>,
+}
+
+impl Driver {
+    /// The queues of `config` as the driver sees them.
+    pub(crate) fn queues_of(config: &Config, node: &str) -> BTreeMap<String, QueueKeys> {
+        config
+            .queues
+            .keys()
+            .map(|name| {
+                (
+                    name.clone(),
+                    QueueKeys::new(name, &config.queue_key(name), node),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs until `stop`.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let this = Arc::new(Shared {
+            broker: self.broker.clone(),
+            events: self.events.clone(),
+            queues: std::mem::take(&mut self.queues),
+            ttl: self.ttl,
+            max_nodes: self.max_nodes,
+        });
+        let taker = tokio::spawn(this.clone().take_documents(stop.clone()));
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                first = self.ends.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match self.ends.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let batch = batch.into_iter().map(|e| (e.queue.to_string(), e.end)).collect();
+                    this.take_ends(batch).await;
+                }
+                _ = look.tick() => seen = this.look(seen).await,
+            }
+        }
+        let _ = taker.await;
+    }
+}
+
+/// What the driver's two tasks share.
+struct Shared {
+    broker: Broker,
+    events: Events,
+    queues: BTreeMap<String, QueueKeys>,
+    ttl: Duration,
+    max_nodes: usize,
+}
+
+impl Shared {
+    /// Takes submitted documents until `stop`.
+    async fn take_documents(self: Arc<Self>, stop: CancellationToken) {
+        let block = Duration::from_secs(1);
+        let mut conn = None;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let c = match &mut conn {
+                Some(c) => c,
+                None => match self.broker.dedicated(block).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "flows: no connection to take documents; trying again");
+                        pause(&stop).await;
+                        continue;
+                    }
+                },
+            };
+            let taken = tokio::select! {
+                _ = stop.cancelled() => return,
+                taken = self.broker.take_flow(c, block) => taken,
+            };
+            match taken {
+                Ok(Some(text)) => self.submit(&text).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "flows: taking a document failed; trying again");
+                    conn = None;
+                    pause(&stop).await;
+                }
+            }
+        }
+    }
+
+    /// Stores a taken document, or refuses it.
+    async fn submit(&self, taken: &str) {
+        if let Err(e) = self.try_submit(taken).await {
+            tracing::warn!(error = %e, "flows: a document could not be stored; it is taken up again on a later look");
+        }
+    }
+
+    async fn try_submit(&self, taken: &str) -> Result<(), BrokerError> {
+        let now = now_rfc3339();
+        let (named, fid) = match flow::with_id(taken) {
+            Ok(named) => named,
+            Err(refused) => return self.refuse(taken, &refused.0, &now).await,
+        };
+        if named != taken {
+            self.broker.rename_taken_flow(taken, &named).await?;
+        }
+        let known = |queue: &str| self.queues.contains_key(queue);
+        let doc = match flow::read(&named, &known, self.max_nodes) {
+            Ok(doc) => doc,
+            Err(refused) => return self.refuse(&named, &refused.0, &now).await,
+        };
+        let settled = self.broker.store_flow(&doc, &now, self.ttl).await?;
+        if settled.duplicate {
+            tracing::info!(flow = %fid, "flows: a second submission of a flow already stored is ignored");
+        } else {
+            tracing::info!(flow = %fid, nodes = doc.nodes.len(), "flows: flow stored");
+            self.events
+                .emit(Draft::flow(EventType::FlowSubmitted, fid.as_str()));
+        }
+        self.settle(&fid, settled).await?;
+        self.broker.flow_stored(&named, &fid, now_ms()).await
+    }
+
+    async fn refuse(&self, taken: &str, reason: &str, now: &str) -> Result<(), BrokerError> {
+        tracing::warn!(error = %reason, "flows: document refused; kept in {}", keys::FLOWS_DEAD);
+        self.broker.refuse_flow(taken, reason, now).await
+    }
+
+    /// Takes node ends (queue name, end as recorded), flow by flow.
+    async fn take_ends(&self, batch: Vec<(String, String)>) {
+        let mut by_flow: BTreeMap<String, Vec<(String, String, NodeEnd)>> = BTreeMap::new();
+        for (queue, raw) in batch {
+            match serde_json::from_str::<NodeEnd>(&raw) {
+                Ok(end) => by_flow
+                    .entry(end.flow.clone())
+                    .or_default()
+                    .push((queue, raw, end)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "flows: a node end is not readable; dropped");
+                    self.forget(&[(queue, raw)]).await;
+                }
+            }
+        }
+        for (fid, ends) in by_flow {
+            let refs: Vec<&NodeEnd> = ends.iter().map(|(_, _, e)| e).collect();
+            let result = async {
+                let now = now_rfc3339();
+                let settled = self
+                    .broker
+                    .advance_flow(&fid, &refs, &now, self.ttl)
+                    .await?;
+                self.settle(&fid, settled).await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    let done: Vec<(String, String)> =
+                        ends.into_iter().map(|(q, raw, _)| (q, raw)).collect();
+                    self.forget(&done).await;
+                }
+                Err(e) => {
+                    tracing::warn!(flow = %fid, error = %e, "flows: node ends not taken yet; taken up again on a later look");
+                }
+            }
+        }
+    }
+
+    /// Forgets ends taken.
+    async fn forget(&self, done: &[(String, String)]) {
+        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (queue, raw) in done {
+            by_queue.entry(queue).or_default().push(raw);
+        }
+        for (queue, raws) in by_queue {
+            let Some(keys) = self.queues.get(queue) else {
+                continue;
+            };
+            if let Err(e) = self.broker.forget_ends(keys, &raws).await {
+                tracing::debug!(error = %e, "flows: taken ends not forgotten yet; the next look takes them again, harmlessly");
+            }
+        }
+    }
+
+    /// Announces what a step settled and hands the released nodes to their
+    /// queues, then out of the outbox.
+    async fn settle(&self, fid: &str, settled: Settled) -> Result<(), BrokerError> {
+        if settled.unknown {
+            tracing::debug!(flow = %fid, "flows: an end of a flow no longer stored; dropped");
+            return Ok(());
+        }
+        for (name, how) in &settled.settled {
+            let id = format!("{fid}:{name}");
+            let kind = match how.as_str() {
+                "skipped" => EventType::Skipped,
+                _ => EventType::Cancelled,
+            };
+            let mut draft = Draft::job(kind, "", id.as_str(), 0).in_flow(Some(fid));
+            draft.queue = None;
+            if kind == EventType::Cancelled {
+                draft = draft.reason("flow");
+            }
+            self.events.emit(draft);
+        }
+        self.hand_over(fid, &settled.released).await?;
+        if let Some(status) = &settled.finished {
+            tracing::info!(flow = %fid, status = %status, "flows: flow finished");
+            self.events
+                .emit(Draft::flow(EventType::FlowFinished, fid).status(status.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Pushes released nodes to their queues (each once), then takes them
+    /// out of the outbox.
+    async fn hand_over(&self, fid: &str, released: &[Released]) -> Result<(), BrokerError> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let created_at = now_rfc3339();
+        let mut by_queue: BTreeMap<String, Vec<(&str, String)>> = BTreeMap::new();
+        for node in released {
+            let spec: Spec = serde_json::from_str(&node.spec).map_err(|e| {
+                BrokerError::Protocol(format!("a stored node is not readable: {e}"))
+            })?;
+            let envelope = envelope(fid, node, &spec, &created_at);
+            by_queue
+                .entry(spec.queue)
+                .or_default()
+                .push((node.name.as_str(), envelope));
+        }
+        for (queue, jobs) in &by_queue {
+            let keys = match self.queues.get(queue) {
+                Some(keys) => keys.clone(),
+                // A queue the configuration lost since the flow was stored:
+                // its list is where a producer would push.
+                None => QueueKeys::new(queue, queue, "flows"),
+            };
+            for chunk in jobs.chunks(PUSH_MOST) {
+                self.broker.hand_over(&keys, fid, chunk).await?;
+            }
+        }
+        let names: Vec<&str> = released.iter().map(|n| n.name.as_str()).collect();
+        for chunk in names.chunks(PUSH_MOST) {
+            self.broker.handed_over(fid, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the lists a crash may leave work in, and takes up what was
+    /// there on the last look too. Returns what it saw.
+    async fn look(&self, before: HashSet<(String, String)>) -> HashSet<(String, String)> {
+        let mut seen = HashSet::new();
+        match self.broker.lingering(keys::FLOWS_TAKEN, LOOK_MOST).await {
+            Ok(taken) => {
+                for text in taken {
+                    let key = (String::new(), text);
+                    if before.contains(&key) {
+                        self.submit(&key.1).await;
+                    }
+                    seen.insert(key);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "flows: could not look at the taken documents"),
+        }
+        for (name, keys) in &self.queues {
+            match self.broker.lingering(&keys.flows_ended, LOOK_MOST).await {
+                Ok(ends) => {
+                    let mut again = Vec::new();
+                    for raw in ends {
+                        let key = (name.clone(), raw);
+                        if before.contains(&key) {
+                            again.push(key.clone());
+                        }
+                        seen.insert(key);
+                    }
+                    if !again.is_empty() {
+                        tracing::info!(queue = %name, ends = again.len(), "flows: taking up node ends left behind");
+                        self.take_ends(again).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "flows: could not look at a queue's node ends")
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The job of a released node.
+fn envelope(fid: &str, node: &Released, spec: &Spec, created_at: &str) -> String {
+    let mut env = Envelope::new(spec.payload.clone());
+    env.id = format!("{fid}:{}", node.name);
+    env.max_attempts = spec.max_attempts;
+    env.timeout_ms = spec.timeout_ms;
+    env.created_at = Some(created_at.to_owned());
+    let json = |text: String| RawValue::from_string(text).expect("valid JSON");
+    env.extra.push((
+        "flow".into(),
+        json(serde_json::to_string(fid).expect("a string serializes")),
+    ));
+    match RawValue::from_string(node.parents.clone()) {
+        Ok(parents) => env.extra.push(("parents".into(), parents)),
+        Err(e) => {
+            tracing::warn!(flow = %fid, node = %node.name, error = %e, "flows: a node's parents are not JSON; left out")
+        }
+    }
+    env.to_json()
+}
+
+/// A second, or less if `stop` comes first.
+async fn pause(stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}

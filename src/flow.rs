@@ -1,0 +1,368 @@
+//! Flows (DESIGN section 13): named jobs with dependencies, submitted as
+//! one JSON document. This module reads and checks a document; the broker
+//! stores it (`broker/flows.rs`) and the daemon drives it
+//! (`daemon/flows.rs`).
+//!
+//! A document is refused whole, with a reason a person can act on: it is
+//! not JSON, names an unknown queue, has a cycle, an `after` naming no
+//! node, more nodes than allowed, or a name outside `[A-Za-z0-9_.-]+`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest flow id or node name.
+pub(crate) const MAX_NAME: usize = 100;
+
+/// What a node does when a parent did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// Runs only if every parent succeeded (the default); else skipped.
+    Succeeded,
+    /// Runs once every parent ended, whatever the outcome.
+    Finished,
+}
+
+/// What a flow does when one of its nodes ends dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFailure {
+    /// The rest goes on (nodes that need the dead one are skipped).
+    Continue,
+    /// The flow is cancelled.
+    Cancel,
+}
+
+impl OnFailure {
+    /// As stored and shown.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Continue => "continue",
+            OnFailure::Cancel => "cancel",
+        }
+    }
+}
+
+/// One node of a checked document.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    /// The nodes it waits for.
+    pub(crate) after: Vec<String>,
+    /// The nodes that wait for it.
+    pub(crate) children: Vec<String>,
+    /// When it runs.
+    pub(crate) when: When,
+    /// What is stored to make its job from ([`Spec`] as JSON).
+    pub(crate) spec: String,
+}
+
+/// A checked document.
+#[derive(Debug, Clone)]
+pub(crate) struct Document {
+    /// The flow id.
+    pub(crate) id: String,
+    /// What the first dead node does to the rest.
+    pub(crate) on_failure: OnFailure,
+    /// The nodes, by name.
+    pub(crate) nodes: BTreeMap<String, Node>,
+}
+
+/// Why a document is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refused(pub(crate) String);
+
+/// A node as it is written in a document.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireNode {
+    queue: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// A document as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDocument {
+    #[serde(default)]
+    flow: Option<String>,
+    #[serde(default)]
+    jobs: BTreeMap<String, WireNode>,
+    #[serde(default)]
+    on_failure: Option<String>,
+}
+
+/// What a node's job is made from, stored with the flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Spec {
+    /// The queue's name.
+    pub(crate) queue: String,
+    /// The payload, byte for byte as submitted.
+    pub(crate) payload: Box<RawValue>,
+    /// Overrides the queue's `max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_attempts: Option<u32>,
+    /// Overrides the queue's `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout_ms: Option<u64>,
+}
+
+/// Whether `name` may name a flow or a node: `[A-Za-z0-9_.-]+`, at most
+/// [`MAX_NAME`] characters.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The document with a flow id: the text unchanged and its id when it
+/// names one, else the text with a new id written into it (so that a
+/// document read twice, after a crash, is the same flow both times).
+pub(crate) fn with_id(text: &str) -> Result<(String, String), Refused> {
+    let wire: WireDocument = parse(text)?;
+    if let Some(id) = wire.flow {
+        return Ok((text.to_owned(), id));
+    }
+    let id = crate::envelope::new_id();
+    let at = text.find('{').unwrap_or(0);
+    let rest = text[at + 1..].trim_start();
+    let named = match rest.starts_with('}') {
+        true => format!("{{\"flow\":\"{id}\"{rest}"),
+        false => format!("{{\"flow\":\"{id}\",{rest}"),
+    };
+    Ok((named, id))
+}
+
+fn parse(text: &str) -> Result<WireDocument, Refused> {
+    let first = text.trim_start().bytes().next();
+    if first != Some(b'{') {
+        return Err(Refused(
+            "a flow document must be a JSON object with \"jobs\"".into(),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| Refused(format!("not a flow document: {e}")))
+}
+
+/// Reads and checks a document whose queues must satisfy `known`, with at
+/// most `max_nodes` nodes. O(N + E).
+pub(crate) fn read(
+    text: &str,
+    known: &dyn Fn(&str) -> bool,
+    max_nodes: usize,
+) -> Result<Document, Refused> {
+    let wire = parse(text)?;
+    let id = wire
+        .flow
+        .ok_or_else(|| Refused("the document has no flow id".into()))?;
+    if !valid_name(&id) {
+        return Err(Refused(format!(
+            "flow id {id:?} must be 1 to {MAX_NAME} of A-Z a-z 0-9 _ . -"
+        )));
+    }
+    let on_failure = match wire.on_failure.as_deref() {
+        None | Some("continue") => OnFailure::Continue,
+        Some("cancel") => OnFailure::Cancel,
+        Some(other) => {
+            return Err(Refused(format!(
+                "on_failure {other:?} is not \"continue\" or \"cancel\""
+            )));
+        }
+    };
+    if wire.jobs.len() > max_nodes {
+        return Err(Refused(format!(
+            "{} nodes, more than max_nodes ({max_nodes})",
+            wire.jobs.len()
+        )));
+    }
+    let mut nodes = BTreeMap::new();
+    for (name, node) in wire.jobs {
+        if !valid_name(&name) {
+            return Err(Refused(format!(
+                "node name {name:?} must be 1 to {MAX_NAME} of A-Z a-z 0-9 _ . -"
+            )));
+        }
+        if !known(&node.queue) {
+            return Err(Refused(format!(
+                "node {name} names queue {:?}, which is not configured",
+                node.queue
+            )));
+        }
+        let when = match node.when.as_deref() {
+            None | Some("succeeded") => When::Succeeded,
+            Some("finished") => When::Finished,
+            Some(other) => {
+                return Err(Refused(format!(
+                    "node {name}: when {other:?} is not \"succeeded\" or \"finished\""
+                )));
+            }
+        };
+        let mut after = node.after;
+        after.sort();
+        after.dedup();
+        if after.contains(&name) {
+            return Err(Refused(format!("node {name} is after itself (a cycle)")));
+        }
+        let spec = Spec {
+            queue: node.queue.clone(),
+            payload: node.payload.unwrap_or_else(null),
+            max_attempts: node.max_attempts,
+            timeout_ms: node.timeout_ms,
+        };
+        let spec = serde_json::to_string(&spec).expect("a spec always serializes");
+        nodes.insert(
+            name,
+            Node {
+                after,
+                children: Vec::new(),
+                when,
+                spec,
+            },
+        );
+    }
+    let mut edges = Vec::new();
+    for (name, node) in &nodes {
+        for parent in &node.after {
+            if !nodes.contains_key(parent) {
+                return Err(Refused(format!(
+                    "node {name} is after {parent:?}, which is no node of the flow"
+                )));
+            }
+            edges.push((parent.clone(), name.clone()));
+        }
+    }
+    for (parent, child) in edges {
+        if let Some(p) = nodes.get_mut(&parent) {
+            p.children.push(child);
+        }
+    }
+    if let Some(node) = in_cycle(&nodes) {
+        return Err(Refused(format!("the flow has a cycle through node {node}")));
+    }
+    Ok(Document {
+        id,
+        on_failure,
+        nodes,
+    })
+}
+
+/// A node on a cycle, if there is one (Kahn's order leaves it out).
+fn in_cycle(nodes: &BTreeMap<String, Node>) -> Option<String> {
+    let mut left: BTreeMap<&str, usize> = nodes
+        .iter()
+        .map(|(name, n)| (name.as_str(), n.after.len()))
+        .collect();
+    let mut ready: Vec<&str> = left
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut seen = 0;
+    while let Some(name) = ready.pop() {
+        seen += 1;
+        for child in &nodes[name].children {
+            let n = left.get_mut(child.as_str()).expect("children are nodes");
+            *n -= 1;
+            if *n == 0 {
+                ready.push(child);
+            }
+        }
+    }
+    if seen == nodes.len() {
+        return None;
+    }
+    left.into_iter()
+        .find(|(_, n)| *n > 0)
+        .map(|(name, _)| name.to_owned())
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(_: &str) -> bool {
+        true
+    }
+
+    #[test]
+    fn a_diamond_is_read_with_its_children() {
+        let doc = read(
+            r#"{"flow":"f1","jobs":{
+                "a":{"queue":"q","payload":{"n":1.50}},
+                "b":{"queue":"q","after":["a"]},
+                "c":{"queue":"q","after":["a"]},
+                "d":{"queue":"q","after":["b","c"],"when":"finished"}}}"#,
+            &any,
+            10,
+        )
+        .unwrap();
+        assert_eq!(doc.id, "f1");
+        assert_eq!(doc.nodes["a"].children, ["b", "c"]);
+        assert_eq!(doc.nodes["d"].after, ["b", "c"]);
+        assert_eq!(doc.nodes["d"].when, When::Finished);
+        // The payload is kept byte for byte.
+        assert!(doc.nodes["a"].spec.contains(r#""payload":{"n":1.50}"#));
+        assert_eq!(doc.on_failure, OnFailure::Continue);
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let refused = |text: &str| read(text, &|q| q == "q", 3).unwrap_err().0;
+        assert!(refused("[1]").contains("JSON object"));
+        assert!(refused("{nope").contains("not a flow document"));
+        assert!(refused(r#"{"jobs":{}}"#).contains("no flow id"));
+        assert!(refused(r#"{"flow":"a b","jobs":{}}"#).contains("flow id"));
+        assert!(
+            refused(r#"{"flow":"f","jobs":{"x":{"queue":"other"}}}"#).contains("not configured")
+        );
+        assert!(refused(r#"{"flow":"f","jobs":{"x y":{"queue":"q"}}}"#).contains("node name"));
+        assert!(
+            refused(r#"{"flow":"f","jobs":{"x":{"queue":"q","after":["y"]}}}"#)
+                .contains("no node of the flow")
+        );
+        let cycle = refused(
+            r#"{"flow":"f","jobs":{"x":{"queue":"q","after":["z"]},
+                "y":{"queue":"q","after":["x"]},"z":{"queue":"q","after":["y"]}}}"#,
+        );
+        assert!(cycle.contains("cycle"), "{cycle}");
+        assert!(
+            refused(r#"{"flow":"f","jobs":{"x":{"queue":"q","after":["x"]}}}"#).contains("cycle")
+        );
+        let many = r#"{"flow":"f","jobs":{"a":{"queue":"q"},"b":{"queue":"q"},"c":{"queue":"q"},"d":{"queue":"q"}}}"#;
+        assert!(refused(many).contains("max_nodes"));
+        assert!(refused(r#"{"flow":"f","jobs":{"x":{"queue":"q","afer":[]}}}"#).contains("afer"));
+        assert!(
+            refused(r#"{"flow":"f","jobs":{"x":{"queue":"q","when":"soon"}}}"#).contains("when")
+        );
+        assert!(refused(r#"{"flow":"f","jobs":{},"on_failure":"stop"}"#).contains("on_failure"));
+    }
+
+    #[test]
+    fn a_document_without_an_id_gets_one_written_in() {
+        let (text, id) = with_id(r#" {"jobs":{"a":{"queue":"q"}}}"#).unwrap();
+        let doc = read(&text, &any, 10).unwrap();
+        assert_eq!(doc.id, id);
+        let (text, id) = with_id("{}").unwrap();
+        assert_eq!(read(&text, &any, 10).unwrap().id, id);
+        assert!(read(&text, &any, 10).unwrap().nodes.is_empty());
+        let (same, kept) = with_id(r#"{"flow":"mine","jobs":{}}"#).unwrap();
+        assert_eq!(
+            (same.as_str(), kept.as_str()),
+            (r#"{"flow":"mine","jobs":{}}"#, "mine")
+        );
+    }
+}

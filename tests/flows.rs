@@ -1,0 +1,412 @@
+//! Flows (DESIGN section 13) on a real Redis with real daemons: shapes
+//! (chain, fan-out and fan-in, diamond), what a dead node does to the rest
+//! (`when`, skipped cascades, `on_failure = "cancel"`), an empty flow, a
+//! second submission, refused documents, and the command line. Runs are
+//! counted from the handler's own records, not from conveyor's.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conveyor::api::Client;
+use conveyor::{HandlerError, Job, Registry, async_trait};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use common::*;
+
+/// One run as the handler saw it.
+#[derive(Debug, Clone)]
+struct Run {
+    id: String,
+    flow: Option<String>,
+    parents: Option<Value>,
+}
+
+/// Records each run; fails permanently when the payload says
+/// `"fail": true`; leaves `{"from": <id>}` as its result.
+#[derive(Clone, Default)]
+struct Step {
+    runs: Arc<Mutex<Vec<Run>>>,
+}
+
+#[async_trait]
+impl conveyor::handlers::Handler for Step {
+    async fn handle(&self, job: &Job) -> Result<(), HandlerError> {
+        self.runs.lock().unwrap().push(Run {
+            id: job.id().to_owned(),
+            flow: job.flow().map(str::to_owned),
+            parents: job
+                .parents()
+                .map(|p| serde_json::from_str(p.get()).unwrap()),
+        });
+        let payload: Value = job.payload_as()?;
+        if let Some(ms) = payload["sleep_ms"].as_u64() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if payload["fail"] == json!(true) {
+            return Err(HandlerError::permanent("asked to fail"));
+        }
+        job.set_result(&json!({ "from": job.id() }))?;
+        Ok(())
+    }
+}
+
+impl Step {
+    fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    fn runs_of(&self, id: &str) -> Vec<Run> {
+        self.runs().into_iter().filter(|r| r.id == id).collect()
+    }
+}
+
+const QUEUES: &str = "[queues.steps]\nhandler = \"step\"\nconcurrency = 8\n\
+                      [queues.other]\nhandler = \"step\"\nconcurrency = 4\n";
+
+fn start(redis: &Redis, step: &Step) -> (TestDaemon, Client) {
+    let config = config(redis, QUEUES);
+    let mut registry: Registry = builtin();
+    registry.register_handler("step", step.clone());
+    let client = Client::new(&config, "test").unwrap();
+    (TestDaemon::start(config, registry), client)
+}
+
+/// Waits for flow `fid` to end; returns its view.
+async fn ended(client: &Client, fid: &str) -> conveyor::api::FlowView {
+    wait_until(&format!("flow {fid} ends"), Duration::from_secs(30), || {
+        let client = client.clone();
+        let fid = fid.to_owned();
+        async move { client.flow(&fid).await.is_ok_and(|v| v.status != "running") }
+    })
+    .await;
+    client.flow(fid).await.unwrap()
+}
+
+fn statuses(view: &conveyor::api::FlowView) -> BTreeMap<String, String> {
+    view.nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.status.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_fan_outs_and_diamonds_run_each_node_once_after_its_parents() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+
+    let chain = json!({"flow": "chain", "jobs": {
+        "a": {"queue": "steps", "payload": {"n": 1.50}},
+        "b": {"queue": "other", "payload": {}, "after": ["a"]},
+        "c": {"queue": "steps", "payload": {}, "after": ["b"]}}});
+    let mut fan = serde_json::Map::new();
+    fan.insert("root".into(), json!({"queue": "steps", "payload": {}}));
+    let parts: Vec<String> = (0..50).map(|i| format!("part-{i}")).collect();
+    for p in &parts {
+        fan.insert(
+            p.clone(),
+            json!({"queue": "steps", "payload": {"sleep_ms": 5}, "after": ["root"]}),
+        );
+    }
+    fan.insert(
+        "join".into(),
+        json!({"queue": "other", "payload": {}, "after": parts}),
+    );
+    let fan = json!({"flow": "fan", "jobs": fan});
+    let diamond = json!({"flow": "diamond", "jobs": {
+        "top": {"queue": "steps", "payload": {}},
+        "left": {"queue": "steps", "payload": {}, "after": ["top"]},
+        "right": {"queue": "other", "payload": {}, "after": ["top"]},
+        "bottom": {"queue": "steps", "payload": {}, "after": ["left", "right"]}}});
+    for doc in [&chain, &fan, &diamond] {
+        client.submit_flow(&doc.to_string()).await.unwrap();
+    }
+    for fid in ["chain", "fan", "diamond"] {
+        let view = ended(&client, fid).await;
+        assert_eq!(view.status, "succeeded", "{view:?}");
+        assert_eq!(view.ended, view.total);
+        assert!(view.nodes.iter().all(|n| n.status == "succeeded"));
+    }
+    let runs = step.runs();
+    assert_eq!(runs.len(), 3 + 52 + 4, "each node ran once: {runs:?}");
+    let order: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    let at = |id: &str| order.iter().position(|r| *r == id).unwrap();
+    assert!(at("chain:a") < at("chain:b") && at("chain:b") < at("chain:c"));
+    assert!(at("diamond:top") < at("diamond:left") && at("diamond:right") < at("diamond:bottom"));
+    assert!(
+        parts
+            .iter()
+            .all(|p| at(&format!("fan:{p}")) < at("fan:join"))
+    );
+    // What a node is told of its parents.
+    let b = &step.runs_of("chain:b")[0];
+    assert_eq!(b.flow.as_deref(), Some("chain"));
+    assert_eq!(
+        b.parents,
+        Some(json!({"a": {"status": "succeeded", "result": {"from": "chain:a"}}}))
+    );
+    assert_eq!(step.runs_of("chain:a")[0].parents, Some(json!({})));
+    let join = step.runs_of("fan:join")[0].parents.clone().unwrap();
+    assert_eq!(join.as_object().unwrap().len(), 50);
+    assert_eq!(join["part-7"]["status"], "succeeded");
+    // The flow's state tells the same, results included.
+    let view = client.flow("chain").await.unwrap();
+    let a = view.nodes.iter().find(|n| n.name == "a").unwrap();
+    assert_eq!(a.queue, "steps");
+    assert_eq!(a.attempt, Some(1));
+    assert_eq!(a.result.as_ref().unwrap().get(), r#"{"from":"chain:a"}"#);
+    assert!(view.ended_at.is_some());
+    // Its keys live for flow_ttl after its end; the queues keep nothing
+    // of it but their markers.
+    let mut conn = redis.conn().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{flow:chain}:state")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 6 * 86_400_000 && ttl <= 7 * 86_400_000, "{ttl}");
+    assert_eq!(llen(&mut conn, "{jobs:steps}:flows:ended").await, 0);
+    assert_eq!(llen(&mut conn, "{conveyor:flows}:taken").await, 0);
+    let listed: Vec<String> = client
+        .flows(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.flow)
+        .collect();
+    for fid in ["chain", "fan", "diamond"] {
+        assert!(listed.contains(&fid.to_owned()), "{listed:?}");
+    }
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_skips_what_needs_it_and_runs_what_only_needs_it_finished() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+    let doc = json!({"flow": "order-1001", "jobs": {
+        "charge": {"queue": "steps", "payload": {"fail": true}},
+        "pdf": {"queue": "steps", "payload": {}, "after": ["charge"]},
+        "mail": {"queue": "other", "payload": {}, "after": ["pdf"]},
+        "audit": {"queue": "other", "payload": {}, "after": ["charge", "pdf", "mail"], "when": "finished"},
+        "side": {"queue": "steps", "payload": {}}}});
+    let mut events = redis.client().get_async_pubsub().await.unwrap();
+    events.subscribe("conveyor:events").await.unwrap();
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    let view = ended(&client, "order-1001").await;
+    assert_eq!(view.status, "failed");
+    let st = statuses(&view);
+    assert_eq!(st["charge"], "dead");
+    assert_eq!(st["pdf"], "skipped");
+    assert_eq!(st["mail"], "skipped");
+    assert_eq!(st["audit"], "succeeded");
+    assert_eq!(st["side"], "succeeded");
+    assert!(step.runs_of("order-1001:pdf").is_empty());
+    assert!(step.runs_of("order-1001:mail").is_empty());
+    let audit = step.runs_of("order-1001:audit")[0].parents.clone().unwrap();
+    assert_eq!(audit["charge"], json!({"status": "dead"}));
+    assert_eq!(audit["pdf"], json!({"status": "skipped"}));
+    assert_eq!(audit["mail"], json!({"status": "skipped"}));
+    // The events: submitted, the skips, the dead job with its flow, the end.
+    let mut seen: Vec<Value> = Vec::new();
+    let mut stream = events.on_message();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.iter().any(|e| e["type"] == "flow.finished") {
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("flow.finished is published")
+            .unwrap();
+        seen.push(serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap());
+    }
+    let of = |t: &str| {
+        seen.iter()
+            .filter(|e| e["type"] == t)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("flow.submitted")[0]["flow"], "order-1001");
+    let skipped: Vec<String> = of("job.skipped")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(skipped.len(), 2, "{seen:?}");
+    assert!(skipped.contains(&"order-1001:pdf".to_owned()));
+    assert!(skipped.contains(&"order-1001:mail".to_owned()));
+    let dead = of("job.dead");
+    assert_eq!(dead[0]["id"], "order-1001:charge");
+    assert_eq!(dead[0]["flow"], "order-1001");
+    let finished = of("flow.finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["status"], "failed");
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_cancel_ends_the_nodes_still_pending() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+    let doc = json!({"flow": "c1", "on_failure": "cancel", "jobs": {
+        "first": {"queue": "steps", "payload": {"fail": true}},
+        "next": {"queue": "steps", "payload": {}, "after": ["first"]},
+        "last": {"queue": "steps", "payload": {}, "after": ["next"], "when": "finished"},
+        "slow": {"queue": "other", "payload": {"sleep_ms": 300}},
+        "after-slow": {"queue": "other", "payload": {}, "after": ["slow"]}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    let view = ended(&client, "c1").await;
+    assert_eq!(view.status, "cancelled");
+    let st = statuses(&view);
+    assert_eq!(st["first"], "dead");
+    assert_eq!(st["next"], "cancelled");
+    assert_eq!(st["last"], "cancelled");
+    assert_eq!(st["after-slow"], "cancelled");
+    assert!(step.runs_of("c1:last").is_empty());
+    assert!(step.runs_of("c1:after-slow").is_empty());
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_duplicate_and_refused_documents() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+    let mut conn = redis.conn().await;
+    // An empty flow ends at once (a batch of nothing still fires).
+    let fid = client.submit_flow(r#"{"jobs": {}}"#).await.unwrap();
+    let view = ended(&client, &fid).await;
+    assert_eq!((view.status.as_str(), view.total), ("succeeded", 0));
+    // A second submission of an id is ignored: its node runs once.
+    let doc = json!({"flow": "twice", "jobs": {"only": {"queue": "steps", "payload": {}}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    ended(&client, "twice").await;
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "conveyor:flows", doc.to_string())
+        .await
+        .unwrap();
+    wait_until("the second is taken", Duration::from_secs(10), || {
+        let mut c = conn.clone();
+        async move {
+            llen(&mut c, "conveyor:flows").await == 0
+                && llen(&mut c, "{conveyor:flows}:taken").await == 0
+        }
+    })
+    .await;
+    assert_eq!(step.runs_of("twice:only").len(), 1);
+    // Refused whole, by a plain RPUSH: nothing of them is enqueued.
+    let bad = [
+        (
+            r#"{"flow":"cyc","jobs":{"a":{"queue":"steps","after":["b"]},"b":{"queue":"steps","after":["a"]}}}"#,
+            "cycle",
+        ),
+        (
+            r#"{"flow":"unk","jobs":{"a":{"queue":"steps"},"b":{"queue":"nowhere"}}}"#,
+            "not configured",
+        ),
+        (
+            r#"{"flow":"lost","jobs":{"a":{"queue":"steps","after":["ghost"]}}}"#,
+            "no node of the flow",
+        ),
+        ("not json", "JSON object"),
+    ];
+    for (doc, _) in &bad {
+        let _: () = redis::AsyncCommands::rpush(&mut conn, "conveyor:flows", *doc)
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "the bad documents are refused",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            async move { llen(&mut c, "{conveyor:flows}:dead").await == bad.len() }
+        },
+    )
+    .await;
+    let dead: Vec<Value> = lrange(&mut conn, "{conveyor:flows}:dead")
+        .await
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for (doc, why) in &bad {
+        let entry = dead.iter().find(|d| d["document"] == *doc).unwrap();
+        assert!(
+            entry["last_error"].as_str().unwrap().contains(why),
+            "{entry}"
+        );
+        assert!(entry["died_at"].is_string());
+    }
+    assert_eq!(llen(&mut conn, "jobs:steps").await, 0);
+    assert!(
+        step.runs()
+            .iter()
+            .all(|r| !r.id.starts_with("cyc:") && !r.id.starts_with("unk:"))
+    );
+    for fid in ["cyc", "unk", "lost"] {
+        assert!(client.flow(fid).await.is_err());
+    }
+    // The library refuses them before they are submitted.
+    let err = client
+        .submit_flow(r#"{"flow":"x","jobs":{"a":{"queue":"nowhere"}}}"#)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not configured"), "{err}");
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_submits_shows_and_lists_flows() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        dir.path(),
+        &redis,
+        "[queues.steps]\nhandler = \"fault\"\nconcurrency = 4\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let mut daemon = conveyor();
+    daemon.args(["--config", cfg, "run"]);
+    let (_daemon, _logs) = spawn_logged(daemon);
+    let doc = r#"{"jobs": {"a": {"queue": "steps", "payload": {}},
+                           "b": {"queue": "steps", "payload": {}, "after": ["a"]}}}"#;
+    let (code, out, err) = run_cli_stdin(&["--config", cfg, "flow", "submit", "-"], doc);
+    assert_eq!(code, 0, "{err}");
+    let fid = out.trim().to_owned();
+    assert!(!fid.is_empty());
+    wait_until("the flow ends", Duration::from_secs(30), || {
+        let fid = fid.clone();
+        async move {
+            let (_, out, _) = run_cli(&["--config", cfg, "flow", "show", &fid, "--json"]);
+            serde_json::from_str::<Value>(&out).is_ok_and(|v| v["status"] == "succeeded")
+        }
+    })
+    .await;
+    let (code, out, _) = run_cli(&["--config", cfg, "flow", "show", &fid]);
+    assert_eq!(code, 0);
+    assert!(out.contains("succeeded, 2 of 2 nodes ended"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('b') && l.contains("steps") && l.contains('a')),
+        "{out}"
+    );
+    let (code, out, _) = run_cli(&["--config", cfg, "flow", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(listed["flow"], fid.as_str());
+    assert_eq!(listed["nodes"]["succeeded"], 2);
+    // Bad input: a clear error and exit 65, nothing submitted.
+    let (code, _, err) = run_cli_stdin(
+        &["--config", cfg, "flow", "submit", "-"],
+        r#"{"jobs": {"a": {"queue": "nope"}}}"#,
+    );
+    assert_eq!(code, 65);
+    assert!(err.contains("not configured"), "{err}");
+    let (code, _, err) = run_cli(&["--config", cfg, "flow", "show", "missing"]);
+    assert_eq!(code, 65);
+    assert!(err.contains("no flow"), "{err}");
+}
