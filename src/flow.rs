@@ -286,6 +286,50 @@ fn in_cycle(nodes: &BTreeMap<String, Node>) -> Option<String> {
         .map(|(name, _)| name.to_owned())
 }
 
+/// The flow and node name of a flow's job, from its envelope: `flow`, and
+/// its id `<flow>:<name>`.
+pub(crate) fn node_of(env: &crate::envelope::Envelope) -> Option<(String, String)> {
+    if env.extra.is_empty() {
+        return None;
+    }
+    let fid = env.extra_text("flow")?;
+    let name = env
+        .id
+        .strip_prefix(fid.as_str())?
+        .strip_prefix(':')?
+        .to_owned();
+    Some((fid, name))
+}
+
+/// A flow node's end as its queue keeps it for the flow
+/// (`crate::broker::flows::NodeEnd` as JSON): `status` is `succeeded`,
+/// `dead` or `cancelled`.
+pub(crate) fn node_end(
+    fid: &str,
+    name: &str,
+    status: &str,
+    attempt: u32,
+    result: Option<&RawValue>,
+) -> String {
+    #[derive(Serialize)]
+    struct End<'a> {
+        flow: &'a str,
+        node: &'a str,
+        status: &'a str,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a RawValue>,
+    }
+    let end = End {
+        flow: fid,
+        node: name,
+        status,
+        attempt,
+        result,
+    };
+    serde_json::to_string(&end).expect("an end always serializes")
+}
+
 fn null() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is JSON")
 }

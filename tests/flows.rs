@@ -67,7 +67,8 @@ impl Step {
 }
 
 const QUEUES: &str = "[queues.steps]\nhandler = \"step\"\nconcurrency = 8\n\
-                      [queues.other]\nhandler = \"step\"\nconcurrency = 4\n";
+                      [queues.other]\nhandler = \"step\"\nconcurrency = 4\n\
+                      [queues.single]\nhandler = \"step\"\nconcurrency = 1\n";
 
 fn start(redis: &Redis, step: &Step) -> (TestDaemon, Client) {
     let config = config(redis, QUEUES);
@@ -249,26 +250,103 @@ async fn a_dead_node_skips_what_needs_it_and_runs_what_only_needs_it_finished() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_failure_cancel_ends_the_nodes_still_pending() {
+async fn on_failure_cancel_ends_pending_waiting_and_running_nodes() {
     let redis = Redis::start();
     let step = Step::default();
     let (daemon, client) = start(&redis, &step);
+    // `slow` runs on the one slot of `single` and w1, w2 wait behind it
+    // when `first` fails.
     let doc = json!({"flow": "c1", "on_failure": "cancel", "jobs": {
-        "first": {"queue": "steps", "payload": {"fail": true}},
+        "slow": {"queue": "single", "payload": {"sleep_ms": 20000}},
+        "w1": {"queue": "single", "payload": {}},
+        "w2": {"queue": "single", "payload": {}},
+        "first": {"queue": "steps", "payload": {"sleep_ms": 300, "fail": true}},
         "next": {"queue": "steps", "payload": {}, "after": ["first"]},
         "last": {"queue": "steps", "payload": {}, "after": ["next"], "when": "finished"},
-        "slow": {"queue": "other", "payload": {"sleep_ms": 300}},
-        "after-slow": {"queue": "other", "payload": {}, "after": ["slow"]}}});
+        "after-slow": {"queue": "other", "payload": {}, "after": ["slow"], "when": "finished"}}});
     client.submit_flow(&doc.to_string()).await.unwrap();
+    let started = std::time::Instant::now();
     let view = ended(&client, "c1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the running node was stopped"
+    );
     assert_eq!(view.status, "cancelled");
     let st = statuses(&view);
     assert_eq!(st["first"], "dead");
-    assert_eq!(st["next"], "cancelled");
-    assert_eq!(st["last"], "cancelled");
-    assert_eq!(st["after-slow"], "cancelled");
-    assert!(step.runs_of("c1:last").is_empty());
-    assert!(step.runs_of("c1:after-slow").is_empty());
+    for node in ["slow", "w1", "w2", "next", "last", "after-slow"] {
+        assert_eq!(st[node], "cancelled", "{node}: {st:?}");
+    }
+    assert_eq!(step.runs_of("c1:slow").len(), 1);
+    for node in ["w1", "w2", "next", "last", "after-slow"] {
+        assert!(step.runs_of(&format!("c1:{node}")).is_empty(), "{node} ran");
+    }
+    let mut conn = redis.conn().await;
+    let dead = dead(&mut conn, "jobs:single").await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead.iter().all(|d| d["last_error"] == "cancelled"));
+    assert!(
+        client.cancel_flow("c1").await.is_err(),
+        "an ended flow is not cancelled again"
+    );
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_or_one_node_cancelled_from_outside_ends_its_flow() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+    let doc = json!({"flow": "long", "jobs": {
+        "run": {"queue": "single", "payload": {"sleep_ms": 20000}},
+        "wait": {"queue": "single", "payload": {}},
+        "then": {"queue": "steps", "payload": {}, "after": ["run", "wait"]}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    wait_until("the long node runs", Duration::from_secs(10), || {
+        let step = step.clone();
+        async move { !step.runs_of("long:run").is_empty() }
+    })
+    .await;
+    let done = client.cancel_flow("long").await.unwrap();
+    assert_eq!(
+        (done.pending, done.waiting, done.running),
+        (1, 1, 1),
+        "{done:?}"
+    );
+    let view = ended(&client, "long").await;
+    assert_eq!(view.status, "cancelled");
+    assert!(
+        view.nodes.iter().all(|n| n.status == "cancelled"),
+        "{view:?}"
+    );
+    assert!(step.runs_of("long:wait").is_empty() && step.runs_of("long:then").is_empty());
+
+    // `conveyor cancel` of one waiting node: what needs it is skipped, what
+    // only needs it finished runs.
+    let doc = json!({"flow": "one", "jobs": {
+        "block": {"queue": "single", "payload": {"sleep_ms": 1000}},
+        "queued": {"queue": "single", "payload": {}},
+        "needs": {"queue": "steps", "payload": {}, "after": ["queued"]},
+        "anyway": {"queue": "steps", "payload": {}, "after": ["queued"], "when": "finished"}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    wait_until("the blocking node runs", Duration::from_secs(10), || {
+        let step = step.clone();
+        async move { !step.runs_of("one:block").is_empty() }
+    })
+    .await;
+    let was = client
+        .cancel("single", "one:queued", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(was.as_str(), "waiting");
+    let view = ended(&client, "one").await;
+    assert_eq!(view.status, "failed");
+    let st = statuses(&view);
+    assert_eq!(st["queued"], "cancelled");
+    assert_eq!(st["needs"], "skipped");
+    assert_eq!(st["anyway"], "succeeded");
+    let anyway = step.runs_of("one:anyway")[0].parents.clone().unwrap();
+    assert_eq!(anyway["queued"]["status"], "cancelled");
     daemon.stop().await.unwrap();
 }
 

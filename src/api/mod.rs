@@ -43,7 +43,7 @@ pub use crate::broker::BrokerError;
 pub use crate::broker::admin::{GroupCounts, Groups, QueueCounts};
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
-pub use flows::{FlowView, MAX_FLOWS, NodeView as FlowNode};
+pub use flows::{FlowCancelled, FlowView, MAX_FLOWS, NodeView as FlowNode};
 pub use groups::{GroupList, MAX_GROUPS};
 pub use history::{History, Point, Range};
 pub use job::JobView;
@@ -506,6 +506,21 @@ impl Client {
         id: &str,
         wait: Duration,
     ) -> Result<Cancelled, ApiError> {
+        self.cancel_with(queue, id, Some(wait))
+            .await
+            .map(|(was, _)| was)
+    }
+
+    /// [`Client::cancel`], and the flow node's end kept for its flow when
+    /// it was waiting or scheduled. With `wait` `None`, a running job is
+    /// only asked to stop (its daemon ends it as cancelled when it sees
+    /// the request).
+    pub(crate) async fn cancel_with(
+        &self,
+        queue: &str,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<(Cancelled, Option<String>), ApiError> {
         let keys = self.keys(queue);
         let dead_cap = self
             .config()
@@ -526,7 +541,14 @@ impl Client {
                 Found::Scheduled(item) => {
                     (item, Cancelled::Scheduled, &keys.scheduled, Store::Zset)
                 }
-                Found::Running(node) => return self.stop_running(&keys, id, node, wait).await,
+                Found::Running(node) => {
+                    let Some(wait) = wait else {
+                        self.broker.request_cancel(&keys, id, true).await?;
+                        return Ok((Cancelled::Running(node.clone()), None));
+                    };
+                    let stopped = self.stop_running(&keys, id, node, wait).await?;
+                    return Ok((stopped, None));
+                }
             };
             // Whole if the queue could run it; else its first bytes.
             let reread = self.broker.reread(key, store, seen, self.bounds(queue));
@@ -556,6 +578,10 @@ impl Client {
             envelope.set_error("cancelled");
             envelope.died_at = Some(now_rfc3339());
             let unique = envelope.unique_key.clone();
+            let node = crate::flow::node_of(&envelope);
+            let flow = node.as_ref().map(|(fid, name)| {
+                crate::flow::node_end(fid, name, "cancelled", envelope.attempt, None)
+            });
             let moved = self
                 .broker
                 .cancel_waiting(
@@ -564,6 +590,7 @@ impl Client {
                     &envelope.to_json(),
                     dead_cap,
                     unique.as_deref().map(|k| (k, id)),
+                    flow.as_deref(),
                 )
                 .await?;
             if moved {
@@ -573,9 +600,10 @@ impl Client {
                 }
                 let event = Draft::job(EventType::Cancelled, queue, id, envelope.attempt)
                     .reason(was.as_str())
+                    .in_flow(node.as_ref().map(|(fid, _)| fid.as_str()))
                     .to_json(&self.actor, &now, 1);
                 self.broker.announce(&self.sink, &event).await?;
-                return Ok(was);
+                return Ok((was, flow));
             }
         }
         Err(ApiError::Unfinished(format!(

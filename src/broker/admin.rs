@@ -495,6 +495,7 @@ impl Broker {
         dead_entry: &str,
         dead_cap: u32,
         unique: Option<(&str, &str)>,
+        flow: Option<&str>,
     ) -> Result<bool, BrokerError> {
         let (source, seen, store) = match found {
             Found::Waiting(item) => (&q.list, item, Store::List),
@@ -520,6 +521,7 @@ impl Broker {
             dead_entry,
             dead_cap,
             unique,
+            flow,
         };
         let mut conn = self.conn().await?;
         let moved: u8 = call.invocation().invoke_async(&mut conn).await?;

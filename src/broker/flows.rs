@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::AsyncCommands as _;
 
 use super::keys::{self, FlowKeys};
-use super::scripts::{flow_advance, flow_release, flow_submit};
+use super::scripts::{flow_advance, flow_cancel, flow_release, flow_submit};
 use super::{Broker, BrokerError, Conn, QueueKeys};
 use crate::flow::Document;
 
@@ -43,11 +43,16 @@ pub(crate) struct Settled {
     pub(crate) duplicate: bool,
     /// The flow is not stored (never, or past its lifetime).
     pub(crate) unknown: bool,
+    /// The flow had ended before (a cancel changes nothing).
+    pub(crate) ended: bool,
     /// The flow's status, if it ended in this step.
     pub(crate) finished: Option<String>,
     /// Nodes that ended without running: name and `skipped` or
     /// `cancelled`.
     pub(crate) settled: Vec<(String, String)>,
+    /// Nodes of a cancelled flow in their queues, to cancel there: name
+    /// and what its job was made from ([`crate::flow::Spec`] as JSON).
+    pub(crate) cancel: Vec<(String, String)>,
     /// Nodes to hand to their queues.
     pub(crate) released: Vec<Released>,
 }
@@ -61,15 +66,22 @@ impl Settled {
         let mut out = Settled {
             duplicate: status == "duplicate",
             unknown: status == "unknown",
+            ended: status == "ended",
             ..Settled::default()
         };
-        if !out.duplicate && !out.unknown && !status.is_empty() {
+        if !out.duplicate && !out.unknown && !out.ended && !status.is_empty() {
             out.finished = Some(status);
         }
         for _ in 0..n {
             let s = it.next().ok_or_else(bad)?;
             let (name, how) = s.split_once(' ').ok_or_else(bad)?;
             out.settled.push((name.to_owned(), how.to_owned()));
+        }
+        let m: usize = it.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        for _ in 0..m {
+            let name = it.next().ok_or_else(bad)?;
+            let spec = it.next().ok_or_else(bad)?;
+            out.cancel.push((name, spec));
         }
         while let Some(name) = it.next() {
             let parents = it.next().ok_or_else(bad)?;
@@ -252,6 +264,24 @@ impl Broker {
             now,
             ttl_ms: ttl.as_millis() as u64,
             ends,
+        };
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;
+        Settled::from_reply(reply)
+    }
+
+    /// Cancels flow `fid`: see `lua/flow_cancel.lua`.
+    pub(crate) async fn cancel_flow(
+        &self,
+        fid: &str,
+        now: &str,
+        ttl: Duration,
+    ) -> Result<Settled, BrokerError> {
+        let keys = FlowKeys::new(fid);
+        let call = flow_cancel::Call {
+            keys: &keys,
+            now,
+            ttl_ms: ttl.as_millis() as u64,
         };
         let mut conn = self.conn().await?;
         let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;

@@ -1,4 +1,4 @@
-//! `conveyor flow submit FILE|- | show FID | list`: flows (DESIGN section 13).
+//! `conveyor flow submit FILE|- | show FID | cancel FID | list`: flows\n//! (DESIGN section 13).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,12 @@ pub(crate) enum Action {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Cancel a flow: nodes not yet in their queues end cancelled, waiting
+    /// ones are cancelled there, running ones are stopped.
+    Cancel {
+        /// The flow id.
+        flow: String,
     },
     /// List the recent flows, newest first.
     List {
@@ -65,6 +71,20 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
             } else {
                 print_flow(&view);
             }
+        }
+        Action::Cancel { flow } => {
+            let client = Client::with_broker(connect(&config).await?, &config, "cli");
+            let done = client.cancel_flow(&flow).await?;
+            println!(
+                "flow {flow}: {} nodes cancelled before their queue, {} cancelled waiting, \
+                 {} running asked to stop{}",
+                done.pending,
+                done.waiting,
+                done.running,
+                done.finished
+                    .as_deref()
+                    .map_or_else(String::new, |s| format!("; the flow ended {s}"))
+            );
         }
         Action::List { limit, json } => {
             let client = Client::with_broker(connect(&config).await?, &config, "cli");

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::writer::Events;
+use crate::api::Client;
 use crate::broker::flows::{NodeEnd, Released, Settled};
 use crate::broker::{Broker, BrokerError, QueueKeys, keys};
 use crate::clock::{now_ms, now_rfc3339};
@@ -34,7 +35,7 @@ const BACKLOG: usize = 65_536;
 /// Ends taken in one go.
 const BATCH: usize = 1_000;
 /// How often the lists a crash may leave work in are read.
-const LOOK_EVERY: Duration = Duration::from_secs(5);
+const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// Items read per list per look.
 const LOOK_MOST: isize = 1_000;
 /// Released nodes pushed per call.
@@ -73,6 +74,8 @@ pub(crate) fn channel() -> (FlowEnds, mpsc::Receiver<Ended>) {
 /// Drives the flows: stores documents, takes node ends.
 pub(crate) struct Driver {
     pub(crate) broker: Broker,
+    /// Cancels the nodes of a cancelled flow in their queues.
+    pub(crate) client: Client,
     pub(crate) events: Events,
     /// Every configured queue's keys, by name: where released nodes go,
     /// and whose ends lists are looked at.
@@ -103,6 +106,7 @@ impl Driver {
     pub(crate) async fn run(mut self, stop: CancellationToken) {
         let this = Arc::new(Shared {
             broker: self.broker.clone(),
+            client: self.client.clone(),
             events: self.events.clone(),
             queues: std::mem::take(&mut self.queues),
             ttl: self.ttl,
@@ -137,6 +141,7 @@ impl Driver {
 /// What the driver's two tasks share.
 struct Shared {
     broker: Broker,
+    client: Client,
     events: Events,
     queues: BTreeMap<String, QueueKeys>,
     ttl: Duration,
@@ -208,8 +213,12 @@ impl Shared {
             self.events
                 .emit(Draft::flow(EventType::FlowSubmitted, fid.as_str()));
         }
-        self.settle(&fid, settled).await?;
-        self.broker.flow_stored(&named, &fid, now_ms()).await
+        let ends = self.settle(&fid, settled).await?;
+        self.broker.flow_stored(&named, &fid, now_ms()).await?;
+        if !ends.is_empty() {
+            self.take_ends(ends).await;
+        }
+        Ok(())
     }
 
     async fn refuse(&self, taken: &str, reason: &str, now: &str) -> Result<(), BrokerError> {
@@ -217,8 +226,16 @@ impl Shared {
         self.broker.refuse_flow(taken, reason, now).await
     }
 
-    /// Takes node ends (queue name, end as recorded), flow by flow.
-    async fn take_ends(&self, batch: Vec<(String, String)>) {
+    /// Takes node ends (queue name, end as recorded), flow by flow, and
+    /// those of the nodes their flows cancel in their queues.
+    async fn take_ends(&self, mut batch: Vec<(String, String)>) {
+        while !batch.is_empty() {
+            batch = self.take_some(batch).await;
+        }
+    }
+
+    /// Takes node ends; returns the ends of nodes cancelled meanwhile.
+    async fn take_some(&self, batch: Vec<(String, String)>) -> Vec<(String, String)> {
         let mut by_flow: BTreeMap<String, Vec<(String, String, NodeEnd)>> = BTreeMap::new();
         for (queue, raw) in batch {
             match serde_json::from_str::<NodeEnd>(&raw) {
@@ -232,6 +249,7 @@ impl Shared {
                 }
             }
         }
+        let mut more = Vec::new();
         for (fid, ends) in by_flow {
             let refs: Vec<&NodeEnd> = ends.iter().map(|(_, _, e)| e).collect();
             let result = async {
@@ -244,16 +262,18 @@ impl Shared {
             }
             .await;
             match result {
-                Ok(()) => {
+                Ok(cancelled) => {
                     let done: Vec<(String, String)> =
                         ends.into_iter().map(|(q, raw, _)| (q, raw)).collect();
                     self.forget(&done).await;
+                    more.extend(cancelled);
                 }
                 Err(e) => {
                     tracing::warn!(flow = %fid, error = %e, "flows: node ends not taken yet; taken up again on a later look");
                 }
             }
         }
+        more
     }
 
     /// Forgets ends taken.
@@ -272,12 +292,18 @@ impl Shared {
         }
     }
 
-    /// Announces what a step settled and hands the released nodes to their
-    /// queues, then out of the outbox.
-    async fn settle(&self, fid: &str, settled: Settled) -> Result<(), BrokerError> {
+    /// Announces what a step settled, hands the released nodes to their
+    /// queues, then out of the outbox, and cancels in their queues the
+    /// nodes of a flow cancelled. Returns the ends of the nodes cancelled
+    /// while waiting (running ones end when their daemon stops them).
+    async fn settle(
+        &self,
+        fid: &str,
+        settled: Settled,
+    ) -> Result<Vec<(String, String)>, BrokerError> {
         if settled.unknown {
             tracing::debug!(flow = %fid, "flows: an end of a flow no longer stored; dropped");
-            return Ok(());
+            return Ok(Vec::new());
         }
         for (name, how) in &settled.settled {
             let id = format!("{fid}:{name}");
@@ -298,7 +324,11 @@ impl Shared {
             self.events
                 .emit(Draft::flow(EventType::FlowFinished, fid).status(status.as_str()));
         }
-        Ok(())
+        match self.client.cancel_nodes(fid, &settled.cancel).await {
+            Ok(ends) => Ok(ends),
+            Err(crate::api::ApiError::Broker(e)) => Err(e),
+            Err(e) => Err(BrokerError::Protocol(e.to_string())),
+        }
     }
 
     /// Pushes released nodes to their queues (each once), then takes them

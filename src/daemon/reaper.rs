@@ -118,7 +118,7 @@ impl Reaper {
     /// in an envelope to count the delivery would change the bytes kept.
     fn recovery_of(&self, p: &Processor, item: Vec<u8>) -> Recovery {
         let queue = &p.store().keys().name;
-        let (to, env, event, status) = match parse_item(&item, p.max_payload_bytes()) {
+        let (to, env, event, status, flow) = match parse_item(&item, p.max_payload_bytes()) {
             Ok(parsed) => {
                 let mut env = parsed.envelope;
                 env.deliveries = env.deliveries.saturating_add(1);
@@ -144,7 +144,13 @@ impl Reaper {
                     )
                     .error(error)
                     .reason("poison");
-                    (RecoverTo::Dead, env, event, status)
+                    let node = crate::flow::node_of(&env);
+                    let flow = node.as_ref().map(|(fid, name)| {
+                        crate::flow::node_end(fid, name, "dead", env.attempt, None)
+                    });
+                    let mut event = event;
+                    event.flow = node.map(|(fid, _)| fid.into());
+                    (RecoverTo::Dead, env, event, status, flow)
                 } else {
                     let event = Draft::job(
                         EventType::Recovered,
@@ -154,7 +160,7 @@ impl Reaper {
                     )
                     .reason("crash");
                     let status = p.status(&env.id, JobState::Waiting, env.attempt, Vec::new);
-                    (RecoverTo::Queue, env, event, status)
+                    (RecoverTo::Queue, env, event, status, None)
                 }
             }
             Err(malformed) => {
@@ -163,7 +169,7 @@ impl Reaper {
                 let event = Draft::job(EventType::Dead, queue.to_owned(), env.id.clone(), 0)
                     .error(error)
                     .reason("malformed");
-                (RecoverTo::Dead, env, event, None)
+                (RecoverTo::Dead, env, event, None, None)
             }
         };
         Recovery {
@@ -172,6 +178,7 @@ impl Reaper {
                 to,
                 replacement: env.to_json().into_bytes(),
                 status,
+                flow,
             },
             event,
         }

@@ -80,6 +80,7 @@ impl Wiring {
         background.spawn(
             Driver {
                 broker: broker.clone(),
+                client: crate::api::Client::with_broker(broker.clone(), &config, &node.id),
                 events: events.clone(),
                 queues: Driver::queues_of(&config, &node.id),
                 ttl: config.flows.flow_ttl,

@@ -3,18 +3,18 @@
 -- follows: children released, skipped or cancelled, the flow's end. An
 -- end already taken (the hand-off done again after a crash) changes
 -- nothing, and then every node still in the outbox is returned, to be
--- handed to its queue again (which pushes it once). A first dead node of a
--- flow with on_failure = 'cancel' cancels it: the nodes still pending end
--- 'cancelled' (section 13).
+-- handed to its queue again (which pushes it once). A first node of a flow
+-- with on_failure = 'cancel' that does not succeed cancels it (section 13,
+-- flow_cancel).
 -- KEYS[1..] the flow's keys (flow_lib.lua)
 -- ARGV[1] now (RFC 3339)
 -- ARGV[2] how long the flow's state stays once it ended (ms)
 -- ARGV[3..] four values per end: the node's name, how it ended
 --         ('succeeded' | 'dead' | 'cancelled'), its result (JSON, '' for
 --         none) and its attempt
--- Returns flow_reply's, or {'unknown', 0} for a flow not stored (or gone
--- past its lifetime).
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0} end
+-- Returns flow_reply's, or {'unknown', 0, 0} for a flow not stored (or
+-- gone past its lifetime).
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0, 0} end
 local now, again = ARGV[1], false
 for i = 3, #ARGV, 4 do
   local name, status = ARGV[i], ARGV[i + 1]
@@ -27,16 +27,12 @@ for i = 3, #ARGV, 4 do
       and redis.call('HGET', KEYS[1], 'on_failure') == 'cancel'
       and redis.call('HSETNX', KEYS[1], 'cancelled_at', now) == 1
     flow_end_node(name, status, ARGV[i + 2], ARGV[i + 3], now)
-    if cancel then
-      local states = redis.call('HGETALL', KEYS[3])
-      for j = 1, #states, 2 do
-        -- Read again: an earlier one's end may have settled it.
-        if redis.call('HGET', KEYS[3], states[j]) == 'pending' then
-          flow_end_node(states[j], 'cancelled', '', '0', now)
-          flow_settled[#flow_settled + 1] = states[j] .. ' cancelled'
-        end
-      end
-    end
+    if cancel then flow_cancel(now) end
   end
+end
+-- Taken again after a crash: a cancel under way is listed again too.
+if again and redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1
+    and redis.call('HGET', KEYS[1], 'status') == 'running' then
+  flow_cancel(now)
 end
 return flow_reply(flow_finish(now, ARGV[2]), again)

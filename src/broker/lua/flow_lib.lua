@@ -6,6 +6,8 @@
 -- 'succeeded', 'dead', 'skipped', 'cancelled'.
 local flow_released = {}
 local flow_settled = {}
+-- Nodes in their queues (or running) to cancel there.
+local flow_to_cancel = {}
 
 -- Releases `name`: its parents' statuses and results as its job's
 -- `parents` field, kept in the outbox until its queue has the job. The
@@ -65,6 +67,29 @@ local function flow_end_node(name, status, result, attempt, now)
   end
 end
 
+-- Cancels the flow: the nodes pending, and those released and not yet in
+-- their queue, end 'cancelled' (with what depends on them); those in their
+-- queues are listed to be cancelled there, as `conveyor cancel` does (their
+-- ends come back as their jobs end). Cancelling twice lists them again.
+local function flow_cancel(now)
+  redis.call('HSETNX', KEYS[1], 'cancelled_at', now)
+  local states = redis.call('HGETALL', KEYS[3])
+  for j = 1, #states, 2 do
+    local name = states[j]
+    -- Read again: an earlier one's end may have settled it.
+    local state = redis.call('HGET', KEYS[3], name)
+    if state == 'waiting' and redis.call('HDEL', KEYS[9], name) == 1 then
+      state = 'pending'
+    end
+    if state == 'pending' then
+      flow_end_node(name, 'cancelled', '', '0', now)
+      flow_settled[#flow_settled + 1] = name .. ' cancelled'
+    elseif state == 'waiting' then
+      flow_to_cancel[#flow_to_cancel + 1] = name
+    end
+  end
+end
+
 -- The flow's end, if every node has ended and it had not ended before:
 -- its status, written with when it ended, and every key of the flow given
 -- the lifetime `ttl` (ms). '' otherwise.
@@ -84,12 +109,18 @@ local function flow_finish(now, ttl)
 end
 
 -- The reply: the flow's status if it ended in this call, the nodes settled
--- down the line ('<name> <status>'), then name, parents and spec of each
--- node to hand to its queue: those released in this call, or with `all`
--- every one in the outbox.
+-- down the line ('<name> <status>'), the nodes to cancel in their queues
+-- (name and spec), then name, parents and spec of each node to hand to its
+-- queue: those released in this call, or with `all` every one in the
+-- outbox.
 local function flow_reply(status, all)
   local out = {status, #flow_settled}
   for _, s in ipairs(flow_settled) do out[#out + 1] = s end
+  out[#out + 1] = #flow_to_cancel
+  for _, name in ipairs(flow_to_cancel) do
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('HGET', KEYS[2], name)
+  end
   local names = flow_released
   if all then names = redis.call('HKEYS', KEYS[9]) end
   for _, name in ipairs(names) do

@@ -10,9 +10,9 @@
 -- ARGV[4] the number of nodes n, then five values per node: name, spec
 --         (JSON), parents and children (space-separated names), and 'f'
 --         if it runs whatever its parents' ends, else 's'
--- Returns flow_reply's: the status if it ended (an empty flow), nodes
--- settled ('' and 0 here), then name, parents and spec per node released;
--- or for a flow already stored, {'duplicate', 0, every node in the outbox}.
+-- Returns flow_reply's: the status if it ended (an empty flow), no nodes
+-- settled or to cancel, then name, parents and spec per node released; for
+-- a flow already stored, status 'duplicate' and every node in the outbox.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local out = flow_reply('', true)
   out[1] = 'duplicate'

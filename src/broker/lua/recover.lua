@@ -11,12 +11,15 @@
 -- KEYS[5] the queue's results list {K}:results
 -- KEYS[6] that node's running counts {K}:group:running:<node>
 -- KEYS[7] the queue's groups by turn {K}:group:turns
--- KEYS[8..] status records conveyor:job:<id> that jobs name by index
+-- KEYS[8] the ends of the queue's flow jobs {K}:flows:ended
+-- KEYS[9..] status records conveyor:job:<id> that jobs name by index
 -- ARGV[1] the dead list's length cap
 -- ARGV[2] the results list's length cap
 -- ARGV[3] the payload's field that names a job's group; '' for no groups
 -- ARGV[4] ordered groups: their lists' common prefix {K}:group:jobs:; else ''
--- ARGV[5..] per job: the item as it sits in the in-flight list, 'queue' or
+-- ARGV[5..] a count f and f pairs: a job's place in the call (1 for the
+--           first) and its flow node's end, pushed on KEYS[8] if it goes
+--           dead here; then per job: the item as it sits in the in-flight list, 'queue' or
 --           'dead', what to push in its place (deliveries counted), the id
 --           to list in the results if it goes dead ('' for none: its queue
 --           does not track jobs), and the index in KEYS of its status
@@ -28,8 +31,16 @@
 -- (another reaper took it, or its outcome was recorded meanwhile).
 local codes, requeued, dead, listed = {}, 0, 0, 0
 local field, ordered = ARGV[3], ARGV[4]
-local i = 5
+local flows_given = tonumber(ARGV[5])
+-- job's place -> its flow node's end
+local flow_ends = {}
+for p = 6, 5 + 2 * flows_given, 2 do
+  flow_ends[tonumber(ARGV[p])] = ARGV[p + 1]
+end
+local i = 6 + 2 * flows_given
+local place = 0
 while i <= #ARGV do
+  place = place + 1
   local item, to, replacement, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local track, ttl, fields = tonumber(ARGV[i + 4]), nil, 0
   if track > 0 then ttl, fields = ARGV[i + 5], tonumber(ARGV[i + 6]) end
@@ -66,6 +77,7 @@ while i <= #ARGV do
     end
     if to == 'dead' then
       redis.call('LPUSH', KEYS[3], replacement)
+      if flow_ends[place] then redis.call('RPUSH', KEYS[8], flow_ends[place]) end
       dead = dead + 1
       code = 2
       if id ~= '' then

@@ -27,6 +27,9 @@ pub(crate) struct Call<'a> {
     /// The job's unique key and id: KEYS[3] its lock (the dead letter list
     /// again for none) and ARGV[5] the id that must hold it ('' for none).
     pub(crate) unique: Option<(&'a str, &'a str)>,
+    /// ARGV[6] a flow node's end, kept in KEYS[4] the queue's ends of flow
+    /// jobs when it is moved.
+    pub(crate) flow: Option<&'a str>,
 }
 
 impl Call<'_> {
@@ -39,11 +42,13 @@ impl Call<'_> {
             Some((key, _)) => inv.key(k.unique(key)),
             None => inv.key(&k.dead),
         };
+        inv.key(&k.flows_ended);
         inv.arg(self.store.as_str())
             .arg(self.item)
             .arg(self.dead_entry)
             .arg(self.dead_cap)
-            .arg(self.unique.map_or("", |(_, id)| id));
+            .arg(self.unique.map_or("", |(_, id)| id))
+            .arg(self.flow.unwrap_or(""));
         inv
     }
 }
@@ -71,6 +76,7 @@ mod tests {
             dead_entry: "job-cancelled",
             dead_cap: 2,
             unique: Some(("u", "j1")),
+            flow: Some("end"),
         };
         let moved: u8 = call.invocation().invoke_async(&mut conn).await.unwrap();
         assert_eq!(moved, 1);
@@ -78,6 +84,8 @@ mod tests {
         assert_eq!(list, ["a", "b"]);
         let dead: Vec<String> = conn.lrange(&k.dead, 0, -1).await.unwrap();
         assert_eq!(dead, ["job-cancelled", "d1"]);
+        let ends: Vec<String> = conn.lrange(&k.flows_ended, 0, -1).await.unwrap();
+        assert_eq!(ends, ["end"]);
         let lock: bool = conn.exists(k.unique("u")).await.unwrap();
         assert!(!lock);
         // Gone already: nothing moved.
@@ -105,6 +113,7 @@ mod tests {
             dead_entry: "job-cancelled",
             dead_cap: 10,
             unique: Some(("u", "j1")),
+            flow: None,
         }
         .invocation()
         .invoke_async(&mut conn)

@@ -34,6 +34,7 @@ pub(crate) mod dead_retry;
 pub(crate) mod enqueue_unique;
 pub(crate) mod finish;
 pub(crate) mod flow_advance;
+pub(crate) mod flow_cancel;
 pub(crate) mod flow_release;
 pub(crate) mod flow_submit;
 pub(crate) mod groups;

@@ -33,13 +33,15 @@ pub(crate) struct Move {
     pub(crate) replacement: Vec<u8>,
     /// Its status record's new fields, if its queue tracks jobs.
     pub(crate) status: Option<StatusUpdate>,
+    /// A flow's node going dead: its end, kept for its flow with the move.
+    pub(crate) flow: Option<String>,
 }
 
-/// KEYS[1..=7]: the in-flight list, the queue list, the dead letter list,
-/// the stats hash, the results list, the node's running counts of groups
-/// and the groups' turns. The status records the jobs name by index come
+/// KEYS[1..=8]: the in-flight list, the queue list, the dead letter list,
+/// the stats hash, the results list, the node's running counts of groups,
+/// the groups' turns and the ends of flow jobs. The status records the jobs name by index come
 /// after them.
-const FIXED_KEYS: usize = 7;
+const FIXED_KEYS: usize = 8;
 
 /// One call of `recover.lua`.
 pub(crate) struct Call<'a> {
@@ -55,7 +57,8 @@ pub(crate) struct Call<'a> {
     /// groups: each job is counted out of its group's jobs in flight; and
     /// ARGV[4], an ordered group's list is where its job also is.
     pub(crate) group: Option<&'a Group>,
-    /// ARGV[5..] the jobs, newest first: per job its item, where it goes,
+    /// ARGV[5..] the ends of the flow nodes that go dead, then the jobs,
+    /// newest first: per job its item, where it goes,
     /// what goes there, the id to list in the results (a tracked job that
     /// goes dead: one with a status record) and its status record.
     pub(crate) moves: &'a [Move],
@@ -76,6 +79,7 @@ impl Call<'_> {
             .key(&k.results)
             .key(k.running_of(self.node))
             .key(&k.groups)
+            .key(&k.flows_ended)
             .arg(self.dead_cap)
             .arg(self.results_cap)
             .arg(self.group.map_or("", |g| g.key.as_str()))
@@ -83,6 +87,15 @@ impl Call<'_> {
                 Some(g) if g.ordered => k.group_prefix(),
                 _ => String::new(),
             });
+        let flows = self
+            .moves
+            .iter()
+            .enumerate()
+            .filter_map(|(at, m)| Some((at + 1, m.flow.as_deref()?)));
+        inv.arg(flows.clone().count());
+        for (at, end) in flows {
+            inv.arg(at).arg(end);
+        }
         // The index in KEYS of the last status record named so far.
         let mut record = FIXED_KEYS;
         for m in self.moves {
@@ -132,6 +145,7 @@ mod tests {
                 fields: vec![("state", state.as_str().to_owned())],
                 ttl: Duration::from_secs(60),
             }),
+            flow: None,
         }
     }
 

@@ -451,6 +451,7 @@ mod tests {
             to: recover::RecoverTo::Queue,
             replacement: jobs[1].as_bytes().to_vec(),
             status: None,
+            flow: None,
         }];
         let codes: Vec<u8> = recover::Call {
             keys: &k,
@@ -560,6 +561,7 @@ mod tests {
             to: recover::RecoverTo::Queue,
             replacement: again.as_bytes().to_vec(),
             status: None,
+            flow: None,
         }];
         let codes: Vec<u8> = recover::Call {
             keys: &k,

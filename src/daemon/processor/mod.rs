@@ -724,6 +724,7 @@ impl Processor {
                 to: RecoverTo::Queue,
                 replacement,
                 status,
+                flow: None,
             });
         }
         let done = self.store.recover(&self.store.keys().node, &moves).await?;

@@ -561,27 +561,11 @@ impl Processor {
     }
 }
 
-/// A flow node's end as its queue keeps it for the flow
-/// ([`crate::broker::flows::NodeEnd`] as JSON); `None` for a job outside a
-/// flow.
+/// A flow node's end as its queue keeps it for the flow; `None` for a
+/// job outside a flow.
 fn flow_end(job: &Job, status: &str, attempt: u32, result: Option<&RawValue>) -> Option<String> {
-    #[derive(serde::Serialize)]
-    struct End<'a> {
-        flow: &'a str,
-        node: &'a str,
-        status: &'a str,
-        attempt: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        result: Option<&'a RawValue>,
-    }
-    let end = End {
-        flow: job.flow()?,
-        node: job.flow_node()?,
-        status,
-        attempt,
-        result,
-    };
-    serde_json::to_string(&end).ok()
+    let end = crate::flow::node_end(job.flow()?, job.flow_node()?, status, attempt, result);
+    Some(end)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
