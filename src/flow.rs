@@ -185,8 +185,23 @@ pub(crate) fn read(
             wire.jobs.len()
         )));
     }
+    let nodes = nodes_of(wire.jobs, known, false)?;
+    Ok(Document {
+        id,
+        on_failure,
+        nodes,
+    })
+}
+
+/// The nodes of a document, checked, with their children; with `open`,
+/// `after` may name nodes outside them (checked by the flow they join).
+fn nodes_of(
+    jobs: BTreeMap<String, WireNode>,
+    known: &dyn Fn(&str) -> bool,
+    open: bool,
+) -> Result<BTreeMap<String, Node>, Refused> {
     let mut nodes = BTreeMap::new();
-    for (name, node) in wire.jobs {
+    for (name, node) in jobs {
         if !valid_name(&name) {
             return Err(Refused(format!(
                 "node name {name:?} must be 1 to {MAX_NAME} of A-Z a-z 0-9 _ . -"
@@ -234,6 +249,9 @@ pub(crate) fn read(
     for (name, node) in &nodes {
         for parent in &node.after {
             if !nodes.contains_key(parent) {
+                if open {
+                    continue;
+                }
                 return Err(Refused(format!(
                     "node {name} is after {parent:?}, which is no node of the flow"
                 )));
@@ -249,18 +267,17 @@ pub(crate) fn read(
     if let Some(node) = in_cycle(&nodes) {
         return Err(Refused(format!("the flow has a cycle through node {node}")));
     }
-    Ok(Document {
-        id,
-        on_failure,
-        nodes,
-    })
+    Ok(nodes)
 }
 
 /// A node on a cycle, if there is one (Kahn's order leaves it out).
 fn in_cycle(nodes: &BTreeMap<String, Node>) -> Option<String> {
     let mut left: BTreeMap<&str, usize> = nodes
         .iter()
-        .map(|(name, n)| (name.as_str(), n.after.len()))
+        .map(|(name, n)| {
+            let inside = n.after.iter().filter(|p| nodes.contains_key(*p)).count();
+            (name.as_str(), inside)
+        })
         .collect();
     let mut ready: Vec<&str> = left
         .iter()
@@ -284,6 +301,54 @@ fn in_cycle(nodes: &BTreeMap<String, Node>) -> Option<String> {
     left.into_iter()
         .find(|(_, n)| *n > 0)
         .map(|(name, _)| name.to_owned())
+}
+
+/// A result kept (if any) and the nodes it adds (if any).
+pub(crate) type Split = (Option<Box<RawValue>>, Option<Box<RawValue>>);
+
+/// A flow node's result split into the result kept and its `flow_add`
+/// (the nodes it adds to its flow), if it has one: the rest keeps its
+/// fields byte for byte (in name order). An error for a `flow_add` that is
+/// not an object.
+pub(crate) fn split_add(result: Box<RawValue>) -> Result<Split, String> {
+    let Ok(mut fields) = serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(result.get())
+    else {
+        return Ok((Some(result), None));
+    };
+    let Some(add) = fields.remove("flow_add") else {
+        return Ok((Some(result), None));
+    };
+    if !add.get().trim_start().starts_with('{') {
+        return Err(format!(
+            "flow_add must be an object of nodes by name, got {}",
+            add.get().chars().take(60).collect::<String>()
+        ));
+    }
+    let rest = match fields.is_empty() {
+        true => None,
+        false => Some(serde_json::value::to_raw_value(&fields).map_err(|e| e.to_string())?),
+    };
+    Ok((rest, Some(add)))
+}
+
+/// Nodes a running node adds to its flow (its result's `flow_add`),
+/// checked as a document's are, except that `after` may name nodes
+/// outside them (the running node and earlier ones, which the flow
+/// checks); a cycle can only be among them.
+pub(crate) fn additions(
+    add: &str,
+    known: &dyn Fn(&str) -> bool,
+    max_nodes: usize,
+) -> Result<BTreeMap<String, Node>, Refused> {
+    let text = format!("{{\"flow\":\"added\",\"jobs\":{add}}}");
+    let wire = parse(&text)?;
+    if wire.jobs.len() > max_nodes {
+        return Err(Refused(format!(
+            "{} nodes added, more than max_nodes ({max_nodes})",
+            wire.jobs.len()
+        )));
+    }
+    nodes_of(wire.jobs, known, true)
 }
 
 /// The flow and node name of a flow's job, from its envelope: `flow`, and
@@ -310,6 +375,7 @@ pub(crate) fn node_end(
     status: &str,
     attempt: u32,
     result: Option<&RawValue>,
+    add: Option<&RawValue>,
 ) -> String {
     #[derive(Serialize)]
     struct End<'a> {
@@ -319,6 +385,8 @@ pub(crate) fn node_end(
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         result: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        add: Option<&'a RawValue>,
     }
     let end = End {
         flow: fid,
@@ -326,6 +394,7 @@ pub(crate) fn node_end(
         status,
         attempt,
         result,
+        add,
     };
     serde_json::to_string(&end).expect("an end always serializes")
 }

@@ -24,6 +24,9 @@ pub(crate) use state::JobState;
 /// Largest result a run may keep, in bytes of JSON text.
 pub(crate) const MAX_RESULT_BYTES: usize = 64 * 1024;
 
+/// Largest `flow_add` a flow's node may return, in bytes of JSON text.
+pub(crate) const MAX_FLOW_ADD_BYTES: usize = 8 * 1024 * 1024;
+
 /// The deadline of a job built outside a daemon (tests); the daemon sets
 /// each run's from its timeout.
 const UNSET_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,6 +59,8 @@ pub struct Job {
     trace: Option<opentelemetry::Context>,
     /// The flow it is a node of, if any.
     flow: Option<Box<str>>,
+    /// The nodes a flow's node adds to its flow (its result's `flow_add`).
+    flow_add: Mutex<Option<Box<RawValue>>>,
 }
 
 impl Job {
@@ -72,6 +77,7 @@ impl Job {
         };
         Self {
             flow,
+            flow_add: Mutex::new(None),
             queue,
             item: item.into(),
             envelope: parsed.envelope,
@@ -171,7 +177,28 @@ impl Job {
     }
 
     /// [`Job::set_result`] for a result that is JSON text already.
+    ///
+    /// A flow's node may add nodes to its flow with a result that is an
+    /// object with `flow_add` (DESIGN section 13): that field, up to 8 MiB,
+    /// is taken out for the flow, and the rest is the result.
     pub fn set_result_json(&self, json: Box<RawValue>) -> Result<(), HandlerError> {
+        let (json, add) = match self.flow.is_some() && json.get().contains("\"flow_add\"") {
+            true => crate::flow::split_add(json).map_err(HandlerError::permanent)?,
+            false => (Some(json), None),
+        };
+        if let Some(add) = &add {
+            if add.get().len() > MAX_FLOW_ADD_BYTES {
+                return Err(HandlerError::permanent(format!(
+                    "the result's flow_add is {} bytes of JSON, more than the {MAX_FLOW_ADD_BYTES} taken",
+                    add.get().len()
+                )));
+            }
+        }
+        *self.flow_add.lock().unwrap_or_else(PoisonError::into_inner) = add;
+        let Some(json) = json else {
+            *self.result.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            return Ok(());
+        };
         if json.get().len() > MAX_RESULT_BYTES {
             return Err(HandlerError::permanent(format!(
                 "the result is {} bytes of JSON, more than the {MAX_RESULT_BYTES} kept",
@@ -218,6 +245,14 @@ impl Job {
     /// Gives this run its span.
     pub(crate) fn set_trace(&mut self, cx: opentelemetry::Context) {
         self.trace = Some(cx);
+    }
+
+    /// The nodes this flow node adds to its flow, taken out of the job.
+    pub(crate) fn take_flow_add(&self) -> Option<Box<RawValue>> {
+        self.flow_add
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The result set so far, taken out of the job.

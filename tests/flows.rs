@@ -51,6 +51,28 @@ impl conveyor::handlers::Handler for Step {
         if payload["fail"] == json!(true) {
             return Err(HandlerError::permanent("asked to fail"));
         }
+        // `add`: so many children after this node, and `merge` after them.
+        if let Some(add) = payload.get("add") {
+            let node = job.id().rsplit(':').next().unwrap().to_owned();
+            let mut nodes = serde_json::Map::new();
+            let n = add.as_u64().unwrap_or(0);
+            let kids: Vec<String> = (0..n).map(|i| format!("{node}-{i}")).collect();
+            for kid in &kids {
+                nodes.insert(
+                    kid.clone(),
+                    json!({"queue": "steps", "payload": {"n": 1}, "after": [node]}),
+                );
+            }
+            nodes.insert(
+                format!("{node}-merge"),
+                json!({"queue": "other", "payload": {}, "after": kids}),
+            );
+            if let Some(bad) = payload.get("bad") {
+                nodes.insert(bad.as_str().unwrap().to_owned(), json!({"queue": "steps"}));
+            }
+            job.set_result(&json!({ "count": n, "flow_add": nodes }))?;
+            return Ok(());
+        }
         job.set_result(&json!({ "from": job.id() }))?;
         Ok(())
     }
@@ -487,4 +509,128 @@ async fn the_command_line_submits_shows_and_lists_flows() {
     let (code, _, err) = run_cli(&["--config", cfg, "flow", "show", "missing"]);
     assert_eq!(code, 65);
     assert!(err.contains("no flow"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_adds_nodes_and_the_fan_in_waits_for_them() {
+    let redis = Redis::start();
+    let step = Step::default();
+    let (daemon, client) = start(&redis, &step);
+    // `split` adds 200 children and split-merge after them; `after-split`,
+    // in the document, needs only split.
+    let doc = json!({"flow": "dyn", "jobs": {
+        "split": {"queue": "steps", "payload": {"add": 200}},
+        "after-split": {"queue": "steps", "payload": {}, "after": ["split"]}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    let view = ended(&client, "dyn").await;
+    assert_eq!(view.status, "succeeded", "{view:?}");
+    assert_eq!(view.total, 203);
+    let runs = step.runs();
+    assert_eq!(runs.len(), 203, "every node ran once");
+    let at = |id: &str| runs.iter().position(|r| r.id == id).unwrap();
+    let merge = at("dyn:split-merge");
+    assert!((0..200).all(|i| at(&format!("dyn:split-{i}")) < merge));
+    assert_eq!(step.runs_of("dyn:split-merge").len(), 1);
+    let parents = step.runs_of("dyn:split-merge")[0].parents.clone().unwrap();
+    assert_eq!(parents.as_object().unwrap().len(), 200);
+    // The children are told of split's result without its flow_add.
+    let kid = step.runs_of("dyn:split-7")[0].parents.clone().unwrap();
+    assert_eq!(
+        kid,
+        json!({"split": {"status": "succeeded", "result": {"count": 200}}})
+    );
+    let split = view.nodes.iter().find(|n| n.name == "split").unwrap();
+    assert_eq!(split.result.as_ref().unwrap().get(), r#"{"count":200}"#);
+
+    // Additions that name a node of the flow are refused whole: the node
+    // ends dead in its flow with the reason, and nothing of them runs.
+    let doc = json!({"flow": "bad-add", "jobs": {
+        "split": {"queue": "steps", "payload": {"add": 3, "bad": "other-node"}},
+        "other-node": {"queue": "steps", "payload": {}},
+        "needs": {"queue": "steps", "payload": {}, "after": ["split"]}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    let view = ended(&client, "bad-add").await;
+    assert_eq!(view.status, "failed");
+    let st = statuses(&view);
+    assert_eq!(st["split"], "dead");
+    assert_eq!(st["needs"], "skipped");
+    assert_eq!(view.total, 3, "nothing was added");
+    let split = view.nodes.iter().find(|n| n.name == "split").unwrap();
+    let why = split.result.as_ref().unwrap().get();
+    assert!(
+        why.contains("flow_add refused: node other-node is in the flow already"),
+        "{why}"
+    );
+    assert!(step.runs_of("bad-add:split-0").is_empty());
+    daemon.stop().await.unwrap();
+}
+
+/// A persistent exec worker: `split` adds a thousand children and a merge
+/// after them; every run appends its id and its parents' count to the
+/// record file.
+const WORKER: &str = r#"
+import json, sys
+record = open(sys.argv[1], "a")
+for line in sys.stdin:
+    req = json.loads(line)
+    record.write("%s %d\n" % (req["id"], len(req.get("parents") or {})))
+    record.flush()
+    node = req["id"].split(":", 1)[1]
+    result = {"node": node}
+    if node == "split":
+        kids = ["kid-%d" % i for i in range(1000)]
+        add = {k: {"queue": "py", "payload": {"k": k}, "after": ["split"]} for k in kids}
+        add["merge"] = {"queue": "py", "payload": {}, "after": kids}
+        result["flow_add"] = add
+    print(json.dumps({"id": req["id"], "status": "ok", "result": result}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_worker_adds_a_thousand_nodes_and_the_merge_runs_once_after_them() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("worker.py");
+    std::fs::write(&worker, WORKER).unwrap();
+    let record = dir.path().join("record");
+    let python = String::from_utf8(
+        std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let config = config(
+        &redis,
+        &format!(
+            "[queues.py]\nhandler = \"exec\"\nconcurrency = 4\n[queues.py.exec]\n\
+             command = [{:?}, {:?}, {:?}]\nmode = \"persistent\"\n",
+            python.trim(),
+            worker.display().to_string(),
+            record.display().to_string()
+        ),
+    );
+    let client = Client::new(&config, "test").unwrap();
+    let daemon = TestDaemon::start(config, builtin());
+    let doc = json!({"flow": "py", "jobs": {"split": {"queue": "py", "payload": {}}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    let view = ended(&client, "py").await;
+    assert_eq!(view.status, "succeeded");
+    assert_eq!(view.total, 1002);
+    // From the worker's own record: each node ran once, merge last, told
+    // of its thousand parents.
+    let text = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1002, "every node ran once");
+    let ids: std::collections::HashSet<&str> =
+        lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(ids.len(), 1002);
+    assert_eq!(*lines.last().unwrap(), "py:merge 1000");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("py:kid-"))
+            .all(|l| l.ends_with(" 1"))
+    );
+    daemon.stop().await.unwrap();
 }

@@ -580,7 +580,7 @@ impl Client {
             let unique = envelope.unique_key.clone();
             let node = crate::flow::node_of(&envelope);
             let flow = node.as_ref().map(|(fid, name)| {
-                crate::flow::node_end(fid, name, "cancelled", envelope.attempt, None)
+                crate::flow::node_end(fid, name, "cancelled", envelope.attempt, None, None)
             });
             let moved = self
                 .broker

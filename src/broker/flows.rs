@@ -18,7 +18,7 @@ use super::scripts::{flow_advance, flow_cancel, flow_release, flow_submit};
 use super::{Broker, BrokerError, Conn, QueueKeys};
 use crate::flow::Document;
 
-pub(crate) use flow_advance::NodeEnd;
+pub(crate) use flow_advance::{NodeEnd, Taken};
 
 /// Refused documents kept, newest first.
 pub(crate) const DEAD_CAP: isize = 10_000;
@@ -254,15 +254,17 @@ impl Broker {
     pub(crate) async fn advance_flow(
         &self,
         fid: &str,
-        ends: &[&NodeEnd],
+        ends: &[Taken<'_>],
         now: &str,
         ttl: Duration,
+        max_nodes: usize,
     ) -> Result<Settled, BrokerError> {
         let keys = FlowKeys::new(fid);
         let call = flow_advance::Call {
             keys: &keys,
             now,
             ttl_ms: ttl.as_millis() as u64,
+            max_nodes,
             ends,
         };
         let mut conn = self.conn().await?;
@@ -413,13 +415,13 @@ mod tests {
         crate::flow::read(text, &|_| true, 100).unwrap()
     }
 
-    fn end(fid: &str, node: &str, status: &str, result: Option<&str>) -> NodeEnd {
-        NodeEnd {
-            flow: fid.into(),
-            node: node.into(),
-            status: status.into(),
+    fn end<'a>(node: &'a str, status: &'a str, result: Option<&'a str>) -> Taken<'a> {
+        Taken {
+            node,
+            status,
+            result,
             attempt: 1,
-            result: result.map(|r| serde_json::value::RawValue::from_string(r.into()).unwrap()),
+            adds: None,
         }
     }
 
@@ -450,8 +452,11 @@ mod tests {
         assert_eq!(broker.hand_over(&q, "f", &jobs).await.unwrap(), 0);
         broker.handed_over("f", &["a"]).await.unwrap();
 
-        let a = end("f", "a", "succeeded", Some(r#"{"x":1}"#));
-        let settled = broker.advance_flow("f", &[&a], "t2", ttl).await.unwrap();
+        let a = || end("a", "succeeded", Some(r#"{"x":1}"#));
+        let settled = broker
+            .advance_flow("f", &[a()], "t2", ttl, 100)
+            .await
+            .unwrap();
         assert_eq!(settled.released.len(), 1);
         assert_eq!(settled.released[0].name, "b");
         assert_eq!(
@@ -459,25 +464,40 @@ mod tests {
             r#"{"a":{"status":"succeeded","result":{"x":1}}}"#
         );
         // The same end again: nothing new, the outbox (b) returned.
-        let twice = broker.advance_flow("f", &[&a], "t3", ttl).await.unwrap();
+        let twice = broker
+            .advance_flow("f", &[a()], "t3", ttl, 100)
+            .await
+            .unwrap();
         assert_eq!(twice.released, settled.released);
         assert_eq!(twice.finished, None);
         broker.handed_over("f", &["b"]).await.unwrap();
-        let b = end("f", "b", "dead", None);
-        let settled = broker.advance_flow("f", &[&b], "t4", ttl).await.unwrap();
+        let b = || end("b", "dead", None);
+        let settled = broker
+            .advance_flow("f", &[b()], "t4", ttl, 100)
+            .await
+            .unwrap();
         assert_eq!(settled.released[0].name, "c");
-        let c = end("f", "c", "succeeded", None);
+        let c = || end("c", "succeeded", None);
         broker.handed_over("f", &["c"]).await.unwrap();
-        let settled = broker.advance_flow("f", &[&c], "t5", ttl).await.unwrap();
+        let settled = broker
+            .advance_flow("f", &[c()], "t5", ttl, 100)
+            .await
+            .unwrap();
         assert_eq!(settled.finished.as_deref(), Some("failed"));
         let view = broker.flow_view("f").await.unwrap().unwrap();
         assert_eq!((view.total, view.ended), (3, 3));
         assert_eq!(view.ended_at.as_deref(), Some("t5"));
         // Once ended, a late end changes nothing and ends nothing again.
-        let late = broker.advance_flow("f", &[&c], "t6", ttl).await.unwrap();
+        let late = broker
+            .advance_flow("f", &[c()], "t6", ttl, 100)
+            .await
+            .unwrap();
         assert_eq!(late.finished, None);
         assert!(late.released.is_empty());
-        let unknown = broker.advance_flow("nope", &[&c], "t6", ttl).await.unwrap();
+        let unknown = broker
+            .advance_flow("nope", &[c()], "t6", ttl, 100)
+            .await
+            .unwrap();
         assert!(unknown.unknown);
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::Events;
 use crate::api::Client;
-use crate::broker::flows::{NodeEnd, Released, Settled};
+use crate::broker::flows::{NodeEnd, Released, Settled, Taken};
 use crate::broker::{Broker, BrokerError, QueueKeys, keys};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::config::Config;
@@ -40,6 +40,10 @@ const LOOK_EVERY: Duration = Duration::from_secs(2);
 const LOOK_MOST: isize = 1_000;
 /// Released nodes pushed per call.
 const PUSH_MOST: usize = 500;
+
+/// The nodes an end adds, checked, or why they are refused (as the node's
+/// result in its flow).
+type Checked = (Option<BTreeMap<String, flow::Node>>, Option<String>);
 
 /// A node end recorded by one of this node's queues.
 #[derive(Debug)]
@@ -250,13 +254,44 @@ impl Shared {
             }
         }
         let mut more = Vec::new();
+        let known = |queue: &str| self.queues.contains_key(queue);
         for (fid, ends) in by_flow {
-            let refs: Vec<&NodeEnd> = ends.iter().map(|(_, _, e)| e).collect();
+            // The nodes each end adds, checked: an end whose additions are
+            // refused ends its node dead in the flow, the reason its result.
+            let checked: Vec<Checked> = ends
+                .iter()
+                .map(|(_, _, e)| match &e.add {
+                    Some(add) if e.status == "succeeded" => {
+                        match flow::additions(add.get(), &known, self.max_nodes) {
+                            Ok(nodes) => (Some(nodes), None),
+                            Err(refused) => {
+                                tracing::warn!(flow = %fid, node = %e.node, error = %refused, "flows: flow_add refused; the node ends dead in its flow");
+                                let why = format!("flow_add refused: {refused}");
+                                (None, Some(serde_json::json!({ "error": why }).to_string()))
+                            }
+                        }
+                    }
+                    _ => (None, None),
+                })
+                .collect();
+            let taken: Vec<Taken<'_>> = ends
+                .iter()
+                .zip(&checked)
+                .map(|((_, _, e), (adds, refused))| Taken {
+                    node: &e.node,
+                    status: if refused.is_some() { "dead" } else { &e.status },
+                    result: refused
+                        .as_deref()
+                        .or_else(|| e.result.as_ref().map(|r| r.get())),
+                    attempt: e.attempt,
+                    adds: adds.as_ref(),
+                })
+                .collect();
             let result = async {
                 let now = now_rfc3339();
                 let settled = self
                     .broker
-                    .advance_flow(&fid, &refs, &now, self.ttl)
+                    .advance_flow(&fid, &taken, &now, self.ttl, self.max_nodes)
                     .await?;
                 self.settle(&fid, settled).await
             }

@@ -146,7 +146,7 @@ impl Reaper {
                     .reason("poison");
                     let node = crate::flow::node_of(&env);
                     let flow = node.as_ref().map(|(fid, name)| {
-                        crate::flow::node_end(fid, name, "dead", env.attempt, None)
+                        crate::flow::node_end(fid, name, "dead", env.attempt, None, None)
                     });
                     let mut event = event;
                     event.flow = node.map(|(fid, _)| fid.into());

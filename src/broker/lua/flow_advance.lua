@@ -5,34 +5,127 @@
 -- nothing, and then every node still in the outbox is returned, to be
 -- handed to its queue again (which pushes it once). A first node of a flow
 -- with on_failure = 'cancel' that does not succeed cancels it (section 13,
--- flow_cancel).
+-- flow_cancel). A node that succeeded may add nodes to its flow (its
+-- result's flow_add): they join the flow before its end is taken, so
+-- nothing after it settles before them. Additions that name a node of the
+-- flow, are after no node of it, or pass max_nodes are refused whole: the
+-- node then ends 'dead' in its flow, the reason its result.
 -- KEYS[1..] the flow's keys (flow_lib.lua)
 -- ARGV[1] now (RFC 3339)
 -- ARGV[2] how long the flow's state stays once it ended (ms)
--- ARGV[3..] four values per end: the node's name, how it ended
---         ('succeeded' | 'dead' | 'cancelled'), its result (JSON, '' for
---         none) and its attempt
+-- ARGV[3] most nodes the flow may have
+-- ARGV[4..] per end: the node's name, how it ended ('succeeded' | 'dead'
+--         | 'cancelled'), its result (JSON, '' for none), its attempt and a
+--         count a of the nodes it adds, then four values per added node:
+--         name, spec (JSON), parents (space-separated; the ending node
+--         and earlier nodes may be among them), 'f' or 's' (flow_submit.lua)
 -- Returns flow_reply's, or {'unknown', 0, 0} for a flow not stored (or
 -- gone past its lifetime).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0, 0} end
 local now, again = ARGV[1], false
-for i = 3, #ARGV, 4 do
-  local name, status = ARGV[i], ARGV[i + 1]
+local meta = KEYS[1]
+
+-- Adds the a nodes given from ARGV[at]; returns why not, or nil and the
+-- added nodes whose parents had all ended already.
+local function add_nodes(at, a)
+  local last = at + 4 * (a - 1)
+  local added = {}
+  for j = at, last, 4 do added[ARGV[j]] = true end
+  local total = tonumber(redis.call('HGET', meta, 'total'))
+  if total + a > tonumber(ARGV[3]) then
+    return 'the flow would have ' .. (total + a) .. ' nodes, more than max_nodes ('
+      .. ARGV[3] .. ')'
+  end
+  for j = at, last, 4 do
+    local name = ARGV[j]
+    if redis.call('HEXISTS', KEYS[2], name) == 1 then
+      return 'node ' .. name .. ' is in the flow already'
+    end
+    for parent in string.gmatch(ARGV[j + 2], '%S+') do
+      if not added[parent] and redis.call('HEXISTS', KEYS[2], parent) == 0 then
+        return 'node ' .. name .. ' is after ' .. parent .. ', which is no node of the flow'
+      end
+    end
+  end
+  redis.call('HINCRBY', meta, 'total', a)
+  for j = at, last, 4 do
+    local name = ARGV[j]
+    redis.call('HSET', KEYS[2], name, ARGV[j + 1])
+    redis.call('HSET', KEYS[3], name, 'pending')
+    if ARGV[j + 2] ~= '' then redis.call('HSET', KEYS[8], name, ARGV[j + 2]) end
+    if ARGV[j + 3] == 'f' then redis.call('HSET', KEYS[6], name, '1') end
+  end
+  local ready = {}
+  for j = at, last, 4 do
+    local name, left = ARGV[j], 0
+    for parent in string.gmatch(ARGV[j + 2], '%S+') do
+      local state = redis.call('HGET', KEYS[3], parent)
+      if state == 'pending' or state == 'waiting' then
+        local children = redis.call('HGET', KEYS[7], parent)
+        redis.call('HSET', KEYS[7], parent, children and (children .. ' ' .. name) or name)
+        left = left + 1
+      elseif state ~= 'succeeded' then
+        redis.call('HSET', KEYS[5], name, '1')
+      end
+    end
+    if left > 0 then
+      redis.call('HSET', KEYS[4], name, left)
+    else
+      ready[#ready + 1] = name
+    end
+  end
+  return nil, ready
+end
+
+local i = 4
+while i <= #ARGV do
+  local name, status, result, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local a, at = tonumber(ARGV[i + 4]), i + 5
+  i = at + 4 * a
   local state = redis.call('HGET', KEYS[3], name)
   if state ~= 'waiting' and state ~= 'pending' then
     again = true
   else
     redis.call('HDEL', KEYS[9], name)
+    local ready = {}
+    if a > 0 and status == 'succeeded' then
+      local refused
+      refused, ready = add_nodes(at, a)
+      if refused then
+        status = 'dead'
+        result = '{"error":' .. cjson.encode('flow_add refused: ' .. refused) .. '}'
+        ready = {}
+      end
+    end
     local cancel = status ~= 'succeeded'
-      and redis.call('HGET', KEYS[1], 'on_failure') == 'cancel'
-      and redis.call('HSETNX', KEYS[1], 'cancelled_at', now) == 1
-    flow_end_node(name, status, ARGV[i + 2], ARGV[i + 3], now)
+      and redis.call('HGET', meta, 'on_failure') == 'cancel'
+      and redis.call('HSETNX', meta, 'cancelled_at', now) == 1
+    flow_end_node(name, status, result, attempt, now)
+    -- Added nodes whose parents all ended before them.
+    local cancelled = redis.call('HEXISTS', meta, 'cancelled_at') == 1
+    for _, added in ipairs(ready) do
+      if redis.call('HGET', KEYS[3], added) == 'pending' then
+        local how = nil
+        if cancelled then
+          how = 'cancelled'
+        elseif redis.call('HEXISTS', KEYS[5], added) == 1
+            and redis.call('HEXISTS', KEYS[6], added) == 0 then
+          how = 'skipped'
+        end
+        if how then
+          flow_end_node(added, how, '', '0', now)
+          flow_settled[#flow_settled + 1] = added .. ' ' .. how
+        else
+          flow_release(added)
+        end
+      end
+    end
     if cancel then flow_cancel(now) end
   end
 end
 -- Taken again after a crash: a cancel under way is listed again too.
-if again and redis.call('HEXISTS', KEYS[1], 'cancelled_at') == 1
-    and redis.call('HGET', KEYS[1], 'status') == 'running' then
+if again and redis.call('HEXISTS', meta, 'cancelled_at') == 1
+    and redis.call('HGET', meta, 'status') == 'running' then
   flow_cancel(now)
 end
 return flow_reply(flow_finish(now, ARGV[2]), again)

@@ -564,7 +564,12 @@ impl Processor {
 /// A flow node's end as its queue keeps it for the flow; `None` for a
 /// job outside a flow.
 fn flow_end(job: &Job, status: &str, attempt: u32, result: Option<&RawValue>) -> Option<String> {
-    let end = crate::flow::node_end(job.flow()?, job.flow_node()?, status, attempt, result);
+    let (fid, name) = (job.flow()?, job.flow_node()?);
+    let add = match status {
+        "succeeded" => job.take_flow_add(),
+        _ => None,
+    };
+    let end = crate::flow::node_end(fid, name, status, attempt, result, add.as_deref());
     Some(end)
 }
 
