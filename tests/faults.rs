@@ -42,6 +42,8 @@ mod common;
 mod crash;
 #[path = "faults/failover.rs"]
 mod failover;
+#[path = "faults/flows.rs"]
+mod flows;
 #[path = "faults/handlers.rs"]
 mod handlers;
 #[path = "faults/harness.rs"]
