@@ -255,3 +255,147 @@ async fn a_tls_cluster_with_a_private_ca() {
     assert!(out.to_lowercase().contains("certificate"), "{out}");
     assert!(!out.contains(PASSWORD), "{out}");
 }
+
+/// A flow whose two queues and whose own keys are on three different
+/// primaries, run by two daemons, one SIGKILLed twice in the middle: every
+/// node runs (counted from the `fault` handler's completion record), and a
+/// node runs twice only if it was in the killed daemon's in-flight list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_over_three_primaries_survives_sigkills() {
+    let cluster = Cluster::start().await;
+    let (work, hooks) = (
+        cluster.primary_of("jobs:work").await,
+        cluster.primary_of("jobs:webhooks").await,
+    );
+    assert_ne!(work, hooks);
+    // A flow id whose slot is on the third primary.
+    let mut fid = None;
+    for i in 0..100 {
+        let candidate = format!("f{i}");
+        let p = cluster
+            .primary_of(&format!("{{flow:{candidate}}}:meta"))
+            .await;
+        if p != work && p != hooks {
+            fid = Some(candidate);
+            break;
+        }
+    }
+    let fid = fid.expect("a flow id on the third primary");
+
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("completed.log");
+    let cfg = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\n{}\n[daemon]\nheartbeat_interval = \"200ms\"\nnode_ttl = \"1s\"\nmax_deliveries = 5\n\
+             [queues.work]\nhandler = \"fault\"\nconcurrency = 8\n\
+             [queues.webhooks]\nhandler = \"fault\"\nconcurrency = 4\n",
+            cluster.config_line()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // root, 3 fan-outs of 150 over both queues each closed by a fan-in,
+    // 46 leaves: 500 nodes.
+    let mut jobs = serde_json::Map::new();
+    let mut add = |name: String, queue: &str, after: Vec<String>| {
+        let payload = serde_json::json!({"record": record, "sleep_ms": 2});
+        jobs.insert(
+            name,
+            serde_json::json!({"queue": queue, "payload": payload, "after": after}),
+        );
+    };
+    add("root".into(), "work", vec![]);
+    let mut before = "root".to_owned();
+    for s in 0..3 {
+        let names: Vec<String> = (0..150).map(|i| format!("s{s}-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            add(
+                name.clone(),
+                if i % 2 == 0 { "work" } else { "webhooks" },
+                vec![before.clone()],
+            );
+        }
+        add(format!("join{s}"), "webhooks", names);
+        before = format!("join{s}");
+    }
+    for i in 0..46 {
+        add(format!("leaf-{i}"), "work", vec!["root".into()]);
+    }
+    let ids: Vec<String> = jobs.keys().map(|n| format!("{fid}:{n}")).collect();
+    assert_eq!(ids.len(), 500);
+    let doc = serde_json::json!({"flow": fid, "jobs": jobs}).to_string();
+    let start = || {
+        let mut daemon = conveyor();
+        daemon
+            .args(["--config", cfg, "run"])
+            .env("REDIS_PASSWORD", PASSWORD);
+        spawn_logged(daemon)
+    };
+    let (mut victim, _) = start();
+    let (_survivor, survivor_logs) = start();
+    let (code, out, err) = run_cli_stdin_env(
+        &["--config", cfg, "flow", "submit", "-"],
+        &doc,
+        &[("REDIS_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), fid);
+    let show = |fid: String| async move {
+        let (_, out) = cli(cfg, &["flow", "show", &fid, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+    };
+    let mut caught = std::collections::HashSet::new();
+    for point in [100, 300] {
+        wait_until(
+            "progress up to the kill point",
+            Duration::from_secs(60),
+            || {
+                let fid = fid.clone();
+                async move { show(fid).await["ended"].as_u64().unwrap_or(0) >= point }
+            },
+        )
+        .await;
+        // Its in-flight lists, read right after the kill.
+        let pid = victim.0.id();
+        signal(&victim.0, 9);
+        for q in ["work", "webhooks"] {
+            let key = format!("jobs:{q}");
+            let mut conn = cluster.conn_for(&key).await;
+            let nodes: Vec<String> =
+                redis::AsyncCommands::smembers(&mut conn, format!("{{{key}}}:nodes"))
+                    .await
+                    .unwrap();
+            for node in nodes.iter().filter(|n| n.contains(&format!("-{pid}-"))) {
+                for item in lrange(&mut conn, &format!("{{{key}}}:inflight:{node}")).await {
+                    let v: serde_json::Value = serde_json::from_str(&item).unwrap();
+                    caught.insert(v["id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        victim = start().0;
+    }
+    wait_until("the flow ends", Duration::from_secs(120), || {
+        let fid = fid.clone();
+        async move { show(fid).await["status"] != "running" }
+    })
+    .await;
+    let view = show(fid.clone()).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["ended"], 500);
+    let mut runs = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(&record).unwrap().lines() {
+        *runs.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    for id in &ids {
+        let n = runs.get(id).copied().unwrap_or(0);
+        assert!(n >= 1, "{id} never ran");
+        assert!(
+            n == 1 || caught.contains(id),
+            "{id} ran {n} times without being in flight at a kill"
+        );
+    }
+    assert_eq!(runs.len(), 500);
+    assert!(!survivor_logs.contains(PASSWORD));
+}

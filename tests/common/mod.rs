@@ -369,9 +369,19 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
 
 /// Runs the binary with stdin; returns (exit code, stdout, stderr).
 pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+    run_cli_stdin_env(args, stdin, &[])
+}
+
+/// [`run_cli_stdin`] with variables added to the environment.
+pub fn run_cli_stdin_env(
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     use std::io::Write as _;
     let mut child = conveyor()
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
