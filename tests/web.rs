@@ -8,6 +8,8 @@
 mod common;
 #[path = "web/deadlines.rs"]
 mod deadlines;
+#[path = "web/flows.rs"]
+mod flows;
 #[path = "web/history.rs"]
 mod history;
 #[path = "web/job.rs"]

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{ApiError, Client};
-pub use crate::broker::flows::{FlowView, NodeView};
+pub use crate::broker::flows::{FlowSummary, FlowView, NodeView};
 use crate::broker::keys;
 use crate::clock::now_rfc3339;
 use crate::event::{Draft, EventType};
@@ -46,18 +46,12 @@ impl Client {
         })
     }
 
-    /// The newest `limit` flows (at most [`MAX_FLOWS`]), newest first; those
-    /// gone past their lifetime left out.
-    pub async fn flows(&self, limit: u64) -> Result<Vec<FlowView>, ApiError> {
+    /// The newest `limit` flows (at most [`MAX_FLOWS`]), newest first,
+    /// without their nodes; those gone past their lifetime left out.
+    pub async fn flows(&self, limit: u64) -> Result<Vec<FlowSummary>, ApiError> {
         let limit = limit.clamp(1, MAX_FLOWS) as isize;
         let ids = self.broker.recent_flows(limit).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for fid in ids {
-            if let Some(view) = self.broker.flow_view(&fid).await? {
-                out.push(view);
-            }
-        }
-        Ok(out)
+        Ok(self.broker.flow_summaries(&ids).await?)
     }
 }
 

@@ -43,7 +43,7 @@ pub use crate::broker::BrokerError;
 pub use crate::broker::admin::{GroupCounts, Groups, QueueCounts};
 pub use dead::RetriedAll;
 pub use enqueue::{EnqueueOptions, Enqueued};
-pub use flows::{FlowCancelled, FlowView, MAX_FLOWS, NodeView as FlowNode};
+pub use flows::{FlowCancelled, FlowSummary, FlowView, MAX_FLOWS, NodeView as FlowNode};
 pub use groups::{GroupList, MAX_GROUPS};
 pub use history::{History, Point, Range};
 pub use job::JobView;

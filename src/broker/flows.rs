@@ -118,6 +118,33 @@ pub struct NodeView {
     pub result: Option<Box<serde_json::value::RawValue>>,
 }
 
+/// A flow without its nodes, as `conveyor flow list` and the dashboard's
+/// list show it: its meta hash.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FlowSummary {
+    /// Its id.
+    pub flow: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// When it was stored (RFC 3339).
+    pub created_at: String,
+    /// When it ended (RFC 3339), once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Its nodes.
+    pub total: u64,
+    /// Its nodes that ended, and how.
+    pub ended: u64,
+    /// Of those: succeeded.
+    pub succeeded: u64,
+    /// Dead.
+    pub dead: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
 /// A flow as `conveyor flow show` and the web API show it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlowView {
@@ -397,6 +424,52 @@ impl Broker {
             ended: take("ended").parse().unwrap_or(0),
             nodes,
         }))
+    }
+
+    /// The summaries of flows `ids`, in that order; those no longer
+    /// stored left out.
+    pub(crate) async fn flow_summaries(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<FlowSummary>, BrokerError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.conn().await?;
+        // One slot per flow: a command each, pipelined a page at a time
+        // where the connection allows it.
+        for page in ids.chunks(100) {
+            let mut pipe = redis::pipe();
+            for fid in page {
+                pipe.hgetall(FlowKeys::new(fid).meta);
+            }
+            let metas: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (fid, mut meta) in page.iter().zip(metas) {
+                if meta.is_empty() {
+                    continue;
+                }
+                let mut take = |field: &str| meta.remove(field).unwrap_or_default();
+                let mut count = |field: &str| take(field).parse().unwrap_or(0);
+                let (total, ended) = (count("total"), count("ended"));
+                let (succeeded, dead, skipped, cancelled) = (
+                    count("succeeded"),
+                    count("dead"),
+                    count("skipped"),
+                    count("cancelled"),
+                );
+                out.push(FlowSummary {
+                    flow: fid.clone(),
+                    status: take("status"),
+                    created_at: take("created_at"),
+                    ended_at: Some(take("ended_at")).filter(|e| !e.is_empty()),
+                    total,
+                    ended,
+                    succeeded,
+                    dead,
+                    skipped,
+                    cancelled,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The ids of the newest `n` flows stored, newest first.

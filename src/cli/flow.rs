@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use super::{InputError, connect, load_config};
-use crate::api::{ApiError, Client, FlowView, MAX_FLOWS};
+use crate::api::{ApiError, Client, FlowSummary, FlowView, MAX_FLOWS};
 use crate::logging::escaped;
 
 /// Options of `conveyor flow`.
@@ -90,8 +90,8 @@ pub(crate) async fn run(config_path: Option<&Path>, args: Args) -> anyhow::Resul
             let client = Client::with_broker(connect(&config).await?, &config, "cli");
             let flows = client.flows(limit).await?;
             if json {
-                for view in &flows {
-                    println!("{}", serde_json::to_string(&summary(view))?);
+                for flow in &flows {
+                    println!("{}", serde_json::to_string(flow)?);
                 }
             } else {
                 print_list(&flows);
@@ -114,24 +114,6 @@ fn read(file: &Path) -> anyhow::Result<String> {
             .map_err(|e| InputError(format!("could not read {}: {e}", file.display())))?;
     }
     Ok(text)
-}
-
-/// A flow without its nodes, with counts by status.
-fn summary(view: &FlowView) -> serde_json::Value {
-    let mut counts = serde_json::Map::new();
-    for node in &view.nodes {
-        let n = counts.entry(node.status.clone()).or_insert(0.into());
-        *n = (n.as_u64().unwrap_or(0) + 1).into();
-    }
-    serde_json::json!({
-        "flow": view.flow,
-        "status": view.status,
-        "created_at": view.created_at,
-        "ended_at": view.ended_at,
-        "total": view.total,
-        "ended": view.ended,
-        "nodes": counts,
-    })
 }
 
 fn print_flow(view: &FlowView) {
@@ -169,7 +151,7 @@ fn print_flow(view: &FlowView) {
     }
 }
 
-fn print_list(flows: &[FlowView]) {
+fn print_list(flows: &[FlowSummary]) {
     if flows.is_empty() {
         println!("no flows");
         return;

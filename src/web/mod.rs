@@ -22,6 +22,9 @@
 //! | `GET /results/{q}` | a tracked queue's recent results and failures (`?failed=1`) |
 //! | `GET /api/jobs/{id}` | what is known of one job: `conveyor status ID --json`'s view |
 //! | `GET /jobs/{id}`, `GET /jobs?id=` | a job's page; the search box's target |
+//! | `GET /api/flows` | the recent flows: `conveyor flow list --json`'s, as one array |
+//! | `GET /api/flows/{fid}` | one flow with its nodes: `conveyor flow show FID --json`'s view |
+//! | `GET /flows/{fid}` | a flow's page: its graph and its nodes |
 //! | `GET /api/queues/{q}/dead`, `scheduled`, `running` | a queue's jobs (`?limit=`) |
 //! | `POST /api/queues/{q}/pause`, `resume` | pause, resume |
 //! | `POST /api/queues/{q}/dead/retry`, `dead/purge` | `?id=ID` or `?all=1` |
@@ -62,6 +65,7 @@ mod chart;
 mod connections;
 mod descriptors;
 mod events;
+mod flows;
 mod groups;
 mod job;
 mod live;
@@ -157,6 +161,7 @@ fn router(web: Web) -> Router {
         .route("/results/{queue}", get(results::page))
         .route("/jobs", get(job::search))
         .route("/jobs/{id}", get(job::page))
+        .route("/flows/{fid}", get(flows::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -166,6 +171,8 @@ fn router(web: Web) -> Router {
         .route("/api/results", get(results::api))
         .route("/api/groups", get(groups::api))
         .route("/api/jobs/{id}", get(job::api))
+        .route("/api/flows", get(flows::api_list))
+        .route("/api/flows/{fid}", get(flows::api_one))
         .route("/api/scale", get(scale::api))
         .route("/api/history", get(history))
         .route("/api/queues/{queue}/{name}", get(jobs).post(queue_action))

@@ -81,6 +81,8 @@ struct Page {
     nodes: Vec<NodeRow>,
     schedules: Vec<ScheduleView>,
     activity: Option<Activity>,
+    /// The recent flows, failed ones first.
+    flows: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -152,6 +154,7 @@ pub(super) async fn dashboard(web: &Web, q: &PageQuery) -> Response {
             nodes: Vec::new(),
             schedules: Vec::new(),
             activity: None,
+            flows: Vec::new(),
         },
     };
     let live = q.live.as_deref() != Some("0");
@@ -275,6 +278,7 @@ async fn read(web: &Web) -> Result<Page, crate::api::ApiError> {
         nodes,
         schedules: c.schedules().await?,
         activity: None,
+        flows: super::flows::rows(c.flows(super::flows::LISTED).await?),
     })
 }
 
