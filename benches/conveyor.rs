@@ -118,6 +118,8 @@ struct Args {
 mod email;
 #[path = "conveyor/exec.rs"]
 mod exec;
+#[path = "conveyor/flows.rs"]
+mod flows;
 #[path = "conveyor/groups.rs"]
 mod groups;
 #[path = "conveyor/history.rs"]
@@ -211,6 +213,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "all" || mode == "groups" {
         groups::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
+    }
+    if mode == "all" || mode == "flow" {
+        flows::bench(&args, &url, &mut conn, redis_pid, dir.path())?;
     }
     if mode == "all" || mode == "slots" {
         slots::bench(&args, &url, &mut conn, redis_pid, dir.path())?;

@@ -221,9 +221,6 @@ pub(crate) struct FlowKeys {
     pub(crate) children: String,
     /// `{flow:<fid>}:parents`: each node's parents, space-separated.
     pub(crate) parents: String,
-    /// `{flow:<fid>}:outbox`: nodes released and not yet in their queue,
-    /// with their `parents` field.
-    pub(crate) outbox: String,
     /// `{flow:<fid>}:results`: the results of the nodes that left one.
     pub(crate) results: String,
     /// `{flow:<fid>}:ends`: how each node ended: its attempt and time.
@@ -243,14 +240,13 @@ impl FlowKeys {
             when: key("when"),
             children: key("children"),
             parents: key("parents"),
-            outbox: key("outbox"),
             results: key("results"),
             ends: key("ends"),
         }
     }
 
-    /// Every key, in the order the flow scripts name them (KEYS[1..=11]).
-    pub(crate) fn all(&self) -> [&str; 11] {
+    /// Every key, in the order the flow scripts name them (KEYS[1..=10]).
+    pub(crate) fn all(&self) -> [&str; 10] {
         [
             &self.meta,
             &self.spec,
@@ -260,7 +256,6 @@ impl FlowKeys {
             &self.when,
             &self.children,
             &self.parents,
-            &self.outbox,
             &self.results,
             &self.ends,
         ]

@@ -328,7 +328,7 @@ impl Shared {
     }
 
     /// Announces what a step settled, hands the released nodes to their
-    /// queues, then out of the outbox, and cancels in their queues the
+    /// queues, and cancels in their queues the
     /// nodes of a flow cancelled. Returns the ends of the nodes cancelled
     /// while waiting (running ones end when their daemon stops them).
     async fn settle(
@@ -366,8 +366,7 @@ impl Shared {
         }
     }
 
-    /// Pushes released nodes to their queues (each once), then takes them
-    /// out of the outbox.
+    /// Pushes released nodes to their queues (each once).
     async fn hand_over(&self, fid: &str, released: &[Released]) -> Result<(), BrokerError> {
         if released.is_empty() {
             return Ok(());
@@ -394,10 +393,6 @@ impl Shared {
             for chunk in jobs.chunks(PUSH_MOST) {
                 self.broker.hand_over(&keys, fid, chunk).await?;
             }
-        }
-        let names: Vec<&str> = released.iter().map(|n| n.name.as_str()).collect();
-        for chunk in names.chunks(PUSH_MOST) {
-            self.broker.handed_over(fid, chunk).await?;
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 -- with its job's outcome in its queue's {K}:flows:ended) and settles what
 -- follows: children released, skipped or cancelled, the flow's end. An
 -- end already taken (the hand-off done again after a crash) changes
--- nothing, and then every node still in the outbox is returned, to be
--- handed to its queue again (which pushes it once). A first node of a flow
+-- nothing, and then the nodes it released that are still 'waiting' are
+-- returned, to be handed to their queue again (which pushes each once). A first node of a flow
 -- with on_failure = 'cancel' that does not succeed cancels it (section 13,
 -- flow_cancel). A node that succeeded may add nodes to its flow (its
 -- result's flow_add): they join the flow before its end is taken, so
@@ -18,7 +18,8 @@
 --         | 'cancelled'), its result (JSON, '' for none), its attempt and a
 --         count a of the nodes it adds, then four values per added node:
 --         name, spec (JSON), parents (space-separated; the ending node
---         and earlier nodes may be among them), 'f' or 's' (flow_submit.lua)
+--         and earlier nodes may be among them; none is taken as the ending
+--         node alone), 'f' or 's' (flow_submit.lua)
 -- Returns flow_reply's, or {'unknown', 0, 0} for a flow not stored (or
 -- gone past its lifetime).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0, 0} end
@@ -27,7 +28,7 @@ local meta = KEYS[1]
 
 -- Adds the a nodes given from ARGV[at]; returns why not, or nil and the
 -- added nodes whose parents had all ended already.
-local function add_nodes(at, a)
+local function add_nodes(at, a, ending)
   local last = at + 4 * (a - 1)
   local added = {}
   for j = at, last, 4 do added[ARGV[j]] = true end
@@ -48,17 +49,24 @@ local function add_nodes(at, a)
     end
   end
   redis.call('HINCRBY', meta, 'total', a)
+  -- A node added after nothing is after the one adding it, which ends
+  -- (succeeded) in this call: a hand-off done again finds it among its
+  -- children.
+  local function parents_of(j)
+    if ARGV[j + 2] == '' then return ending end
+    return ARGV[j + 2]
+  end
   for j = at, last, 4 do
     local name = ARGV[j]
     redis.call('HSET', KEYS[2], name, ARGV[j + 1])
     redis.call('HSET', KEYS[3], name, 'pending')
-    if ARGV[j + 2] ~= '' then redis.call('HSET', KEYS[8], name, ARGV[j + 2]) end
+    redis.call('HSET', KEYS[8], name, parents_of(j))
     if ARGV[j + 3] == 'f' then redis.call('HSET', KEYS[6], name, '1') end
   end
   local ready = {}
   for j = at, last, 4 do
     local name, left = ARGV[j], 0
-    for parent in string.gmatch(ARGV[j + 2], '%S+') do
+    for parent in string.gmatch(parents_of(j), '%S+') do
       local state = redis.call('HGET', KEYS[3], parent)
       if state == 'pending' or state == 'waiting' then
         local children = redis.call('HGET', KEYS[7], parent)
@@ -85,12 +93,12 @@ while i <= #ARGV do
   local state = redis.call('HGET', KEYS[3], name)
   if state ~= 'waiting' and state ~= 'pending' then
     again = true
+    if state then flow_redrive(name) end
   else
-    redis.call('HDEL', KEYS[9], name)
     local ready = {}
     if a > 0 and status == 'succeeded' then
       local refused
-      refused, ready = add_nodes(at, a)
+      refused, ready = add_nodes(at, a, name)
       if refused then
         status = 'dead'
         result = '{"error":' .. cjson.encode('flow_add refused: ' .. refused) .. '}'
@@ -100,13 +108,13 @@ while i <= #ARGV do
     local cancel = status ~= 'succeeded'
       and redis.call('HGET', meta, 'on_failure') == 'cancel'
       and redis.call('HSETNX', meta, 'cancelled_at', now) == 1
+    if cancel then flow_cancelled = now end
     flow_end_node(name, status, result, attempt, now)
     -- Added nodes whose parents all ended before them.
-    local cancelled = redis.call('HEXISTS', meta, 'cancelled_at') == 1
     for _, added in ipairs(ready) do
       if redis.call('HGET', KEYS[3], added) == 'pending' then
         local how = nil
-        if cancelled then
+        if flow_is_cancelled() then
           how = 'cancelled'
         elseif redis.call('HEXISTS', KEYS[5], added) == 1
             and redis.call('HEXISTS', KEYS[6], added) == 0 then
@@ -128,4 +136,4 @@ if again and redis.call('HEXISTS', meta, 'cancelled_at') == 1
     and redis.call('HGET', meta, 'status') == 'running' then
   flow_cancel(now)
 end
-return flow_reply(flow_finish(now, ARGV[2]), again)
+return flow_reply(flow_finish(now, ARGV[2]))

@@ -1,7 +1,6 @@
--- flow_cancel: cancels a running flow (`conveyor flow cancel`): the nodes
--- pending, and those released and not yet in their queue, end
--- 'cancelled', and those in their queues are returned to be cancelled
--- there. A flow that ended is left as it is.
+-- flow_cancel: cancels a running flow (`conveyor flow cancel`): its nodes
+-- pending end 'cancelled', and those released are returned to be
+-- cancelled in their queues. A flow that ended is left as it is.
 -- KEYS[1..] the flow's keys (flow_lib.lua)
 -- ARGV[1] now (RFC 3339)
 -- ARGV[2] how long the flow's state stays once it ended (ms)
@@ -11,4 +10,4 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'unknown', 0, 0} end
 if status ~= 'running' then return {'ended', 0, 0} end
 flow_cancel(ARGV[1])
-return flow_reply(flow_finish(ARGV[1], ARGV[2]), false)
+return flow_reply(flow_finish(ARGV[1], ARGV[2]))

@@ -1,8 +1,9 @@
 -- flow_submit: stores a checked flow document in its slot, once, and
 -- releases the nodes that wait for nothing. A flow already stored is left
--- as it is (a second submission of its id is ignored), and what it still
--- has to hand to its queues is returned again, so a document read twice
--- after a crash finishes its hand-off. A flow with no nodes ends at once.
+-- as it is (a second submission of its id is ignored), and its first nodes
+-- still 'waiting' are returned again, so a document read twice after a
+-- crash finishes its hand-off (their queue pushes each once). A flow with
+-- no nodes ends at once.
 -- KEYS[1..] the flow's keys (flow_lib.lua)
 -- ARGV[1] now (RFC 3339)
 -- ARGV[2] on_failure: 'continue' | 'cancel'
@@ -12,29 +13,44 @@
 --         if it runs whatever its parents' ends, else 's'
 -- Returns flow_reply's: the status if it ended (an empty flow), no nodes
 -- settled or to cancel, then name, parents and spec per node released; for
--- a flow already stored, status 'duplicate' and every node in the outbox.
+-- a flow already stored, status 'duplicate'.
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local out = flow_reply('', true)
+  local states = redis.call('HGETALL', KEYS[3])
+  for j = 1, #states, 2 do
+    if states[j + 1] == 'waiting' and redis.call('HEXISTS', KEYS[8], states[j]) == 0 then
+      flow_mark_released(states[j])
+    end
+  end
+  local out = flow_reply('')
   out[1] = 'duplicate'
   return out
 end
 local now, n = ARGV[1], tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'running', 'on_failure', ARGV[2],
   'created_at', now, 'total', n, 'ended', 0)
+local spec, state, left, parents, children, when = {}, {}, {}, {}, {}, {}
 for i = 5, 4 + 5 * n, 5 do
-  local name, parents = ARGV[i], ARGV[i + 2]
-  redis.call('HSET', KEYS[2], name, ARGV[i + 1])
-  if parents ~= '' then
-    redis.call('HSET', KEYS[8], name, parents)
+  local name, node_parents = ARGV[i], ARGV[i + 2]
+  spec[#spec + 1], spec[#spec + 2] = name, ARGV[i + 1]
+  state[#state + 1] = name
+  if node_parents ~= '' then
     local count = 0
-    for _ in string.gmatch(parents, '%S+') do count = count + 1 end
-    redis.call('HSET', KEYS[4], name, count)
-    redis.call('HSET', KEYS[3], name, 'pending')
+    for _ in string.gmatch(node_parents, '%S+') do count = count + 1 end
+    parents[#parents + 1], parents[#parents + 2] = name, node_parents
+    left[#left + 1], left[#left + 2] = name, count
+    state[#state + 1] = 'pending'
+  else
+    state[#state + 1] = 'waiting'
+    flow_spec[name] = ARGV[i + 1]
+    flow_mark_released(name)
   end
-  if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[7], name, ARGV[i + 3]) end
-  if ARGV[i + 4] == 'f' then redis.call('HSET', KEYS[6], name, '1') end
+  if ARGV[i + 3] ~= '' then children[#children + 1], children[#children + 2] = name, ARGV[i + 3] end
+  if ARGV[i + 4] == 'f' then when[#when + 1], when[#when + 2] = name, '1' end
 end
-for i = 5, 4 + 5 * n, 5 do
-  if ARGV[i + 2] == '' then flow_release(ARGV[i]) end
-end
-return flow_reply(flow_finish(now, ARGV[3]), false)
+flow_hset_all(KEYS[2], spec)
+flow_hset_all(KEYS[3], state)
+flow_hset_all(KEYS[4], left)
+flow_hset_all(KEYS[6], when)
+flow_hset_all(KEYS[7], children)
+flow_hset_all(KEYS[8], parents)
+return flow_reply(flow_finish(now, ARGV[3]))

@@ -45,7 +45,7 @@ pub(crate) struct Taken<'a> {
 
 /// One call of `flow_advance.lua`.
 pub(crate) struct Call<'a> {
-    /// KEYS[1..=11] the flow's keys.
+    /// KEYS[1..=10] the flow's keys.
     pub(crate) keys: &'a FlowKeys,
     /// ARGV[1] now (RFC 3339).
     pub(crate) now: &'a str,

@@ -11,7 +11,7 @@ script!("flow_submit.lua", "flow_lib.lua");
 
 /// One call of `flow_submit.lua`.
 pub(crate) struct Call<'a> {
-    /// KEYS[1..=11] the flow's keys.
+    /// KEYS[1..=10] the flow's keys.
     pub(crate) keys: &'a FlowKeys,
     /// ARGV[1] now (RFC 3339).
     pub(crate) now: &'a str,
