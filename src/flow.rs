@@ -126,21 +126,48 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// Reads and checks a submitted document ([`read`]), parsed once: the
+/// text with its flow id (written into it when it has none, as
+/// [`with_id`] does) and the document.
+pub(crate) fn read_submitted(
+    text: &str,
+    known: &dyn Fn(&str) -> bool,
+    max_nodes: usize,
+) -> Result<(String, Document), Refused> {
+    let mut wire = parse(text)?;
+    let named = match &wire.flow {
+        Some(_) => text.to_owned(),
+        None => {
+            let id = crate::envelope::new_id();
+            let named = name_into(text, &id);
+            wire.flow = Some(id);
+            named
+        }
+    };
+    Ok((named, checked(wire, known, max_nodes)?))
+}
+
+/// `text` (a JSON object) with `"flow": id` as its first field.
+fn name_into(text: &str, id: &str) -> String {
+    let at = text.find('{').unwrap_or(0);
+    let rest = text[at + 1..].trim_start();
+    match rest.starts_with('}') {
+        true => format!("{{\"flow\":\"{id}\"{rest}"),
+        false => format!("{{\"flow\":\"{id}\",{rest}"),
+    }
+}
+
 /// The document with a flow id: the text unchanged and its id when it
 /// names one, else the text with a new id written into it (so that a
 /// document read twice, after a crash, is the same flow both times).
+#[cfg(test)]
 pub(crate) fn with_id(text: &str) -> Result<(String, String), Refused> {
     let wire: WireDocument = parse(text)?;
     if let Some(id) = wire.flow {
         return Ok((text.to_owned(), id));
     }
     let id = crate::envelope::new_id();
-    let at = text.find('{').unwrap_or(0);
-    let rest = text[at + 1..].trim_start();
-    let named = match rest.starts_with('}') {
-        true => format!("{{\"flow\":\"{id}\"{rest}"),
-        false => format!("{{\"flow\":\"{id}\",{rest}"),
-    };
+    let named = name_into(text, &id);
     Ok((named, id))
 }
 
@@ -156,12 +183,20 @@ fn parse(text: &str) -> Result<WireDocument, Refused> {
 
 /// Reads and checks a document whose queues must satisfy `known`, with at
 /// most `max_nodes` nodes. O(N + E).
+#[cfg(test)]
 pub(crate) fn read(
     text: &str,
     known: &dyn Fn(&str) -> bool,
     max_nodes: usize,
 ) -> Result<Document, Refused> {
-    let wire = parse(text)?;
+    checked(parse(text)?, known, max_nodes)
+}
+
+fn checked(
+    wire: WireDocument,
+    known: &dyn Fn(&str) -> bool,
+    max_nodes: usize,
+) -> Result<Document, Refused> {
     let id = wire
         .flow
         .ok_or_else(|| Refused("the document has no flow id".into()))?;

@@ -621,3 +621,45 @@ fn cache_key(url: &str) -> String {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("cache:{hex}")
 }
+
+/// A flow's node run by the http handler: its flow and its parents'
+/// statuses and results reach the receiver as `conveyor-flow` and
+/// `conveyor-parents`; the response's JSON is the node's result, which its
+/// child is told of in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flows_nodes_tell_the_receiver_their_flow_and_parents() {
+    let redis = Redis::start();
+    let server = HttpServer::start();
+    let http = "allow_job_url = true\nallow_private = true";
+    let config = config(&redis, &queue("", http));
+    let client = conveyor::api::Client::new(&config, "test").unwrap();
+    let daemon = TestDaemon::start(config, builtin());
+    let job = |path: &str| json!({"queue": "hooks", "payload": {"url": server.url(path), "body": {"n": 1}}});
+    let mut first = job("/ok");
+    first["payload"]["body"] = json!({"first": true});
+    let mut second = job("/ok");
+    second["after"] = json!(["first"]);
+    let doc = json!({"flow": "hooked", "jobs": {"first": first, "second": second}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    wait_until("the flow ends", WAIT, || {
+        let client = client.clone();
+        async move {
+            client
+                .flow("hooked")
+                .await
+                .is_ok_and(|f| f.status == "succeeded")
+        }
+    })
+    .await;
+    let requests = server.to("/ok");
+    assert_eq!(requests.len(), 2);
+    let (a, b) = (&requests[0], &requests[1]);
+    assert_eq!(a.headers["webhook-id"], "hooked:first");
+    assert_eq!(a.headers["conveyor-flow"], "hooked");
+    assert_eq!(a.headers["conveyor-parents"], "{}");
+    assert_eq!(b.headers["webhook-id"], "hooked:second");
+    let parents: serde_json::Value = serde_json::from_str(&b.headers["conveyor-parents"]).unwrap();
+    assert_eq!(parents["first"]["status"], "succeeded");
+    assert!(parents["first"].get("result").is_some(), "{parents}");
+    daemon.stop().await.unwrap();
+}

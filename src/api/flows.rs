@@ -20,13 +20,13 @@ impl Client {
     /// flow id. A document that cannot be a flow is refused here
     /// ([`ApiError::Invalid`]) and nothing is submitted.
     pub async fn submit_flow(&self, document: &str) -> Result<String, ApiError> {
-        let (named, fid) = crate::flow::with_id(document).map_err(|e| ApiError::Invalid(e.0))?;
-        {
+        let (named, doc) = {
             let config = self.config();
             let known = |queue: &str| config.queues.contains_key(queue);
-            crate::flow::read(&named, &known, config.flows.max_nodes)
-                .map_err(|e| ApiError::Invalid(e.0))?;
-        }
+            crate::flow::read_submitted(document, &known, config.flows.max_nodes)
+                .map_err(|e| ApiError::Invalid(e.0))?
+        };
+        let fid = doc.id;
         let mut conn = self.broker.conn().await?;
         redis::cmd("RPUSH")
             .arg(keys::FLOWS)

@@ -248,7 +248,15 @@ impl Broker {
         };
         let mut conn = self.conn().await?;
         let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;
-        Settled::from_reply(reply)
+        let mut settled = Settled::from_reply(reply)?;
+        // Released by name alone: the first nodes, of no parents.
+        for node in &mut settled.released {
+            if let Some(spec) = doc.nodes.get(&node.name) {
+                node.spec.clone_from(&spec.spec);
+                node.parents = "{}".into();
+            }
+        }
+        Ok(settled)
     }
 
     /// Lists a stored flow among the recent ones and forgets its taken
@@ -317,20 +325,27 @@ impl Broker {
         Settled::from_reply(reply)
     }
 
-    /// Pushes released nodes of flow `fid` onto queue `q`, each once.
+    /// Pushes released nodes of flow `fid` onto queue `q`, each once, in
+    /// one round trip; how many were pushed.
     pub(crate) async fn hand_over(
         &self,
         q: &QueueKeys,
         fid: &str,
         jobs: &[(&str, String)],
     ) -> Result<u64, BrokerError> {
-        let call = flow_release::Call {
-            keys: q,
-            flow: fid,
-            jobs,
-        };
+        let mut pipe = redis::pipe();
+        pipe.load_script(&flow_release::SCRIPT).ignore();
+        for chunk in jobs.chunks(flow_release::MOST) {
+            let call = flow_release::Call {
+                keys: q,
+                flow: fid,
+                jobs: chunk,
+            };
+            pipe.invoke_script(&call.invocation());
+        }
         let mut conn = self.conn().await?;
-        Ok(call.invocation().invoke_async(&mut conn).await?)
+        let pushed: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(pushed.iter().sum())
     }
 
     /// Forgets node ends of queue `q` that their flows have taken.

@@ -25,7 +25,6 @@ use crate::broker::flows::{NodeEnd, Released, Settled, Taken};
 use crate::broker::{Broker, BrokerError, QueueKeys, keys};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::config::Config;
-use crate::envelope::Envelope;
 use crate::event::{Draft, EventType};
 use crate::flow::{self, Spec};
 
@@ -38,8 +37,6 @@ const BATCH: usize = 1_000;
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// Items read per list per look.
 const LOOK_MOST: isize = 1_000;
-/// Released nodes pushed per call.
-const PUSH_MOST: usize = 500;
 
 /// The nodes an end adds, checked, or why they are refused (as the node's
 /// result in its flow).
@@ -197,18 +194,15 @@ impl Shared {
 
     async fn try_submit(&self, taken: &str) -> Result<(), BrokerError> {
         let now = now_rfc3339();
-        let (named, fid) = match flow::with_id(taken) {
-            Ok(named) => named,
+        let known = |queue: &str| self.queues.contains_key(queue);
+        let (named, doc) = match flow::read_submitted(taken, &known, self.max_nodes) {
+            Ok(read) => read,
             Err(refused) => return self.refuse(taken, &refused.0, &now).await,
         };
         if named != taken {
             self.broker.rename_taken_flow(taken, &named).await?;
         }
-        let known = |queue: &str| self.queues.contains_key(queue);
-        let doc = match flow::read(&named, &known, self.max_nodes) {
-            Ok(doc) => doc,
-            Err(refused) => return self.refuse(&named, &refused.0, &now).await,
-        };
+        let fid = doc.id.clone();
         let settled = self.broker.store_flow(&doc, &now, self.ttl).await?;
         if settled.duplicate {
             tracing::info!(flow = %fid, "flows: a second submission of a flow already stored is ignored");
@@ -390,9 +384,7 @@ impl Shared {
                 // its list is where a producer would push.
                 None => QueueKeys::new(queue, queue, "flows"),
             };
-            for chunk in jobs.chunks(PUSH_MOST) {
-                self.broker.hand_over(&keys, fid, chunk).await?;
-            }
+            self.broker.hand_over(&keys, fid, jobs).await?;
         }
         Ok(())
     }
@@ -438,25 +430,45 @@ impl Shared {
     }
 }
 
-/// The job of a released node.
+/// The job of a released node, written out directly: its id
+/// `<fid>:<name>` (both `[A-Za-z0-9_.-]`), its payload as submitted, its
+/// flow and its parents' statuses and results (checked to be JSON: a job
+/// that is not would be dead-lettered as malformed, out of its flow's
+/// sight).
 fn envelope(fid: &str, node: &Released, spec: &Spec, created_at: &str) -> String {
-    let mut env = Envelope::new(spec.payload.clone());
-    env.id = format!("{fid}:{}", node.name);
-    env.max_attempts = spec.max_attempts;
-    env.timeout_ms = spec.timeout_ms;
-    env.created_at = Some(created_at.to_owned());
-    let json = |text: String| RawValue::from_string(text).expect("valid JSON");
-    env.extra.push((
-        "flow".into(),
-        json(serde_json::to_string(fid).expect("a string serializes")),
-    ));
-    match RawValue::from_string(node.parents.clone()) {
-        Ok(parents) => env.extra.push(("parents".into(), parents)),
+    let parents = match serde_json::from_str::<&RawValue>(&node.parents) {
+        Ok(_) => node.parents.as_str(),
         Err(e) => {
-            tracing::warn!(flow = %fid, node = %node.name, error = %e, "flows: a node's parents are not JSON; left out")
+            tracing::warn!(flow = %fid, node = %node.name, error = %e, "flows: a node's parents are not JSON; left out");
+            "{}"
         }
+    };
+    let payload = spec.payload.get();
+    let mut e = String::with_capacity(payload.len() + parents.len() + 2 * fid.len() + 160);
+    e.push_str("{\"id\":\"");
+    e.push_str(fid);
+    e.push(':');
+    e.push_str(&node.name);
+    e.push_str("\",\"payload\":");
+    e.push_str(payload);
+    e.push_str(",\"attempt\":0");
+    if let Some(m) = spec.max_attempts {
+        e.push_str(",\"max_attempts\":");
+        e.push_str(itoa::Buffer::new().format(m));
     }
-    env.to_json()
+    e.push_str(",\"created_at\":\"");
+    e.push_str(created_at);
+    e.push('"');
+    if let Some(t) = spec.timeout_ms {
+        e.push_str(",\"timeout_ms\":");
+        e.push_str(itoa::Buffer::new().format(t));
+    }
+    e.push_str(",\"flow\":\"");
+    e.push_str(fid);
+    e.push_str("\",\"parents\":");
+    e.push_str(parents);
+    e.push('}');
+    e
 }
 
 /// A second, or less if `stop` comes first.

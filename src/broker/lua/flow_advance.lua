@@ -25,6 +25,14 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0, 0} end
 local now, again = ARGV[1], false
 local meta = KEYS[1]
+-- The ending nodes' states, read at once.
+local ending = {}
+local i = 4
+while i <= #ARGV do
+  ending[#ending + 1] = ARGV[i]
+  i = i + 5 + 4 * tonumber(ARGV[i + 4])
+end
+flow_prefetch(ending)
 
 -- Adds the a nodes given from ARGV[at]; returns why not, or nil and the
 -- added nodes whose parents had all ended already.
@@ -59,7 +67,7 @@ local function add_nodes(at, a, ending)
   for j = at, last, 4 do
     local name = ARGV[j]
     redis.call('HSET', KEYS[2], name, ARGV[j + 1])
-    redis.call('HSET', KEYS[3], name, 'pending')
+    flow_set_state(name, 'pending')
     redis.call('HSET', KEYS[8], name, parents_of(j))
     if ARGV[j + 3] == 'f' then redis.call('HSET', KEYS[6], name, '1') end
   end
@@ -67,7 +75,7 @@ local function add_nodes(at, a, ending)
   for j = at, last, 4 do
     local name, left = ARGV[j], 0
     for parent in string.gmatch(parents_of(j), '%S+') do
-      local state = redis.call('HGET', KEYS[3], parent)
+      local state = flow_state(parent)
       if state == 'pending' or state == 'waiting' then
         local children = redis.call('HGET', KEYS[7], parent)
         redis.call('HSET', KEYS[7], parent, children and (children .. ' ' .. name) or name)
@@ -85,12 +93,12 @@ local function add_nodes(at, a, ending)
   return nil, ready
 end
 
-local i = 4
+i = 4
 while i <= #ARGV do
   local name, status, result, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local a, at = tonumber(ARGV[i + 4]), i + 5
   i = at + 4 * a
-  local state = redis.call('HGET', KEYS[3], name)
+  local state = flow_state(name)
   if state ~= 'waiting' and state ~= 'pending' then
     again = true
     if state then flow_redrive(name) end
@@ -112,7 +120,7 @@ while i <= #ARGV do
     flow_end_node(name, status, result, attempt, now)
     -- Added nodes whose parents all ended before them.
     for _, added in ipairs(ready) do
-      if redis.call('HGET', KEYS[3], added) == 'pending' then
+      if flow_state(added) == 'pending' then
         local how = nil
         if flow_is_cancelled() then
           how = 'cancelled'

@@ -20,6 +20,42 @@ local flow_counts = {}
 local flow_cancelled = nil
 -- Specs at hand (the submitted ones), by name.
 local flow_spec = {}
+-- Nodes' states read or written in this call (false: none), and those
+-- written, kept here and written at once (flow_flush): a call that takes a
+-- thousand ends writes each hash once.
+local flow_states, flow_dirty = {}, {}
+-- Ends to write into KEYS[10] (name, attempt and time), at once.
+local flow_ends_written = {}
+-- With it set, a reply names the released nodes alone (the caller has
+-- their specs, and they have no parents).
+local flow_names_only = false
+
+local function flow_state(name)
+  local state = flow_states[name]
+  if state == nil then
+    state = redis.call('HGET', KEYS[3], name) or false
+    flow_states[name] = state
+  end
+  return state
+end
+
+-- Reads the states of `names` at once, for flow_state.
+local function flow_prefetch(names)
+  for from = 1, #names, 1000 do
+    local to = math.min(from + 999, #names)
+    local states = redis.call('HMGET', KEYS[3], unpack(names, from, to))
+    for k = 1, to - from + 1 do
+      if flow_states[names[from + k - 1]] == nil then
+        flow_states[names[from + k - 1]] = states[k] or false
+      end
+    end
+  end
+end
+
+local function flow_set_state(name, state)
+  flow_states[name] = state
+  flow_dirty[name] = true
+end
 
 local function flow_is_cancelled()
   if flow_cancelled == nil then
@@ -37,7 +73,7 @@ local function flow_mark_released(name)
 end
 
 local function flow_release(name)
-  redis.call('HSET', KEYS[3], name, 'waiting')
+  flow_set_state(name, 'waiting')
   flow_mark_released(name)
 end
 
@@ -47,6 +83,18 @@ local function flow_hset_all(key, pairs_list)
   for from = 1, #pairs_list, 1000 do
     redis.call('HSET', key, unpack(pairs_list, from, math.min(from + 999, #pairs_list)))
   end
+end
+
+-- Writes the states and ends kept in this call.
+local function flow_flush()
+  local states = {}
+  for name in pairs(flow_dirty) do
+    states[#states + 1] = name
+    states[#states + 1] = flow_states[name]
+  end
+  flow_hset_all(KEYS[3], states)
+  flow_hset_all(KEYS[10], flow_ends_written)
+  flow_dirty, flow_ends_written = {}, {}
 end
 
 -- Records that `name` ended as `status` (with `result`, '' for none), then
@@ -59,15 +107,16 @@ local function flow_end_node(name, status, result, attempt, now)
   while #ends > 0 do
     local e = table.remove(ends)
     local node, st = e[1], e[2]
-    redis.call('HSET', KEYS[3], node, st)
+    flow_set_state(node, st)
     if e[3] ~= '' then redis.call('HSET', KEYS[9], node, e[3]) end
-    redis.call('HSET', KEYS[10], node, e[4] .. ' ' .. now)
+    flow_ends_written[#flow_ends_written + 1] = node
+    flow_ends_written[#flow_ends_written + 1] = e[4] .. ' ' .. now
     flow_counts.ended = (flow_counts.ended or 0) + 1
     flow_counts[st] = (flow_counts[st] or 0) + 1
     if node ~= name then flow_settled[#flow_settled + 1] = node .. ' ' .. st end
     local children = redis.call('HGET', KEYS[7], node)
     for child in string.gmatch(children or '', '%S+') do
-      if redis.call('HGET', KEYS[3], child) == 'pending' then
+      if flow_state(child) == 'pending' then
         if st ~= 'succeeded' then redis.call('HSET', KEYS[5], child, '1') end
         if redis.call('HINCRBY', KEYS[4], child, -1) <= 0 then
           redis.call('HDEL', KEYS[4], child)
@@ -96,7 +145,7 @@ local function flow_redrive(name)
     for child in string.gmatch(children or '', '%S+') do
       if not seen[child] then
         seen[child] = true
-        local state = redis.call('HGET', KEYS[3], child)
+        local state = flow_state(child)
         if state == 'waiting' then
           flow_mark_released(child)
         elseif state == 'skipped' or state == 'cancelled' then
@@ -114,11 +163,12 @@ end
 local function flow_cancel(now)
   redis.call('HSETNX', KEYS[1], 'cancelled_at', now)
   flow_cancelled = now
+  flow_flush()
   local states = redis.call('HGETALL', KEYS[3])
   for j = 1, #states, 2 do
     local name = states[j]
     -- Read again: an earlier one's end may have settled it.
-    local state = redis.call('HGET', KEYS[3], name)
+    local state = flow_state(name)
     if state == 'pending' then
       flow_end_node(name, 'cancelled', '', '0', now)
       flow_settled[#flow_settled + 1] = name .. ' cancelled'
@@ -132,6 +182,7 @@ end
 -- and it had not ended before: its status, written with when it ended,
 -- and every key of the flow given the lifetime `ttl` (ms). '' otherwise.
 local function flow_finish(now, ttl)
+  flow_flush()
   for field, n in pairs(flow_counts) do
     redis.call('HINCRBY', KEYS[1], field, n)
   end
@@ -177,6 +228,7 @@ end
 -- (name and spec), then name, parents and spec of each node to hand to its
 -- queue.
 local function flow_reply(status)
+  flow_flush()
   local out = {status, #flow_settled}
   for _, s in ipairs(flow_settled) do out[#out + 1] = s end
   out[#out + 1] = #flow_to_cancel
@@ -186,8 +238,12 @@ local function flow_reply(status)
   end
   for _, name in ipairs(flow_released) do
     out[#out + 1] = name
-    out[#out + 1] = flow_parents_json(name)
-    out[#out + 1] = flow_spec[name] or redis.call('HGET', KEYS[2], name)
+    if flow_names_only then
+      out[#out + 1], out[#out + 2] = '', ''
+    else
+      out[#out + 1] = flow_parents_json(name)
+      out[#out + 1] = redis.call('HGET', KEYS[2], name)
+    end
   end
   return out
 end

@@ -4,14 +4,24 @@
 -- KEYS[1] the queue list K
 -- KEYS[2] the flow's marker in this queue {K}:flows:released:<fid>
 -- ARGV[1] how long the marker lives (s)
--- ARGV[2..] pairs: the node's name, its job's envelope
+-- ARGV[2..] pairs: the node's name, its job's envelope (at most 500 pairs,
+--           each name once)
 -- Returns how many were pushed.
-local pushed = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], '1') == 1 then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
-    pushed = pushed + 1
+local names = {}
+for i = 2, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+if #names == 0 then return 0 end
+local marked = redis.call('HMGET', KEYS[2], unpack(names))
+local marks, jobs = {}, {}
+for k, name in ipairs(names) do
+  if not marked[k] then
+    marks[#marks + 1] = name
+    marks[#marks + 1] = '1'
+    jobs[#jobs + 1] = ARGV[2 * k + 1]
   end
 end
+if #jobs > 0 then
+  redis.call('HSET', KEYS[2], unpack(marks))
+  redis.call('RPUSH', KEYS[1], unpack(jobs))
+end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-return pushed
+return #jobs

@@ -12,8 +12,10 @@
 --         (JSON), parents and children (space-separated names), and 'f'
 --         if it runs whatever its parents' ends, else 's'
 -- Returns flow_reply's: the status if it ended (an empty flow), no nodes
--- settled or to cancel, then name, parents and spec per node released; for
--- a flow already stored, status 'duplicate'.
+-- settled or to cancel, then each node released by name alone (with '' for
+-- its parents and spec: the caller has the document, and such a node has
+-- no parents); for a flow already stored, status 'duplicate'.
+flow_names_only = true
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local states = redis.call('HGETALL', KEYS[3])
   for j = 1, #states, 2 do
@@ -41,7 +43,6 @@ for i = 5, 4 + 5 * n, 5 do
     state[#state + 1] = 'pending'
   else
     state[#state + 1] = 'waiting'
-    flow_spec[name] = ARGV[i + 1]
     flow_mark_released(name)
   end
   if ARGV[i + 3] ~= '' then children[#children + 1], children[#children + 2] = name, ARGV[i + 3] end

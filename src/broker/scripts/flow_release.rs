@@ -12,6 +12,9 @@ script!("flow_release.lua");
 /// hand-off done again after a crash comes within minutes.
 pub(crate) const MARKER_TTL_S: u64 = 86_400;
 
+/// Most nodes pushed per call.
+pub(crate) const MOST: usize = 500;
+
 /// One call of `flow_release.lua`.
 pub(crate) struct Call<'a> {
     /// KEYS[1] the queue list; KEYS[2] its marker of the flow.

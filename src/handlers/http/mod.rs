@@ -15,7 +15,8 @@
 //! Every request carries `content-type: application/json` (with a body),
 //! `user-agent: conveyor/<version>`, `webhook-id` (the job's id: the
 //! receiver's idempotency key), `webhook-timestamp`, `conveyor-queue` and
-//! `conveyor-attempt`, and with a signing secret the Standard Webhooks
+//! `conveyor-attempt`, for a flow's node `conveyor-flow` and (up to 8 KiB)
+//! `conveyor-parents`, and with a signing secret the Standard Webhooks
 //! `webhook-signature` (`sign.rs`). 2xx is success (a JSON body of up to
 //! 64 KiB is the result); 408, 425, 429, 5xx, refused connections, resets
 //! and timeouts are transient (`Retry-After` sets the next attempt's delay);
@@ -63,11 +64,18 @@ const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 const CONVEYOR_QUEUE: HeaderName = HeaderName::from_static("conveyor-queue");
 const CONVEYOR_ATTEMPT: HeaderName = HeaderName::from_static("conveyor-attempt");
+const CONVEYOR_FLOW: HeaderName = HeaderName::from_static("conveyor-flow");
+const CONVEYOR_PARENTS: HeaderName = HeaderName::from_static("conveyor-parents");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Largest `conveyor-parents` header sent; a flow's node whose parents
+/// take more gets `conveyor-flow` alone (its parents are in
+/// `GET /api/flows/<fid>`).
+const MAX_PARENTS_HEADER: usize = 8 * 1024;
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Headers the handler sets itself.
-const RESERVED: [HeaderName; 7] = [
+const RESERVED: [HeaderName; 9] = [
     header::CONTENT_TYPE,
     header::USER_AGENT,
     WEBHOOK_ID,
@@ -75,6 +83,8 @@ const RESERVED: [HeaderName; 7] = [
     WEBHOOK_SIGNATURE,
     CONVEYOR_QUEUE,
     CONVEYOR_ATTEMPT,
+    CONVEYOR_FLOW,
+    CONVEYOR_PARENTS,
 ];
 
 /// `[queues.<q>.http]`
@@ -496,6 +506,18 @@ impl Http {
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
         headers.insert(CONVEYOR_QUEUE, self.queue_header.clone());
         headers.insert(CONVEYOR_ATTEMPT, HeaderValue::from(job.attempt()));
+        // A flow's node: its flow, and its parents' statuses and results
+        // (DESIGN section 13) while they fit a header.
+        if let Some(flow) = job.flow().and_then(|f| HeaderValue::from_str(f).ok()) {
+            headers.insert(CONVEYOR_FLOW, flow);
+            let parents = job.parents().map(|p| p.get().as_bytes());
+            if let Some(value) = parents
+                .filter(|p| p.len() <= MAX_PARENTS_HEADER)
+                .and_then(|p| HeaderValue::from_bytes(p).ok())
+            {
+                headers.insert(CONVEYOR_PARENTS, value);
+            }
+        }
         // The job's span goes on (tracing on): the receiver's spans are its
         // children. Over any the queue's own headers set.
         if let Some(traceparent) = job.traceparent() {
