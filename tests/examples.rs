@@ -2,7 +2,9 @@
 //! the Python and Node workers of `examples/` under the `exec` handler, the
 //! Flask endpoint `examples/receiver.py` under the `http` handler, and
 //! `examples/custom_handler.rs` running its own job kinds through the whole
-//! command line. (`tests/docs.rs` checks that the pages show these files.)
+//! command line, and the flows of `examples/flow.py` run by the flow
+//! workers in Python and Node. (`tests/docs.rs` checks that the pages show
+//! these files.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -276,4 +278,110 @@ async fn the_flask_receiver_verifies_each_job_and_answers_with_its_result() {
     assert!(refused["last_error"].starts_with("HTTP 401"), "{refused:?}");
     signal(&forged, 15);
     assert_eq!(wait_exit(&mut forged, WAIT), Some(0));
+}
+
+/// The README's flows: `examples/flow.py` (redis-py alone) submits an
+/// order's steps and 500 image resizes closed by one zip; a Python worker
+/// (`examples/flow_worker.py`) and a Node one (`examples/flow_worker.js`)
+/// run the nodes; and a worker that adds nodes to its flow fans out to 40
+/// API calls merged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_example_runs_as_the_readme_shows() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let exec = |queue: &str, interpreter: &str, worker: &str| {
+        format!(
+            "[queues.{queue}]\nhandler = \"exec\"\nconcurrency = 2\n[queues.{queue}.exec]\n\
+             command = [\"{interpreter}\", \"{}\"]\n",
+            repo().join("examples").join(worker).display()
+        )
+    };
+    let mut queues = String::new();
+    for q in ["payments", "invoices", "images"] {
+        queues.push_str(&exec(q, "python3", "flow_worker.py"));
+    }
+    for q in ["mail", "audit"] {
+        queues.push_str(&exec(q, "node", "flow_worker.js"));
+    }
+    let cfg = config_file(dir.path(), &redis, &queues);
+    let config = conveyor::config::Config::load(Some(&cfg)).unwrap();
+    let client = conveyor::api::Client::new(&config, "test").unwrap();
+    let mut daemon = KillOnDrop(
+        conveyor()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = Command::new("python3")
+        .arg(repo().join("examples/flow.py"))
+        .env("PYTHONPATH", repo().join("target/pydeps"))
+        .env("REDIS_URL", format!("unix://{}", redis.socket().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = |fid: &'static str| {
+        let client = client.clone();
+        async move {
+            wait_until(&format!("flow {fid} ends"), WAIT, || {
+                let client = client.clone();
+                async move { client.flow(fid).await.is_ok_and(|f| f.status != "running") }
+            })
+            .await;
+            client.flow(fid).await.unwrap()
+        }
+    };
+    let result = |view: &conveyor::api::FlowView, node: &str| -> serde_json::Value {
+        let n = view.nodes.iter().find(|n| n.name == node).unwrap();
+        serde_json::from_str(n.result.as_ref().unwrap().get()).unwrap()
+    };
+    let order = ended("order-1001").await;
+    assert_eq!(order.status, "succeeded", "{order:?}");
+    // The Node worker ran the audit, told of each parent.
+    assert_eq!(
+        result(&order, "audit"),
+        serde_json::json!({"node": "audit", "flow": "order-1001",
+            "after": {"charge": "succeeded", "invoice": "succeeded", "mail": "succeeded"}})
+    );
+    let album = ended("album-7").await;
+    assert_eq!((album.status.as_str(), album.total), ("succeeded", 501));
+    assert_eq!(
+        result(&album, "zip")["after"].as_object().unwrap().len(),
+        500
+    );
+    // A node that adds 40 calls and their merge to its flow.
+    let apis: Vec<String> = (0..40).map(|i| format!("api-{i}")).collect();
+    let doc = serde_json::json!({"flow": "apis", "jobs": {"split": {"queue": "payments", "payload": {"apis": apis}}}});
+    let doc_file = dir.path().join("apis.json");
+    std::fs::write(&doc_file, doc.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "flow",
+            "submit",
+            doc_file.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "apis");
+    let view = ended("apis").await;
+    assert_eq!((view.status.as_str(), view.total), ("succeeded", 42));
+    let mut sorted = apis.clone();
+    sorted.sort();
+    assert_eq!(
+        result(&view, "merge"),
+        serde_json::json!({"answers": sorted})
+    );
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, WAIT), Some(0));
 }
