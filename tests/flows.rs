@@ -635,3 +635,45 @@ async fn an_exec_worker_adds_a_thousand_nodes_and_the_merge_runs_once_after_them
     );
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_failure_ends_a_running_exec_nodes_process() {
+    let redis = Redis::start();
+    let step = Step::default();
+    // A node of a queue whose job is a program: `sleep` for long.
+    let seconds = 4000 + std::process::id() % 1000;
+    let config = config(
+        &redis,
+        &format!(
+            "{QUEUES}[queues.sleepy]\nhandler = \"exec\"\nconcurrency = 1\ntimeout = \"2m\"\n\
+             [queues.sleepy.exec]\ncommand = [\"sleep\", \"{seconds}\"]\n"
+        ),
+    );
+    let mut registry: Registry = builtin();
+    registry.register_handler("step", step.clone());
+    let client = Client::new(&config, "test").unwrap();
+    let daemon = TestDaemon::start(config, registry);
+    let sleepers = || {
+        processes_where(|cmd| cmd.contains("sleep") && cmd.ends_with(&format!("\0{seconds}\0")))
+    };
+    let doc = json!({"flow": "c2", "on_failure": "cancel", "jobs": {
+        "long": {"queue": "sleepy", "payload": {}},
+        "first": {"queue": "steps", "payload": {"sleep_ms": 500, "fail": true}}}});
+    client.submit_flow(&doc.to_string()).await.unwrap();
+    wait_until(
+        "the node's program runs",
+        Duration::from_secs(10),
+        || async { !sleepers().is_empty() },
+    )
+    .await;
+    let running = sleepers();
+    let view = ended(&client, "c2").await;
+    assert_eq!(view.status, "cancelled");
+    assert_eq!(statuses(&view)["long"], "cancelled");
+    // Its process was killed (the pool starts another for the next job).
+    wait_until("the node's process is gone", Duration::from_secs(10), || async {
+        sleepers().iter().all(|p| !running.contains(p))
+    })
+    .await;
+    daemon.stop().await.unwrap();
+}

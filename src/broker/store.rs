@@ -31,6 +31,7 @@ const RESERVED: &[&str] = &[
     "debounce",
     "limit",
     "flow",
+    "flows",
 ];
 
 /// The longest name of a key a handler keeps.
