@@ -653,9 +653,8 @@ async fn cancel_on_failure_ends_a_running_exec_nodes_process() {
     registry.register_handler("step", step.clone());
     let client = Client::new(&config, "test").unwrap();
     let daemon = TestDaemon::start(config, registry);
-    let sleepers = || {
-        processes_where(|cmd| cmd.contains("sleep") && cmd.ends_with(&format!("\0{seconds}\0")))
-    };
+    let sleepers =
+        || processes_where(|cmd| cmd.contains("sleep") && cmd.ends_with(&format!("\0{seconds}\0")));
     let doc = json!({"flow": "c2", "on_failure": "cancel", "jobs": {
         "long": {"queue": "sleepy", "payload": {}},
         "first": {"queue": "steps", "payload": {"sleep_ms": 500, "fail": true}}}});
@@ -671,9 +670,11 @@ async fn cancel_on_failure_ends_a_running_exec_nodes_process() {
     assert_eq!(view.status, "cancelled");
     assert_eq!(statuses(&view)["long"], "cancelled");
     // Its process was killed (the pool starts another for the next job).
-    wait_until("the node's process is gone", Duration::from_secs(10), || async {
-        sleepers().iter().all(|p| !running.contains(p))
-    })
+    wait_until(
+        "the node's process is gone",
+        Duration::from_secs(10),
+        || async { sleepers().iter().all(|p| !running.contains(p)) },
+    )
     .await;
     daemon.stop().await.unwrap();
 }
