@@ -15,6 +15,9 @@ use serde_json::value::RawValue;
 /// Longest flow id or node name.
 pub(crate) const MAX_NAME: usize = 100;
 
+/// Largest document read.
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 32 * 1024 * 1024;
+
 /// What a node does when a parent did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum When {
@@ -131,9 +134,15 @@ pub(crate) fn valid_name(name: &str) -> bool {
 /// [`with_id`] does) and the document.
 pub(crate) fn read_submitted(
     text: &str,
-    known: &dyn Fn(&str) -> bool,
+    limit: &dyn Fn(&str) -> Option<usize>,
     max_nodes: usize,
 ) -> Result<(String, Document), Refused> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(Refused(format!(
+            "a document of {} bytes, more than the {MAX_DOCUMENT_BYTES} read",
+            text.len()
+        )));
+    }
     let mut wire = parse(text)?;
     let named = match &wire.flow {
         Some(_) => text.to_owned(),
@@ -144,7 +153,7 @@ pub(crate) fn read_submitted(
             named
         }
     };
-    Ok((named, checked(wire, known, max_nodes)?))
+    Ok((named, checked(wire, limit, max_nodes)?))
 }
 
 /// `text` (a JSON object) with `"flow": id` as its first field.
@@ -181,20 +190,20 @@ fn parse(text: &str) -> Result<WireDocument, Refused> {
     serde_json::from_str(text).map_err(|e| Refused(format!("not a flow document: {e}")))
 }
 
-/// Reads and checks a document whose queues must satisfy `known`, with at
-/// most `max_nodes` nodes. O(N + E).
+/// Reads and checks a document whose queues `limit` knows (giving each
+/// one's `max_payload_bytes`), with at most `max_nodes` nodes. O(N + E).
 #[cfg(test)]
 pub(crate) fn read(
     text: &str,
-    known: &dyn Fn(&str) -> bool,
+    limit: &dyn Fn(&str) -> Option<usize>,
     max_nodes: usize,
 ) -> Result<Document, Refused> {
-    checked(parse(text)?, known, max_nodes)
+    checked(parse(text)?, limit, max_nodes)
 }
 
 fn checked(
     wire: WireDocument,
-    known: &dyn Fn(&str) -> bool,
+    limit: &dyn Fn(&str) -> Option<usize>,
     max_nodes: usize,
 ) -> Result<Document, Refused> {
     let id = wire
@@ -220,7 +229,7 @@ fn checked(
             wire.jobs.len()
         )));
     }
-    let nodes = nodes_of(wire.jobs, known, false)?;
+    let nodes = nodes_of(wire.jobs, limit, false)?;
     Ok(Document {
         id,
         on_failure,
@@ -232,7 +241,7 @@ fn checked(
 /// `after` may name nodes outside them (checked by the flow they join).
 fn nodes_of(
     jobs: BTreeMap<String, WireNode>,
-    known: &dyn Fn(&str) -> bool,
+    limit: &dyn Fn(&str) -> Option<usize>,
     open: bool,
 ) -> Result<BTreeMap<String, Node>, Refused> {
     let mut nodes = BTreeMap::new();
@@ -242,9 +251,16 @@ fn nodes_of(
                 "node name {name:?} must be 1 to {MAX_NAME} of A-Z a-z 0-9 _ . -"
             )));
         }
-        if !known(&node.queue) {
+        let Some(max) = limit(&node.queue) else {
             return Err(Refused(format!(
                 "node {name} names queue {:?}, which is not configured",
+                node.queue
+            )));
+        };
+        let size = node.payload.as_ref().map_or(4, |p| p.get().len());
+        if size > max {
+            return Err(Refused(format!(
+                "node {name}: its payload of {size} bytes exceeds queue {}'s max_payload_bytes ({max})",
                 node.queue
             )));
         }
@@ -372,7 +388,7 @@ pub(crate) fn split_add(result: Box<RawValue>) -> Result<Split, String> {
 /// checks); a cycle can only be among them.
 pub(crate) fn additions(
     add: &str,
-    known: &dyn Fn(&str) -> bool,
+    limit: &dyn Fn(&str) -> Option<usize>,
     max_nodes: usize,
 ) -> Result<BTreeMap<String, Node>, Refused> {
     let text = format!("{{\"flow\":\"added\",\"jobs\":{add}}}");
@@ -383,7 +399,7 @@ pub(crate) fn additions(
             wire.jobs.len()
         )));
     }
-    nodes_of(wire.jobs, known, true)
+    nodes_of(wire.jobs, limit, true)
 }
 
 /// The flow and node name of a flow's job, from its envelope: `flow`, and
@@ -442,8 +458,8 @@ fn null() -> Box<RawValue> {
 mod tests {
     use super::*;
 
-    fn any(_: &str) -> bool {
-        true
+    fn any(_: &str) -> Option<usize> {
+        Some(1 << 20)
     }
 
     #[test]
@@ -469,7 +485,7 @@ mod tests {
 
     #[test]
     fn refusals_name_what_is_wrong() {
-        let refused = |text: &str| read(text, &|q| q == "q", 3).unwrap_err().0;
+        let refused = |text: &str| read(text, &|q| (q == "q").then_some(20), 3).unwrap_err().0;
         assert!(refused("[1]").contains("JSON object"));
         assert!(refused("{nope").contains("not a flow document"));
         assert!(refused(r#"{"jobs":{}}"#).contains("no flow id"));
@@ -497,6 +513,13 @@ mod tests {
             refused(r#"{"flow":"f","jobs":{"x":{"queue":"q","when":"soon"}}}"#).contains("when")
         );
         assert!(refused(r#"{"flow":"f","jobs":{},"on_failure":"stop"}"#).contains("on_failure"));
+        let large = refused(
+            r#"{"flow":"f","jobs":{"x":{"queue":"q","payload":"more than twenty bytes"}}}"#,
+        );
+        assert!(
+            large.contains("exceeds queue q's max_payload_bytes (20)"),
+            "{large}"
+        );
     }
 
     #[test]

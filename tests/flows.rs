@@ -51,6 +51,10 @@ impl conveyor::handlers::Handler for Step {
         if payload["fail"] == json!(true) {
             return Err(HandlerError::permanent("asked to fail"));
         }
+        if let Some(n) = payload["big"].as_u64() {
+            job.set_result(&json!({ "pad": "x".repeat(n as usize) }))?;
+            return Ok(());
+        }
         // `add`: so many children after this node, and `merge` after them.
         if let Some(add) = payload.get("add") {
             let node = job.id().rsplit(':').next().unwrap().to_owned();
@@ -90,7 +94,8 @@ impl Step {
 
 const QUEUES: &str = "[queues.steps]\nhandler = \"step\"\nconcurrency = 8\n\
                       [queues.other]\nhandler = \"step\"\nconcurrency = 4\n\
-                      [queues.single]\nhandler = \"step\"\nconcurrency = 1\n";
+                      [queues.single]\nhandler = \"step\"\nconcurrency = 1\n\
+                      [queues.tiny]\nhandler = \"step\"\nmax_payload_bytes = 1000\n";
 
 fn start(redis: &Redis, step: &Step) -> (TestDaemon, Client) {
     let config = config(redis, QUEUES);
@@ -450,6 +455,51 @@ async fn empty_duplicate_and_refused_documents() {
     for fid in ["cyc", "unk", "lost"] {
         assert!(client.flow(fid).await.is_err());
     }
+    // Bounds: a payload larger than its queue takes, and a fan-in whose
+    // parents' results would make its job larger than its queue reads:
+    // refused whole, and the fan-in dead in its flow with the reason.
+    let big = json!({"flow": "big", "jobs": {"a": {"queue": "tiny", "payload": {"pad": "x".repeat(1500)}}}});
+    let err = client.submit_flow(&big.to_string()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("exceeds queue tiny's max_payload_bytes (1000)"),
+        "{err}"
+    );
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "conveyor:flows", big.to_string())
+        .await
+        .unwrap();
+    let mut fan = serde_json::Map::new();
+    let parents: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    for p in &parents {
+        fan.insert(
+            p.clone(),
+            json!({"queue": "steps", "payload": {"big": 8000}}),
+        );
+    }
+    fan.insert(
+        "fan-in".into(),
+        json!({"queue": "tiny", "payload": {}, "after": parents}),
+    );
+    client
+        .submit_flow(&json!({"flow": "heavy", "jobs": fan}).to_string())
+        .await
+        .unwrap();
+    let view = ended(&client, "heavy").await;
+    assert_eq!(view.status, "failed");
+    let fan_in = view.nodes.iter().find(|n| n.name == "fan-in").unwrap();
+    assert_eq!(fan_in.status, "dead");
+    let why = fan_in.result.as_ref().unwrap().get();
+    assert!(why.contains("max_payload_bytes (1000)"), "{why}");
+    assert!(step.runs_of("heavy:fan-in").is_empty());
+    wait_until(
+        "the refused document is kept",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            async move { llen(&mut c, "{conveyor:flows}:dead").await == bad.len() + 1 }
+        },
+    )
+    .await;
     // The library refuses them before they are submitted.
     let err = client
         .submit_flow(r#"{"flow":"x","jobs":{"a":{"queue":"nowhere"}}}"#)

@@ -22,8 +22,8 @@ impl Client {
     pub async fn submit_flow(&self, document: &str) -> Result<String, ApiError> {
         let (named, doc) = {
             let config = self.config();
-            let known = |queue: &str| config.queues.contains_key(queue);
-            crate::flow::read_submitted(document, &known, config.flows.max_nodes)
+            let limit = |queue: &str| config.queues.get(queue).map(|q| q.max_payload_bytes);
+            crate::flow::read_submitted(document, &limit, config.flows.max_nodes)
                 .map_err(|e| ApiError::Invalid(e.0))?
         };
         let fid = doc.id;

@@ -22,6 +22,10 @@ pub(crate) use flow_advance::{NodeEnd, Taken};
 
 /// Refused documents kept, newest first.
 pub(crate) const DEAD_CAP: isize = 10_000;
+/// Largest refused document kept whole; a larger one keeps its first
+/// [`KEPT_HEAD`] bytes.
+const KEPT_WHOLE: usize = 1024 * 1024;
+const KEPT_HEAD: usize = 64 * 1024;
 /// Flow ids kept in the recent list.
 pub(crate) const RECENT_CAP: isize = 10_000;
 
@@ -212,11 +216,26 @@ impl Broker {
         reason: &str,
         now: &str,
     ) -> Result<(), BrokerError> {
-        let entry = serde_json::json!({
-            "document": taken,
-            "last_error": reason,
-            "died_at": now,
-        })
+        // A document too large to keep whole keeps its first 64 KiB.
+        let entry = match taken.len() > KEPT_WHOLE {
+            false => serde_json::json!({
+                "document": taken,
+                "last_error": reason,
+                "died_at": now,
+            }),
+            true => {
+                let mut head = KEPT_HEAD;
+                while !taken.is_char_boundary(head) {
+                    head -= 1;
+                }
+                serde_json::json!({
+                    "document_head": &taken[..head],
+                    "document_bytes": taken.len(),
+                    "last_error": reason,
+                    "died_at": now,
+                })
+            }
+        }
         .to_string();
         let mut conn = self.conn().await?;
         redis::pipe()
@@ -346,6 +365,13 @@ impl Broker {
         let mut conn = self.conn().await?;
         let pushed: Vec<u64> = pipe.query_async(&mut conn).await?;
         Ok(pushed.iter().sum())
+    }
+
+    /// Keeps a node end in queue `q`'s ends, for its flow to take.
+    pub(crate) async fn keep_end(&self, q: &QueueKeys, end: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let _: u64 = conn.rpush(&q.flows_ended, end).await?;
+        Ok(())
     }
 
     /// Forgets node ends of queue `q` that their flows have taken.
@@ -490,7 +516,7 @@ mod tests {
     use crate::broker::fixture::TestRedis;
 
     fn doc(text: &str) -> Document {
-        crate::flow::read(text, &|_| true, 100).unwrap()
+        crate::flow::read(text, &|_| Some(1 << 20), 100).unwrap()
     }
 
     fn end<'a>(node: &'a str, status: &'a str, result: Option<&'a str>) -> Taken<'a> {

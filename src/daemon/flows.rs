@@ -25,6 +25,7 @@ use crate::broker::flows::{NodeEnd, Released, Settled, Taken};
 use crate::broker::{Broker, BrokerError, QueueKeys, keys};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::config::Config;
+use crate::envelope::item_limit;
 use crate::event::{Draft, EventType};
 use crate::flow::{self, Spec};
 
@@ -81,6 +82,9 @@ pub(crate) struct Driver {
     /// Every configured queue's keys, by name: where released nodes go,
     /// and whose ends lists are looked at.
     pub(crate) queues: BTreeMap<String, QueueKeys>,
+    /// Each queue's `max_payload_bytes`, by name: a node's payload is
+    /// checked against it, and its job (with its parents) too.
+    pub(crate) limits: BTreeMap<String, usize>,
     /// How long a flow's state stays once it ended.
     pub(crate) ttl: Duration,
     /// Most nodes a document may have.
@@ -110,6 +114,7 @@ impl Driver {
             client: self.client.clone(),
             events: self.events.clone(),
             queues: std::mem::take(&mut self.queues),
+            limits: std::mem::take(&mut self.limits),
             ttl: self.ttl,
             max_nodes: self.max_nodes,
         });
@@ -145,6 +150,7 @@ struct Shared {
     client: Client,
     events: Events,
     queues: BTreeMap<String, QueueKeys>,
+    limits: BTreeMap<String, usize>,
     ttl: Duration,
     max_nodes: usize,
 }
@@ -194,8 +200,8 @@ impl Shared {
 
     async fn try_submit(&self, taken: &str) -> Result<(), BrokerError> {
         let now = now_rfc3339();
-        let known = |queue: &str| self.queues.contains_key(queue);
-        let (named, doc) = match flow::read_submitted(taken, &known, self.max_nodes) {
+        let limit = |queue: &str| self.limits.get(queue).copied();
+        let (named, doc) = match flow::read_submitted(taken, &limit, self.max_nodes) {
             Ok(read) => read,
             Err(refused) => return self.refuse(taken, &refused.0, &now).await,
         };
@@ -248,7 +254,7 @@ impl Shared {
             }
         }
         let mut more = Vec::new();
-        let known = |queue: &str| self.queues.contains_key(queue);
+        let limit = |queue: &str| self.limits.get(queue).copied();
         for (fid, ends) in by_flow {
             // The nodes each end adds, checked: an end whose additions are
             // refused ends its node dead in the flow, the reason its result.
@@ -256,7 +262,7 @@ impl Shared {
                 .iter()
                 .map(|(_, _, e)| match &e.add {
                     Some(add) if e.status == "succeeded" => {
-                        match flow::additions(add.get(), &known, self.max_nodes) {
+                        match flow::additions(add.get(), &limit, self.max_nodes) {
                             Ok(nodes) => (Some(nodes), None),
                             Err(refused) => {
                                 tracing::warn!(flow = %fid, node = %e.node, error = %refused, "flows: flow_add refused; the node ends dead in its flow");
@@ -347,23 +353,35 @@ impl Shared {
             }
             self.events.emit(draft);
         }
-        self.hand_over(fid, &settled.released).await?;
+        let mut more = self.hand_over(fid, &settled.released).await?;
         if let Some(status) = &settled.finished {
             tracing::info!(flow = %fid, status = %status, "flows: flow finished");
             self.events
                 .emit(Draft::flow(EventType::FlowFinished, fid).status(status.as_str()));
         }
         match self.client.cancel_nodes(fid, &settled.cancel).await {
-            Ok(ends) => Ok(ends),
+            Ok(ends) => {
+                more.extend(ends);
+                Ok(more)
+            }
             Err(crate::api::ApiError::Broker(e)) => Err(e),
             Err(e) => Err(BrokerError::Protocol(e.to_string())),
         }
     }
 
-    /// Pushes released nodes to their queues (each once).
-    async fn hand_over(&self, fid: &str, released: &[Released]) -> Result<(), BrokerError> {
+    /// Pushes released nodes to their queues (each once). A node whose job
+    /// would be larger than its queue reads (its parents' results, in a
+    /// fan-in over many, can make it so) is not pushed: it ends dead in its
+    /// flow with the reason, its end kept in its queue's ends like any
+    /// other. Returns those ends (queue, end), to take.
+    async fn hand_over(
+        &self,
+        fid: &str,
+        released: &[Released],
+    ) -> Result<Vec<(String, String)>, BrokerError> {
+        let mut refused = Vec::new();
         if released.is_empty() {
-            return Ok(());
+            return Ok(refused);
         }
         let created_at = now_rfc3339();
         let mut by_queue: BTreeMap<String, Vec<(&str, String)>> = BTreeMap::new();
@@ -372,21 +390,44 @@ impl Shared {
                 BrokerError::Protocol(format!("a stored node is not readable: {e}"))
             })?;
             let envelope = envelope(fid, node, &spec, &created_at);
+            let max = self.limits.get(&spec.queue).copied().unwrap_or(usize::MAX);
+            if envelope.len() > item_limit(max) {
+                let why = format!(
+                    "its job would be {} bytes with its parents' results, more than queue {}'s \
+                     max_payload_bytes ({max}) allows",
+                    envelope.len(),
+                    spec.queue
+                );
+                tracing::warn!(flow = %fid, node = %node.name, error = %why, "flows: a node not run");
+                let result = serde_json::json!({ "error": why }).to_string();
+                let result = RawValue::from_string(result).expect("JSON");
+                let end = flow::node_end(fid, &node.name, "dead", 0, Some(&result), None);
+                refused.push((spec.queue, end));
+                continue;
+            }
             by_queue
                 .entry(spec.queue)
                 .or_default()
                 .push((node.name.as_str(), envelope));
         }
         for (queue, jobs) in &by_queue {
-            let keys = match self.queues.get(queue) {
-                Some(keys) => keys.clone(),
-                // A queue the configuration lost since the flow was stored:
-                // its list is where a producer would push.
-                None => QueueKeys::new(queue, queue, "flows"),
-            };
-            self.broker.hand_over(&keys, fid, jobs).await?;
+            self.broker
+                .hand_over(&self.keys_of(queue), fid, jobs)
+                .await?;
         }
-        Ok(())
+        for (queue, end) in &refused {
+            self.broker.keep_end(&self.keys_of(queue), end).await?;
+        }
+        Ok(refused)
+    }
+
+    /// The keys of queue `name`; for a queue the configuration lost since
+    /// the flow was stored, its list is where a producer would push.
+    fn keys_of(&self, name: &str) -> QueueKeys {
+        match self.queues.get(name) {
+            Some(keys) => keys.clone(),
+            None => QueueKeys::new(name, name, "flows"),
+        }
     }
 
     /// Reads the lists a crash may leave work in, and takes up what was

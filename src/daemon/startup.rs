@@ -83,6 +83,11 @@ impl Wiring {
                 client: crate::api::Client::with_broker(broker.clone(), &config, &node.id),
                 events: events.clone(),
                 queues: Driver::queues_of(&config, &node.id),
+                limits: config
+                    .queues
+                    .iter()
+                    .map(|(name, q)| (name.clone(), q.max_payload_bytes))
+                    .collect(),
                 ttl: config.flows.flow_ttl,
                 max_nodes: config.flows.max_nodes,
                 ends: flow_ends,
