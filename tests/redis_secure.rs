@@ -496,11 +496,13 @@ fn exit_and_output(mut child: Child, limit: Duration) -> (Option<i32>, String) {
 
 /// The ACL line for a worker user of docs/redis.md ("Least privilege"),
 /// less the password.
-const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~cache:* resetchannels \
-    &conveyor:* -@all +@connection +info +role +config|get +client|unblock +eval +evalsha \
-    +script|load +blmove +lrange +llen +lindex +lrem +rpush +lpush +ltrim +hset +hgetall \
-    +hincrby +pexpire +expireat +bitfield +get +set +del +exists +zadd +zcard +zrange +zrem +zremrangebyscore \
-    +sadd +srem +smembers +xadd +xrange +xrevrange +publish +pubsub|numsub +subscribe";
+const WORKER_ACL: &str = "on resetkeys ~jobs:* ~{jobs:* ~conveyor:* ~{conveyor:* ~{flow:* \
+    ~cache:* resetchannels &conveyor:* -@all +@connection +info +role +config|get \
+    +client|unblock +eval +evalsha +script|load +blmove +lrange +llen +lindex +lrem +rpush \
+    +lpush +ltrim +hset +hget +hmget +hgetall +hdel +hexists +hsetnx +hincrby +pexpire +expire \
+    +expireat +bitfield +get +set +del +exists +zadd +zcard +zrange +zrevrange +zrem \
+    +zremrangebyscore +zremrangebyrank +sadd +srem +smembers +multi +exec \
+    +xadd +xrange +xrevrange +publish +pubsub|numsub +subscribe";
 
 #[test]
 fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {
@@ -543,6 +545,19 @@ fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {
         assert_eq!(code, 0, "{args:?}: {out}");
         ids.push(out.trim().to_owned());
     }
+    // A flow too: its documents' lists and its own keys.
+    let doc = dir.path().join("flow.json");
+    std::fs::write(
+        &doc,
+        r#"{"flow": "acl", "jobs": {"a": {"queue": "work", "payload": {}},
+            "b": {"queue": "work", "payload": {}, "after": ["a"]}}}"#,
+    )
+    .unwrap();
+    let (code, out) = cli(
+        &["flow", "submit", doc.to_str().unwrap(), "--config", &cfg],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
     let mut cmd = conveyor();
     cmd.args(["run", "--config", &cfg])
         .env("REDIS_PASSWORD", "worker-pw")
@@ -571,10 +586,23 @@ fn the_documented_acl_line_is_enough_for_everything_a_worker_does() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    loop {
+        let (_, out) = cli(&["flow", "show", "acl", "--config", &cfg], &env);
+        if out.contains("succeeded, 2 of 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow never ended: {out}\n{}",
+            logs.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for args in [
         vec!["stats"],
         vec!["dead", "list", "work"],
         vec!["schedules"],
+        vec!["flow", "list"],
     ] {
         let mut full = args.clone();
         full.extend(["--config", cfg.as_str()]);
@@ -708,4 +736,61 @@ async fn sentinels_name_the_master_to_every_command() {
             "{text}"
         );
     }
+}
+
+/// A worker user of the ACL line documented before flows (no
+/// `{conveyor:*` nor `{flow:*` keys): every job still runs, and the
+/// daemon says once that flows are not run, without a warning a second.
+#[test]
+fn a_user_without_the_flows_keys_runs_jobs_and_says_once_flows_are_off() {
+    let before_flows = WORKER_ACL
+        .replace(" ~{conveyor:* ~{flow:*", "")
+        .replace("+hget +hmget ", "");
+    let server = Server::start("admin-pw", None);
+    let mut acl = vec!["ACL", "SETUSER", "worker", ">worker-pw"];
+    acl.extend(before_flows.split_whitespace());
+    assert_eq!(server.cli("admin-pw", &acl), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("url = \"redis://worker@127.0.0.1:{}/0\"", server.port),
+        &format!("{QUEUE}track = true\n"),
+    );
+    let env = [("REDIS_PASSWORD", "worker-pw")];
+    let (code, id) = cli(&["enqueue", "work", "{}", "--config", &cfg], &env);
+    assert_eq!(code, 0, "{id}");
+    let mut cmd = conveyor();
+    cmd.args(["run", "--config", &cfg])
+        .env("REDIS_PASSWORD", "worker-pw")
+        .env("CONVEYOR_LOG", "debug")
+        .stdout(Stdio::null());
+    let (mut daemon, logs) = spawn_logged(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = cli(&["status", id.trim(), "--config", &cfg], &env);
+        if out.contains("succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never ran: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two of the driver's looks at the documents' list, each refused too.
+    while logs
+        .lines()
+        .iter()
+        .filter(|l| l.contains("could not look at the taken documents"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", logs.lines().join("\n"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = logs
+        .lines()
+        .iter()
+        .filter(|l| l.contains("flows are not run"))
+        .count();
+    assert_eq!(said, 1, "{}", logs.lines().join("\n"));
+    signal(&daemon, 15);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), Some(0));
 }

@@ -160,6 +160,7 @@ impl Shared {
     async fn take_documents(self: Arc<Self>, stop: CancellationToken) {
         let block = Duration::from_secs(1);
         let mut conn = None;
+        let mut denied = false;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -182,6 +183,19 @@ impl Shared {
             match taken {
                 Ok(Some(text)) => self.submit(&text).await,
                 Ok(None) => {}
+                Err(e) if e.is_denied() => {
+                    // A Redis user of an earlier documented ACL line: jobs
+                    // run, flows do not; said once, then looked at rarely.
+                    if !denied {
+                        tracing::warn!(error = %e, "flows: the Redis user may not use conveyor:flows and {{conveyor:flows}}:*, {{flow:*}}: flows are not run (docs/redis.md, Least privilege)");
+                        denied = true;
+                    }
+                    conn = None;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "flows: taking a document failed; trying again");
                     conn = None;

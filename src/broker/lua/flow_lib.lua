@@ -18,8 +18,6 @@ local flow_to_cancel = {}
 local flow_counts = {}
 -- The flow's cancelled_at, once read (false: not cancelled).
 local flow_cancelled = nil
--- Specs at hand (the submitted ones), by name.
-local flow_spec = {}
 -- Nodes' states read or written in this call (false: none), and those
 -- written, kept here and written at once (flow_flush): a call that takes a
 -- thousand ends writes each hash once.
