@@ -154,6 +154,19 @@ async fn flow_sigkill() {
             }
         })
         .await;
+        // Killed while it holds jobs of the flow (or, if it holds none for
+        // a while, as it is: the flow may be ending).
+        let _ = time_until(Duration::from_secs(5), || {
+            let (mut c, lists) = (conn.clone(), lists.clone());
+            async move {
+                let mut held = 0;
+                for list in &lists {
+                    held += crate::common::llen(&mut c, list).await;
+                }
+                held > 0
+            }
+        })
+        .await;
         victim.assert_no_panic();
         victim.kill();
         let mut held = 0;
