@@ -251,6 +251,16 @@ impl Broker {
         Ok(())
     }
 
+    /// Runs a flow script and reads what it settled.
+    async fn settled_by(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Settled, BrokerError> {
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        Settled::from_reply(reply)
+    }
+
     /// Stores a checked document (once) and releases its first nodes.
     pub(crate) async fn store_flow(
         &self,
@@ -265,9 +275,7 @@ impl Broker {
             ttl_ms: ttl.as_millis() as u64,
             document: doc,
         };
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;
-        let mut settled = Settled::from_reply(reply)?;
+        let mut settled = self.settled_by(call.invocation()).await?;
         // Released by name alone: the first nodes, of no parents.
         for node in &mut settled.released {
             if let Some(spec) = doc.nodes.get(&node.name) {
@@ -321,9 +329,7 @@ impl Broker {
             max_nodes,
             ends,
         };
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;
-        Settled::from_reply(reply)
+        self.settled_by(call.invocation()).await
     }
 
     /// Cancels flow `fid`: see `lua/flow_cancel.lua`.
@@ -339,9 +345,7 @@ impl Broker {
             now,
             ttl_ms: ttl.as_millis() as u64,
         };
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = call.invocation().invoke_async(&mut conn).await?;
-        Settled::from_reply(reply)
+        self.settled_by(call.invocation()).await
     }
 
     /// Pushes released nodes of flow `fid` onto queue `q`, each once, in
