@@ -500,6 +500,34 @@ async fn empty_duplicate_and_refused_documents() {
         },
     )
     .await;
+    // A refused document of more than 1 MiB keeps its first 64 KiB.
+    let huge = format!(
+        r#"{{"flow":"huge","jobs":{{"a":{{"queue":"nowhere","payload":"{}"}}}}}}"#,
+        "x".repeat(1_100_000)
+    );
+    let _: () = redis::AsyncCommands::rpush(&mut conn, "conveyor:flows", &huge)
+        .await
+        .unwrap();
+    wait_until(
+        "the huge document is refused",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            async move { llen(&mut c, "{conveyor:flows}:dead").await == bad.len() + 2 }
+        },
+    )
+    .await;
+    let kept: Value =
+        serde_json::from_str(&lrange(&mut conn, "{conveyor:flows}:dead").await[0]).unwrap();
+    assert_eq!(kept["document_bytes"], huge.len());
+    assert_eq!(kept["document_head"].as_str().unwrap().len(), 64 * 1024);
+    assert!(huge.starts_with(kept["document_head"].as_str().unwrap()));
+    assert!(
+        kept["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not configured")
+    );
     // The library refuses them before they are submitted.
     let err = client
         .submit_flow(r#"{"flow":"x","jobs":{"a":{"queue":"nowhere"}}}"#)
